@@ -1,0 +1,346 @@
+#include "billing.h"
+
+#include "common/log.h"
+#include "common/status.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+_Static_assert((int)ROLLUP_GPU_SECONDS == (int)METER_GPU_SECONDS, "meters share numbers");
+_Static_assert((int)ROLLUP_INPUT_TOKENS == (int)METER_INPUT_TOKENS, "meters share numbers");
+_Static_assert((int)ROLLUP_OUTPUT_TOKENS == (int)METER_OUTPUT_TOKENS, "meters share numbers");
+_Static_assert((int)ROLLUP_CACHED_INPUT_TOKENS == (int)METER_CACHED_INPUT_TOKENS,
+               "meters share numbers");
+_Static_assert((int)ROLLUP_API_CALLS == (int)METER_API_CALLS, "meters share numbers");
+_Static_assert((int)ROLLUP_STORAGE_BYTE_SECONDS == (int)METER_STORAGE_BYTE_SECONDS,
+               "meters share numbers");
+_Static_assert((int)ROLLUP_TRANSFER_BYTES == (int)METER_TRANSFER_BYTES, "meters share numbers");
+
+int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                         struct usage_totals *usage)
+{
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    if (rc != HM_OK)
+        return rc;
+    memset(usage, 0, sizeof *usage);
+    usage->items = calloc(count ? count : 1, sizeof *usage->items);
+    if (usage->items == NULL) {
+        free(rows);
+        return HM_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < count; i++) {
+        /* Event counts per kind are for display; they are not billed. */
+        if (rows[i].meter == ROLLUP_EVENTS)
+            continue;
+        size_t dimension_size = strlen(rows[i].dimension);
+        /* Billed dimensions are GPU types and models, which the wire format caps at 64 bytes. */
+        if (dimension_size > USAGE_DIMENSION_MAX) {
+            free(rows);
+            free(usage->items);
+            return HM_ERR_INVALID;
+        }
+        struct usage_item *item = &usage->items[usage->item_count++];
+        item->meter = (enum meter)rows[i].meter;
+        memcpy(item->dimension, rows[i].dimension, dimension_size + 1);
+        item->quantity = rows[i].quantity;
+        item->event_count = rows[i].event_count;
+    }
+    free(rows);
+    memcpy(usage->tenant_id, tenant->id, UUID_SIZE);
+    snprintf(usage->tenant_name, sizeof usage->tenant_name, "%s", tenant->name);
+    usage->period = period;
+    usage->period_start_s = period_start_us(period) / 1000000;
+    usage->period_end_s = period_start_us(period_next(period)) / 1000000;
+    usage->service_start_s = tenant->service_start_s;
+    return HM_OK;
+}
+
+int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
+                          struct pricebook **book_out, char *error, size_t error_size)
+{
+    char scope[UUID_TEXT_SIZE];
+    uuid_format(tenant->id, scope);
+    char *json = NULL;
+    int rc = ledger_pricebook_get(ledger, scope, &json);
+    if (rc == HM_ERR_NOT_FOUND)
+        rc = ledger_pricebook_get(ledger, "default", &json);
+    if (rc == HM_ERR_NOT_FOUND) {
+        snprintf(error, error_size,
+                 "no price book for tenant %s and no default; load one with "
+                 "`meterctl pricebook load FILE`", tenant->name);
+        return rc;
+    }
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the price book of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
+        return rc;
+    }
+    rc = pricebook_parse(json, strlen(json), book_out, error, error_size);
+    free(json);
+    return rc;
+}
+
+int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                  struct invoice *invoice, char *error, size_t error_size)
+{
+    struct pricebook *book = NULL;
+    int rc = billing_pricebook_for(ledger, tenant, &book, error, error_size);
+    if (rc != HM_OK)
+        return rc;
+    struct usage_totals usage;
+    rc = billing_usage_totals(ledger, tenant, period, &usage);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the usage of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
+        pricebook_free(book);
+        return rc;
+    }
+    rc = pricing_rate(&usage, book, invoice, error, error_size);
+    free(usage.items);
+    pricebook_free(book);
+    return rc;
+}
+
+/* ---- Closing a period ---- */
+
+struct closing {
+    struct tenant tenant;
+    struct invoice invoice;
+    json_t *json;
+    char number[32];
+};
+
+/* Adds the invoice number, status, close time and SHA-256 seal to the invoice JSON. */
+static int invoice_seal(json_t *json, const char *number, int64_t closed_s)
+{
+    char closed[32];
+    time_t closed_time = (time_t)closed_s;
+    struct tm tm;
+    gmtime_r(&closed_time, &tm);
+    strftime(closed, sizeof closed, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_object_set_new(json, "invoice_number", json_string(number));
+    json_object_set_new(json, "status", json_string("finalized"));
+    json_object_set_new(json, "closed_at", json_string(closed));
+
+    /* The seal covers the canonical form: sorted keys, no whitespace, before the seal is added. */
+    char *canonical = json_dumps(json, JSON_SORT_KEYS | JSON_COMPACT);
+    if (canonical == NULL)
+        return HM_ERR_NOMEM;
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_size = 0;
+    int ok = EVP_Digest(canonical, strlen(canonical), digest, &digest_size, EVP_sha256(), NULL);
+    free(canonical);
+    if (!ok)
+        return HM_ERR_NOMEM;
+    char hex[2 * 32 + 1];
+    hex_encode(digest, 32, hex);
+    json_object_set_new(json, "sha256", json_string(hex));
+    return HM_OK;
+}
+
+static int invoice_file_write(const char *invoices_dir, uint32_t period, const char *tenant_name,
+                              const char *text)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", invoices_dir);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return HM_ERR_IO;
+    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return HM_ERR_IO;
+    snprintf(path, sizeof path, "%s/%04u-%02u/%s.json", invoices_dir, period / 100, period % 100,
+             tenant_name);
+    FILE *file = fopen(path, "w");
+    if (file == NULL)
+        return HM_ERR_IO;
+    int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF;
+    if (fclose(file) != 0 || !written)
+        return HM_ERR_IO;
+    return HM_OK;
+}
+
+static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count)
+{
+    fprintf(out, "\nPeriod %04u-%02u closed: %zu invoices\n\n", period / 100, period % 100, count);
+    fprintf(out, "%-16s %-20s %-8s %6s %16s %14s %16s\n", "invoice", "tenant", "currency",
+            "lines", "subtotal", "discount", "total");
+    for (size_t i = 0; i < count; i++) {
+        const struct invoice *invoice = &closings[i].invoice;
+        char subtotal[MONEY_TEXT_SIZE], discount[MONEY_TEXT_SIZE], total[MONEY_TEXT_SIZE];
+        money_amount_format(invoice->subtotal, invoice->currency, subtotal, sizeof subtotal);
+        money_amount_format(invoice->discount_total, invoice->currency, discount,
+                            sizeof discount);
+        money_amount_format(invoice->total, invoice->currency, total, sizeof total);
+        fprintf(out, "%-16s %-20s %-8s %6zu %16s %14s %16s\n", closings[i].number,
+                closings[i].tenant.name, invoice->currency->code, invoice->line_count, subtotal,
+                discount, total);
+    }
+}
+
+static void closings_free(struct closing *closings, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        invoice_free(&closings[i].invoice);
+        json_decref(closings[i].json);
+    }
+    free(closings);
+}
+
+/* Rates every tenant whose period is open; fails as a whole when one cannot be rated. */
+static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing **out,
+                          size_t *count_out)
+{
+    struct tenant *tenants = NULL;
+    size_t tenant_count = 0;
+    int rc = ledger_tenant_list(ledger, &tenants, &tenant_count);
+    if (rc != HM_OK)
+        return rc;
+    struct closing *closings = calloc(tenant_count ? tenant_count : 1, sizeof *closings);
+    if (closings == NULL) {
+        free(tenants);
+        return HM_ERR_NOMEM;
+    }
+    size_t count = 0;
+    int failures = 0;
+    for (size_t i = 0; i < tenant_count; i++) {
+        int closed = ledger_period_closed(ledger, tenants[i].id, period);
+        if (closed != 0) {
+            if (closed > 0)
+                fprintf(stderr, "meterctl: tenant %s: period %04u-%02u is already closed; "
+                        "skipped\n", tenants[i].name, period / 100, period % 100);
+            else
+                failures++;
+            continue;
+        }
+        struct closing *closing = &closings[count];
+        closing->tenant = tenants[i];
+        char error[512] = "";
+        rc = billing_draft(ledger, &tenants[i], period, &closing->invoice, error, sizeof error);
+        if (rc == HM_OK)
+            rc = invoice_to_json(&closing->invoice, &closing->json);
+        if (rc != HM_OK) {
+            fprintf(stderr, "meterctl: cannot rate tenant %s for %04u-%02u: %s\n",
+                    tenants[i].name, period / 100, period % 100,
+                    error[0] ? error : hm_status_str(rc));
+            invoice_free(&closing->invoice);
+            failures++;
+            continue;
+        }
+        count++;
+    }
+    free(tenants);
+    if (failures) {
+        closings_free(closings, count);
+        return HM_ERR_INVALID;
+    }
+    *out = closings;
+    *count_out = count;
+    return HM_OK;
+}
+
+int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out)
+{
+    struct closing *closings = NULL;
+    size_t count = 0;
+    int rc = close_rate_all(ledger, period, &closings, &count);
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: period %04u-%02u not closed for any tenant; fix the errors "
+                "above and run the close again\n", period / 100, period % 100);
+        return rc;
+    }
+
+    struct ledger_txn *txn = NULL;
+    rc = ledger_begin(ledger, &txn);
+    int64_t now_s = (int64_t)time(NULL);
+    for (size_t i = 0; rc == HM_OK && i < count; i++) {
+        uint64_t seq = 0;
+        rc = ledger_next_invoice_seq(txn, &seq);
+        if (rc != HM_OK)
+            break;
+        snprintf(closings[i].number, sizeof closings[i].number, "HM-%06llu",
+                 (unsigned long long)seq);
+        rc = invoice_seal(closings[i].json, closings[i].number, now_s);
+        char *text = rc == HM_OK ? json_dumps(closings[i].json, JSON_INDENT(2) | JSON_SORT_KEYS)
+                                 : NULL;
+        if (rc == HM_OK && text == NULL)
+            rc = HM_ERR_NOMEM;
+        if (rc == HM_OK)
+            rc = ledger_period_close(txn, closings[i].tenant.id, period, text);
+        free(text);
+    }
+    if (rc == HM_OK) {
+        rc = ledger_commit(txn);
+    } else if (txn != NULL) {
+        ledger_abort(txn);
+    }
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
+                period % 100, hm_status_str(rc));
+        closings_free(closings, count);
+        return rc;
+    }
+
+    for (size_t i = 0; invoices_dir != NULL && i < count; i++) {
+        char *text = json_dumps(closings[i].json, JSON_INDENT(2) | JSON_SORT_KEYS);
+        if (text == NULL ||
+            invoice_file_write(invoices_dir, period, closings[i].tenant.name, text) != HM_OK)
+            fprintf(stderr, "meterctl: invoice %s is closed and stored, but writing its file "
+                    "under %s failed: %s; `meterctl invoice show` prints it\n",
+                    closings[i].number, invoices_dir, strerror(errno));
+        free(text);
+    }
+    summary_print(out, period, closings, count);
+    closings_free(closings, count);
+    return HM_OK;
+}
+
+/* ---- Rendering ---- */
+
+static const char *string_of(json_t *object, const char *key)
+{
+    const char *text = json_string_value(json_object_get(object, key));
+    return text ? text : "";
+}
+
+int billing_invoice_print(const char *invoice_json, FILE *out)
+{
+    json_error_t error;
+    json_t *invoice = json_loads(invoice_json, 0, &error);
+    if (invoice == NULL)
+        return HM_ERR_INVALID;
+    const char *currency = string_of(invoice, "currency");
+    fprintf(out, "Invoice %s  tenant %s (%s)  period %s  status %s\n",
+            string_of(invoice, "invoice_number")[0] ? string_of(invoice, "invoice_number")
+                                                    : "(draft)",
+            string_of(invoice, "tenant_name"), string_of(invoice, "tenant_id"),
+            string_of(invoice, "period"),
+            string_of(invoice, "status")[0] ? string_of(invoice, "status") : "draft");
+    fprintf(out, "Price book %s, currency %s\n\n", string_of(invoice, "price_book"), currency);
+    fprintf(out, "%-40s %22s %-14s %18s %-16s %14s\n", "line", "quantity", "unit", "unit price",
+            "", "amount");
+    size_t index;
+    json_t *line;
+    json_array_foreach(json_object_get(invoice, "lines"), index, line) {
+        fprintf(out, "%-40s %22s %-14s %18s %-16s %14s\n", string_of(line, "description"),
+                string_of(line, "quantity"), string_of(line, "unit"),
+                string_of(line, "unit_price"), string_of(line, "price_unit"),
+                string_of(line, "amount"));
+    }
+    fprintf(out, "\n%-40s %87s\n", "subtotal", string_of(json_object_get(invoice, "subtotal"),
+                                                         "amount"));
+    fprintf(out, "%-40s %87s\n", "discount",
+            string_of(json_object_get(invoice, "discount"), "amount"));
+    fprintf(out, "%-40s %83s %s\n", "total", string_of(json_object_get(invoice, "total"),
+                                                       "amount"), currency);
+    if (string_of(invoice, "sha256")[0])
+        fprintf(out, "sealed sha256 %s\n", string_of(invoice, "sha256"));
+    json_decref(invoice);
+    return HM_OK;
+}

@@ -1,0 +1,46 @@
+/*
+ * Billing: turns a tenant's rollups into usage totals, rates them with the
+ * tenant's price book and closes periods into sealed invoices.
+ */
+#ifndef HM_ENGINE_BILLING_H
+#define HM_ENGINE_BILLING_H
+
+#include <stdio.h>
+
+#include "pricing/invoice.h"
+#include "rollup/ledger.h"
+
+/*
+ * Builds the usage totals of a tenant's period from its rollups. The items
+ * are allocated; the caller frees usage->items with free().
+ */
+int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                         struct usage_totals *usage);
+
+/*
+ * Loads the price book that applies to a tenant: its own, else the default.
+ * Returns HM_ERR_NOT_FOUND (with the fix in `error`) when neither is loaded.
+ */
+int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
+                          struct pricebook **book_out, char *error, size_t error_size);
+
+/*
+ * Rates a tenant's period as it stands now (a draft) into *invoice. The
+ * caller frees it with invoice_free.
+ */
+int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                  struct invoice *invoice, char *error, size_t error_size);
+
+/*
+ * Closes a period for every tenant that has not closed it: rates all of them
+ * first, and only when every one rated cleanly stores the sealed invoices
+ * and closes the period for all of them in one transaction. Then writes each
+ * invoice as JSON to `invoices_dir`/YYYY-MM/<tenant name>.json (when not
+ * NULL) and prints a summary table to `out`. Errors are printed to stderr.
+ */
+int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
+
+/* Prints a stored invoice JSON as a readable table. */
+int billing_invoice_print(const char *invoice_json, FILE *out);
+
+#endif

@@ -1,0 +1,124 @@
+/* meterd: the metering daemon. Receives usage frames and stores them in the ledger. */
+#include "common/log.h"
+#include "common/status.h"
+#include "engine/lib/store.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: meterd [options]\n"
+            "\n"
+            "Receives signed usage frames over TCP and UDP and stores every event once in\n"
+            "the ledger, an LMDB environment in the data directory.\n"
+            "\n"
+            "  --data DIR            data directory (default ./meter-data, or $METER_DATA)\n"
+            "  --host ADDRESS        listen address, IPv4 or IPv6 literal (default 127.0.0.1)\n"
+            "  --tcp-port PORT       TCP port for acknowledged frames (default 7600; 0 picks one)\n"
+            "  --udp-port PORT       UDP port for unacknowledged frames (default 7601; 0 picks one)\n"
+            "  --port-file FILE      write \"tcp=PORT udp=PORT\" here once listening\n"
+            "  --map-size MIB        ledger map size in MiB (default 16384)\n"
+            "  --max-connections N   open TCP connections (default 256)\n"
+            "  --log-level LEVEL     error, warn, info or debug (default info)\n"
+            "  --help                show this text\n");
+}
+
+/* Parses a decimal integer in [min, max]; returns -1 and prints an error naming the option otherwise. */
+static int parse_number(const char *option, const char *text, long long min, long long max,
+                        long long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < min || value > max) {
+        fprintf(stderr, "meterd: invalid %s \"%s\": expected an integer from %lld to %lld\n",
+                option, text, min, max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *data_dir = getenv("METER_DATA") ? getenv("METER_DATA") : "meter-data";
+    struct server_options options = { .host = "127.0.0.1", .tcp_port = 7600, .udp_port = 7601 };
+    struct ledger_options ledger_options = { 0 };
+    static const struct option long_options[] = {
+        { "data", required_argument, NULL, 'd' },
+        { "host", required_argument, NULL, 'H' },
+        { "tcp-port", required_argument, NULL, 't' },
+        { "udp-port", required_argument, NULL, 'u' },
+        { "port-file", required_argument, NULL, 'p' },
+        { "map-size", required_argument, NULL, 'm' },
+        { "max-connections", required_argument, NULL, 'c' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int option;
+    long long value;
+    while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        switch (option) {
+        case 'd': data_dir = optarg; break;
+        case 'H': options.host = optarg; break;
+        case 't':
+            if (parse_number("--tcp-port", optarg, 0, 65535, &value))
+                return 2;
+            options.tcp_port = (uint16_t)value;
+            break;
+        case 'u':
+            if (parse_number("--udp-port", optarg, 0, 65535, &value))
+                return 2;
+            options.udp_port = (uint16_t)value;
+            break;
+        case 'p': options.port_file = optarg; break;
+        case 'm':
+            if (parse_number("--map-size", optarg, 1, 1 << 24, &value))
+                return 2;
+            ledger_options.map_size = (size_t)value << 20;
+            break;
+        case 'c':
+            if (parse_number("--max-connections", optarg, 1, SERVER_CONNECTIONS_MAX, &value))
+                return 2;
+            options.connections_max = (uint32_t)value;
+            break;
+        case 'l':
+            if (log_set_level(optarg) != 0) {
+                fprintf(stderr, "meterd: invalid --log-level \"%s\": use error, warn, info or "
+                        "debug\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "meterd: unexpected argument \"%s\"; see meterd --help\n", argv[optind]);
+        return 2;
+    }
+
+    struct store store = { 0 };
+    int rc = ledger_open(&store.ledger, data_dir, &ledger_options);
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterd: cannot open the ledger in %s: %s\n", data_dir, hm_status_str(rc));
+        return 1;
+    }
+    char stats_path[PATH_MAX];
+    snprintf(stats_path, sizeof stats_path, "%s/meterd-stats.json", data_dir);
+    options.stats_file = stats_path;
+    log_info("meterd", "starting data=%s", data_dir);
+
+    struct server_hooks hooks;
+    store_hooks(&store, &hooks);
+    rc = server_run(&options, &hooks, NULL);
+    ledger_close(store.ledger);
+    return rc == HM_OK ? 0 : 1;
+}

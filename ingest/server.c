@@ -1,0 +1,831 @@
+#include "server.h"
+
+#include "common/log.h"
+#include "common/status.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Submission queue entries; each connection has at most one receive and one send in flight. */
+#define RING_ENTRIES 1024
+/* Receive buffers posted on the UDP socket at once. */
+#define UDP_BUFFERS 32
+/* Initial TCP receive buffer; it grows up to FRAME_SIZE_MAX for a large frame. */
+#define RECV_BUFFER_INITIAL (64 * 1024)
+/* Pending ack bytes above which the server stops reading from a connection until its acks drain. */
+#define ACK_BACKLOG_MAX (64 * 1024)
+/* Frames per batch and body bytes per batch: the group commit size limits. */
+#define BATCH_FRAMES_MAX 8192
+#define BATCH_ARENA_SIZE (32 * 1024 * 1024)
+/* Seconds between stats reports. */
+#define STATS_INTERVAL_S 2
+
+_Static_assert(BATCH_ARENA_SIZE >= 4 * FRAME_BODY_MAX, "a batch must hold several large frames");
+
+enum op {
+    OP_ACCEPT = 1,
+    OP_RECV = 2,
+    OP_SEND = 3,
+    OP_UDP_RECV = 4,
+    OP_SIGNAL = 5,
+    OP_TIMER = 6,
+};
+
+struct connection {
+    int fd;
+    uint32_t generation;
+    int in_use;
+    int closing;       /* no more reads; close once the acks are sent */
+    int ops_in_flight; /* the slot is reused only at zero */
+    int recv_armed;
+    int send_armed;
+    uint32_t frames_in_batch; /* frames waiting for the commit; their acks are still owed */
+    uint8_t *in;
+    size_t in_size;
+    size_t in_capacity;
+    uint8_t *out;
+    size_t out_size;
+    size_t out_capacity;
+    size_t out_sending;
+    char peer[64];
+};
+
+struct udp_buffer {
+    struct msghdr message;
+    struct iovec iov;
+    struct sockaddr_storage peer;
+    uint8_t data[FRAME_UDP_SIZE_MAX];
+};
+
+struct server {
+    const struct server_options *options;
+    const struct server_hooks *hooks;
+    struct io_uring ring;
+    int tcp_fd;
+    int udp_fd;
+    int signal_fd;
+    struct signalfd_siginfo signal_info;
+    struct __kernel_timespec timer;
+    struct connection *connections;
+    uint32_t connections_max;
+    struct udp_buffer *udp_buffers;
+    struct ingest_batch batch;
+    struct server_stats stats;
+    struct server_stats stats_reported;
+    int stopping;
+    int lookup_open;
+    struct log_limit reject_log;
+};
+
+static uint64_t user_data_of(enum op op, uint32_t index, uint32_t generation)
+{
+    return (uint64_t)op << 56 | (uint64_t)(index & 0xffffff) << 32 | generation;
+}
+
+static struct io_uring_sqe *sqe_get(struct server *server)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&server->ring);
+    if (sqe == NULL) {
+        io_uring_submit(&server->ring);
+        sqe = io_uring_get_sqe(&server->ring);
+    }
+    /* A full ring after a submit means more operations than RING_ENTRIES: a sizing bug. */
+    if (sqe == NULL)
+        abort();
+    return sqe;
+}
+
+/* ---- Sockets ---- */
+
+static int socket_bind(const char *host, uint16_t port, int type, uint16_t *bound_port)
+{
+    struct sockaddr_storage address = { 0 };
+    socklen_t address_size;
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&address;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&address;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        address_size = sizeof *v4;
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        address_size = sizeof *v6;
+    } else {
+        log_error("server", "invalid listen address %s; give an IPv4 or IPv6 literal", host);
+        return -1;
+    }
+
+    int fd = socket(address.ss_family, type | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (type == SOCK_DGRAM) {
+        int buffer = 8 * 1024 * 1024;
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+    }
+    if (bind(fd, (struct sockaddr *)&address, address_size) != 0 ||
+        (type == SOCK_STREAM && listen(fd, 1024) != 0)) {
+        log_error("server", "cannot listen on %s port %u: %s", host, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    struct sockaddr_storage bound = { 0 };
+    socklen_t bound_size = sizeof bound;
+    getsockname(fd, (struct sockaddr *)&bound, &bound_size);
+    *bound_port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                                   : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    return fd;
+}
+
+/* ---- Operations ---- */
+
+static void arm_accept(struct server *server)
+{
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_accept(sqe, server->tcp_fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_ACCEPT, 0, 0));
+}
+
+static void arm_udp(struct server *server, uint32_t index)
+{
+    struct udp_buffer *buffer = &server->udp_buffers[index];
+    memset(&buffer->message, 0, sizeof buffer->message);
+    buffer->iov.iov_base = buffer->data;
+    buffer->iov.iov_len = sizeof buffer->data;
+    buffer->message.msg_iov = &buffer->iov;
+    buffer->message.msg_iovlen = 1;
+    buffer->message.msg_name = &buffer->peer;
+    buffer->message.msg_namelen = sizeof buffer->peer;
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_recvmsg(sqe, server->udp_fd, &buffer->message, 0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_UDP_RECV, index, 0));
+}
+
+static void arm_signal(struct server *server)
+{
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_read(sqe, server->signal_fd, &server->signal_info, sizeof server->signal_info,
+                       0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_SIGNAL, 0, 0));
+}
+
+static void arm_timer(struct server *server)
+{
+    server->timer.tv_sec = STATS_INTERVAL_S;
+    server->timer.tv_nsec = 0;
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_timeout(sqe, &server->timer, 0, 0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_TIMER, 0, 0));
+}
+
+static void arm_recv(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    if (connection->recv_armed || connection->closing || server->stopping ||
+        connection->out_size > ACK_BACKLOG_MAX)
+        return;
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_recv(sqe, connection->fd, connection->in + connection->in_size,
+                       connection->in_capacity - connection->in_size, 0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_RECV, index, connection->generation));
+    connection->recv_armed = 1;
+    connection->ops_in_flight++;
+}
+
+static void arm_send(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    if (connection->send_armed || connection->out_size == 0)
+        return;
+    struct io_uring_sqe *sqe = sqe_get(server);
+    connection->out_sending = connection->out_size;
+    io_uring_prep_send(sqe, connection->fd, connection->out, connection->out_sending,
+                       MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_SEND, index, connection->generation));
+    connection->send_armed = 1;
+    connection->ops_in_flight++;
+}
+
+/* ---- Connections ---- */
+
+static void connection_release(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    if (!connection->in_use || connection->ops_in_flight > 0)
+        return;
+    if (connection->fd >= 0)
+        close(connection->fd);
+    free(connection->in);
+    free(connection->out);
+    uint32_t generation = connection->generation + 1;
+    memset(connection, 0, sizeof *connection);
+    connection->fd = -1;
+    connection->generation = generation;
+}
+
+/* Stops reading; the connection closes once its queued acks are sent. */
+static void connection_shutdown(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    connection->closing = 1;
+    if (connection->out_size == 0 && !connection->send_armed && connection->frames_in_batch == 0) {
+        shutdown(connection->fd, SHUT_RDWR);
+        connection_release(server, index);
+    }
+}
+
+static void on_accept(struct server *server, int fd)
+{
+    if (!server->stopping)
+        arm_accept(server);
+    if (fd < 0) {
+        log_warn("server", "accept failed: %s", strerror(-fd));
+        return;
+    }
+    if (server->stopping) {
+        close(fd);
+        return;
+    }
+    uint32_t index = 0;
+    while (index < server->connections_max && server->connections[index].in_use)
+        index++;
+    if (index == server->connections_max) {
+        server->stats.connections_rejected++;
+        uint64_t suppressed = 0;
+        if (log_limit_pass(&server->reject_log, &suppressed))
+            log_warn("server", "connection rejected: %u connections open; raise --max-connections "
+                     "(suppressed=%llu)", server->connections_max, (unsigned long long)suppressed);
+        close(fd);
+        return;
+    }
+
+    struct connection *connection = &server->connections[index];
+    connection->in = malloc(RECV_BUFFER_INITIAL);
+    connection->out = malloc(4096);
+    if (connection->in == NULL || connection->out == NULL) {
+        free(connection->in);
+        free(connection->out);
+        connection->in = connection->out = NULL;
+        log_error("server", "out of memory for a new connection");
+        close(fd);
+        return;
+    }
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    struct sockaddr_storage peer;
+    socklen_t peer_size = sizeof peer;
+    connection->peer[0] = '\0';
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_size) == 0) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        uint16_t port;
+        if (peer.ss_family == AF_INET) {
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, host, sizeof host);
+            port = ntohs(((struct sockaddr_in *)&peer)->sin_port);
+        } else {
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, host, sizeof host);
+            port = ntohs(((struct sockaddr_in6 *)&peer)->sin6_port);
+        }
+        snprintf(connection->peer, sizeof connection->peer, "%s:%u", host, port);
+    }
+    connection->fd = fd;
+    connection->in_use = 1;
+    connection->in_capacity = RECV_BUFFER_INITIAL;
+    connection->out_capacity = 4096;
+    server->stats.connections_accepted++;
+    log_debug("server", "connection opened peer=%s slot=%u", connection->peer, index);
+    arm_recv(server, index);
+}
+
+/* ---- Batches ---- */
+
+static void log_reject(struct server *server, const char *transport, const char *peer,
+                       const struct frame_header *header, enum frame_status status,
+                       uint16_t detail, const char *reason)
+{
+    uint64_t suppressed = 0;
+    if (!log_limit_pass(&server->reject_log, &suppressed))
+        return;
+    char tenant[UUID_TEXT_SIZE];
+    uuid_format(header->tenant_id, tenant);
+    log_warn("server",
+             "frame rejected reason=%s transport=%s peer=%s frame_id=%llu key_id=%016llx "
+             "tenant=%s event_index=%u detail=\"%s\" suppressed=%llu",
+             frame_status_name(status), transport, peer, (unsigned long long)header->frame_id,
+             (unsigned long long)header->key_id, tenant, detail, reason ? reason : "",
+             (unsigned long long)suppressed);
+}
+
+static void commit_batch(struct server *server);
+
+static struct batch_entry *batch_entry_add(struct server *server, size_t body_size)
+{
+    struct ingest_batch *batch = &server->batch;
+    if (batch->entry_count == batch->entry_capacity ||
+        batch->arena_size + body_size > batch->arena_capacity)
+        commit_batch(server);
+    struct batch_entry *entry = &batch->entries[batch->entry_count++];
+    memset(entry, 0, sizeof *entry);
+    entry->connection = -1;
+    return entry;
+}
+
+static void lookup_begin(struct server *server)
+{
+    if (server->lookup_open)
+        return;
+    server->lookup_open = server->hooks->lookup_begin(server->hooks->context) == HM_OK;
+}
+
+/* Verifies one complete frame and queues it, accepted or rejected, in the batch. */
+static void frame_receive(struct server *server, int32_t connection_index, const uint8_t *frame,
+                          size_t frame_size, const char *peer)
+{
+    server->stats.frames_received++;
+    struct frame_header header = { 0 };
+    uint16_t detail = 0;
+    const char *reason = NULL;
+    lookup_begin(server);
+    enum frame_status status = server->lookup_open
+                                   ? frame_verify(frame, frame_size, server->hooks, &header,
+                                                  &detail, &reason)
+                                   : FRAME_STORE_FAILED;
+    size_t body_size = status == FRAME_ACCEPTED ? header.body_size : 0;
+
+    struct batch_entry *entry = batch_entry_add(server, body_size);
+    entry->connection = connection_index;
+    if (connection_index >= 0) {
+        entry->generation = server->connections[connection_index].generation;
+        server->connections[connection_index].frames_in_batch++;
+    }
+    entry->frame_id = header.frame_id;
+    memcpy(entry->tenant_id, header.tenant_id, UUID_SIZE);
+    entry->status = status;
+    entry->detail = detail;
+    if (status == FRAME_ACCEPTED) {
+        struct ingest_batch *batch = &server->batch;
+        entry->event_count = header.event_count;
+        entry->body_offset = (uint32_t)batch->arena_size;
+        entry->body_size = header.body_size;
+        memcpy(batch->arena + batch->arena_size, frame + FRAME_HEADER_SIZE, header.body_size);
+        batch->arena_size += header.body_size;
+    } else {
+        log_reject(server, connection_index >= 0 ? "tcp" : "udp", peer, &header, status, detail,
+                   reason);
+    }
+}
+
+static void ack_queue(struct server *server, const struct batch_entry *entry)
+{
+    if (entry->connection < 0)
+        return;
+    struct connection *connection = &server->connections[entry->connection];
+    if (!connection->in_use || connection->generation != entry->generation)
+        return;
+    connection->frames_in_batch--;
+    if (connection->out_size + ACK_SIZE > connection->out_capacity) {
+        size_t capacity = 2 * connection->out_capacity;
+        uint8_t *out = realloc(connection->out, capacity);
+        if (out == NULL) {
+            log_error("server", "out of memory for acks peer=%s; closing", connection->peer);
+            connection->closing = 1;
+            return;
+        }
+        connection->out = out;
+        connection->out_capacity = capacity;
+    }
+    struct frame_ack ack = {
+        .status = entry->status,
+        .detail = entry->detail,
+        .frame_id = entry->frame_id,
+        .stored = entry->stored,
+        .duplicates = entry->duplicates,
+        .conflicts = entry->conflicts,
+    };
+    ack_encode(&ack, connection->out + connection->out_size);
+    connection->out_size += ACK_SIZE;
+    arm_send(server, (uint32_t)entry->connection);
+}
+
+/* Commits the batch (one durable transaction), then queues every ack in frame order. */
+static void commit_batch(struct server *server)
+{
+    struct ingest_batch *batch = &server->batch;
+    if (batch->entry_count == 0)
+        return;
+    if (server->lookup_open) {
+        server->hooks->lookup_end(server->hooks->context);
+        server->lookup_open = 0;
+    }
+
+    int accepted = 0;
+    for (size_t i = 0; i < batch->entry_count; i++)
+        accepted |= batch->entries[i].status == FRAME_ACCEPTED;
+    if (accepted) {
+        int rc = server->hooks->commit(server->hooks->context, batch);
+        server->stats.commits++;
+        if (rc != HM_OK) {
+            server->stats.commit_failures++;
+            log_error("server", "batch commit failed: %s; %zu frames answered store_failed",
+                      hm_status_str(rc), batch->entry_count);
+            for (size_t i = 0; i < batch->entry_count; i++) {
+                struct batch_entry *entry = &batch->entries[i];
+                if (entry->status == FRAME_ACCEPTED) {
+                    entry->status = FRAME_STORE_FAILED;
+                    entry->stored = entry->duplicates = entry->conflicts = 0;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < batch->entry_count; i++) {
+        struct batch_entry *entry = &batch->entries[i];
+        server->stats.frames_by_status[entry->status]++;
+        server->stats.events_stored += entry->stored;
+        server->stats.events_duplicate += entry->duplicates;
+        server->stats.events_conflict += entry->conflicts;
+        ack_queue(server, entry);
+    }
+    batch->entry_count = 0;
+    batch->arena_size = 0;
+
+    /* A closing connection whose last ack could not be queued has nothing left to wait for. */
+    for (uint32_t i = 0; i < server->connections_max; i++) {
+        struct connection *connection = &server->connections[i];
+        if (connection->in_use && connection->closing && !connection->send_armed &&
+            connection->out_size == 0)
+            connection_shutdown(server, i);
+    }
+}
+
+/* ---- Completions ---- */
+
+/* Parses every complete frame in a connection's buffer. */
+static void connection_parse(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    size_t consumed = 0;
+    while (!connection->closing && connection->in_size - consumed >= FRAME_HEADER_SIZE) {
+        const uint8_t *frame = connection->in + consumed;
+        struct frame_header header = { 0 };
+        enum frame_status status = frame_header_decode(frame, &header);
+        if (status != FRAME_ACCEPTED) {
+            /* The stream cannot be resynchronized: answer once and close. */
+            struct batch_entry *entry = batch_entry_add(server, 0);
+            entry->connection = (int32_t)index;
+            entry->generation = connection->generation;
+            connection->frames_in_batch++;
+            entry->frame_id = status == FRAME_BAD_MAGIC ? 0 : header.frame_id;
+            entry->status = status;
+            server->stats.frames_received++;
+            log_reject(server, "tcp", connection->peer, &header, status, 0,
+                       "unreadable header; closing the connection");
+            connection->closing = 1;
+            break;
+        }
+        size_t total = frame_total_size(&header);
+        if (connection->in_size - consumed < total) {
+            if (total > connection->in_capacity) {
+                uint8_t *in = realloc(connection->in, FRAME_SIZE_MAX);
+                if (in == NULL) {
+                    log_error("server", "out of memory for a frame of %zu bytes peer=%s", total,
+                              connection->peer);
+                    connection->closing = 1;
+                    break;
+                }
+                connection->in = in;
+                connection->in_capacity = FRAME_SIZE_MAX;
+                frame = connection->in + consumed;
+            }
+            break;
+        }
+        frame_receive(server, (int32_t)index, frame, total, connection->peer);
+        consumed += total;
+    }
+    memmove(connection->in, connection->in + consumed, connection->in_size - consumed);
+    connection->in_size -= consumed;
+}
+
+static void on_recv(struct server *server, uint32_t index, int result)
+{
+    struct connection *connection = &server->connections[index];
+    connection->recv_armed = 0;
+    connection->ops_in_flight--;
+    if (result <= 0) {
+        if (connection->in_size > 0) {
+            server->stats.frames_received++;
+            server->stats.frames_by_status[FRAME_TRUNCATED]++;
+            log_warn("server", "connection closed inside a frame peer=%s bytes=%zu reason=truncated",
+                     connection->peer, connection->in_size);
+        }
+        if (result < 0 && result != -ECONNRESET)
+            log_warn("server", "receive failed peer=%s: %s", connection->peer, strerror(-result));
+        connection->in_size = 0;
+        connection_shutdown(server, index);
+        return;
+    }
+    connection->in_size += (size_t)result;
+    connection_parse(server, index);
+    if (connection->closing)
+        connection_shutdown(server, index);
+    else
+        arm_recv(server, index);
+}
+
+static void on_send(struct server *server, uint32_t index, int result)
+{
+    struct connection *connection = &server->connections[index];
+    connection->send_armed = 0;
+    connection->ops_in_flight--;
+    if (result < 0) {
+        if (result != -EPIPE && result != -ECONNRESET)
+            log_warn("server", "send failed peer=%s: %s", connection->peer, strerror(-result));
+        connection->out_size = 0;
+        connection->closing = 1;
+        connection_shutdown(server, index);
+        return;
+    }
+    memmove(connection->out, connection->out + result, connection->out_size - (size_t)result);
+    connection->out_size -= (size_t)result;
+    arm_send(server, index);
+    if (connection->closing)
+        connection_shutdown(server, index);
+    else
+        arm_recv(server, index);
+}
+
+static void on_udp(struct server *server, uint32_t index, int result)
+{
+    struct udp_buffer *buffer = &server->udp_buffers[index];
+    if (result >= 0) {
+        char peer[64] = "?";
+        if (buffer->peer.ss_family == AF_INET) {
+            struct sockaddr_in *v4 = (struct sockaddr_in *)&buffer->peer;
+            char host[INET_ADDRSTRLEN];
+            inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+            snprintf(peer, sizeof peer, "%s:%u", host, ntohs(v4->sin_port));
+        }
+        frame_receive(server, -1, buffer->data, (size_t)result, peer);
+    } else if (result != -ECANCELED) {
+        log_warn("server", "udp receive failed: %s", strerror(-result));
+    }
+    if (!server->stopping)
+        arm_udp(server, index);
+}
+
+static void stats_write(struct server *server)
+{
+    const char *path = server->options->stats_file;
+    if (path == NULL)
+        return;
+    char temporary[4096];
+    snprintf(temporary, sizeof temporary, "%s.tmp", path);
+    FILE *file = fopen(temporary, "w");
+    if (file == NULL) {
+        log_warn("server", "cannot write stats file %s: %s", temporary, strerror(errno));
+        return;
+    }
+    const struct server_stats *stats = &server->stats;
+    fprintf(file, "{\"frames_received\": %llu, \"events_stored\": %llu, "
+            "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
+            "\"commit_failures\": %llu, \"connections_accepted\": %llu, "
+            "\"connections_rejected\": %llu, \"frames\": {",
+            (unsigned long long)stats->frames_received, (unsigned long long)stats->events_stored,
+            (unsigned long long)stats->events_duplicate,
+            (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
+            (unsigned long long)stats->commit_failures,
+            (unsigned long long)stats->connections_accepted,
+            (unsigned long long)stats->connections_rejected);
+    for (int i = 0; i < FRAME_STATUS_COUNT; i++)
+        fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
+                (unsigned long long)stats->frames_by_status[i]);
+    fprintf(file, "}}\n");
+    if (fclose(file) != 0 || rename(temporary, path) != 0)
+        log_warn("server", "cannot write stats file %s: %s", path, strerror(errno));
+}
+
+static void stats_report(struct server *server)
+{
+    if (memcmp(&server->stats, &server->stats_reported, sizeof server->stats) == 0)
+        return;
+    const struct server_stats *stats = &server->stats;
+    uint64_t rejected = stats->frames_received - stats->frames_by_status[FRAME_ACCEPTED];
+    log_info("server", "stats frames=%llu rejected=%llu stored=%llu duplicates=%llu "
+             "conflicts=%llu commits=%llu",
+             (unsigned long long)stats->frames_received, (unsigned long long)rejected,
+             (unsigned long long)stats->events_stored,
+             (unsigned long long)stats->events_duplicate,
+             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits);
+    stats_write(server);
+    server->stats_reported = server->stats;
+}
+
+static void on_completion(struct server *server, struct io_uring_cqe *cqe)
+{
+    uint64_t data = io_uring_cqe_get_data64(cqe);
+    enum op op = (enum op)(data >> 56);
+    uint32_t index = (uint32_t)(data >> 32) & 0xffffff;
+    switch (op) {
+    case OP_ACCEPT:
+        on_accept(server, cqe->res);
+        break;
+    case OP_RECV:
+        on_recv(server, index, cqe->res);
+        break;
+    case OP_SEND:
+        on_send(server, index, cqe->res);
+        break;
+    case OP_UDP_RECV:
+        on_udp(server, index, cqe->res);
+        break;
+    case OP_SIGNAL:
+        if (cqe->res == (int)sizeof server->signal_info) {
+            log_info("server", "stopping on signal %u", server->signal_info.ssi_signo);
+            server->stopping = 1;
+        } else {
+            arm_signal(server);
+        }
+        break;
+    case OP_TIMER:
+        stats_report(server);
+        if (!server->stopping)
+            arm_timer(server);
+        break;
+    }
+}
+
+/* ---- Setup and the loop ---- */
+
+static int server_setup(struct server *server, sigset_t *signals)
+{
+    const struct server_options *options = server->options;
+    const char *host = options->host ? options->host : "127.0.0.1";
+    uint16_t tcp_port = 0, udp_port = 0;
+    server->tcp_fd = socket_bind(host, options->tcp_port, SOCK_STREAM, &tcp_port);
+    server->udp_fd = socket_bind(host, options->udp_port, SOCK_DGRAM, &udp_port);
+    if (server->tcp_fd < 0 || server->udp_fd < 0)
+        return HM_ERR_IO;
+
+    sigemptyset(signals);
+    sigaddset(signals, SIGTERM);
+    sigaddset(signals, SIGINT);
+    sigprocmask(SIG_BLOCK, signals, NULL);
+    server->signal_fd = signalfd(-1, signals, SFD_CLOEXEC);
+    if (server->signal_fd < 0) {
+        log_error("server", "signalfd failed: %s", strerror(errno));
+        return HM_ERR_IO;
+    }
+
+    int rc = io_uring_queue_init(RING_ENTRIES, &server->ring, 0);
+    if (rc < 0) {
+        log_error("server", "io_uring setup failed: %s; is io_uring disabled "
+                  "(/proc/sys/kernel/io_uring_disabled)?", strerror(-rc));
+        return HM_ERR_IO;
+    }
+
+    server->connections_max = options->connections_max ? options->connections_max
+                                                       : SERVER_CONNECTIONS_DEFAULT;
+    if (server->connections_max > SERVER_CONNECTIONS_MAX)
+        server->connections_max = SERVER_CONNECTIONS_MAX;
+    server->connections = calloc(server->connections_max, sizeof *server->connections);
+    server->udp_buffers = calloc(UDP_BUFFERS, sizeof *server->udp_buffers);
+    server->batch.entries = calloc(BATCH_FRAMES_MAX, sizeof *server->batch.entries);
+    server->batch.entry_capacity = BATCH_FRAMES_MAX;
+    server->batch.arena = malloc(BATCH_ARENA_SIZE);
+    server->batch.arena_capacity = BATCH_ARENA_SIZE;
+    if (!server->connections || !server->udp_buffers || !server->batch.entries ||
+        !server->batch.arena) {
+        log_error("server", "out of memory at startup");
+        return HM_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; i < server->connections_max; i++)
+        server->connections[i].fd = -1;
+
+    log_info("server", "listening host=%s tcp=%u udp=%u connections_max=%u", host, tcp_port,
+             udp_port, server->connections_max);
+    if (options->port_file) {
+        FILE *file = fopen(options->port_file, "w");
+        if (file == NULL || fprintf(file, "tcp=%u udp=%u\n", tcp_port, udp_port) < 0 ||
+            fclose(file) != 0) {
+            log_error("server", "cannot write port file %s: %s", options->port_file,
+                      strerror(errno));
+            return HM_ERR_IO;
+        }
+    }
+    return HM_OK;
+}
+
+static void server_teardown(struct server *server)
+{
+    if (server->connections) {
+        for (uint32_t i = 0; i < server->connections_max; i++) {
+            struct connection *connection = &server->connections[i];
+            if (connection->fd >= 0)
+                close(connection->fd);
+            free(connection->in);
+            free(connection->out);
+        }
+    }
+    if (server->ring.ring_fd > 0)
+        io_uring_queue_exit(&server->ring);
+    if (server->tcp_fd >= 0)
+        close(server->tcp_fd);
+    if (server->udp_fd >= 0)
+        close(server->udp_fd);
+    if (server->signal_fd >= 0)
+        close(server->signal_fd);
+    free(server->connections);
+    free(server->udp_buffers);
+    free(server->batch.entries);
+    free(server->batch.arena);
+}
+
+/* Drains the completions that are ready, without waiting. */
+static void drain_completions(struct server *server)
+{
+    struct io_uring_cqe *cqe;
+    while (io_uring_peek_cqe(&server->ring, &cqe) == 0) {
+        on_completion(server, cqe);
+        io_uring_cqe_seen(&server->ring, cqe);
+    }
+}
+
+/* After a stop: sends the last acks, waiting at most about one second for slow readers. */
+static void flush_acks(struct server *server)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int pending = 0;
+        for (uint32_t i = 0; i < server->connections_max; i++)
+            pending |= server->connections[i].out_size > 0 || server->connections[i].send_armed;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!pending || now.tv_sec - start.tv_sec >= 1)
+            return;
+        struct __kernel_timespec wait = { 0, 50 * 1000 * 1000 };
+        struct io_uring_cqe *cqe;
+        io_uring_submit(&server->ring);
+        if (io_uring_wait_cqe_timeout(&server->ring, &cqe, &wait) == 0)
+            drain_completions(server);
+    }
+}
+
+int server_run(const struct server_options *options, const struct server_hooks *hooks,
+               struct server_stats *stats_out)
+{
+    struct server server = { 0 };
+    server.options = options;
+    server.hooks = hooks;
+    server.tcp_fd = server.udp_fd = server.signal_fd = -1;
+    server.ring.ring_fd = -1;
+    server.reject_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
+    sigset_t signals;
+    int rc = server_setup(&server, &signals);
+    if (rc != HM_OK) {
+        server_teardown(&server);
+        return rc;
+    }
+
+    arm_accept(&server);
+    for (uint32_t i = 0; i < UDP_BUFFERS; i++)
+        arm_udp(&server, i);
+    arm_signal(&server);
+    arm_timer(&server);
+
+    while (!server.stopping) {
+        struct io_uring_cqe *cqe;
+        int wait_rc = io_uring_submit_and_wait(&server.ring, 1);
+        if (wait_rc < 0 && wait_rc != -EINTR) {
+            log_error("server", "io_uring wait failed: %s", strerror(-wait_rc));
+            rc = HM_ERR_IO;
+            break;
+        }
+        (void)cqe;
+        drain_completions(&server);
+        /* Group commit: every frame that arrived since the last commit shares one sync. */
+        commit_batch(&server);
+    }
+
+    commit_batch(&server);
+    flush_acks(&server);
+    stats_report(&server);
+    log_info("server", "stopped frames=%llu stored=%llu",
+             (unsigned long long)server.stats.frames_received,
+             (unsigned long long)server.stats.events_stored);
+    if (stats_out)
+        *stats_out = server.stats;
+    server_teardown(&server);
+    sigprocmask(SIG_UNBLOCK, &signals, NULL);
+    return rc;
+}

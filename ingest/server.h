@@ -1,0 +1,106 @@
+/*
+ * The ingest server: an io_uring event loop on one UDP and one TCP socket
+ * that verifies frames, hands them to the store in batches (group commit)
+ * and acknowledges TCP frames once their batch is durable.
+ *
+ * The server knows nothing of the store: the caller supplies the key lookup
+ * and the batch commit as hooks. Everything runs on the calling thread.
+ */
+#ifndef HM_INGEST_SERVER_H
+#define HM_INGEST_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire.h"
+
+/* An API key as the server needs it to verify a frame. */
+struct ingest_key {
+    uint8_t tenant_id[UUID_SIZE];
+    uint8_t signing_key[32];
+    int revoked;
+};
+
+/* One frame of a batch. Rejected frames stay in the batch so acks keep their order. */
+struct batch_entry {
+    int32_t connection;  /* TCP connection slot, or -1 for UDP */
+    uint32_t generation; /* of the connection slot, to drop acks of a closed connection */
+    uint64_t frame_id;
+    uint8_t tenant_id[UUID_SIZE];
+    enum frame_status status;
+    uint16_t detail;
+    uint16_t event_count;
+    uint32_t body_offset; /* into the batch arena, for accepted frames */
+    uint32_t body_size;
+    uint16_t stored, duplicates, conflicts; /* filled by the commit hook */
+};
+
+struct ingest_batch {
+    struct batch_entry *entries;
+    size_t entry_count;
+    size_t entry_capacity;
+    uint8_t *arena; /* bodies of accepted frames */
+    size_t arena_size;
+    size_t arena_capacity;
+};
+
+struct server_hooks {
+    void *context;
+    /* Called before a run of key lookups, and after it. */
+    int (*lookup_begin)(void *context);
+    void (*lookup_end)(void *context);
+    /* Returns HM_OK, HM_ERR_NOT_FOUND, or another error (treated as a store failure). */
+    int (*key_lookup)(void *context, uint64_t key_id, struct ingest_key *out);
+    /*
+     * Stores the accepted entries of a batch durably, filling their counts.
+     * Returns HM_OK only once the batch is on disk; on any error nothing of
+     * the batch may be stored, and every accepted entry is answered with
+     * FRAME_STORE_FAILED.
+     */
+    int (*commit)(void *context, struct ingest_batch *batch);
+};
+
+struct server_options {
+    const char *host;     /* IPv4 or IPv6 literal; default 127.0.0.1 */
+    uint16_t tcp_port;    /* 0 picks a free port */
+    uint16_t udp_port;    /* 0 picks a free port */
+    const char *port_file; /* when set, "tcp=PORT udp=PORT\n" is written here once listening */
+    const char *stats_file; /* when set, counters are written here as JSON every 2 s and at stop */
+    uint32_t connections_max; /* 0 selects SERVER_CONNECTIONS_DEFAULT */
+};
+
+/* Open TCP connections; each costs a receive buffer that grows to FRAME_SIZE_MAX. */
+#define SERVER_CONNECTIONS_DEFAULT 256
+#define SERVER_CONNECTIONS_MAX 65536
+
+struct server_stats {
+    uint64_t frames_received;
+    uint64_t frames_by_status[FRAME_STATUS_COUNT];
+    uint64_t events_stored;
+    uint64_t events_duplicate;
+    uint64_t events_conflict;
+    uint64_t commits;
+    uint64_t commit_failures;
+    uint64_t connections_accepted;
+    uint64_t connections_rejected; /* above connections_max */
+};
+
+/*
+ * Runs the server until SIGTERM or SIGINT. Returns HM_OK after a clean stop
+ * (the last batch committed and acknowledged), HM_ERR_IO when a socket or
+ * io_uring cannot be set up (logged). `stats_out` receives the final
+ * counters when not NULL.
+ */
+int server_run(const struct server_options *options, const struct server_hooks *hooks,
+               struct server_stats *stats_out);
+
+/*
+ * Verifies one complete frame (header, key, tenant, MAC, every record) and
+ * returns its status; on FRAME_MALFORMED *detail_out is the index of the
+ * first bad event and *reason_out describes it.
+ */
+enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,
+                               const struct server_hooks *hooks, struct frame_header *header,
+                               uint16_t *detail_out, const char **reason_out);
+
+#endif

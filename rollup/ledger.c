@@ -1,0 +1,507 @@
+#include "ledger.h"
+#include "ledger_private.h"
+
+#include "common/log.h"
+#include "common/status.h"
+#include "ingest/wire.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const table_names[TABLE_COUNT] = {
+    "events", "rollups", "storage", "tenants", "names",
+    "keys",   "pricebooks", "periods", "invoices", "meta",
+};
+
+int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        log_error("ledger", "cannot create data directory %s: %s", dir, strerror(errno));
+        return HM_ERR_IO;
+    }
+    struct ledger *ledger = calloc(1, sizeof *ledger);
+    if (ledger == NULL)
+        return HM_ERR_NOMEM;
+
+    size_t map_size = options && options->map_size ? options->map_size : LEDGER_MAP_SIZE_DEFAULT;
+    unsigned flags = MDB_NOTLS | (options && options->read_only ? MDB_RDONLY : 0);
+    int rc = mdb_env_create(&ledger->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(ledger->env, TABLE_COUNT);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(ledger->env, map_size);
+    if (rc == 0)
+        rc = mdb_env_set_maxreaders(ledger->env, 256);
+    if (rc == 0)
+        rc = mdb_env_open(ledger->env, dir, flags, 0600);
+    if (rc != 0) {
+        log_error("ledger", "cannot open ledger in %s: %s", dir, mdb_strerror(rc));
+        goto fail_env;
+    }
+
+    MDB_txn *txn = NULL;
+    rc = mdb_txn_begin(ledger->env, NULL, options && options->read_only ? MDB_RDONLY : 0, &txn);
+    if (rc != 0)
+        goto fail_open;
+    for (int i = 0; i < TABLE_COUNT; i++) {
+        unsigned table_flags = options && options->read_only ? 0 : MDB_CREATE;
+        rc = mdb_dbi_open(txn, table_names[i], table_flags, &ledger->tables[i]);
+        if (rc != 0) {
+            mdb_txn_abort(txn);
+            goto fail_open;
+        }
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        goto fail_open;
+    *out = ledger;
+    return HM_OK;
+
+fail_open:
+    log_error("ledger", "cannot open ledger tables in %s: %s", dir, mdb_strerror(rc));
+fail_env:
+    mdb_env_close(ledger->env);
+    free(ledger);
+    return rc == MDB_MAP_FULL ? HM_ERR_FULL : HM_ERR_STORAGE;
+}
+
+void ledger_close(struct ledger *ledger)
+{
+    if (ledger == NULL)
+        return;
+    if (ledger->lookup_txn)
+        mdb_txn_abort(ledger->lookup_txn);
+    mdb_env_close(ledger->env);
+    free(ledger);
+}
+
+int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
+{
+    struct ledger_txn *txn = malloc(sizeof *txn);
+    if (txn == NULL)
+        return HM_ERR_NOMEM;
+    int rc = mdb_txn_begin(ledger->env, NULL, 0, &txn->txn);
+    if (rc != 0) {
+        free(txn);
+        return status_of(rc, "begin write transaction");
+    }
+    txn->ledger = ledger;
+    *out = txn;
+    return HM_OK;
+}
+
+int ledger_commit(struct ledger_txn *txn)
+{
+    int rc = mdb_txn_commit(txn->txn);
+    free(txn);
+    return rc == 0 ? HM_OK : status_of(rc, "commit");
+}
+
+void ledger_abort(struct ledger_txn *txn)
+{
+    if (txn == NULL)
+        return;
+    mdb_txn_abort(txn->txn);
+    free(txn);
+}
+
+static size_t rollup_key(uint8_t *key, const uint8_t tenant_id[UUID_SIZE], uint32_t period,
+                         enum rollup_meter meter, const char *dimension)
+{
+    size_t dimension_size = strlen(dimension);
+    memcpy(key, tenant_id, UUID_SIZE);
+    store_be32(key + UUID_SIZE, period);
+    key[UUID_SIZE + 4] = (uint8_t)meter;
+    memcpy(key + UUID_SIZE + 5, dimension, dimension_size);
+    return UUID_SIZE + 5 + dimension_size;
+}
+
+static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
+                                uint64_t *count)
+{
+    memcpy(quantity, value, 16);
+    memcpy(count, value + 16, 8);
+}
+
+static int rollup_add(MDB_txn *txn, MDB_dbi dbi, const uint8_t tenant_id[UUID_SIZE],
+                      uint32_t period, enum rollup_meter meter, const char *dimension,
+                      uint64_t quantity)
+{
+    uint8_t key_bytes[ROLLUP_KEY_MAX];
+    MDB_val key = { rollup_key(key_bytes, tenant_id, period, meter, dimension), key_bytes };
+    MDB_val value;
+    unsigned __int128 total = 0;
+    uint64_t count = 0;
+    int rc = mdb_get(txn, dbi, &key, &value);
+    if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
+        rollup_value_decode(value.mv_data, &total, &count);
+    else if (rc != MDB_NOTFOUND && rc != 0)
+        return status_of(rc, "read rollup");
+
+    total += quantity;
+    count += 1;
+    uint8_t bytes[ROLLUP_VALUE_SIZE];
+    memcpy(bytes, &total, 16);
+    memcpy(bytes + 16, &count, 8);
+    value.mv_size = sizeof bytes;
+    value.mv_data = bytes;
+    rc = mdb_put(txn, dbi, &key, &value, 0);
+    return rc == 0 ? HM_OK : status_of(rc, "write rollup");
+}
+
+/* The rollup changes of one event, shared by ledger_append and ledger_verify. */
+typedef int (*rollup_sink)(void *context, enum rollup_meter meter, const char *dimension,
+                           uint64_t quantity);
+
+static int event_rollups(const struct event *event, rollup_sink sink, void *context)
+{
+    int rc = sink(context, ROLLUP_EVENTS, event_kind_name(event->kind), 1);
+    if (rc != HM_OK)
+        return rc;
+    switch (event->kind) {
+    case EVENT_GPU_ALLOCATION:
+        return sink(context, ROLLUP_GPU_SECONDS, event->u.gpu.gpu_type, event->u.gpu.duration_s);
+    case EVENT_INFERENCE: {
+        const struct event_inference *inference = &event->u.inference;
+        uint64_t uncached = inference->input_tokens - inference->cached_input_tokens;
+        if (uncached > 0 && (rc = sink(context, ROLLUP_INPUT_TOKENS, inference->model, uncached)))
+            return rc;
+        if (inference->output_tokens > 0 &&
+            (rc = sink(context, ROLLUP_OUTPUT_TOKENS, inference->model, inference->output_tokens)))
+            return rc;
+        if (inference->cached_input_tokens > 0)
+            return sink(context, ROLLUP_CACHED_INPUT_TOKENS, inference->model,
+                        inference->cached_input_tokens);
+        return HM_OK;
+    }
+    case EVENT_STORAGE:
+        if (event->u.storage.bytes_transferred > 0)
+            return sink(context, ROLLUP_TRANSFER_BYTES, "", event->u.storage.bytes_transferred);
+        return HM_OK;
+    case EVENT_API_CALL:
+        return sink(context, ROLLUP_API_CALLS, "", 1);
+    }
+    return HM_ERR_INVALID;
+}
+
+struct append_context {
+    struct ledger_txn *txn;
+    const struct event *event;
+    uint32_t period;
+};
+
+static int append_sink(void *context, enum rollup_meter meter, const char *dimension,
+                       uint64_t quantity)
+{
+    struct append_context *append = context;
+    struct ledger *ledger = append->txn->ledger;
+    return rollup_add(append->txn->txn, ledger->tables[TABLE_ROLLUPS], append->event->tenant_id,
+                      append->period, meter, dimension, quantity);
+}
+
+static int storage_sample_put(struct ledger_txn *txn, const struct event *event)
+{
+    uint8_t key_bytes[UUID_SIZE + 8 + UUID_SIZE];
+    memcpy(key_bytes, event->tenant_id, UUID_SIZE);
+    store_be64(key_bytes + UUID_SIZE, biased_seconds(floor_seconds(event->timestamp_us)));
+    memcpy(key_bytes + UUID_SIZE + 8, event->event_id, UUID_SIZE);
+    MDB_val key = { sizeof key_bytes, key_bytes };
+    MDB_val value = { sizeof event->u.storage.bytes_stored,
+                      (void *)&event->u.storage.bytes_stored };
+    int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_STORAGE], &key, &value, 0);
+    return rc == 0 ? HM_OK : status_of(rc, "write storage sample");
+}
+
+int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
+                  size_t record_size)
+{
+    uint8_t key_bytes[2 * UUID_SIZE];
+    memcpy(key_bytes, event->tenant_id, UUID_SIZE);
+    memcpy(key_bytes + UUID_SIZE, event->event_id, UUID_SIZE);
+    MDB_val key = { sizeof key_bytes, key_bytes };
+    MDB_val value = { record_size, (void *)record };
+
+    /* Invariant 1: MDB_NOOVERWRITE makes the dedup check and the write one step. */
+    int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_EVENTS], &key, &value, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        if (value.mv_size == record_size && memcmp(value.mv_data, record, record_size) == 0)
+            return APPEND_DUPLICATE;
+        return APPEND_CONFLICT;
+    }
+    if (rc != 0)
+        return status_of(rc, "append event");
+
+    if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
+        return rc;
+    struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
+    rc = event_rollups(event, append_sink, &context);
+    return rc == HM_OK ? APPEND_STORED : rc;
+}
+
+/* ---- Reading rollups ---- */
+
+struct row_list {
+    struct rollup_row *rows;
+    size_t count;
+    size_t capacity;
+};
+
+static struct rollup_row *row_list_find(struct row_list *list, enum rollup_meter meter,
+                                        const char *dimension)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        if (list->rows[i].meter == meter && strcmp(list->rows[i].dimension, dimension) == 0)
+            return &list->rows[i];
+    }
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? 2 * list->capacity : 16;
+        struct rollup_row *rows = realloc(list->rows, capacity * sizeof *rows);
+        if (rows == NULL)
+            return NULL;
+        list->rows = rows;
+        list->capacity = capacity;
+    }
+    struct rollup_row *row = &list->rows[list->count++];
+    memset(row, 0, sizeof *row);
+    row->meter = meter;
+    snprintf(row->dimension, sizeof row->dimension, "%s", dimension);
+    return row;
+}
+
+static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
+                                const uint8_t tenant_id[UUID_SIZE], int64_t start_s,
+                                int64_t end_s, unsigned __int128 *out)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_STORAGE], &cursor);
+    if (rc != 0)
+        return status_of(rc, "open storage cursor");
+
+    /* Position on the first sample at or after start_s, then step back once for the level at start. */
+    uint8_t seek[UUID_SIZE + 8];
+    memcpy(seek, tenant_id, UUID_SIZE);
+    store_be64(seek + UUID_SIZE, biased_seconds(start_s));
+    MDB_val key = { sizeof seek, seek }, value;
+    uint64_t level = 0;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    int have_previous = rc == 0 ? mdb_cursor_get(cursor, &key, &value, MDB_PREV) == 0
+                                : mdb_cursor_get(cursor, &key, &value, MDB_LAST) == 0;
+    if (have_previous && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0)
+        memcpy(&level, value.mv_data, 8);
+
+    unsigned __int128 total = 0;
+    int64_t at = start_s;
+    key.mv_size = sizeof seek;
+    key.mv_data = seek;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+        int64_t sample_s = (int64_t)(load_be64((const uint8_t *)key.mv_data + UUID_SIZE) ^
+                                     (UINT64_C(1) << 63));
+        if (sample_s >= end_s)
+            break;
+        total += (unsigned __int128)level * (uint64_t)(sample_s - at);
+        memcpy(&level, value.mv_data, 8);
+        at = sample_s;
+        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    total += (unsigned __int128)level * (uint64_t)(end_s - at);
+    mdb_cursor_close(cursor);
+    *out = total;
+    return HM_OK;
+}
+
+int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                                int64_t start_s, int64_t end_s, unsigned __int128 *out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    rc = storage_byte_seconds(ledger, txn, tenant_id, start_s, end_s, out);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                        uint32_t period, struct row_list *list)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_ROLLUPS], &cursor);
+    if (rc != 0)
+        return status_of(rc, "open rollup cursor");
+    uint8_t prefix[UUID_SIZE + 4];
+    memcpy(prefix, tenant_id, UUID_SIZE);
+    store_be32(prefix + UUID_SIZE, period);
+    MDB_val key = { sizeof prefix, prefix }, value;
+    int status = HM_OK;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (rc == 0 && key.mv_size > sizeof prefix &&
+           memcmp(key.mv_data, prefix, sizeof prefix) == 0) {
+        const uint8_t *bytes = key.mv_data;
+        char dimension[EVENT_ENDPOINT_MAX + 1];
+        size_t dimension_size = key.mv_size - sizeof prefix - 1;
+        if (dimension_size > EVENT_ENDPOINT_MAX || value.mv_size != ROLLUP_VALUE_SIZE) {
+            status = HM_ERR_STORAGE;
+            log_error("ledger", "corrupt rollup record of size %zu", value.mv_size);
+            break;
+        }
+        memcpy(dimension, bytes + sizeof prefix + 1, dimension_size);
+        dimension[dimension_size] = '\0';
+        struct rollup_row *row = row_list_find(list, (enum rollup_meter)bytes[sizeof prefix],
+                                               dimension);
+        if (row == NULL) {
+            status = HM_ERR_NOMEM;
+            break;
+        }
+        rollup_value_decode(value.mv_data, &row->quantity, &row->event_count);
+        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    return status;
+}
+
+int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period,
+                   struct rollup_row **rows_out, size_t *count_out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct row_list list = { 0 };
+    rc = rollups_read(ledger, txn, tenant_id, period, &list);
+
+    unsigned __int128 byte_seconds = 0;
+    if (rc == HM_OK)
+        rc = storage_byte_seconds(ledger, txn, tenant_id, period_start_us(period) / 1000000,
+                                  period_start_us(period_next(period)) / 1000000, &byte_seconds);
+    if (rc == HM_OK && byte_seconds > 0) {
+        struct rollup_row *row = row_list_find(&list, ROLLUP_STORAGE_BYTE_SECONDS, "");
+        if (row == NULL)
+            rc = HM_ERR_NOMEM;
+        else
+            row->quantity = byte_seconds;
+    }
+    mdb_txn_abort(txn);
+    if (rc != HM_OK) {
+        free(list.rows);
+        return rc;
+    }
+    *rows_out = list.rows;
+    *count_out = list.count;
+    return HM_OK;
+}
+
+/* ---- Verification by recount ---- */
+
+struct recount_context {
+    struct row_list *list;
+};
+
+static int recount_sink(void *context, enum rollup_meter meter, const char *dimension,
+                        uint64_t quantity)
+{
+    struct recount_context *recount = context;
+    struct rollup_row *row = row_list_find(recount->list, meter, dimension);
+    if (row == NULL)
+        return HM_ERR_NOMEM;
+    row->quantity += quantity;
+    row->event_count += 1;
+    return HM_OK;
+}
+
+static int recount_period(struct ledger *ledger, MDB_txn *txn,
+                          const uint8_t tenant_id[UUID_SIZE], uint32_t period,
+                          struct row_list *list)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor);
+    if (rc != 0)
+        return status_of(rc, "open event cursor");
+    MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
+    struct recount_context context = { list };
+    int status = HM_OK;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+        struct event event;
+        size_t offset = 0;
+        const char *reason = NULL;
+        if (record_decode(value.mv_data, value.mv_size, &offset, tenant_id, &event, &reason)) {
+            log_error("ledger", "stored event cannot be decoded: %s", reason);
+            status = HM_ERR_STORAGE;
+            break;
+        }
+        if (event_period_of(event.timestamp_us) == period &&
+            (status = event_rollups(&event, recount_sink, &context)) != HM_OK)
+            break;
+        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    return status;
+}
+
+int ledger_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct row_list stored = { 0 }, recounted = { 0 };
+    rc = rollups_read(ledger, txn, tenant_id, period, &stored);
+    if (rc == HM_OK)
+        rc = recount_period(ledger, txn, tenant_id, period, &recounted);
+    mdb_txn_abort(txn);
+
+    if (rc == HM_OK && stored.count != recounted.count) {
+        log_error("ledger", "verify period=%u rollup rows=%zu recounted rows=%zu", period,
+                  stored.count, recounted.count);
+        rc = HM_ERR_CONFLICT;
+    }
+    for (size_t i = 0; rc == HM_OK && i < recounted.count; i++) {
+        const struct rollup_row *want = &recounted.rows[i];
+        const struct rollup_row *have = NULL;
+        for (size_t j = 0; j < stored.count; j++) {
+            if (stored.rows[j].meter == want->meter &&
+                strcmp(stored.rows[j].dimension, want->dimension) == 0)
+                have = &stored.rows[j];
+        }
+        if (have == NULL || have->quantity != want->quantity ||
+            have->event_count != want->event_count) {
+            log_error("ledger", "verify period=%u meter=%d dimension=%s differs from recount",
+                      period, (int)want->meter, want->dimension);
+            rc = HM_ERR_CONFLICT;
+        }
+    }
+    free(stored.rows);
+    free(recounted.rows);
+    return rc;
+}
+
+int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                       uint64_t *count_out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return status_of(rc, "open event cursor");
+    }
+    MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
+    uint64_t count = 0;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+        count++;
+        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    mdb_txn_abort(txn);
+    *count_out = count;
+    return HM_OK;
+}

@@ -1,0 +1,89 @@
+/* Layout of the ledger's LMDB environment, shared by the files of rollup/. */
+#ifndef HM_LEDGER_PRIVATE_H
+#define HM_LEDGER_PRIVATE_H
+
+#include "ledger.h"
+
+#include "common/log.h"
+#include "common/status.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <string.h>
+
+/* Named tables; see ledger.h for what each holds. */
+enum table {
+    TABLE_EVENTS,     /* tenant(16) event id(16) -> canonical record bytes */
+    TABLE_ROLLUPS,    /* tenant(16) period(4, BE) meter(1) dimension -> quantity(16) count(8) */
+    TABLE_STORAGE,    /* tenant(16) second(8, BE, biased) event id(16) -> bytes stored(8) */
+    TABLE_TENANTS,    /* tenant(16) -> struct tenant_value */
+    TABLE_NAMES,      /* tenant name -> tenant(16) */
+    TABLE_KEYS,       /* key id(8, BE) -> struct key_value */
+    TABLE_PRICEBOOKS, /* scope -> JSON text */
+    TABLE_PERIODS,    /* tenant(16) period(4, BE) -> closed flag(1) */
+    TABLE_INVOICES,   /* tenant(16) period(4, BE) -> JSON text */
+    TABLE_META,       /* name -> value */
+    TABLE_COUNT,
+};
+
+struct ledger {
+    MDB_env *env;
+    MDB_dbi tables[TABLE_COUNT];
+    MDB_txn *lookup_txn; /* reused read transaction of ledger_read_begin */
+};
+
+struct ledger_txn {
+    struct ledger *ledger;
+    MDB_txn *txn;
+};
+
+#define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
+#define ROLLUP_VALUE_SIZE 24
+
+static inline int status_of(int mdb_rc, const char *operation)
+{
+    if (mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC) {
+        log_error("ledger", "%s failed: %s; grow the map with --map-size or free disk space",
+                  operation, mdb_strerror(mdb_rc));
+        return HM_ERR_FULL;
+    }
+    log_error("ledger", "%s failed: %s", operation, mdb_strerror(mdb_rc));
+    return HM_ERR_STORAGE;
+}
+
+static inline void store_be32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static inline void store_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static inline uint64_t load_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Seconds biased by 2^63 so that big-endian byte order sorts negative times first. */
+static inline uint64_t biased_seconds(int64_t seconds) { return (uint64_t)seconds ^ (UINT64_C(1) << 63); }
+
+static inline int64_t floor_seconds(int64_t timestamp_us)
+{
+    int64_t seconds = timestamp_us / 1000000;
+    return timestamp_us % 1000000 < 0 ? seconds - 1 : seconds;
+}
+
+static inline int read_begin(struct ledger *ledger, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(ledger->env, NULL, MDB_RDONLY, txn);
+    return rc == 0 ? HM_OK : status_of(rc, "begin read transaction");
+}
+
+#endif

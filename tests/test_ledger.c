@@ -1,0 +1,253 @@
+/* The LMDB ledger on disk: exactly-once appends, rollups, tenant scoping, restarts. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "ingest/wire.h"
+#include "rollup/ledger.h"
+
+static char dir[256];
+static struct ledger *ledger;
+
+static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* 2024-06-10T12:00:00Z */
+#define JUNE_10_US (INT64_C(1718020800) * 1000000)
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/hm-test-ledger-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+}
+
+static void teardown(void)
+{
+    ledger_close(ledger);
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", dir);
+    cr_assert_eq(system(command), 0);
+}
+
+static struct event inference(const uint8_t tenant[UUID_SIZE], uint8_t id_byte, uint64_t input,
+                              uint64_t output)
+{
+    struct event event = { .kind = EVENT_INFERENCE, .timestamp_us = JUNE_10_US };
+    memcpy(event.tenant_id, tenant, UUID_SIZE);
+    memset(event.event_id, id_byte, UUID_SIZE);
+    snprintf(event.u.inference.model, sizeof event.u.inference.model, "m-large");
+    event.u.inference.input_tokens = input;
+    event.u.inference.output_tokens = output;
+    return event;
+}
+
+/* Appends one event in its own committed transaction and returns the outcome. */
+static int append_one(const struct event *event)
+{
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(event, record);
+    cr_assert_gt(size, 0);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    int outcome = ledger_append(txn, event, record, (size_t)size);
+    cr_assert_geq(outcome, 0);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    return outcome;
+}
+
+static unsigned __int128 quantity_of(const uint8_t tenant[UUID_SIZE], enum rollup_meter meter,
+                                     const char *dimension)
+{
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    cr_assert_eq(ledger_rollups(ledger, tenant, 202406, &rows, &count), HM_OK);
+    unsigned __int128 quantity = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (rows[i].meter == meter && strcmp(rows[i].dimension, dimension) == 0)
+            quantity = rows[i].quantity;
+    }
+    free(rows);
+    return quantity;
+}
+
+TestSuite(ledger, .init = setup, .fini = teardown);
+
+Test(ledger, same_event_twice_counted_once)
+{
+    struct event event = inference(tenant_a, 0x42, 1200000, 300000);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+    cr_assert_eq(append_one(&event), APPEND_DUPLICATE);
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == 1200000);
+    cr_assert(quantity_of(tenant_a, ROLLUP_OUTPUT_TOKENS, "m-large") == 300000);
+    uint64_t count = 0;
+    cr_assert_eq(ledger_event_count(ledger, tenant_a, &count), HM_OK);
+    cr_assert_eq(count, 1);
+}
+
+Test(ledger, same_id_other_content_is_conflict)
+{
+    struct event first = inference(tenant_a, 0x42, 1200000, 300000);
+    struct event changed = inference(tenant_a, 0x42, 1200000, 300001);
+    cr_assert_eq(append_one(&first), APPEND_STORED);
+    cr_assert_eq(append_one(&changed), APPEND_CONFLICT);
+    cr_assert(quantity_of(tenant_a, ROLLUP_OUTPUT_TOKENS, "m-large") == 300000);
+}
+
+Test(ledger, same_id_two_tenants_two_events)
+{
+    struct event for_a = inference(tenant_a, 0x42, 10, 1);
+    struct event for_b = inference(tenant_b, 0x42, 10, 1);
+    cr_assert_eq(append_one(&for_a), APPEND_STORED);
+    cr_assert_eq(append_one(&for_b), APPEND_STORED);
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == 10);
+    cr_assert(quantity_of(tenant_b, ROLLUP_INPUT_TOKENS, "m-large") == 10);
+}
+
+Test(ledger, duplicate_after_reopen)
+{
+    struct event event = inference(tenant_a, 0x07, 500, 50);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+    ledger_close(ledger);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    cr_assert_eq(append_one(&event), APPEND_DUPLICATE);
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == 500);
+}
+
+Test(ledger, aborted_batch_stores_nothing)
+{
+    struct event event = inference(tenant_a, 0x09, 500, 50);
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(&event, record);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_append(txn, &event, record, (size_t)size), APPEND_STORED);
+    ledger_abort(txn);
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == 0);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+}
+
+Test(ledger, cached_tokens_split_from_input)
+{
+    struct event event = inference(tenant_a, 0x11, 1000, 10);
+    event.u.inference.cached_input_tokens = 600;
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == 400);
+    cr_assert(quantity_of(tenant_a, ROLLUP_CACHED_INPUT_TOKENS, "m-large") == 600);
+}
+
+Test(ledger, large_token_counts_do_not_wrap)
+{
+    for (uint8_t i = 1; i <= 3; i++) {
+        struct event event = inference(tenant_a, i, UINT64_C(1500000000), 0);
+        cr_assert_eq(append_one(&event), APPEND_STORED);
+    }
+    cr_assert(quantity_of(tenant_a, ROLLUP_INPUT_TOKENS, "m-large") == UINT64_C(4500000000));
+}
+
+Test(ledger, gpu_api_and_events_rollups)
+{
+    struct event gpu = { .kind = EVENT_GPU_ALLOCATION, .timestamp_us = JUNE_10_US };
+    memcpy(gpu.tenant_id, tenant_a, UUID_SIZE);
+    memset(gpu.event_id, 0x21, UUID_SIZE);
+    strcpy(gpu.u.gpu.allocation_id, "alloc-1");
+    strcpy(gpu.u.gpu.pool_id, "pool-1");
+    strcpy(gpu.u.gpu.gpu_type, "H100");
+    gpu.u.gpu.duration_s = 3600;
+    struct event api = { .kind = EVENT_API_CALL, .timestamp_us = JUNE_10_US };
+    memcpy(api.tenant_id, tenant_a, UUID_SIZE);
+    memset(api.event_id, 0x22, UUID_SIZE);
+    strcpy(api.u.api.endpoint, "/v1/chat/completions");
+    api.u.api.response_code = 200;
+    cr_assert_eq(append_one(&gpu), APPEND_STORED);
+    cr_assert_eq(append_one(&api), APPEND_STORED);
+    cr_assert(quantity_of(tenant_a, ROLLUP_GPU_SECONDS, "H100") == 3600);
+    cr_assert(quantity_of(tenant_a, ROLLUP_API_CALLS, "") == 1);
+    cr_assert(quantity_of(tenant_a, ROLLUP_EVENTS, "gpu_allocation") == 1);
+    cr_assert(quantity_of(tenant_a, ROLLUP_EVENTS, "api_call") == 1);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+}
+
+static struct event storage_sample(uint8_t id_byte, int64_t seconds, uint64_t bytes)
+{
+    struct event event = { .kind = EVENT_STORAGE, .timestamp_us = seconds * 1000000 };
+    memcpy(event.tenant_id, tenant_a, UUID_SIZE);
+    memset(event.event_id, id_byte, UUID_SIZE);
+    event.u.storage.bytes_stored = bytes;
+    return event;
+}
+
+Test(ledger, storage_time_weighted_over_leap_february)
+{
+    /* 2024-02-01T00:00Z and 2024-02-15T00:00Z: 100 GB held for 14 of 29 days. */
+    const int64_t february_1 = 1706745600, february_15 = 1707955200, march_1 = 1709251200;
+    struct event full = storage_sample(0x31, february_1, UINT64_C(100000000000));
+    struct event empty = storage_sample(0x32, february_15, 0);
+    cr_assert_eq(append_one(&full), APPEND_STORED);
+    cr_assert_eq(append_one(&empty), APPEND_STORED);
+    unsigned __int128 byte_seconds = 0;
+    cr_assert_eq(ledger_storage_byte_seconds(ledger, tenant_a, february_1, march_1,
+                                             &byte_seconds), HM_OK);
+    unsigned __int128 expected = (unsigned __int128)UINT64_C(100000000000) * 14 * 86400;
+    cr_assert(byte_seconds == expected);
+}
+
+Test(ledger, storage_level_carries_into_next_period)
+{
+    const int64_t january_20 = 1705708800, february_1 = 1706745600, march_1 = 1709251200;
+    struct event sample = storage_sample(0x33, january_20, 1000);
+    cr_assert_eq(append_one(&sample), APPEND_STORED);
+    unsigned __int128 byte_seconds = 0;
+    cr_assert_eq(ledger_storage_byte_seconds(ledger, tenant_a, february_1, march_1,
+                                             &byte_seconds), HM_OK);
+    cr_assert(byte_seconds == (unsigned __int128)1000 * 29 * 86400);
+}
+
+Test(ledger, period_closes_once)
+{
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_period_closed(ledger, tenant_a, 202406), 0);
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_period_close(txn, tenant_a, 202406, "{\"total\": 1}"), HM_OK);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    cr_assert_eq(ledger_period_closed(ledger, tenant_a, 202406), 1);
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_period_close(txn, tenant_a, 202406, "{}"), HM_ERR_STATE);
+    ledger_abort(txn);
+    char *json = NULL;
+    cr_assert_eq(ledger_invoice_get(ledger, tenant_a, 202406, &json), HM_OK);
+    cr_assert_str_eq(json, "{\"total\": 1}");
+    free(json);
+}
+
+Test(ledger, tenant_names_unique)
+{
+    struct tenant tenant = { .active = 1 };
+    memcpy(tenant.id, tenant_a, UUID_SIZE);
+    strcpy(tenant.name, "acme");
+    cr_assert_eq(ledger_tenant_create(ledger, &tenant), HM_OK);
+    memcpy(tenant.id, tenant_b, UUID_SIZE);
+    cr_assert_eq(ledger_tenant_create(ledger, &tenant), HM_ERR_EXISTS);
+    struct tenant found;
+    cr_assert_eq(ledger_tenant_find(ledger, "acme", &found), HM_OK);
+    cr_assert_eq(memcmp(found.id, tenant_a, UUID_SIZE), 0);
+    cr_assert_eq(ledger_tenant_find(ledger, "nobody", &found), HM_ERR_NOT_FOUND);
+}
+
+Test(ledger, revoked_key_stays_revoked)
+{
+    struct key_record key = { .key_id = 77, .status = KEY_ACTIVE };
+    memcpy(key.tenant_id, tenant_a, UUID_SIZE);
+    cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
+    cr_assert_eq(ledger_key_revoke(ledger, 77, 1000), HM_OK);
+    cr_assert_eq(ledger_key_revoke(ledger, 77, 1001), HM_ERR_STATE);
+    cr_assert_eq(ledger_key_revoke(ledger, 78, 1001), HM_ERR_NOT_FOUND);
+    struct key_record read;
+    cr_assert_eq(ledger_read_begin(ledger), HM_OK);
+    cr_assert_eq(ledger_key_lookup(ledger, 77, &read), HM_OK);
+    ledger_read_end(ledger);
+    cr_assert_eq(read.status, KEY_REVOKED);
+    cr_assert_eq(read.revoked_s, 1000);
+}

@@ -1,0 +1,254 @@
+/* meterd on loopback: acks, every reject reason, exactly-once across restarts, UDP. */
+#include "meterd_harness.h"
+
+static struct harness server;
+static struct test_tenant tenant_a, tenant_b;
+static uint8_t frame[FRAME_SIZE_MAX];
+
+static void setup(void)
+{
+    harness_make_dir(&server);
+    harness_tenant(&server, "tenant-a", &tenant_a);
+    harness_tenant(&server, "tenant-b", &tenant_b);
+    harness_start(&server);
+}
+
+static void teardown(void) { harness_remove(&server); }
+
+TestSuite(server, .init = setup, .fini = teardown, .timeout = 60);
+
+Test(server, frame_stored_then_duplicate)
+{
+    struct event events[2] = { harness_inference(1, "m-large", 1200000, 300000),
+                               harness_inference(2, "m-large", 100, 10) };
+    size_t size = harness_frame(frame, &tenant_a, 7, events, 2);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.frame_id, 7);
+    cr_assert_eq(ack.stored, 2);
+    cr_assert_eq(ack.duplicates, 0);
+
+    ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 0);
+    cr_assert_eq(ack.duplicates, 2);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_INPUT_TOKENS, "m-large"), 1200100);
+}
+
+Test(server, duplicate_across_restart)
+{
+    struct event event = harness_inference(3, "m-large", 1000, 100);
+    size_t size = harness_frame(frame, &tenant_a, 1, &event, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+    cr_assert_eq(harness_stop(&server), 0);
+    harness_start(&server);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 0);
+    cr_assert_eq(ack.duplicates, 1);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_INPUT_TOKENS, "m-large"), 1000);
+}
+
+Test(server, conflicting_content_rejected)
+{
+    struct event first = harness_inference(4, "m-large", 1200000, 300000);
+    struct event changed = harness_inference(4, "m-large", 1200000, 300001);
+    size_t size = harness_frame(frame, &tenant_a, 1, &first, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+    size = harness_frame(frame, &tenant_a, 2, &changed, 1);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 0);
+    cr_assert_eq(ack.conflicts, 1);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_OUTPUT_TOKENS, "m-large"), 300000);
+}
+
+Test(server, same_uuid_two_tenants_counted)
+{
+    struct event a1 = harness_inference(5, "m-large", 10, 1);
+    struct event a2 = harness_inference(6, "m-large", 10, 1);
+    struct event b1 = harness_inference(5, "m-large", 10, 1);
+    struct event pair[2] = { a1, a2 };
+    size_t size = harness_frame(frame, &tenant_a, 1, pair, 2);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 2);
+    size = harness_frame(frame, &tenant_b, 1, &b1, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), 2);
+    cr_assert_eq(harness_quantity(&server, tenant_b.id, ROLLUP_EVENTS, "inference"), 1);
+}
+
+Test(server, bad_mac_rejected_connection_survives)
+{
+    struct event event = harness_inference(8, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &tenant_a, 11, &event, 1);
+    int fd = harness_connect(&server);
+    frame[FRAME_HEADER_SIZE + 5] ^= 0x01;
+    harness_send_all(fd, frame, size);
+    frame[FRAME_HEADER_SIZE + 5] ^= 0x01;
+    size_t good_size = harness_frame(frame, &tenant_a, 12, &event, 1);
+    harness_send_all(fd, frame, good_size);
+
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0);
+    cr_assert_eq(ack.status, FRAME_BAD_MAC);
+    cr_assert_eq(ack.frame_id, 11);
+    cr_assert_eq(harness_read_ack(fd, &ack), 0);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.frame_id, 12);
+    cr_assert_eq(ack.stored, 1);
+    close(fd);
+}
+
+Test(server, unknown_key_rejected)
+{
+    struct event event = harness_inference(9, "m-large", 10, 1);
+    struct test_tenant stranger = tenant_a;
+    stranger.key.key_id ^= 0x5555;
+    size_t size = harness_frame(frame, &stranger, 1, &event, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).status, FRAME_UNKNOWN_KEY);
+}
+
+Test(server, key_of_other_tenant_rejected)
+{
+    struct event event = harness_inference(10, "m-large", 10, 1);
+    struct test_tenant forged = tenant_a;
+    memcpy(forged.id, tenant_b.id, UUID_SIZE);
+    size_t size = harness_frame(frame, &forged, 1, &event, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).status, FRAME_WRONG_TENANT);
+    cr_assert_eq(harness_quantity(&server, tenant_b.id, ROLLUP_EVENTS, "inference"), 0);
+}
+
+Test(server, revoked_key_rejected_at_once)
+{
+    struct event event = harness_inference(11, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &tenant_a, 1, &event, 1);
+    struct ledger *ledger = NULL;
+    cr_assert_eq(ledger_open(&ledger, server.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_key_revoke(ledger, tenant_a.key.key_id, 1), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(harness_send_frame(&server, frame, size).status, FRAME_REVOKED_KEY);
+}
+
+Test(server, malformed_event_names_index)
+{
+    struct event events[3] = { harness_inference(12, "m-large", 10, 1),
+                               harness_inference(13, "m-large", 10, 1),
+                               harness_inference(14, "m-large", 10, 1) };
+    size_t size = harness_frame(frame, &tenant_a, 1, events, 3);
+    /* Cached tokens above input tokens in the third record; then re-sign the frame. */
+    size_t third = FRAME_HEADER_SIZE + 2 * (size_t)(RECORD_HEADER_SIZE + 36 + 1 + 7);
+    frame[third + RECORD_HEADER_SIZE + 16] = 0xff;
+    unsigned int mac_size = 0;
+    HMAC(EVP_sha256(), tenant_a.signing_key, 32, frame, size - FRAME_MAC_SIZE,
+         frame + size - FRAME_MAC_SIZE, &mac_size);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_MALFORMED);
+    cr_assert_eq(ack.detail, 2);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), 0);
+}
+
+Test(server, bad_magic_closes_connection)
+{
+    int fd = harness_connect(&server);
+    uint8_t garbage[FRAME_HEADER_SIZE];
+    memset(garbage, 'x', sizeof garbage);
+    harness_send_all(fd, garbage, sizeof garbage);
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0);
+    cr_assert_eq(ack.status, FRAME_BAD_MAGIC);
+    cr_assert_eq(ack.frame_id, 0);
+    cr_assert_eq(harness_read_ack(fd, &ack), -1, "the connection stays open after bad magic");
+    close(fd);
+
+    struct event event = harness_inference(15, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &tenant_a, 2, &event, 1);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+}
+
+Test(server, bad_version_rejected)
+{
+    struct event event = harness_inference(16, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &tenant_a, 3, &event, 1);
+    frame[4] = 2;
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_BAD_VERSION);
+    cr_assert_eq(ack.frame_id, 3);
+}
+
+Test(server, oversized_body_rejected)
+{
+    struct event event = harness_inference(17, "m-large", 10, 1);
+    harness_frame(frame, &tenant_a, 4, &event, 1);
+    uint32_t huge = FRAME_BODY_MAX + 1;
+    memcpy(frame + 8, &huge, 4);
+    int fd = harness_connect(&server);
+    harness_send_all(fd, frame, FRAME_HEADER_SIZE);
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0);
+    cr_assert_eq(ack.status, FRAME_TOO_LARGE);
+    close(fd);
+}
+
+Test(server, truncated_frame_counted)
+{
+    struct event event = harness_inference(18, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &tenant_a, 5, &event, 1);
+    int fd = harness_connect(&server);
+    harness_send_all(fd, frame, size - 10);
+    close(fd);
+    harness_sleep_ms(200);
+    cr_assert_eq(harness_stop(&server), 0);
+
+    char path[300], stats[4096] = "";
+    snprintf(path, sizeof path, "%s/meterd-stats.json", server.dir);
+    FILE *file = fopen(path, "r");
+    cr_assert_not_null(file);
+    size_t read = fread(stats, 1, sizeof stats - 1, file);
+    fclose(file);
+    stats[read] = '\0';
+    cr_assert_not_null(strstr(stats, "\"truncated\": 1"), "stats: %s", stats);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), 0);
+}
+
+Test(server, frames_split_across_writes)
+{
+    struct event events[3] = { harness_inference(19, "m-large", 10, 1),
+                               harness_inference(20, "m-large", 10, 1),
+                               harness_inference(21, "m-large", 10, 1) };
+    size_t size = harness_frame(frame, &tenant_a, 6, events, 3);
+    int fd = harness_connect(&server);
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    for (size_t i = 0; i < size; i += 7) {
+        harness_send_all(fd, frame + i, size - i < 7 ? size - i : 7);
+        harness_sleep_ms(1);
+    }
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 3);
+    close(fd);
+}
+
+Test(server, udp_frame_stored)
+{
+    struct event event = harness_inference(22, "m-mid", 15798000, 0);
+    size_t size = harness_frame(frame, &tenant_a, 1, &event, 1);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(server.udp_port) };
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    cr_assert_eq(sendto(fd, frame, size, 0, (struct sockaddr *)&address, sizeof address),
+                 (ssize_t)size);
+    close(fd);
+    uint64_t stored = 0;
+    for (int i = 0; i < 200 && stored == 0; i++) {
+        harness_sleep_ms(10);
+        stored = harness_quantity(&server, tenant_a.id, ROLLUP_INPUT_TOKENS, "m-mid");
+    }
+    cr_assert_eq(stored, 15798000);
+}
+
+Test(server, sigterm_stops_cleanly)
+{
+    cr_assert_eq(harness_stop(&server), 0);
+}
