@@ -25,6 +25,9 @@ enum event_kind {
 /* Longest API endpoint path in bytes. */
 #define EVENT_ENDPOINT_MAX 128
 
+/* Timestamps are valid from 1970-01-01 up to 10000-01-01T00:00:00Z, exclusive. */
+#define EVENT_TIMESTAMP_END_US INT64_C(253402300800000000)
+
 struct event_gpu_allocation {
     char allocation_id[EVENT_NAME_MAX + 1];
     char pool_id[EVENT_NAME_MAX + 1];

@@ -217,6 +217,10 @@ int record_decode(const uint8_t *body, size_t body_size, size_t *offset,
     memcpy(event->tenant_id, tenant_id, UUID_SIZE);
     memcpy(event->event_id, record + 4, UUID_SIZE);
     event->timestamp_us = (int64_t)load_u64(record + 20);
+    if (event->timestamp_us < 0 || event->timestamp_us >= EVENT_TIMESTAMP_END_US) {
+        *reason_out = "timestamp before 1970 or after 9999";
+        return HM_ERR_INVALID;
+    }
 
     size_t at = start + RECORD_HEADER_SIZE;
     size_t end = start + record_size;
@@ -242,6 +246,8 @@ static size_t name_encode(uint8_t *out, const char *name)
 int record_encode(const struct event *event, uint8_t *out)
 {
     size_t at = RECORD_HEADER_SIZE;
+    if (event->timestamp_us < 0 || event->timestamp_us >= EVENT_TIMESTAMP_END_US)
+        return HM_ERR_INVALID;
     switch (event->kind) {
     case EVENT_GPU_ALLOCATION: {
         const struct event_gpu_allocation *gpu = &event->u.gpu;

@@ -110,7 +110,7 @@ int record_decode(const uint8_t *body, size_t body_size, size_t *offset,
  * Encodes one event as a record into out (capacity RECORD_SIZE_MAX).
  * Returns the record size, or HM_ERR_INVALID when a field is out of range
  * (empty or overlong name, a byte outside printable ASCII, cached tokens
- * above input tokens, unknown kind).
+ * above input tokens, a timestamp outside 1970..9999, unknown kind).
  */
 int record_encode(const struct event *event, uint8_t *out);
 
