@@ -43,6 +43,12 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
         goto fail_env;
     }
 
+    /* Frees reader slots left by processes that died inside a read transaction. */
+    int stale_readers = 0;
+    mdb_reader_check(ledger->env, &stale_readers);
+    if (stale_readers > 0)
+        log_warn("ledger", "cleared %d reader slots of dead processes in %s", stale_readers, dir);
+
     MDB_txn *txn = NULL;
     rc = mdb_txn_begin(ledger->env, NULL, options && options->read_only ? MDB_RDONLY : 0, &txn);
     if (rc != 0)

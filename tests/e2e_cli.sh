@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# meterctl and meterd on bad input: each error names the value and the fix,
+# exits nonzero and changes nothing; API key secrets never reach a log.
+# Usage: bash tests/e2e_cli.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1
+source_dir=$2
+work=$(mktemp -d /tmp/hm-e2e-cli-XXXXXX)
+meterd_pid=
+cleanup() {
+  [ -n "$meterd_pid" ] && kill "$meterd_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export METER_DATA=$work/data
+meterctl=$build/meterctl
+failures=0
+
+# expect_error "what" "text the error must contain" command...
+expect_error() {
+  local what=$1 needle=$2
+  shift 2
+  local output status=0
+  output=$("$@" 2>&1) || status=$?
+  if [ "$status" -eq 0 ]; then
+    echo "FAIL $what: exit status 0, expected an error; output: $output"
+    failures=$((failures + 1))
+  elif ! grep -qF -- "$needle" <<<"$output"; then
+    echo "FAIL $what: error does not contain \"$needle\"; output: $output"
+    failures=$((failures + 1))
+  else
+    echo "ok   $what"
+  fi
+}
+
+$meterctl tenant create acme >/dev/null
+expect_error "period with month 13" '"2024-13"' $meterctl usage acme --period 2024-13
+expect_error "period format named" "YYYY-MM" $meterctl usage acme --period 2024-13
+expect_error "missing period" "missing --period" $meterctl usage acme
+expect_error "unknown tenant" '"nobody"' $meterctl usage nobody --period 2024-01
+expect_error "unknown tenant fix" "meterctl tenant list" $meterctl usage nobody --period 2024-01
+expect_error "tenant name with a space" '"bad name"' $meterctl tenant create "bad name"
+expect_error "duplicate tenant" "already exists" $meterctl tenant create acme
+expect_error "invalid tenant id" '"not-a-uuid"' $meterctl tenant create other --id not-a-uuid
+expect_error "invalid service start" '"2024-02-30x"' $meterctl tenant create other --service-start 2024-02-30x
+expect_error "invalid key id" '"xyz"' $meterctl key revoke xyz
+expect_error "unknown key id" "not found" $meterctl key revoke 0123456789abcdef
+expect_error "unknown command" '"frobnicate"' $meterctl frobnicate
+expect_error "unexpected argument" '"--bogus"' $meterctl tenant create other --bogus 1
+expect_error "missing price book file" "$work/missing.json" $meterctl pricebook load "$work/missing.json"
+
+cat >"$work/bad-book.json" <<'JSON'
+{"name": "bad", "currency": "USD", "gpu_hour": {"H100": 2.5}, "tokens_per_million": {"m": {"input": "3,00"}}}
+JSON
+expect_error "price book number" '$.gpu_hour.H100' $meterctl pricebook check "$work/bad-book.json"
+expect_error "price book bad decimal" '$.tokens_per_million.m.input' $meterctl pricebook check "$work/bad-book.json"
+expect_error "bad price book not stored" "no default price book" \
+  bash -c "$meterctl pricebook load '$work/bad-book.json' >/dev/null 2>&1; $meterctl pricebook show"
+
+# A close without any price book fails for every tenant and closes nothing.
+expect_error "close without a price book" "meterctl pricebook load" $meterctl close --period 2024-01
+$meterctl pricebook load "$source_dir/data/pricebooks/default.json" >/dev/null
+if $meterctl close --period 2024-01 >/dev/null; then
+  echo "ok   close after loading a price book"
+else
+  echo "FAIL close after loading a price book"
+  failures=$((failures + 1))
+fi
+expect_error "invoice of an open period" "the period is open" $meterctl invoice show acme --period 2024-02
+
+expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/data" --tcp-port 70000
+expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud
+
+# Secrets: a key's secret appears in no log line of meterd or of the replay.
+$meterctl key create acme --keys-file "$work/keys" >/dev/null
+secret=$(awk '{print $3}' "$work/keys" | sed 's/^hmk_[0-9a-f]*_//')
+$build/meterd --data "$work/data" --tcp-port 0 --udp-port 0 --port-file "$work/ports" \
+  --log-level debug 2>"$work/meterd.log" &
+meterd_pid=$!
+for _ in $(seq 100); do [ -s "$work/ports" ] && break; sleep 0.05; done
+port=$(sed -n 's/^tcp=\([0-9]*\) .*/\1/p' "$work/ports")
+$meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/AzureLLMInferenceTrace_code.csv" \
+  --limit 200 --tcp "127.0.0.1:$port" >"$work/replay.out" 2>&1
+kill -TERM "$meterd_pid"
+wait "$meterd_pid"
+meterd_pid=
+if ! grep -q "stored=[1-9]" "$work/replay.out"; then
+  echo "FAIL the replay stored nothing, so the log check would prove nothing: $(cat "$work/replay.out")"
+  failures=$((failures + 1))
+elif grep -qF "$secret" "$work/meterd.log" "$work/replay.out"; then
+  echo "FAIL a key secret reached a log"
+  failures=$((failures + 1))
+else
+  echo "ok   no secret in the logs"
+fi
+
+if [ "$failures" -gt 0 ]; then
+  echo "$failures checks failed"
+  exit 1
+fi
+echo "all checks passed"
