@@ -324,7 +324,7 @@ static char *file_read(const char *path, size_t *size_out)
 static int pricebook_command(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--tenant", NULL };
-    if (argc < 3)
+    if (argc < 2)
         return fail("usage: meterctl pricebook check|load|show ...");
     const char *tenant_name = option_value(argc, argv, "--tenant");
     char scope[UUID_TEXT_SIZE] = "default";
@@ -334,8 +334,8 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
             return 1;
         uuid_format(tenant.id, scope);
     }
-    if (strcmp(argv[2], "show") == 0) {
-        if (check_options(argc, argv, 3, with_value, NULL))
+    if (strcmp(argv[1], "show") == 0) {
+        if (check_options(argc, argv, 2, with_value, NULL))
             return 1;
         char *json = NULL;
         int rc = ledger_pricebook_get(ledger, scope, &json);
@@ -348,35 +348,35 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
         free(json);
         return 0;
     }
-    if (argc < 4)
-        return fail("usage: meterctl pricebook %s FILE", argv[2]);
-    if (check_options(argc, argv, 4, with_value, NULL))
+    if (argc < 3)
+        return fail("usage: meterctl pricebook %s FILE", argv[1]);
+    if (check_options(argc, argv, 3, with_value, NULL))
         return 1;
     size_t size = 0;
-    char *text = file_read(argv[3], &size);
+    char *text = file_read(argv[2], &size);
     if (text == NULL)
-        return fail("cannot read price book %s: %s", argv[3], strerror(errno));
+        return fail("cannot read price book %s: %s", argv[2], strerror(errno));
     char errors[8192];
     size_t error_count = 0;
     int rc = pricebook_check(text, size, errors, sizeof errors, &error_count);
     if (rc != HM_OK) {
-        fprintf(stderr, "%s: %zu error%s\n%s", argv[3], error_count, error_count == 1 ? "" : "s",
+        fprintf(stderr, "%s: %zu error%s\n%s", argv[2], error_count, error_count == 1 ? "" : "s",
                 errors);
         free(text);
         return 1;
     }
-    if (strcmp(argv[2], "check") == 0) {
-        printf("%s: valid\n", argv[3]);
-    } else if (strcmp(argv[2], "load") == 0) {
+    if (strcmp(argv[1], "check") == 0) {
+        printf("%s: valid\n", argv[2]);
+    } else if (strcmp(argv[1], "load") == 0) {
         rc = ledger_pricebook_put(ledger, scope, text);
         if (rc != HM_OK) {
             free(text);
             return fail("cannot store the price book: %s", hm_status_str(rc));
         }
-        printf("price book %s loaded as %s\n", argv[3], tenant_name ? tenant_name : "default");
+        printf("price book %s loaded as %s\n", argv[2], tenant_name ? tenant_name : "default");
     } else {
         free(text);
-        return fail("unknown pricebook command \"%s\": use check, load or show", argv[2]);
+        return fail("unknown pricebook command \"%s\": use check, load or show", argv[1]);
     }
     free(text);
     return 0;
