@@ -438,7 +438,7 @@ static void commit_batch(struct server *server)
         server->stats.commits++;
         if (rc != HM_OK) {
             server->stats.commit_failures++;
-            log_error("server", "batch commit failed: %s; %zu frames answered store_failed",
+            log_error("server", "batch commit failed: %s; %zu frames acknowledged as store_failed, so senders resend",
                       hm_status_str(rc), batch->entry_count);
             for (size_t i = 0; i < batch->entry_count; i++) {
                 struct batch_entry *entry = &batch->entries[i];
@@ -481,7 +481,7 @@ static void connection_parse(struct server *server, uint32_t index)
         struct frame_header header = { 0 };
         enum frame_status status = frame_header_decode(frame, &header);
         if (status != FRAME_ACCEPTED) {
-            /* The stream cannot be resynchronized: answer once and close. */
+            /* The stream cannot be resynchronized, so send one reject ack and close. */
             struct batch_entry *entry = batch_entry_add(server, 0);
             entry->connection = (int32_t)index;
             entry->generation = connection->generation;
