@@ -40,31 +40,46 @@ struct test_tenant {
     uint8_t signing_key[32];
 };
 
-static void harness_sleep_ms(long ms)
+static inline void harness_sleep_ms(long ms)
 {
     struct timespec pause = { ms / 1000, (ms % 1000) * 1000000 };
     nanosleep(&pause, NULL);
 }
 
-static void harness_make_dir(struct harness *harness)
+static inline void harness_make_dir(struct harness *harness)
 {
     snprintf(harness->dir, sizeof harness->dir, "/tmp/hm-test-meterd-XXXXXX");
     cr_assert_not_null(mkdtemp(harness->dir));
 }
 
-/* Starts meterd on free ports and waits until it listens. */
-static void harness_start(struct harness *harness)
+/*
+ * Forks meterd after `delay_ms`, on the harness's ports when they are known
+ * (a restart) or on free ports, and returns without waiting.
+ */
+static inline void harness_spawn(struct harness *harness, long delay_ms)
 {
-    char port_file[300];
+    char port_file[300], tcp[16], udp[16];
     snprintf(port_file, sizeof port_file, "%s/ports", harness->dir);
+    snprintf(tcp, sizeof tcp, "%u", harness->tcp_port);
+    snprintf(udp, sizeof udp, "%u", harness->udp_port);
     unlink(port_file);
     harness->pid = fork();
     cr_assert_geq(harness->pid, 0);
     if (harness->pid == 0) {
-        execl(HM_BINARY_DIR "/meterd", "meterd", "--data", harness->dir, "--tcp-port", "0",
-              "--udp-port", "0", "--port-file", port_file, "--log-level", "warn", (char *)NULL);
+        if (delay_ms > 0)
+            harness_sleep_ms(delay_ms);
+        execl(HM_BINARY_DIR "/meterd", "meterd", "--data", harness->dir, "--tcp-port", tcp,
+              "--udp-port", udp, "--port-file", port_file, "--log-level", "warn", (char *)NULL);
         _exit(127);
     }
+}
+
+/* Starts meterd (see harness_spawn) and waits until it listens. */
+static inline void harness_start(struct harness *harness)
+{
+    char port_file[300];
+    snprintf(port_file, sizeof port_file, "%s/ports", harness->dir);
+    harness_spawn(harness, 0);
     for (int i = 0; i < 500; i++) {
         FILE *file = fopen(port_file, "r");
         unsigned tcp = 0, udp = 0;
@@ -82,8 +97,17 @@ static void harness_start(struct harness *harness)
     cr_assert_fail("meterd did not start within 5 s");
 }
 
+/* Kills meterd with SIGKILL, as a crash or power loss would stop it, and reaps it. */
+static inline void harness_kill(struct harness *harness)
+{
+    kill(harness->pid, SIGKILL);
+    int status = 0;
+    waitpid(harness->pid, &status, 0);
+    harness->pid = 0;
+}
+
 /* Stops meterd with SIGTERM and returns its exit status. */
-static int harness_stop(struct harness *harness)
+static inline int harness_stop(struct harness *harness)
 {
     if (harness->pid <= 0)
         return -1;
@@ -94,7 +118,7 @@ static int harness_stop(struct harness *harness)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void harness_remove(struct harness *harness)
+static inline void harness_remove(struct harness *harness)
 {
     if (harness->pid > 0)
         harness_stop(harness);
@@ -105,7 +129,7 @@ static void harness_remove(struct harness *harness)
 }
 
 /* Creates a tenant with one key directly in the ledger (as meterctl does). */
-static void harness_tenant(struct harness *harness, const char *name, struct test_tenant *out)
+static inline void harness_tenant(struct harness *harness, const char *name, struct test_tenant *out)
 {
     struct ledger *ledger = NULL;
     cr_assert_eq(ledger_open(&ledger, harness->dir, NULL), HM_OK);
@@ -124,7 +148,7 @@ static void harness_tenant(struct harness *harness, const char *name, struct tes
     memcpy(out->signing_key, record.signing_key, 32);
 }
 
-static int harness_connect(struct harness *harness)
+static inline int harness_connect(struct harness *harness)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_geq(fd, 0);
@@ -136,7 +160,7 @@ static int harness_connect(struct harness *harness)
     return fd;
 }
 
-static void harness_send_all(int fd, const uint8_t *bytes, size_t size)
+static inline void harness_send_all(int fd, const uint8_t *bytes, size_t size)
 {
     while (size > 0) {
         ssize_t sent = send(fd, bytes, size, MSG_NOSIGNAL);
@@ -147,7 +171,7 @@ static void harness_send_all(int fd, const uint8_t *bytes, size_t size)
 }
 
 /* Reads one ack; returns 0, or -1 when the connection closed or timed out first. */
-static int harness_read_ack(int fd, struct frame_ack *ack)
+static inline int harness_read_ack(int fd, struct frame_ack *ack)
 {
     uint8_t bytes[ACK_SIZE];
     size_t have = 0;
@@ -162,7 +186,7 @@ static int harness_read_ack(int fd, struct frame_ack *ack)
 }
 
 /* Builds and signs a frame of the given events for a tenant. Returns its size. */
-static size_t harness_frame(uint8_t *buffer, const struct test_tenant *tenant, uint64_t frame_id,
+static inline size_t harness_frame(uint8_t *buffer, const struct test_tenant *tenant, uint64_t frame_id,
                             const struct event *events, size_t count)
 {
     struct frame_builder builder;
@@ -174,7 +198,7 @@ static size_t harness_frame(uint8_t *buffer, const struct test_tenant *tenant, u
 }
 
 /* Sends one frame on a fresh connection and reads its ack. */
-static struct frame_ack harness_send_frame(struct harness *harness, const uint8_t *frame,
+static inline struct frame_ack harness_send_frame(struct harness *harness, const uint8_t *frame,
                                            size_t size)
 {
     int fd = harness_connect(harness);
@@ -188,7 +212,7 @@ static struct frame_ack harness_send_frame(struct harness *harness, const uint8_
 /* 2024-06-10T12:00:00Z */
 #define HARNESS_JUNE_US (INT64_C(1718020800) * 1000000)
 
-static struct event harness_inference(uint8_t id_byte, const char *model, uint64_t input,
+static inline struct event harness_inference(uint8_t id_byte, const char *model, uint64_t input,
                                       uint64_t output)
 {
     struct event event = { .kind = EVENT_INFERENCE, .timestamp_us = HARNESS_JUNE_US };
@@ -200,7 +224,7 @@ static struct event harness_inference(uint8_t id_byte, const char *model, uint64
 }
 
 /* Reads a rollup quantity of June 2024 from the ledger on disk. */
-static uint64_t harness_quantity(struct harness *harness, const uint8_t tenant[UUID_SIZE],
+static inline uint64_t harness_quantity(struct harness *harness, const uint8_t tenant[UUID_SIZE],
                                  enum rollup_meter meter, const char *dimension)
 {
     struct ledger *ledger = NULL;
