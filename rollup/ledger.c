@@ -243,6 +243,11 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
 
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
+    /*
+     * NOTE: an event of a period that is already closed is stored and rolled
+     * up like any other, but nothing bills it yet: the sealed invoice stays as
+     * it was, and no adjustment line on a later invoice picks it up.
+     */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
     rc = event_rollups(event, append_sink, &context);
     return rc == HM_OK ? APPEND_STORED : rc;
