@@ -22,7 +22,7 @@ meterctl=build/meterctl
 
 echo "== tenants, keys and the default price book"
 for name in acme-ai borealis-labs cobalt-health dune-robotics; do
-  $meterctl tenant create "$name" >/dev/null
+  $meterctl tenant create "$name" --service-start 2023-11-01 >/dev/null
   $meterctl key create "$name" --keys-file "$data/keys"
 done
 $meterctl pricebook load data/pricebooks/default.json

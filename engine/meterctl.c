@@ -20,7 +20,8 @@ static const char usage_text[] =
     "usage: meterctl [--data DIR] COMMAND ...\n"
     "\n"
     "  tenant create NAME [--id UUID] [--service-start YYYY-MM-DD]\n"
-    "                               create a tenant (prints its id)\n"
+    "                               create a tenant (prints its id); the base fee is\n"
+    "                               charged from the service start (default: now), prorated\n"
     "  tenant list                  list tenants\n"
     "  key create TENANT [--keys-file FILE]\n"
     "                               create an API key; the key is printed once, or appended\n"
@@ -168,6 +169,9 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     if (start != NULL && date_parse(start, &tenant.service_start_s) != HM_OK)
         return fail("invalid --service-start \"%s\": expected YYYY-MM-DD", start);
     tenant.created_s = (int64_t)time(NULL);
+    /* Without a start date the service starts now, so no base fee is charged for earlier months. */
+    if (start == NULL)
+        tenant.service_start_s = tenant.created_s;
     tenant.active = 1;
 
     int rc = ledger_tenant_create(ledger, &tenant);
@@ -419,8 +423,12 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
     for (size_t i = 0; i < count; i++) {
         char quantity[MONEY_TEXT_SIZE];
         money_int128_format((__int128)rows[i].quantity, quantity, sizeof quantity);
-        printf("%-22s %-24s %28s %12" PRIu64 "\n", meter_name(rows[i].meter), rows[i].dimension,
-               quantity, rows[i].event_count);
+        /* Storage byte-seconds are integrated from the samples at read time, not counted. */
+        char events[24] = "-";
+        if (rows[i].meter != ROLLUP_STORAGE_BYTE_SECONDS)
+            snprintf(events, sizeof events, "%" PRIu64, rows[i].event_count);
+        printf("%-22s %-24s %28s %12s\n", meter_name(rows[i].meter), rows[i].dimension, quantity,
+               events);
     }
     free(rows);
 
@@ -541,8 +549,11 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return close_command(ledger, data_dir, argc, argv);
     if (strcmp(command, "invoice") == 0)
         return invoice_command(ledger, argc, argv);
-    return fail("unknown command \"%s%s%s\"; see meterctl --help", command, argc > 1 ? " " : "",
-                sub);
+    if (strcmp(command, "tenant") == 0)
+        return fail("unknown tenant command \"%s\": use tenant create or tenant list", sub);
+    if (strcmp(command, "key") == 0)
+        return fail("unknown key command \"%s\": use key create, key revoke or key list", sub);
+    return fail("unknown command \"%s\"; see meterctl --help", command);
 }
 
 int main(int argc, char **argv)
@@ -568,6 +579,10 @@ int main(int argc, char **argv)
     /* The replay is a client of meterd and does not open the ledger. */
     if (strcmp(argv[first], "replay") == 0)
         return replay_command(argc - first, argv + first);
+    if (has_flag(argc - first, argv + first, "--help") || has_flag(argc - first, argv + first, "-h")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
 
     struct ledger *ledger = NULL;
     int rc = ledger_open(&ledger, data_dir, NULL);

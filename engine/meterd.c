@@ -4,11 +4,15 @@
 #include "engine/lib/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
@@ -43,6 +47,43 @@ static int parse_number(const char *option, const char *text, long long min, lon
     }
     *out = value;
     return 0;
+}
+
+/*
+ * Takes the data directory's exclusive meterd lock, so that two servers never
+ * ingest into one ledger. The lock is released when the process exits, even
+ * by SIGKILL. Returns the lock's descriptor or -1 after printing why.
+ */
+static int lock_data_dir(const char *data_dir)
+{
+    if (mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "meterd: cannot create data directory %s: %s\n", data_dir,
+                strerror(errno));
+        return -1;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/meterd.lock", data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "meterd: cannot open lock file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char holder[32] = "";
+        ssize_t size = pread(fd, holder, sizeof holder - 1, 0);
+        holder[size > 0 ? size : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        fprintf(stderr, "meterd: another meterd (pid %s) is serving %s; stop it or give another "
+                "--data directory\n", holder[0] ? holder : "unknown", data_dir);
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int size = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)size, 0) != size)
+        fprintf(stderr, "meterd: warning: cannot write the pid to %s: %s\n", path,
+                strerror(errno));
+    return fd;
 }
 
 int main(int argc, char **argv)
@@ -105,6 +146,9 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    int lock_fd = lock_data_dir(data_dir);
+    if (lock_fd < 0)
+        return 1;
     struct store store = { 0 };
     int rc = ledger_open(&store.ledger, data_dir, &ledger_options);
     if (rc != HM_OK) {
@@ -120,5 +164,6 @@ int main(int argc, char **argv)
     store_hooks(&store, &hooks);
     rc = server_run(&options, &hooks, NULL);
     ledger_close(store.ledger);
+    close(lock_fd);
     return rc == HM_OK ? 0 : 1;
 }

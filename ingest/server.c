@@ -797,6 +797,8 @@ int server_run(const struct server_options *options, const struct server_hooks *
         return rc;
     }
 
+    /* The stats file starts at zero, so it never shows a previous run's counters. */
+    stats_write(&server);
     arm_accept(&server);
     for (uint32_t i = 0; i < UDP_BUFFERS; i++)
         arm_udp(&server, i);

@@ -279,7 +279,7 @@ static const char *usage_line_title(enum invoice_line_kind kind)
 {
     switch (kind) {
     case INVOICE_LINE_GPU: return "GPU usage";
-    case INVOICE_LINE_INPUT_TOKENS: return "Input tokens";
+    case INVOICE_LINE_INPUT_TOKENS: return "Uncached input tokens";
     case INVOICE_LINE_OUTPUT_TOKENS: return "Output tokens";
     case INVOICE_LINE_CACHED_INPUT_TOKENS: return "Cached input tokens";
     case INVOICE_LINE_API_CALLS: return "API calls";

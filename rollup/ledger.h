@@ -126,7 +126,7 @@ struct tenant {
     uint8_t id[UUID_SIZE];
     char name[TENANT_NAME_MAX + 1];
     int64_t created_s;
-    int64_t service_start_s; /* 0 when the tenant has no start date inside a period */
+    int64_t service_start_s; /* the base fee is charged from here on, prorated; 0 for no start */
     int active;
 };
 

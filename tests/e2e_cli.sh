@@ -67,6 +67,20 @@ else
   failures=$((failures + 1))
 fi
 expect_error "invoice of an open period" "the period is open" $meterctl invoice show acme --period 2024-02
+if $meterctl close --period 2024-01 | grep -q "nothing to close"; then
+  echo "ok   second close of a period reports nothing to close"
+else
+  echo "FAIL second close of a period"
+  failures=$((failures + 1))
+fi
+# A tenant created without a service start pays no base fee for months before it existed.
+if $meterctl usage acme --period 2023-11 | grep -q "Base platform fee"; then
+  echo "FAIL base fee charged before the service start"
+  failures=$((failures + 1))
+else
+  echo "ok   no base fee before the service start"
+fi
+expect_error "unknown tenant subcommand" "use tenant create or tenant list" $meterctl tenant
 
 expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/data" --tcp-port 70000
 expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud
@@ -79,6 +93,8 @@ $build/meterd --data "$work/data" --tcp-port 0 --udp-port 0 --port-file "$work/p
 meterd_pid=$!
 for _ in $(seq 100); do [ -s "$work/ports" ] && break; sleep 0.05; done
 port=$(sed -n 's/^tcp=\([0-9]*\) .*/\1/p' "$work/ports")
+expect_error "second meterd on one ledger" "another meterd (pid $meterd_pid)" \
+  $build/meterd --data "$work/data" --tcp-port 0 --udp-port 0
 $meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/AzureLLMInferenceTrace_code.csv" \
   --limit 200 --tcp "127.0.0.1:$port" >"$work/replay.out" 2>&1
 kill -TERM "$meterd_pid"

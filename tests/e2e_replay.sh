@@ -68,7 +68,7 @@ python3 "$oracle_dir/billing_oracle.py" --self-test || fail "the oracle's self-t
 
 echo "== tenants, keys and the price book"
 for name in "${tenants[@]}"; do
-  "$meterctl" tenant create "$name" >/dev/null
+  "$meterctl" tenant create "$name" --service-start 2023-11-01 >/dev/null
   "$meterctl" key create "$name" --keys-file "$data/keys"
 done
 "$meterctl" pricebook load "$pricebook" >/dev/null

@@ -168,7 +168,8 @@ static int invoice_file_write(const char *invoices_dir, uint32_t period, const c
 
 static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count)
 {
-    fprintf(out, "\nPeriod %04u-%02u closed: %zu invoices\n\n", period / 100, period % 100, count);
+    fprintf(out, "\nPeriod %04u-%02u closed: %zu invoice%s\n\n", period / 100, period % 100, count,
+            count == 1 ? "" : "s");
     fprintf(out, "%-16s %-20s %-8s %6s %16s %14s %16s\n", "invoice", "tenant", "currency",
             "lines", "subtotal", "discount", "total");
     for (size_t i = 0; i < count; i++) {
@@ -256,6 +257,13 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return rc;
     }
 
+    if (count == 0) {
+        fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
+                "already sealed\n", period / 100, period % 100);
+        closings_free(closings, count);
+        return HM_OK;
+    }
+
     struct ledger_txn *txn = NULL;
     rc = ledger_begin(ledger, &txn);
     int64_t now_s = (int64_t)time(NULL);
@@ -309,6 +317,15 @@ static const char *string_of(json_t *object, const char *key)
     return text ? text : "";
 }
 
+/* Prints an amount that the invoice JSON stores as positive, with a minus sign. */
+static void negated(const char *amount, char *out, size_t size)
+{
+    if (amount[0] == '\0' || strspn(amount, "0.") == strlen(amount))
+        snprintf(out, size, "%s", amount);
+    else
+        snprintf(out, size, "-%s", amount);
+}
+
 int billing_invoice_print(const char *invoice_json, FILE *out)
 {
     json_error_t error;
@@ -316,29 +333,38 @@ int billing_invoice_print(const char *invoice_json, FILE *out)
     if (invoice == NULL)
         return HM_ERR_INVALID;
     const char *currency = string_of(invoice, "currency");
-    fprintf(out, "Invoice %s  tenant %s (%s)  period %s  status %s\n",
-            string_of(invoice, "invoice_number")[0] ? string_of(invoice, "invoice_number")
-                                                    : "(draft)",
+    const char *number = string_of(invoice, "invoice_number");
+    const char *status = string_of(invoice, "status");
+    fprintf(out, "Invoice %s  tenant %s (%s)  period %s  status %s\n", number[0] ? number : "(draft)",
             string_of(invoice, "tenant_name"), string_of(invoice, "tenant_id"),
-            string_of(invoice, "period"),
-            string_of(invoice, "status")[0] ? string_of(invoice, "status") : "draft");
+            string_of(invoice, "period"), status[0] ? status : "draft");
     fprintf(out, "Price book %s, currency %s\n\n", string_of(invoice, "price_book"), currency);
-    fprintf(out, "%-40s %22s %-14s %18s %-16s %14s\n", "line", "quantity", "unit", "unit price",
-            "", "amount");
+
+    /* The description column is as wide as the longest description. */
+    json_t *lines = json_object_get(invoice, "lines");
+    int width = 8;
     size_t index;
     json_t *line;
-    json_array_foreach(json_object_get(invoice, "lines"), index, line) {
-        fprintf(out, "%-40s %22s %-14s %18s %-16s %14s\n", string_of(line, "description"),
+    json_array_foreach(lines, index, line) {
+        int size = (int)strlen(string_of(line, "description"));
+        width = size > width ? size : width;
+    }
+    fprintf(out, "%-*s %22s %-10s %18s %-18s %14s\n", width, "line", "quantity", "unit",
+            "unit price", "", "amount");
+    json_array_foreach(lines, index, line) {
+        fprintf(out, "%-*s %22s %-10s %18s %-18s %14s\n", width, string_of(line, "description"),
                 string_of(line, "quantity"), string_of(line, "unit"),
                 string_of(line, "unit_price"), string_of(line, "price_unit"),
                 string_of(line, "amount"));
     }
-    fprintf(out, "\n%-40s %87s\n", "subtotal", string_of(json_object_get(invoice, "subtotal"),
-                                                         "amount"));
-    fprintf(out, "%-40s %87s\n", "discount",
-            string_of(json_object_get(invoice, "discount"), "amount"));
-    fprintf(out, "%-40s %83s %s\n", "total", string_of(json_object_get(invoice, "total"),
-                                                       "amount"), currency);
+    int total_width = width + 22 + 10 + 18 + 18 + 14 + 5;
+    char discount[MONEY_TEXT_SIZE + 1];
+    negated(string_of(json_object_get(invoice, "discount"), "amount"), discount, sizeof discount);
+    fprintf(out, "\n%-*s %*s\n", width, "subtotal", total_width - width - 1,
+            string_of(json_object_get(invoice, "subtotal"), "amount"));
+    fprintf(out, "%-*s %*s\n", width, "discount", total_width - width - 1, discount);
+    fprintf(out, "%-*s %*s %s\n", width, "total", total_width - width - 1,
+            string_of(json_object_get(invoice, "total"), "amount"), currency);
     if (string_of(invoice, "sha256")[0])
         fprintf(out, "sealed sha256 %s\n", string_of(invoice, "sha256"));
     json_decref(invoice);

@@ -735,10 +735,11 @@ static int transport_open(struct replay *replay)
         rc = client_udp_open(&udp_options, &replay->udp);
     }
     if (rc != HM_OK)
-        log_error(MODULE, "connect failed transport=%s host=%s port=%s error=%s; check that "
-                          "meterd listens there",
+        log_error(MODULE, "connect failed transport=%s host=%s port=%s error=%s after %u "
+                          "attempts with backoff; check that meterd listens there (meterd "
+                          "--tcp-port and --udp-port)",
                   options->transport == TRANSPORT_TCP ? "tcp" : "udp", options->host,
-                  options->port, hm_status_str(rc));
+                  options->port, hm_status_str(rc), CLIENT_RECONNECT_ATTEMPTS_DEFAULT);
     return rc;
 }
 
@@ -775,8 +776,9 @@ static int replay_run(struct replay *replay)
 {
     if (keys_load(replay, replay->options.keys_path) != HM_OK)
         return REPLAY_EXIT_USAGE;
+    replay->started_ns = now_ns();
     if (transport_open(replay) != HM_OK)
-        return REPLAY_EXIT_REJECTED;
+        return report(replay, REPLAY_EXIT_REJECTED);
 
     replay->started_ns = replay->progress_ns = now_ns();
     int status = REPLAY_EXIT_OK;

@@ -11,6 +11,7 @@ fixed kind order of docs/PRICING.md. Prints one row per difference and exits
 1 when there is any, 0 when every invoice matches.
 """
 
+import hashlib
 import json
 import sys
 
@@ -32,6 +33,14 @@ def compare_tenant(name, expected, invoice, period):
                        ("price_book", expected["price_book"])):
         if invoice.get(key) != value:
             differ(key, invoice.get(key), value)
+
+    # The seal is SHA-256 over the invoice without its "sha256" member, with
+    # sorted keys and no whitespace, as README.md describes.
+    unsealed = {key: value for key, value in invoice.items() if key != "sha256"}
+    canonical = json.dumps(unsealed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    seal = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    if invoice.get("sha256") != seal:
+        differ("sha256 seal", invoice.get("sha256"), seal)
 
     engine_lines = {}
     kinds_in_order = []
