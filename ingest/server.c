@@ -54,10 +54,18 @@ struct connection {
     uint8_t *in;
     size_t in_size;
     size_t in_capacity;
+    /*
+     * Acks go through two buffers that swap: new acks are appended to `out`,
+     * while the kernel sends from `wire`, which is never resized or freed
+     * while a send is in flight.
+     */
     uint8_t *out;
     size_t out_size;
     size_t out_capacity;
-    size_t out_sending;
+    uint8_t *wire;
+    size_t wire_size;
+    size_t wire_capacity;
+    size_t wire_sent; /* bytes of `wire` already sent */
     char peer[64];
 };
 
@@ -87,6 +95,11 @@ struct server {
     int lookup_open;
     struct log_limit reject_log;
 };
+
+static size_t acks_pending(const struct connection *connection)
+{
+    return connection->out_size + connection->wire_size - connection->wire_sent;
+}
 
 static uint64_t user_data_of(enum op op, uint32_t index, uint32_t generation)
 {
@@ -136,8 +149,18 @@ static int socket_bind(const char *host, uint16_t port, int type, uint16_t *boun
         int buffer = 8 * 1024 * 1024;
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
     }
-    if (bind(fd, (struct sockaddr *)&address, address_size) != 0 ||
-        (type == SOCK_STREAM && listen(fd, 1024) != 0)) {
+    /*
+     * A server killed a moment ago may still hold the port while the kernel
+     * tears its io_uring down, so an address in use is retried for about 3 s.
+     */
+    int bind_rc = bind(fd, (struct sockaddr *)&address, address_size);
+    for (int attempt = 0; bind_rc != 0 && errno == EADDRINUSE && port != 0 && attempt < 30;
+         attempt++) {
+        struct timespec pause = { 0, 100 * 1000 * 1000 };
+        nanosleep(&pause, NULL);
+        bind_rc = bind(fd, (struct sockaddr *)&address, address_size);
+    }
+    if (bind_rc != 0 || (type == SOCK_STREAM && listen(fd, 1024) != 0)) {
         log_error("server", "cannot listen on %s port %u: %s", host, port, strerror(errno));
         close(fd);
         return -1;
@@ -195,7 +218,7 @@ static void arm_recv(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
     if (connection->recv_armed || connection->closing || server->stopping ||
-        connection->out_size > ACK_BACKLOG_MAX)
+        acks_pending(connection) > ACK_BACKLOG_MAX)
         return;
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_recv(sqe, connection->fd, connection->in + connection->in_size,
@@ -208,12 +231,24 @@ static void arm_recv(struct server *server, uint32_t index)
 static void arm_send(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
-    if (connection->send_armed || connection->out_size == 0)
+    if (connection->send_armed)
         return;
+    if (connection->wire_sent == connection->wire_size) {
+        if (connection->out_size == 0)
+            return;
+        uint8_t *buffer = connection->wire;
+        size_t capacity = connection->wire_capacity;
+        connection->wire = connection->out;
+        connection->wire_capacity = connection->out_capacity;
+        connection->wire_size = connection->out_size;
+        connection->wire_sent = 0;
+        connection->out = buffer;
+        connection->out_capacity = capacity;
+        connection->out_size = 0;
+    }
     struct io_uring_sqe *sqe = sqe_get(server);
-    connection->out_sending = connection->out_size;
-    io_uring_prep_send(sqe, connection->fd, connection->out, connection->out_sending,
-                       MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, connection->fd, connection->wire + connection->wire_sent,
+                       connection->wire_size - connection->wire_sent, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, user_data_of(OP_SEND, index, connection->generation));
     connection->send_armed = 1;
     connection->ops_in_flight++;
@@ -230,6 +265,7 @@ static void connection_release(struct server *server, uint32_t index)
         close(connection->fd);
     free(connection->in);
     free(connection->out);
+    free(connection->wire);
     uint32_t generation = connection->generation + 1;
     memset(connection, 0, sizeof *connection);
     connection->fd = -1;
@@ -241,7 +277,8 @@ static void connection_shutdown(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
     connection->closing = 1;
-    if (connection->out_size == 0 && !connection->send_armed && connection->frames_in_batch == 0) {
+    if (acks_pending(connection) == 0 && !connection->send_armed &&
+        connection->frames_in_batch == 0) {
         shutdown(connection->fd, SHUT_RDWR);
         connection_release(server, index);
     }
@@ -275,10 +312,12 @@ static void on_accept(struct server *server, int fd)
     struct connection *connection = &server->connections[index];
     connection->in = malloc(RECV_BUFFER_INITIAL);
     connection->out = malloc(4096);
-    if (connection->in == NULL || connection->out == NULL) {
+    connection->wire = malloc(4096);
+    if (connection->in == NULL || connection->out == NULL || connection->wire == NULL) {
         free(connection->in);
         free(connection->out);
-        connection->in = connection->out = NULL;
+        free(connection->wire);
+        connection->in = connection->out = connection->wire = NULL;
         log_error("server", "out of memory for a new connection");
         close(fd);
         return;
@@ -304,6 +343,7 @@ static void on_accept(struct server *server, int fd)
     connection->in_use = 1;
     connection->in_capacity = RECV_BUFFER_INITIAL;
     connection->out_capacity = 4096;
+    connection->wire_capacity = 4096;
     server->stats.connections_accepted++;
     log_debug("server", "connection opened peer=%s slot=%u", connection->peer, index);
     arm_recv(server, index);
@@ -464,7 +504,7 @@ static void commit_batch(struct server *server)
     for (uint32_t i = 0; i < server->connections_max; i++) {
         struct connection *connection = &server->connections[i];
         if (connection->in_use && connection->closing && !connection->send_armed &&
-            connection->out_size == 0)
+            acks_pending(connection) == 0)
             connection_shutdown(server, i);
     }
 }
@@ -552,12 +592,12 @@ static void on_send(struct server *server, uint32_t index, int result)
         if (result != -EPIPE && result != -ECONNRESET)
             log_warn("server", "send failed peer=%s: %s", connection->peer, strerror(-result));
         connection->out_size = 0;
+        connection->wire_size = connection->wire_sent = 0;
         connection->closing = 1;
         connection_shutdown(server, index);
         return;
     }
-    memmove(connection->out, connection->out + result, connection->out_size - (size_t)result);
-    connection->out_size -= (size_t)result;
+    connection->wire_sent += (size_t)result;
     arm_send(server, index);
     if (connection->closing)
         connection_shutdown(server, index);
@@ -735,6 +775,7 @@ static void server_teardown(struct server *server)
                 close(connection->fd);
             free(connection->in);
             free(connection->out);
+            free(connection->wire);
         }
     }
     if (server->ring.ring_fd > 0)
@@ -769,7 +810,7 @@ static void flush_acks(struct server *server)
     for (;;) {
         int pending = 0;
         for (uint32_t i = 0; i < server->connections_max; i++)
-            pending |= server->connections[i].out_size > 0 || server->connections[i].send_armed;
+            pending |= acks_pending(&server->connections[i]) > 0 || server->connections[i].send_armed;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (!pending || now.tv_sec - start.tv_sec >= 1)
             return;

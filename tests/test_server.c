@@ -252,3 +252,31 @@ Test(server, sigterm_stops_cleanly)
 {
     cr_assert_eq(harness_stop(&server), 0);
 }
+
+Test(server, thousand_frames_acked_in_order)
+{
+    enum { FRAMES = 1000 };
+    static uint8_t stream[FRAMES * 200];
+    size_t stream_size = 0;
+    for (uint32_t i = 0; i < FRAMES; i++) {
+        struct event event = harness_inference(0, "m-large", 10, 1);
+        memcpy(event.event_id, &i, sizeof i);
+        event.event_id[15] = 0x77;
+        size_t size = harness_frame(frame, &tenant_a, 1000 + i, &event, 1);
+        cr_assert_leq(stream_size + size, sizeof stream);
+        memcpy(stream + stream_size, frame, size);
+        stream_size += size;
+    }
+    int fd = harness_connect(&server);
+    harness_send_all(fd, stream, stream_size);
+    for (uint32_t i = 0; i < FRAMES; i++) {
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(fd, &ack), 0, "ack %u missing", i);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED, "ack %u status %d", i, ack.status);
+        cr_assert_eq(ack.frame_id, 1000 + i, "ack %u has frame id %llu", i,
+                     (unsigned long long)ack.frame_id);
+        cr_assert_eq(ack.stored, 1, "ack %u stored %u", i, ack.stored);
+    }
+    close(fd);
+    cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), FRAMES);
+}
