@@ -213,7 +213,7 @@ static int storage_sample_put(struct ledger_txn *txn, const struct event *event)
 {
     uint8_t key_bytes[UUID_SIZE + 8 + UUID_SIZE];
     memcpy(key_bytes, event->tenant_id, UUID_SIZE);
-    store_be64(key_bytes + UUID_SIZE, biased_seconds(floor_seconds(event->timestamp_us)));
+    store_be64(key_bytes + UUID_SIZE, biased_time(event->timestamp_us));
     memcpy(key_bytes + UUID_SIZE + 8, event->event_id, UUID_SIZE);
     MDB_val key = { sizeof key_bytes, key_bytes };
     MDB_val value = { sizeof event->u.storage.bytes_stored,
@@ -295,7 +295,7 @@ static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
     /* Position on the first sample at or after start_s, then step back once for the level at start. */
     uint8_t seek[UUID_SIZE + 8];
     memcpy(seek, tenant_id, UUID_SIZE);
-    store_be64(seek + UUID_SIZE, biased_seconds(start_s));
+    store_be64(seek + UUID_SIZE, biased_time(start_s * 1000000));
     MDB_val key = { sizeof seek, seek }, value;
     uint64_t level = 0;
     rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
@@ -310,8 +310,9 @@ static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
     key.mv_data = seek;
     rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        int64_t sample_s = (int64_t)(load_be64((const uint8_t *)key.mv_data + UUID_SIZE) ^
-                                     (UINT64_C(1) << 63));
+        int64_t sample_us = (int64_t)(load_be64((const uint8_t *)key.mv_data + UUID_SIZE) ^
+                                      (UINT64_C(1) << 63));
+        int64_t sample_s = floor_seconds(sample_us);
         if (sample_s >= end_s)
             break;
         total += (unsigned __int128)level * (uint64_t)(sample_s - at);

@@ -100,9 +100,11 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
 
 /*
  * Computes bytes held × seconds held over [start_s, end_s) from the tenant's
- * storage samples: each sample's level holds from its second (microseconds
- * truncated) until the next sample, and the level before start_s is the
- * last sample before it.
+ * storage samples, taken in timestamp order (event id order for equal
+ * microseconds): each sample's level holds from its second (microseconds
+ * truncated) until the next sample's second, so of several samples in one
+ * second the last one counts. The level before start_s is the last sample
+ * before it.
  */
 int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                                 int64_t start_s, int64_t end_s, unsigned __int128 *out);

@@ -15,7 +15,7 @@
 enum table {
     TABLE_EVENTS,     /* tenant(16) event id(16) -> canonical record bytes */
     TABLE_ROLLUPS,    /* tenant(16) period(4, BE) meter(1) dimension -> quantity(16) count(8) */
-    TABLE_STORAGE,    /* tenant(16) second(8, BE, biased) event id(16) -> bytes stored(8) */
+    TABLE_STORAGE,    /* tenant(16) microsecond(8, BE, biased) event id(16) -> bytes stored(8) */
     TABLE_TENANTS,    /* tenant(16) -> struct tenant_value */
     TABLE_NAMES,      /* tenant name -> tenant(16) */
     TABLE_KEYS,       /* key id(8, BE) -> struct key_value */
@@ -71,8 +71,8 @@ static inline uint64_t load_be64(const uint8_t *p)
     return v;
 }
 
-/* Seconds biased by 2^63 so that big-endian byte order sorts negative times first. */
-static inline uint64_t biased_seconds(int64_t seconds) { return (uint64_t)seconds ^ (UINT64_C(1) << 63); }
+/* A time biased by 2^63 so that big-endian byte order sorts negative times first. */
+static inline uint64_t biased_time(int64_t time) { return (uint64_t)time ^ (UINT64_C(1) << 63); }
 
 static inline int64_t floor_seconds(int64_t timestamp_us)
 {

@@ -251,3 +251,28 @@ Test(ledger, revoked_key_stays_revoked)
     cr_assert_eq(read.status, KEY_REVOKED);
     cr_assert_eq(read.revoked_s, 1000);
 }
+
+Test(ledger, storage_samples_ordered_by_time_not_id)
+{
+    /* 2024-06-01T00:00:00Z: 1 TB at .1 s, then 0 at .9 s, whose id sorts first. */
+    const int64_t june_1 = 1717200000, july_1 = 1719792000;
+    struct event full = storage_sample(0xf0, june_1, UINT64_C(1000000000000));
+    full.timestamp_us += 100000;
+    struct event empty = storage_sample(0x01, june_1, 0);
+    empty.timestamp_us += 900000;
+    cr_assert_eq(append_one(&full), APPEND_STORED);
+    cr_assert_eq(append_one(&empty), APPEND_STORED);
+    unsigned __int128 byte_seconds = 1;
+    cr_assert_eq(ledger_storage_byte_seconds(ledger, tenant_a, june_1, july_1, &byte_seconds),
+                 HM_OK);
+    cr_assert(byte_seconds == 0, "the later sample of the second must set the level");
+
+    /* One more second at 1 TB, then 0 again: exactly 1 TB-second. */
+    struct event again = storage_sample(0xf1, june_1 + 10, UINT64_C(1000000000000));
+    struct event off = storage_sample(0xf2, june_1 + 11, 0);
+    cr_assert_eq(append_one(&again), APPEND_STORED);
+    cr_assert_eq(append_one(&off), APPEND_STORED);
+    cr_assert_eq(ledger_storage_byte_seconds(ledger, tenant_a, june_1, july_1, &byte_seconds),
+                 HM_OK);
+    cr_assert(byte_seconds == UINT64_C(1000000000000));
+}
