@@ -28,7 +28,11 @@ static void usage(FILE *out)
             "  --udp-port PORT       UDP port for unacknowledged frames (default 7601; 0 picks one)\n"
             "  --port-file FILE      write \"tcp=PORT udp=PORT\" here once listening\n"
             "  --map-size MIB        ledger map size in MiB (default 16384)\n"
-            "  --max-connections N   open TCP connections (default 256)\n"
+            "  --max-connections N   open TCP connections (default 256); at the limit the\n"
+            "                        connection idle the longest (1 s or more) is closed\n"
+            "  --frame-timeout-ms MS close a connection whose started frame has not arrived\n"
+            "                        whole within MS milliseconds (default 10000)\n"
+            "  --idle-timeout-ms MS  close a connection idle for MS milliseconds (default 60000)\n"
             "  --log-level LEVEL     error, warn, info or debug (default info)\n"
             "  --help                show this text\n");
 }
@@ -99,6 +103,8 @@ int main(int argc, char **argv)
         { "port-file", required_argument, NULL, 'p' },
         { "map-size", required_argument, NULL, 'm' },
         { "max-connections", required_argument, NULL, 'c' },
+        { "frame-timeout-ms", required_argument, NULL, 'f' },
+        { "idle-timeout-ms", required_argument, NULL, 'i' },
         { "log-level", required_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -129,6 +135,16 @@ int main(int argc, char **argv)
             if (parse_number("--max-connections", optarg, 1, SERVER_CONNECTIONS_MAX, &value))
                 return 2;
             options.connections_max = (uint32_t)value;
+            break;
+        case 'f':
+            if (parse_number("--frame-timeout-ms", optarg, 1, 3600000, &value))
+                return 2;
+            options.frame_timeout_ms = (uint32_t)value;
+            break;
+        case 'i':
+            if (parse_number("--idle-timeout-ms", optarg, 1, 86400000, &value))
+                return 2;
+            options.idle_timeout_ms = (uint32_t)value;
             break;
         case 'l':
             if (log_set_level(optarg) != 0) {

@@ -28,8 +28,11 @@
 /* Frames per batch and body bytes per batch: the group commit size limits. */
 #define BATCH_FRAMES_MAX 8192
 #define BATCH_ARENA_SIZE (32 * 1024 * 1024)
-/* Seconds between stats reports. */
-#define STATS_INTERVAL_S 2
+/* Timer tick for timeouts; stats are reported every STATS_TICKS ticks (2 s). */
+#define TICK_MS 250
+#define STATS_TICKS 8
+/* A connection idle this long may be closed to make room for a new one at connections_max. */
+#define EVICT_IDLE_MS 1000
 
 _Static_assert(BATCH_ARENA_SIZE >= 4 * FRAME_BODY_MAX, "a batch must hold several large frames");
 
@@ -48,6 +51,8 @@ struct connection {
     int in_use;
     int closing;       /* no more reads; close once the acks are sent */
     int ops_in_flight; /* the slot is reused only at zero */
+    int64_t frame_started_ms; /* when the first byte of the frame now in `in` arrived */
+    int64_t active_ms;        /* last byte received or ack queued */
     int recv_armed;
     int send_armed;
     uint32_t frames_in_batch; /* frames waiting for the commit; their acks are still owed */
@@ -93,8 +98,18 @@ struct server {
     struct server_stats stats_reported;
     int stopping;
     int lookup_open;
+    uint32_t ticks;
+    uint32_t frame_timeout_ms;
+    uint32_t idle_timeout_ms;
     struct log_limit reject_log;
 };
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
 
 static size_t acks_pending(const struct connection *connection)
 {
@@ -207,8 +222,8 @@ static void arm_signal(struct server *server)
 
 static void arm_timer(struct server *server)
 {
-    server->timer.tv_sec = STATS_INTERVAL_S;
-    server->timer.tv_nsec = 0;
+    server->timer.tv_sec = 0;
+    server->timer.tv_nsec = TICK_MS * 1000000L;
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_timeout(sqe, &server->timer, 0, 0);
     io_uring_sqe_set_data64(sqe, user_data_of(OP_TIMER, 0, 0));
@@ -284,6 +299,77 @@ static void connection_shutdown(struct server *server, uint32_t index)
     }
 }
 
+/* Closes a connection at once, dropping what it has not sent or received. */
+static void connection_abort(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    connection->closing = 1;
+    connection->in_size = 0;
+    shutdown(connection->fd, SHUT_RDWR);
+    connection_release(server, index);
+}
+
+static int connection_idle(const struct connection *connection)
+{
+    return connection->in_use && !connection->closing && connection->in_size == 0 &&
+           connection->frames_in_batch == 0 && acks_pending(connection) == 0 &&
+           !connection->send_armed;
+}
+
+/*
+ * At connections_max: closes the connection idle the longest, when it has
+ * been idle for EVICT_IDLE_MS, so that the sender's next attempt finds a
+ * slot. Idle connections cannot otherwise lock out new senders.
+ */
+static void evict_idle(struct server *server)
+{
+    int64_t now = monotonic_ms();
+    uint32_t oldest = server->connections_max;
+    for (uint32_t i = 0; i < server->connections_max; i++) {
+        const struct connection *connection = &server->connections[i];
+        if (connection_idle(connection) && now - connection->active_ms >= EVICT_IDLE_MS &&
+            (oldest == server->connections_max ||
+             connection->active_ms < server->connections[oldest].active_ms))
+            oldest = i;
+    }
+    if (oldest == server->connections_max)
+        return;
+    server->stats.connections_evicted++;
+    log_info("server", "connection evicted peer=%s idle_ms=%lld: connections_max reached",
+             server->connections[oldest].peer,
+             (long long)(now - server->connections[oldest].active_ms));
+    connection_abort(server, oldest);
+}
+
+/* Closes connections whose frame is too slow to arrive or that were idle too long. */
+static void sweep_timeouts(struct server *server)
+{
+    int64_t now = monotonic_ms();
+    for (uint32_t i = 0; i < server->connections_max; i++) {
+        struct connection *connection = &server->connections[i];
+        if (!connection->in_use || connection->closing)
+            continue;
+        if (connection->in_size > 0 &&
+            now - connection->frame_started_ms > (int64_t)server->frame_timeout_ms) {
+            server->stats.connections_timed_out++;
+            server->stats.frames_received++;
+            server->stats.frames_by_status[FRAME_TRUNCATED]++;
+            uint64_t suppressed = 0;
+            if (log_limit_pass(&server->reject_log, &suppressed))
+                log_warn("server", "connection closed peer=%s reason=frame_timeout bytes=%zu: "
+                         "a frame did not arrive whole within %u ms (suppressed=%llu)",
+                         connection->peer, connection->in_size, server->frame_timeout_ms,
+                         (unsigned long long)suppressed);
+            connection_abort(server, i);
+        } else if (connection_idle(connection) &&
+                   now - connection->active_ms > (int64_t)server->idle_timeout_ms) {
+            server->stats.connections_timed_out++;
+            log_debug("server", "connection closed peer=%s reason=idle", connection->peer);
+            connection_abort(server, i);
+        }
+    }
+}
+
 static void on_accept(struct server *server, int fd)
 {
     if (!server->stopping)
@@ -300,6 +386,7 @@ static void on_accept(struct server *server, int fd)
     while (index < server->connections_max && server->connections[index].in_use)
         index++;
     if (index == server->connections_max) {
+        evict_idle(server);
         server->stats.connections_rejected++;
         uint64_t suppressed = 0;
         if (log_limit_pass(&server->reject_log, &suppressed))
@@ -341,6 +428,7 @@ static void on_accept(struct server *server, int fd)
     }
     connection->fd = fd;
     connection->in_use = 1;
+    connection->active_ms = monotonic_ms();
     connection->in_capacity = RECV_BUFFER_INITIAL;
     connection->out_capacity = 4096;
     connection->wire_capacity = 4096;
@@ -456,6 +544,7 @@ static void ack_queue(struct server *server, const struct batch_entry *entry)
     };
     ack_encode(&ack, connection->out + connection->out_size);
     connection->out_size += ACK_SIZE;
+    connection->active_ms = monotonic_ms();
     arm_send(server, (uint32_t)entry->connection);
 }
 
@@ -575,8 +664,16 @@ static void on_recv(struct server *server, uint32_t index, int result)
         connection_shutdown(server, index);
         return;
     }
+    int64_t now = monotonic_ms();
+    if (connection->in_size == 0)
+        connection->frame_started_ms = now;
+    connection->active_ms = now;
     connection->in_size += (size_t)result;
+    size_t received = connection->in_size;
     connection_parse(server, index);
+    /* When frames were consumed, the bytes left over start the next frame, whose clock starts now. */
+    if (connection->in_size > 0 && connection->in_size < received)
+        connection->frame_started_ms = now;
     if (connection->closing)
         connection_shutdown(server, index);
     else
@@ -640,13 +737,16 @@ static void stats_write(struct server *server)
     fprintf(file, "{\"frames_received\": %llu, \"events_stored\": %llu, "
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"connections_accepted\": %llu, "
-            "\"connections_rejected\": %llu, \"frames\": {",
+            "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
+            "\"connections_evicted\": %llu, \"frames\": {",
             (unsigned long long)stats->frames_received, (unsigned long long)stats->events_stored,
             (unsigned long long)stats->events_duplicate,
             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
             (unsigned long long)stats->commit_failures,
             (unsigned long long)stats->connections_accepted,
-            (unsigned long long)stats->connections_rejected);
+            (unsigned long long)stats->connections_rejected,
+            (unsigned long long)stats->connections_timed_out,
+            (unsigned long long)stats->connections_evicted);
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
@@ -698,7 +798,9 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
         }
         break;
     case OP_TIMER:
-        stats_report(server);
+        sweep_timeouts(server);
+        if (++server->ticks % STATS_TICKS == 0)
+            stats_report(server);
         if (!server->stopping)
             arm_timer(server);
         break;
@@ -751,6 +853,10 @@ static int server_setup(struct server *server, sigset_t *signals)
     }
     for (uint32_t i = 0; i < server->connections_max; i++)
         server->connections[i].fd = -1;
+    server->frame_timeout_ms = options->frame_timeout_ms ? options->frame_timeout_ms
+                                                         : SERVER_FRAME_TIMEOUT_MS_DEFAULT;
+    server->idle_timeout_ms = options->idle_timeout_ms ? options->idle_timeout_ms
+                                                       : SERVER_IDLE_TIMEOUT_MS_DEFAULT;
 
     log_info("server", "listening host=%s tcp=%u udp=%u connections_max=%u", host, tcp_port,
              udp_port, server->connections_max);

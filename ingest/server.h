@@ -67,7 +67,18 @@ struct server_options {
     const char *port_file; /* when set, "tcp=PORT udp=PORT\n" is written here once listening */
     const char *stats_file; /* when set, counters are written here as JSON every 2 s and at stop */
     uint32_t connections_max; /* 0 selects SERVER_CONNECTIONS_DEFAULT */
+    uint32_t frame_timeout_ms; /* a started frame must arrive whole within this; 0: default */
+    uint32_t idle_timeout_ms;  /* a connection with nothing in flight closes after this; 0: default */
 };
+
+/*
+ * A frame of at most 256 KiB that takes longer than 10 s to arrive comes
+ * from a sender that is stuck or hostile (one byte at a time); its
+ * connection is closed so that it cannot hold a slot.
+ */
+#define SERVER_FRAME_TIMEOUT_MS_DEFAULT 10000
+/* An idle sender reconnects cheaply, so an idle minute frees its slot. */
+#define SERVER_IDLE_TIMEOUT_MS_DEFAULT 60000
 
 /* Open TCP connections; each costs a receive buffer that grows to FRAME_SIZE_MAX. */
 #define SERVER_CONNECTIONS_DEFAULT 256
@@ -83,6 +94,8 @@ struct server_stats {
     uint64_t commit_failures;
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
+    uint64_t connections_timed_out; /* a frame too slow, or idle too long */
+    uint64_t connections_evicted;   /* idle, closed to make room at connections_max */
 };
 
 /*

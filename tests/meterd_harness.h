@@ -32,6 +32,7 @@ struct harness {
     pid_t pid;
     uint16_t tcp_port;
     uint16_t udp_port;
+    const char *extra_args[8]; /* more meterd options, NULL-terminated */
 };
 
 struct test_tenant {
@@ -68,8 +69,14 @@ static inline void harness_spawn(struct harness *harness, long delay_ms)
     if (harness->pid == 0) {
         if (delay_ms > 0)
             harness_sleep_ms(delay_ms);
-        execl(HM_BINARY_DIR "/meterd", "meterd", "--data", harness->dir, "--tcp-port", tcp,
-              "--udp-port", udp, "--port-file", port_file, "--log-level", "warn", (char *)NULL);
+        const char *args[24] = { "meterd",    "--data",      harness->dir, "--tcp-port",
+                                 tcp,         "--udp-port",  udp,          "--port-file",
+                                 port_file,   "--log-level", "warn" };
+        size_t count = 11;
+        for (size_t i = 0; i < 8 && harness->extra_args[i] != NULL; i++)
+            args[count++] = harness->extra_args[i];
+        args[count] = NULL;
+        execv(HM_BINARY_DIR "/meterd", (char *const *)args);
         _exit(127);
     }
 }

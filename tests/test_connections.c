@@ -1,0 +1,100 @@
+/* meterd connection limits: slow frames, idle connections, eviction at the limit. */
+#include "meterd_harness.h"
+
+#include <errno.h>
+
+static struct harness server;
+static struct test_tenant tenant;
+static uint8_t frame[FRAME_SIZE_MAX];
+
+static void setup(void)
+{
+    harness_make_dir(&server);
+    harness_tenant(&server, "tenant", &tenant);
+    server.extra_args[0] = "--frame-timeout-ms";
+    server.extra_args[1] = "400";
+    server.extra_args[2] = "--idle-timeout-ms";
+    server.extra_args[3] = "3000";
+    server.extra_args[4] = "--max-connections";
+    server.extra_args[5] = "2";
+    harness_start(&server);
+}
+
+static void teardown(void) { harness_remove(&server); }
+
+TestSuite(connections, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Returns 1 when the server closed the connection within about `ms` milliseconds. */
+static int closed_by_server(int fd, long ms)
+{
+    struct timeval timeout = { ms / 1000, (ms % 1000) * 1000 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    uint8_t byte;
+    ssize_t got = recv(fd, &byte, 1, 0);
+    return got == 0 || (got < 0 && errno == ECONNRESET);
+}
+
+static size_t one_event_frame(uint8_t id_byte)
+{
+    struct event event = harness_inference(id_byte, "m-large", 10, 1);
+    return harness_frame(frame, &tenant, id_byte, &event, 1);
+}
+
+Test(connections, slow_frame_closed_after_timeout)
+{
+    size_t size = one_event_frame(1);
+    int fd = harness_connect(&server);
+    harness_send_all(fd, frame, 10);
+    cr_assert(closed_by_server(fd, 3000), "a frame stuck after 10 bytes kept its connection");
+    close(fd);
+    cr_assert_eq(harness_quantity(&server, tenant.id, ROLLUP_EVENTS, "inference"), 0);
+
+    /* A frame sent whole on a new connection is stored. */
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+}
+
+Test(connections, byte_at_a_time_sender_cut_off)
+{
+    size_t size = one_event_frame(2);
+    int fd = harness_connect(&server);
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    /* One byte every 100 ms would need about 14 s for this frame; the limit is 400 ms. */
+    int cut_off = 0;
+    for (size_t i = 0; i < size && !cut_off; i++) {
+        if (send(fd, frame + i, 1, MSG_NOSIGNAL) != 1)
+            cut_off = 1;
+        harness_sleep_ms(100);
+        if (i > 20)
+            break;
+    }
+    cr_assert(cut_off || closed_by_server(fd, 1000), "a byte-at-a-time sender kept its slot");
+    close(fd);
+}
+
+Test(connections, idle_connections_evicted_at_limit)
+{
+    int idle_first = harness_connect(&server);
+    int idle_second = harness_connect(&server);
+    harness_sleep_ms(1200);
+
+    /* The limit is 2: this attempt is refused, but it evicts the longest idle connection. */
+    int refused = harness_connect(&server);
+    cr_assert(closed_by_server(refused, 2000));
+    close(refused);
+    cr_assert(closed_by_server(idle_first, 2000), "the longest idle connection was not evicted");
+
+    size_t size = one_event_frame(3);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 1);
+    close(idle_first);
+    close(idle_second);
+}
+
+Test(connections, idle_connection_closed_after_timeout)
+{
+    int fd = harness_connect(&server);
+    cr_assert(closed_by_server(fd, 5000), "an idle connection outlived the 3 s idle timeout");
+    close(fd);
+}
