@@ -120,11 +120,17 @@ static int period_option(int argc, char **argv, uint32_t *period)
     return 0;
 }
 
-/* Tenant names are file names of invoices and labels in logs: [A-Za-z0-9._-], 1 to 64 bytes. */
+/*
+ * Tenant names are file names of invoices and labels in logs: [A-Za-z0-9._-],
+ * 1 to 64 bytes. A name may not have the shape of a UUID, because a TENANT
+ * argument is looked up as an id first.
+ */
 static int tenant_name_valid(const char *name)
 {
     size_t size = strlen(name);
-    if (size == 0 || size > TENANT_NAME_MAX || name[0] == '.' || name[0] == '-')
+    uint8_t id[UUID_SIZE];
+    if (size == 0 || size > TENANT_NAME_MAX || name[0] == '.' || name[0] == '-' ||
+        uuid_parse(name, id) == HM_OK)
         return 0;
     for (size_t i = 0; i < size; i++) {
         char c = name[i];
@@ -135,13 +141,19 @@ static int tenant_name_valid(const char *name)
     return 1;
 }
 
+/* Parses YYYY-MM-DD as midnight UTC; a day that the month does not have is invalid. */
 static int date_parse(const char *text, int64_t *seconds_out)
 {
     struct tm tm = { 0 };
     const char *end = strptime(text, "%Y-%m-%d", &tm);
     if (end == NULL || *end != '\0')
         return HM_ERR_INVALID;
-    *seconds_out = (int64_t)timegm(&tm);
+    int year = tm.tm_year, month = tm.tm_mon, day = tm.tm_mday;
+    time_t seconds = timegm(&tm);
+    /* timegm normalizes 2024-02-30 to 2024-03-01; a changed date means it did not exist. */
+    if (tm.tm_year != year || tm.tm_mon != month || tm.tm_mday != day)
+        return HM_ERR_INVALID;
+    *seconds_out = (int64_t)seconds;
     return HM_OK;
 }
 
@@ -157,7 +169,7 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     struct tenant tenant = { 0 };
     if (!tenant_name_valid(argv[2]))
         return fail("invalid tenant name \"%s\": use 1 to 64 letters, digits, '.', '_' or '-', "
-                    "not starting with '.' or '-'", argv[2]);
+                    "not starting with '.' or '-' and not shaped like a UUID", argv[2]);
     snprintf(tenant.name, sizeof tenant.name, "%s", argv[2]);
     const char *id = option_value(argc, argv, "--id");
     if (id != NULL && uuid_parse(id, tenant.id) != HM_OK)
@@ -167,7 +179,8 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
         return fail("cannot generate a tenant id: the system random source failed");
     const char *start = option_value(argc, argv, "--service-start");
     if (start != NULL && date_parse(start, &tenant.service_start_s) != HM_OK)
-        return fail("invalid --service-start \"%s\": expected YYYY-MM-DD", start);
+        return fail("invalid --service-start \"%s\": expected a date that exists, as YYYY-MM-DD",
+                    start);
     tenant.created_s = (int64_t)time(NULL);
     /* Without a start date the service starts now, so no base fee is charged for earlier months. */
     if (start == NULL)
@@ -488,6 +501,13 @@ static int close_command(struct ledger *ledger, const char *data_dir, int argc, 
     uint32_t period;
     if (check_options(argc, argv, 1, with_value, NULL) || period_option(argc, argv, &period))
         return 1;
+    int64_t period_end_s = period_start_us(period_next(period)) / 1000000;
+    if (period_end_s > (int64_t)time(NULL)) {
+        uint32_t next = period_next(period);
+        return fail("period %04u-%02u has not ended yet (it ends %04u-%02u-01T00:00:00Z); "
+                    "close it after it ends, so that no usage of it goes unbilled",
+                    period / 100, period % 100, next / 100, next % 100);
+    }
     char default_dir[4096];
     snprintf(default_dir, sizeof default_dir, "%s/invoices", data_dir);
     const char *invoices_dir = option_value(argc, argv, "--invoices");

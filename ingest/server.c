@@ -102,6 +102,7 @@ struct server {
     uint32_t frame_timeout_ms;
     uint32_t idle_timeout_ms;
     struct log_limit reject_log;
+    struct log_limit commit_log;
 };
 
 static int64_t monotonic_ms(void)
@@ -567,8 +568,11 @@ static void commit_batch(struct server *server)
         server->stats.commits++;
         if (rc != HM_OK) {
             server->stats.commit_failures++;
-            log_error("server", "batch commit failed: %s; %zu frames acknowledged as store_failed, so senders resend",
-                      hm_status_str(rc), batch->entry_count);
+            uint64_t suppressed = 0;
+            if (log_limit_pass(&server->commit_log, &suppressed))
+                log_error("server", "batch commit failed: %s; %zu frames acknowledged as "
+                          "store_failed, so senders resend (suppressed=%llu)",
+                          hm_status_str(rc), batch->entry_count, (unsigned long long)suppressed);
             for (size_t i = 0; i < batch->entry_count; i++) {
                 struct batch_entry *entry = &batch->entries[i];
                 if (entry->status == FRAME_ACCEPTED) {
@@ -937,6 +941,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
     server.tcp_fd = server.udp_fd = server.signal_fd = -1;
     server.ring.ring_fd = -1;
     server.reject_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
+    server.commit_log = (struct log_limit)LOG_LIMIT_INIT(5, 10);
     sigset_t signals;
     int rc = server_setup(&server, &signals);
     if (rc != HM_OK) {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
@@ -27,12 +28,21 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     if (ledger == NULL)
         return HM_ERR_NOMEM;
 
-    size_t map_size = options && options->map_size ? options->map_size : LEDGER_MAP_SIZE_DEFAULT;
+    /*
+     * An existing ledger keeps the map size recorded in it unless the caller
+     * sets one, so that a meterctl beside meterd never changes the operator's
+     * limit; a new ledger starts at the default.
+     */
+    char data_path[4096];
+    snprintf(data_path, sizeof data_path, "%s/data.mdb", dir);
+    size_t map_size = options && options->map_size ? options->map_size : 0;
+    if (map_size == 0 && access(data_path, F_OK) != 0)
+        map_size = LEDGER_MAP_SIZE_DEFAULT;
     unsigned flags = MDB_NOTLS | (options && options->read_only ? MDB_RDONLY : 0);
     int rc = mdb_env_create(&ledger->env);
     if (rc == 0)
         rc = mdb_env_set_maxdbs(ledger->env, TABLE_COUNT);
-    if (rc == 0)
+    if (rc == 0 && map_size > 0)
         rc = mdb_env_set_mapsize(ledger->env, map_size);
     if (rc == 0)
         rc = mdb_env_set_maxreaders(ledger->env, 256);
@@ -90,7 +100,7 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     struct ledger_txn *txn = malloc(sizeof *txn);
     if (txn == NULL)
         return HM_ERR_NOMEM;
-    int rc = mdb_txn_begin(ledger->env, NULL, 0, &txn->txn);
+    int rc = txn_begin(ledger, 0, &txn->txn);
     if (rc != 0) {
         free(txn);
         return status_of(rc, "begin write transaction");

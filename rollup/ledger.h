@@ -27,7 +27,7 @@ struct ledger;
 struct ledger_txn;
 
 struct ledger_options {
-    size_t map_size;  /* bytes; 0 selects LEDGER_MAP_SIZE_DEFAULT */
+    size_t map_size;  /* bytes; 0 keeps an existing ledger's size, or LEDGER_MAP_SIZE_DEFAULT */
     int read_only;
 };
 

@@ -47,6 +47,11 @@ static inline int status_of(int mdb_rc, const char *operation)
                   operation, mdb_strerror(mdb_rc));
         return HM_ERR_FULL;
     }
+    if (mdb_rc == EIO) {
+        log_error("ledger", "%s failed: %s; a full disk can show as this error, so check the "
+                  "free space of the data directory", operation, mdb_strerror(mdb_rc));
+        return HM_ERR_STORAGE;
+    }
     log_error("ledger", "%s failed: %s", operation, mdb_strerror(mdb_rc));
     return HM_ERR_STORAGE;
 }
@@ -80,9 +85,26 @@ static inline int64_t floor_seconds(int64_t timestamp_us)
     return timestamp_us % 1000000 < 0 ? seconds - 1 : seconds;
 }
 
+/*
+ * Begins a transaction. When another process grew the map (MDB_MAP_RESIZED),
+ * adopts the new size and tries once more; LMDB allows that here because
+ * this process has no transaction open at that moment.
+ */
+static inline int txn_begin(struct ledger *ledger, unsigned flags, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(ledger->env, NULL, flags, txn);
+    if (rc == MDB_MAP_RESIZED) {
+        log_info("ledger", "another process grew the map; adopting the new size");
+        rc = mdb_env_set_mapsize(ledger->env, 0);
+        if (rc == 0)
+            rc = mdb_txn_begin(ledger->env, NULL, flags, txn);
+    }
+    return rc;
+}
+
 static inline int read_begin(struct ledger *ledger, MDB_txn **txn)
 {
-    int rc = mdb_txn_begin(ledger->env, NULL, MDB_RDONLY, txn);
+    int rc = txn_begin(ledger, MDB_RDONLY, txn);
     return rc == 0 ? HM_OK : status_of(rc, "begin read transaction");
 }
 

@@ -7,7 +7,7 @@
 
 static int write_begin(struct ledger *ledger, MDB_txn **txn)
 {
-    int rc = mdb_txn_begin(ledger->env, NULL, 0, txn);
+    int rc = txn_begin(ledger, 0, txn);
     return rc == 0 ? HM_OK : status_of(rc, "begin write transaction");
 }
 
@@ -259,7 +259,13 @@ int ledger_read_begin(struct ledger *ledger)
 {
     if (ledger->lookup_txn != NULL) {
         int rc = mdb_txn_renew(ledger->lookup_txn);
-        return rc == 0 ? HM_OK : status_of(rc, "renew read transaction");
+        if (rc == 0)
+            return HM_OK;
+        /* A grown map (MDB_MAP_RESIZED) or any other failure: start a new transaction. */
+        mdb_txn_abort(ledger->lookup_txn);
+        ledger->lookup_txn = NULL;
+        if (rc != MDB_MAP_RESIZED)
+            return status_of(rc, "renew read transaction");
     }
     return read_begin(ledger, &ledger->lookup_txn);
 }

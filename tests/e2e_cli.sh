@@ -43,6 +43,10 @@ expect_error "tenant name with a space" '"bad name"' $meterctl tenant create "ba
 expect_error "duplicate tenant" "already exists" $meterctl tenant create acme
 expect_error "invalid tenant id" '"not-a-uuid"' $meterctl tenant create other --id not-a-uuid
 expect_error "invalid service start" '"2024-02-30x"' $meterctl tenant create other --service-start 2024-02-30x
+expect_error "service start that does not exist" '"2024-02-30"' $meterctl tenant create other --service-start 2024-02-30
+expect_error "tenant name shaped like a UUID" "not shaped like a UUID" \
+  $meterctl tenant create B96D2E9D-560F-4E27-B499-F49A3D1CF284
+expect_error "close of a month that has not ended" "has not ended yet" $meterctl close --period 2099-12
 expect_error "invalid key id" '"xyz"' $meterctl key revoke xyz
 expect_error "unknown key id" "not found" $meterctl key revoke 0123456789abcdef
 expect_error "unknown command" '"frobnicate"' $meterctl frobnicate
@@ -86,7 +90,9 @@ expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/da
 expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud
 
 # Secrets: a key's secret appears in no log line of meterd or of the replay.
+$meterctl tenant create beta --service-start 2023-11-01 >/dev/null
 $meterctl key create acme --keys-file "$work/keys" >/dev/null
+$meterctl key create beta --keys-file "$work/keys" >/dev/null
 secret=$(awk '{print $3}' "$work/keys" | sed 's/^hmk_[0-9a-f]*_//')
 $build/meterd --data "$work/data" --tcp-port 0 --udp-port 0 --port-file "$work/ports" \
   --log-level debug 2>"$work/meterd.log" &
@@ -97,6 +103,8 @@ expect_error "second meterd on one ledger" "another meterd (pid $meterd_pid)" \
   $build/meterd --data "$work/data" --tcp-port 0 --udp-port 0
 $meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/AzureLLMInferenceTrace_code.csv" \
   --limit 200 --tcp "127.0.0.1:$port" >"$work/replay.out" 2>&1
+$meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/conversation_trace.jsonl" \
+  --limit 200 --tcp "127.0.0.1:$port" >>"$work/replay.out" 2>&1
 kill -TERM "$meterd_pid"
 wait "$meterd_pid"
 meterd_pid=
@@ -108,6 +116,31 @@ elif grep -qF "$secret" "$work/meterd.log" "$work/replay.out"; then
   failures=$((failures + 1))
 else
   echo "ok   no secret in the logs"
+fi
+
+# A tenant whose own book lacks a used model stays open; the other tenant closes.
+python3 - "$source_dir/data/pricebooks/default.json" "$work/no-kimi.json" <<'PYTHON'
+import json, sys
+book = json.load(open(sys.argv[1]))
+del book["tokens_per_million"]["kimi-chat"]
+json.dump(book, open(sys.argv[2], "w"))
+PYTHON
+$meterctl pricebook load "$work/no-kimi.json" --tenant acme >/dev/null
+expect_error "close with one unpriced tenant" 'no price for input tokens of model "kimi-chat"' \
+  $meterctl close --period 2023-11
+if $meterctl invoice show beta --period 2023-11 >/dev/null 2>&1 &&
+   ! $meterctl invoice show acme --period 2023-11 >/dev/null 2>&1; then
+  echo "ok   the priced tenant closed and the unpriced one stayed open"
+else
+  echo "FAIL one unpriced tenant changed what the others close"
+  failures=$((failures + 1))
+fi
+$meterctl pricebook load "$source_dir/data/pricebooks/default.json" --tenant acme >/dev/null
+if $meterctl close --period 2023-11 | grep -q "closed: 1 invoice$"; then
+  echo "ok   the second close seals the tenant that stayed open"
+else
+  echo "FAIL the second close did not seal the remaining tenant"
+  failures=$((failures + 1))
 fi
 
 if [ "$failures" -gt 0 ]; then

@@ -98,3 +98,33 @@ Test(connections, idle_connection_closed_after_timeout)
     cr_assert(closed_by_server(fd, 5000), "an idle connection outlived the 3 s idle timeout");
     close(fd);
 }
+
+Test(connections, map_grown_by_other_process_adopted)
+{
+    harness_stop(&server);
+    server.extra_args[0] = "--map-size";
+    server.extra_args[1] = "4";
+    server.extra_args[2] = NULL;
+    harness_start(&server);
+    size_t size = one_event_frame(4);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 1);
+
+    /* Another process opens the ledger with a larger map and writes: the map grows. */
+    struct ledger *ledger = NULL;
+    struct ledger_options options = { .map_size = (size_t)64 << 20 };
+    cr_assert_eq(ledger_open(&ledger, server.dir, &options), HM_OK);
+    /* 6 MiB of records, past the 4 MiB that meterd mapped. */
+    static char filler[1 << 20];
+    memset(filler, 'x', sizeof filler - 1);
+    for (int i = 0; i < 6; i++) {
+        char scope[16];
+        snprintf(scope, sizeof scope, "filler-%d", i);
+        cr_assert_eq(ledger_pricebook_put(ledger, scope, filler), HM_OK);
+    }
+    ledger_close(ledger);
+
+    size = one_event_frame(5);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED, "status %d after the map grew", ack.status);
+    cr_assert_eq(ack.stored, 1);
+}

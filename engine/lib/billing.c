@@ -194,9 +194,13 @@ static void closings_free(struct closing *closings, size_t count)
     free(closings);
 }
 
-/* Rates every tenant whose period is open; fails as a whole when one cannot be rated. */
+/*
+ * Rates every tenant whose period is open. A tenant that cannot be rated is
+ * reported on stderr, counted in *failures_out and left out, so that it
+ * stays open while the others close.
+ */
 static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing **out,
-                          size_t *count_out)
+                          size_t *count_out, int *failures_out)
 {
     struct tenant *tenants = NULL;
     size_t tenant_count = 0;
@@ -237,31 +241,40 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
         count++;
     }
     free(tenants);
-    if (failures) {
-        closings_free(closings, count);
-        return HM_ERR_INVALID;
-    }
     *out = closings;
     *count_out = count;
+    *failures_out = failures;
     return HM_OK;
+}
+
+static int close_failures_report(uint32_t period, int failures)
+{
+    fprintf(stderr, "meterctl: %d tenant%s could not be rated and stay%s open for %04u-%02u; "
+            "fix the errors above and run close again, which closes only the open ones\n",
+            failures, failures == 1 ? "" : "s", failures == 1 ? "s" : "", period / 100,
+            period % 100);
+    return HM_ERR_INVALID;
 }
 
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out)
 {
     struct closing *closings = NULL;
     size_t count = 0;
-    int rc = close_rate_all(ledger, period, &closings, &count);
+    int failures = 0;
+    int rc = close_rate_all(ledger, period, &closings, &count, &failures);
     if (rc != HM_OK) {
-        fprintf(stderr, "meterctl: period %04u-%02u not closed for any tenant; fix the errors "
-                "above and run the close again\n", period / 100, period % 100);
+        fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
+                period / 100, period % 100, hm_status_str(rc));
         return rc;
     }
-
     if (count == 0) {
-        fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
-                "already sealed\n", period / 100, period % 100);
         closings_free(closings, count);
-        return HM_OK;
+        if (failures == 0) {
+            fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
+                    "already sealed\n", period / 100, period % 100);
+            return HM_OK;
+        }
+        return close_failures_report(period, failures);
     }
 
     struct ledger_txn *txn = NULL;
@@ -288,9 +301,15 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     } else if (txn != NULL) {
         ledger_abort(txn);
     }
-    if (rc != HM_OK) {
+    if (rc == HM_ERR_STATE) {
+        fprintf(stderr, "meterctl: period %04u-%02u not closed here: another close sealed it "
+                "for some of these tenants at the same time; run close again to close the "
+                "rest\n", period / 100, period % 100);
+    } else if (rc != HM_OK) {
         fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
                 period % 100, hm_status_str(rc));
+    }
+    if (rc != HM_OK) {
         closings_free(closings, count);
         return rc;
     }
@@ -306,7 +325,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     }
     summary_print(out, period, closings, count);
     closings_free(closings, count);
-    return HM_OK;
+    return failures ? close_failures_report(period, failures) : HM_OK;
 }
 
 /* ---- Rendering ---- */

@@ -32,11 +32,14 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
                   struct invoice *invoice, char *error, size_t error_size);
 
 /*
- * Closes a period for every tenant that has not closed it: rates all of them
- * first, and only when every one rated cleanly stores the sealed invoices
- * and closes the period for all of them in one transaction. Then writes each
+ * Closes a period for every tenant that has not closed it: rates all of
+ * them first, then stores the sealed invoices and closes the period for
+ * every tenant that rated cleanly, in one transaction. Then writes each
  * invoice as JSON to `invoices_dir`/YYYY-MM/<tenant name>.json (when not
- * NULL) and prints a summary table to `out`. Errors are printed to stderr.
+ * NULL) and prints a summary table to `out`. A tenant that cannot be rated
+ * (a missing price, an overflow) stays open and makes the result
+ * HM_ERR_INVALID, so that one tenant's usage never holds back the others.
+ * Errors are printed to stderr.
  */
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
 
