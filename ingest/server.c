@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -19,8 +22,11 @@
 
 /* Submission queue entries; each connection has at most one receive and one send in flight. */
 #define RING_ENTRIES 1024
-/* Receive buffers posted on the UDP socket at once. */
-#define UDP_BUFFERS 32
+/*
+ * Receive buffers posted on the UDP socket at once: the datagrams that the
+ * kernel can hand over while a commit blocks the loop (64 KiB each).
+ */
+#define UDP_BUFFERS 128
 /* Initial TCP receive buffer; it grows up to FRAME_SIZE_MAX for a large frame. */
 #define RECV_BUFFER_INITIAL (64 * 1024)
 /* Pending ack bytes above which the server stops reading from a connection until its acks drain. */
@@ -49,10 +55,15 @@ struct connection {
     int fd;
     uint32_t generation;
     int in_use;
-    int closing;       /* no more reads; close once the acks are sent */
+    int closing;       /* no more frames; close once the acks are sent */
+    int draining;      /* FIN sent after the last ack; reading until the peer closes */
+    int aborted;       /* closed at once: no FIN, no draining */
     int ops_in_flight; /* the slot is reused only at zero */
     int64_t frame_started_ms; /* when the first byte of the frame now in `in` arrived */
     int64_t active_ms;        /* last byte received or ack queued */
+    int64_t send_progress_ms; /* when the send in flight started or last moved bytes */
+    int64_t drain_started_ms; /* start of draining, or of the last change of drain_unsent */
+    int drain_unsent;         /* bytes the peer had not yet acknowledged at the last tick */
     int recv_armed;
     int send_armed;
     uint32_t frames_in_batch; /* frames waiting for the commit; their acks are still owed */
@@ -78,6 +89,8 @@ struct udp_buffer {
     struct msghdr message;
     struct iovec iov;
     struct sockaddr_storage peer;
+    /* SO_RXQ_OVFL: the socket's count of datagrams dropped for a full receive buffer. */
+    uint8_t control[CMSG_SPACE(sizeof(uint32_t))];
     uint8_t data[FRAME_UDP_SIZE_MAX];
 };
 
@@ -99,6 +112,7 @@ struct server {
     int stopping;
     int lookup_open;
     uint32_t ticks;
+    int accept_paused; /* out of descriptors: accept again at the next tick */
     uint32_t frame_timeout_ms;
     uint32_t idle_timeout_ms;
     struct log_limit reject_log;
@@ -115,6 +129,22 @@ static int64_t monotonic_ms(void)
 static size_t acks_pending(const struct connection *connection)
 {
     return connection->out_size + connection->wire_size - connection->wire_sent;
+}
+
+static void peer_format(const struct sockaddr_storage *peer, char *out, size_t size)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (peer->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)peer;
+        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+        snprintf(out, size, "%s:%u", host, ntohs(v4->sin_port));
+    } else if (peer->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)peer;
+        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
+        snprintf(out, size, "[%s]:%u", host, ntohs(v6->sin6_port));
+    } else {
+        snprintf(out, size, "?");
+    }
 }
 
 static uint64_t user_data_of(enum op op, uint32_t index, uint32_t generation)
@@ -164,6 +194,7 @@ static int socket_bind(const char *host, uint16_t port, int type, uint16_t *boun
     if (type == SOCK_DGRAM) {
         int buffer = 8 * 1024 * 1024;
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+        setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);
     }
     /*
      * A server killed a moment ago may still hold the port while the kernel
@@ -208,6 +239,8 @@ static void arm_udp(struct server *server, uint32_t index)
     buffer->message.msg_iovlen = 1;
     buffer->message.msg_name = &buffer->peer;
     buffer->message.msg_namelen = sizeof buffer->peer;
+    buffer->message.msg_control = buffer->control;
+    buffer->message.msg_controllen = sizeof buffer->control;
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_recvmsg(sqe, server->udp_fd, &buffer->message, 0);
     io_uring_sqe_set_data64(sqe, user_data_of(OP_UDP_RECV, index, 0));
@@ -244,6 +277,19 @@ static void arm_recv(struct server *server, uint32_t index)
     connection->ops_in_flight++;
 }
 
+/* Reads and discards what the peer still sends after our FIN, until it closes. */
+static void arm_drain(struct server *server, uint32_t index)
+{
+    struct connection *connection = &server->connections[index];
+    if (connection->recv_armed)
+        return;
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_recv(sqe, connection->fd, connection->in, connection->in_capacity, 0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_RECV, index, connection->generation));
+    connection->recv_armed = 1;
+    connection->ops_in_flight++;
+}
+
 static void arm_send(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
@@ -262,6 +308,7 @@ static void arm_send(struct server *server, uint32_t index)
         connection->out_capacity = capacity;
         connection->out_size = 0;
     }
+    connection->send_progress_ms = monotonic_ms();
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_send(sqe, connection->fd, connection->wire + connection->wire_sent,
                        connection->wire_size - connection->wire_sent, MSG_NOSIGNAL);
@@ -288,16 +335,28 @@ static void connection_release(struct server *server, uint32_t index)
     connection->generation = generation;
 }
 
-/* Stops reading; the connection closes once its queued acks are sent. */
+/*
+ * Stops taking frames and closes gracefully: once every owed ack is sent,
+ * sends a FIN and reads until the peer closes. Closing with unread input
+ * would make the kernel send a reset, which discards acks not yet delivered.
+ */
 static void connection_shutdown(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
     connection->closing = 1;
-    if (acks_pending(connection) == 0 && !connection->send_armed &&
-        connection->frames_in_batch == 0) {
-        shutdown(connection->fd, SHUT_RDWR);
+    if (connection->aborted) {
         connection_release(server, index);
+        return;
     }
+    if (connection->draining || acks_pending(connection) > 0 || connection->send_armed ||
+        connection->frames_in_batch > 0)
+        return;
+    connection->draining = 1;
+    connection->drain_started_ms = monotonic_ms();
+    connection->drain_unsent = -1;
+    connection->in_size = 0;
+    shutdown(connection->fd, SHUT_WR);
+    arm_drain(server, index);
 }
 
 /* Closes a connection at once, dropping what it has not sent or received. */
@@ -305,6 +364,7 @@ static void connection_abort(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
     connection->closing = 1;
+    connection->aborted = 1;
     connection->in_size = 0;
     shutdown(connection->fd, SHUT_RDWR);
     connection_release(server, index);
@@ -348,9 +408,39 @@ static void sweep_timeouts(struct server *server)
     int64_t now = monotonic_ms();
     for (uint32_t i = 0; i < server->connections_max; i++) {
         struct connection *connection = &server->connections[i];
-        if (!connection->in_use || connection->closing)
+        if (!connection->in_use || connection->aborted)
             continue;
-        if (connection->in_size > 0 &&
+        if (connection->draining) {
+            /* The clock restarts while the peer still takes acks from the send queue. */
+            int unsent = 0;
+            ioctl(connection->fd, SIOCOUTQ, &unsent);
+            if (unsent != connection->drain_unsent) {
+                connection->drain_unsent = unsent;
+                connection->drain_started_ms = now;
+            }
+            /* Giving up: SHUT_RD ends the read without a reset, since nothing is left unread. */
+            if (now - connection->drain_started_ms > (int64_t)server->frame_timeout_ms) {
+                connection->aborted = 1;
+                shutdown(connection->fd, SHUT_RD);
+            }
+            continue;
+        }
+        if (connection->send_armed &&
+            now - connection->send_progress_ms > (int64_t)server->frame_timeout_ms) {
+            server->stats.connections_timed_out++;
+            uint64_t suppressed = 0;
+            if (log_limit_pass(&server->reject_log, &suppressed))
+                log_warn("server", "connection closed peer=%s reason=ack_timeout acks=%zu: the "
+                         "peer read no ack for %u ms (suppressed=%llu)",
+                         connection->peer, acks_pending(connection), server->frame_timeout_ms,
+                         (unsigned long long)suppressed);
+            connection_abort(server, i);
+            continue;
+        }
+        if (connection->closing)
+            continue;
+        /* Only while reading: a paused read (too many acks owed) is the server's own doing. */
+        if (connection->in_size > 0 && connection->recv_armed &&
             now - connection->frame_started_ms > (int64_t)server->frame_timeout_ms) {
             server->stats.connections_timed_out++;
             server->stats.frames_received++;
@@ -373,10 +463,19 @@ static void sweep_timeouts(struct server *server)
 
 static void on_accept(struct server *server, int fd)
 {
-    if (!server->stopping)
+    /* Out of descriptors or memory: accepting again at once would spin, so wait a tick. */
+    int exhausted = fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM;
+    if (exhausted)
+        server->accept_paused = 1;
+    else if (!server->stopping)
         arm_accept(server);
     if (fd < 0) {
-        log_warn("server", "accept failed: %s", strerror(-fd));
+        uint64_t suppressed = 0;
+        if (log_limit_pass(&server->reject_log, &suppressed))
+            log_warn("server", "accept failed: %s%s (suppressed=%llu)", strerror(-fd),
+                     exhausted ? "; raise the open file limit (ulimit -n) or lower "
+                                 "--max-connections" : "",
+                     (unsigned long long)suppressed);
         return;
     }
     if (server->stopping) {
@@ -415,18 +514,8 @@ static void on_accept(struct server *server, int fd)
     struct sockaddr_storage peer;
     socklen_t peer_size = sizeof peer;
     connection->peer[0] = '\0';
-    if (getpeername(fd, (struct sockaddr *)&peer, &peer_size) == 0) {
-        char host[INET6_ADDRSTRLEN] = "?";
-        uint16_t port;
-        if (peer.ss_family == AF_INET) {
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, host, sizeof host);
-            port = ntohs(((struct sockaddr_in *)&peer)->sin_port);
-        } else {
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, host, sizeof host);
-            port = ntohs(((struct sockaddr_in6 *)&peer)->sin6_port);
-        }
-        snprintf(connection->peer, sizeof connection->peer, "%s:%u", host, port);
-    }
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_size) == 0)
+        peer_format(&peer, connection->peer, sizeof connection->peer);
     connection->fd = fd;
     connection->in_use = 1;
     connection->active_ms = monotonic_ms();
@@ -655,15 +744,32 @@ static void on_recv(struct server *server, uint32_t index, int result)
     struct connection *connection = &server->connections[index];
     connection->recv_armed = 0;
     connection->ops_in_flight--;
+    if (connection->draining || connection->aborted) {
+        if (result > 0 && !connection->aborted)
+            arm_drain(server, index);
+        else
+            connection_release(server, index);
+        return;
+    }
+    uint64_t suppressed = 0;
     if (result <= 0) {
         if (connection->in_size > 0) {
             server->stats.frames_received++;
             server->stats.frames_by_status[FRAME_TRUNCATED]++;
-            log_warn("server", "connection closed inside a frame peer=%s bytes=%zu reason=truncated",
-                     connection->peer, connection->in_size);
+            if (log_limit_pass(&server->reject_log, &suppressed))
+                log_warn("server", "connection closed inside a frame peer=%s bytes=%zu "
+                         "reason=truncated (suppressed=%llu)", connection->peer,
+                         connection->in_size, (unsigned long long)suppressed);
         }
-        if (result < 0 && result != -ECONNRESET)
-            log_warn("server", "receive failed peer=%s: %s", connection->peer, strerror(-result));
+        if (result < 0 && result != -ECONNRESET && log_limit_pass(&server->reject_log, &suppressed))
+            log_warn("server", "receive failed peer=%s: %s (suppressed=%llu)", connection->peer,
+                     strerror(-result), (unsigned long long)suppressed);
+        connection->in_size = 0;
+        connection_shutdown(server, index);
+        return;
+    }
+    if (server->stopping) {
+        /* Frames that arrive during the stop are not taken: their senders resend them. */
         connection->in_size = 0;
         connection_shutdown(server, index);
         return;
@@ -690,14 +796,18 @@ static void on_send(struct server *server, uint32_t index, int result)
     connection->send_armed = 0;
     connection->ops_in_flight--;
     if (result < 0) {
-        if (result != -EPIPE && result != -ECONNRESET)
-            log_warn("server", "send failed peer=%s: %s", connection->peer, strerror(-result));
+        uint64_t suppressed = 0;
+        if (result != -EPIPE && result != -ECONNRESET && !connection->aborted &&
+            log_limit_pass(&server->reject_log, &suppressed))
+            log_warn("server", "send failed peer=%s: %s (suppressed=%llu)", connection->peer,
+                     strerror(-result), (unsigned long long)suppressed);
         connection->out_size = 0;
         connection->wire_size = connection->wire_sent = 0;
-        connection->closing = 1;
+        connection->aborted = 1;
         connection_shutdown(server, index);
         return;
     }
+    connection->send_progress_ms = monotonic_ms();
     connection->wire_sent += (size_t)result;
     arm_send(server, index);
     if (connection->closing)
@@ -710,13 +820,17 @@ static void on_udp(struct server *server, uint32_t index, int result)
 {
     struct udp_buffer *buffer = &server->udp_buffers[index];
     if (result >= 0) {
-        char peer[64] = "?";
-        if (buffer->peer.ss_family == AF_INET) {
-            struct sockaddr_in *v4 = (struct sockaddr_in *)&buffer->peer;
-            char host[INET_ADDRSTRLEN];
-            inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
-            snprintf(peer, sizeof peer, "%s:%u", host, ntohs(v4->sin_port));
+        for (struct cmsghdr *header = CMSG_FIRSTHDR(&buffer->message); header != NULL;
+             header = CMSG_NXTHDR(&buffer->message, header)) {
+            if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SO_RXQ_OVFL) {
+                uint32_t dropped;
+                memcpy(&dropped, CMSG_DATA(header), sizeof dropped);
+                if (dropped > server->stats.udp_dropped)
+                    server->stats.udp_dropped = dropped;
+            }
         }
+        char peer[64];
+        peer_format(&buffer->peer, peer, sizeof peer);
         frame_receive(server, -1, buffer->data, (size_t)result, peer);
     } else if (result != -ECANCELED) {
         log_warn("server", "udp receive failed: %s", strerror(-result));
@@ -742,7 +856,7 @@ static void stats_write(struct server *server)
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"connections_accepted\": %llu, "
             "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
-            "\"connections_evicted\": %llu, \"frames\": {",
+            "\"connections_evicted\": %llu, \"udp_dropped\": %llu, \"frames\": {",
             (unsigned long long)stats->frames_received, (unsigned long long)stats->events_stored,
             (unsigned long long)stats->events_duplicate,
             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
@@ -750,7 +864,8 @@ static void stats_write(struct server *server)
             (unsigned long long)stats->connections_accepted,
             (unsigned long long)stats->connections_rejected,
             (unsigned long long)stats->connections_timed_out,
-            (unsigned long long)stats->connections_evicted);
+            (unsigned long long)stats->connections_evicted,
+            (unsigned long long)stats->udp_dropped);
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
@@ -802,6 +917,10 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
         }
         break;
     case OP_TIMER:
+        if (server->accept_paused && !server->stopping) {
+            server->accept_paused = 0;
+            arm_accept(server);
+        }
         sweep_timeouts(server);
         if (++server->ticks % STATS_TICKS == 0)
             stats_report(server);
@@ -812,6 +931,35 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
 }
 
 /* ---- Setup and the loop ---- */
+
+/* Descriptors kept for the ledger, the sockets, the ring and the stats file. */
+#define RESERVED_DESCRIPTORS 64
+
+/*
+ * Raises the open file limit to its hard maximum, and lowers connections_max
+ * when even that cannot hold one descriptor per connection.
+ */
+static void connections_fit_file_limit(struct server *server)
+{
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0)
+        return;
+    if (limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+        getrlimit(RLIMIT_NOFILE, &limit);
+    }
+    rlim_t needed = (rlim_t)server->connections_max + RESERVED_DESCRIPTORS;
+    if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed)
+        return;
+    uint32_t fitting = limit.rlim_cur > 2 * RESERVED_DESCRIPTORS
+                           ? (uint32_t)(limit.rlim_cur - RESERVED_DESCRIPTORS)
+                           : (uint32_t)(limit.rlim_cur / 2);
+    log_warn("server", "connections_max lowered from %u to %u: the open file limit is %llu; "
+             "raise it (ulimit -n) to serve more connections", server->connections_max,
+             fitting ? fitting : 1, (unsigned long long)limit.rlim_cur);
+    server->connections_max = fitting ? fitting : 1;
+}
 
 static int server_setup(struct server *server, sigset_t *signals)
 {
@@ -844,6 +992,7 @@ static int server_setup(struct server *server, sigset_t *signals)
                                                        : SERVER_CONNECTIONS_DEFAULT;
     if (server->connections_max > SERVER_CONNECTIONS_MAX)
         server->connections_max = SERVER_CONNECTIONS_MAX;
+    connections_fit_file_limit(server);
     server->connections = calloc(server->connections_max, sizeof *server->connections);
     server->udp_buffers = calloc(UDP_BUFFERS, sizeof *server->udp_buffers);
     server->batch.entries = calloc(BATCH_FRAMES_MAX, sizeof *server->batch.entries);
@@ -912,19 +1061,25 @@ static void drain_completions(struct server *server)
     }
 }
 
-/* After a stop: sends the last acks, waiting at most about one second for slow readers. */
+/*
+ * After a stop: sends the last acks and closes every connection gracefully,
+ * waiting at most about one second for slow readers.
+ */
 static void flush_acks(struct server *server)
 {
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    int64_t deadline = monotonic_ms() + 1000;
     for (;;) {
-        int pending = 0;
-        for (uint32_t i = 0; i < server->connections_max; i++)
-            pending |= acks_pending(&server->connections[i]) > 0 || server->connections[i].send_armed;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (!pending || now.tv_sec - start.tv_sec >= 1)
+        int open_connections = 0;
+        for (uint32_t i = 0; i < server->connections_max; i++) {
+            struct connection *connection = &server->connections[i];
+            if (!connection->in_use)
+                continue;
+            connection_shutdown(server, i);
+            open_connections += connection->in_use;
+        }
+        if (open_connections == 0 || monotonic_ms() >= deadline)
             return;
-        struct __kernel_timespec wait = { 0, 50 * 1000 * 1000 };
+        struct __kernel_timespec wait = { 0, 20 * 1000 * 1000 };
         struct io_uring_cqe *cqe;
         io_uring_submit(&server->ring);
         if (io_uring_wait_cqe_timeout(&server->ring, &cqe, &wait) == 0)
@@ -967,6 +1122,8 @@ int server_run(const struct server_options *options, const struct server_hooks *
         }
         (void)cqe;
         drain_completions(&server);
+        /* Post the re-armed receives first, so the kernel fills them while the commit syncs. */
+        io_uring_submit(&server.ring);
         /* Group commit: every frame that arrived since the last commit shares one sync. */
         commit_batch(&server);
     }

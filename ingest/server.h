@@ -96,6 +96,7 @@ struct server_stats {
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */
     uint64_t connections_evicted;   /* idle, closed to make room at connections_max */
+    uint64_t udp_dropped;           /* datagrams the kernel dropped for a full receive buffer */
 };
 
 /*

@@ -34,6 +34,15 @@ static int closed_by_server(int fd, long ms)
     return got == 0 || (got < 0 && errno == ECONNRESET);
 }
 
+/* Returns 1 when the server has reset or closed the connection, without waiting. */
+static int closed_by_server_nowait(int fd)
+{
+    int error = 0;
+    socklen_t size = sizeof error;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size);
+    return error == ECONNRESET || error == EPIPE;
+}
+
 static size_t one_event_frame(uint8_t id_byte)
 {
     struct event event = harness_inference(id_byte, "m-large", 10, 1);
@@ -127,4 +136,92 @@ Test(connections, map_grown_by_other_process_adopted)
     struct frame_ack ack = harness_send_frame(&server, frame, size);
     cr_assert_eq(ack.status, FRAME_ACCEPTED, "status %d after the map grew", ack.status);
     cr_assert_eq(ack.stored, 1);
+}
+
+/* Connects with a small receive buffer, so that unread acks stay queued on the server side. */
+static int connect_small_window(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(server.tcp_port) };
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&address, sizeof address), 0);
+    return fd;
+}
+
+Test(connections, reject_ack_after_owed_acks)
+{
+    /* 2,000 good frames, bad magic, then 64 KiB that the server never reads. */
+    enum { FRAMES = 2000 };
+    static uint8_t stream[FRAMES * 160 + FRAME_HEADER_SIZE + 65536];
+    size_t stream_size = 0;
+    for (uint32_t i = 0; i < FRAMES; i++) {
+        struct event event = harness_inference(0, "m-large", 10, 1);
+        memcpy(event.event_id, &i, sizeof i);
+        size_t size = harness_frame(frame, &tenant, 1 + i, &event, 1);
+        memcpy(stream + stream_size, frame, size);
+        stream_size += size;
+    }
+    memset(stream + stream_size, 'x', FRAME_HEADER_SIZE + 65536);
+    stream_size += FRAME_HEADER_SIZE + 65536;
+    int fd = connect_small_window();
+    struct timeval timeout = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    /* The server may stop reading before the junk, so a short write is fine here. */
+    struct timeval send_timeout = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
+    size_t sent_total = 0;
+    while (sent_total < stream_size) {
+        ssize_t sent = send(fd, stream + sent_total, stream_size - sent_total, MSG_NOSIGNAL);
+        if (sent <= 0)
+            break;
+        sent_total += (size_t)sent;
+    }
+    cr_assert_gt(sent_total, stream_size - 65536, "the frames themselves were not all sent");
+    harness_sleep_ms(300);
+    for (uint32_t i = 0; i < FRAMES; i++) {
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(fd, &ack), 0, "ack %u of %u lost", i, FRAMES);
+        cr_assert_eq(ack.frame_id, 1 + i);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    }
+    struct frame_ack reject;
+    cr_assert_eq(harness_read_ack(fd, &reject), 0, "the reject ack was lost");
+    cr_assert_eq(reject.status, FRAME_BAD_MAGIC);
+    close(fd);
+}
+
+Test(connections, peer_that_never_reads_acks_cut_off)
+{
+    int fd = connect_small_window();
+    struct timeval timeout = { 0, 200000 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+
+    /* Frames with an unknown key still earn acks: 100 of them per write. */
+    struct test_tenant stranger = tenant;
+    stranger.key.key_id ^= 1;
+    struct event event = harness_inference(9, "m-large", 10, 1);
+    size_t size = harness_frame(frame, &stranger, 1, &event, 1);
+    static uint8_t block[100 * 200];
+    for (int i = 0; i < 100; i++)
+        memcpy(block + (size_t)i * size, frame, size);
+
+    /* Bounded: at most 5,000 writes (64 MiB), then up to 3 s for the server to cut off. */
+    int cut_off = 0, blocked = 0;
+    for (int i = 0; i < 5000 && !cut_off && blocked < 20; i++) {
+        ssize_t sent = send(fd, block, 100 * size, MSG_NOSIGNAL);
+        if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            blocked++;
+        else if (sent < 0)
+            cut_off = 1;
+    }
+    for (int i = 0; i < 30 && !cut_off; i++) {
+        harness_sleep_ms(100);
+        ssize_t sent = send(fd, block, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+        cut_off = closed_by_server_nowait(fd) || (sent < 0 && errno != EAGAIN);
+    }
+    close(fd);
+    cr_assert(cut_off, "a peer that never reads its acks kept its connection");
 }
