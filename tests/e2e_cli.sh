@@ -143,6 +143,18 @@ else
   failures=$((failures + 1))
 fi
 
+# Invoice files are copies of the ledger: a missing one is written again by the next close.
+rm -f "$METER_DATA/invoices/2023-11/beta.json"
+$meterctl close --period 2023-11 >/dev/null 2>&1
+if [ -s "$METER_DATA/invoices/2023-11/beta.json" ] &&
+   diff -q <($meterctl invoice show beta --period 2023-11 --json) \
+     "$METER_DATA/invoices/2023-11/beta.json" >/dev/null; then
+  echo "ok   a missing invoice file is written again from the ledger"
+else
+  echo "FAIL a missing invoice file was not written again"
+  failures=$((failures + 1))
+fi
+
 if [ "$failures" -gt 0 ]; then
   echo "$failures checks failed"
   exit 1

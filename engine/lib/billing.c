@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 _Static_assert((int)ROLLUP_GPU_SECONDS == (int)METER_GPU_SECONDS, "meters share numbers");
 _Static_assert((int)ROLLUP_INPUT_TOKENS == (int)METER_INPUT_TOKENS, "meters share numbers");
@@ -145,25 +146,58 @@ static int invoice_seal(json_t *json, const char *number, int64_t closed_s)
     return HM_OK;
 }
 
-static int invoice_file_write(const char *invoices_dir, uint32_t period, const char *tenant_name,
-                              const char *text)
+/*
+ * Writes a file atomically: a temporary file in the same directory, synced,
+ * then renamed over the target, so that a crash leaves the old file or the
+ * new one, never a part.
+ */
+static int file_write_atomic(const char *path, const char *text)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s", invoices_dir);
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return HM_ERR_IO;
-    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return HM_ERR_IO;
-    snprintf(path, sizeof path, "%s/%04u-%02u/%s.json", invoices_dir, period / 100, period % 100,
-             tenant_name);
-    FILE *file = fopen(path, "w");
+    char temporary[4200];
+    snprintf(temporary, sizeof temporary, "%s.tmp", path);
+    FILE *file = fopen(temporary, "w");
     if (file == NULL)
         return HM_ERR_IO;
-    int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF;
-    if (fclose(file) != 0 || !written)
+    int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF && fflush(file) == 0 &&
+                  fsync(fileno(file)) == 0;
+    if (fclose(file) != 0 || !written || rename(temporary, path) != 0) {
+        unlink(temporary);
         return HM_ERR_IO;
+    }
     return HM_OK;
+}
+
+/*
+ * Writes the file of every sealed invoice of the period from the ledger,
+ * which stays the record: a close interrupted after its commit gets its
+ * files on the next run.
+ */
+static void invoice_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
+    if ((mkdir(invoices_dir, 0755) != 0 && errno != EEXIST) ||
+        (mkdir(path, 0755) != 0 && errno != EEXIST)) {
+        fprintf(stderr, "meterctl: cannot create %s: %s; the invoices are stored in the ledger, "
+                "and `meterctl invoice show` prints them\n", path, strerror(errno));
+        return;
+    }
+    struct tenant *tenants = NULL;
+    size_t count = 0;
+    if (ledger_tenant_list(ledger, &tenants, &count) != HM_OK)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        char *text = NULL;
+        if (ledger_invoice_get(ledger, tenants[i].id, period, &text) != HM_OK)
+            continue;
+        snprintf(path, sizeof path, "%s/%04u-%02u/%s.json", invoices_dir, period / 100,
+                 period % 100, tenants[i].name);
+        if (file_write_atomic(path, text) != HM_OK)
+            fprintf(stderr, "meterctl: writing %s failed: %s; the invoice is stored in the "
+                    "ledger, and `meterctl invoice show` prints it\n", path, strerror(errno));
+        free(text);
+    }
+    free(tenants);
 }
 
 static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count)
@@ -214,6 +248,7 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
     }
     size_t count = 0;
     int failures = 0;
+    int64_t period_end_s = period_start_us(period_next(period)) / 1000000;
     for (size_t i = 0; i < tenant_count; i++) {
         int closed = ledger_period_closed(ledger, tenants[i].id, period);
         if (closed != 0) {
@@ -228,6 +263,12 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
         closing->tenant = tenants[i];
         char error[512] = "";
         rc = billing_draft(ledger, &tenants[i], period, &closing->invoice, error, sizeof error);
+        /* A tenant whose service starts after the period, and that used nothing in it, gets no invoice. */
+        if (rc == HM_OK && tenants[i].service_start_s >= period_end_s &&
+            closing->invoice.line_count == 0) {
+            invoice_free(&closing->invoice);
+            continue;
+        }
         if (rc == HM_OK)
             rc = invoice_to_json(&closing->invoice, &closing->json);
         if (rc != HM_OK) {
@@ -258,17 +299,34 @@ static int close_failures_report(uint32_t period, int failures)
 
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out)
 {
+    /*
+     * The write transaction begins first. While it holds the writer lock no
+     * commit of meterd or of another close can land, so every tenant is rated
+     * from the same state of the ledger that the seal is written on. The
+     * rating reads through read transactions beside it (MDB_NOTLS allows that).
+     */
+    struct ledger_txn *txn = NULL;
+    int rc = ledger_begin(ledger, &txn);
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
+                period % 100, hm_status_str(rc));
+        return rc;
+    }
     struct closing *closings = NULL;
     size_t count = 0;
     int failures = 0;
-    int rc = close_rate_all(ledger, period, &closings, &count, &failures);
+    rc = close_rate_all(ledger, period, &closings, &count, &failures);
     if (rc != HM_OK) {
+        ledger_abort(txn);
         fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
                 period / 100, period % 100, hm_status_str(rc));
         return rc;
     }
     if (count == 0) {
+        ledger_abort(txn);
         closings_free(closings, count);
+        if (invoices_dir != NULL)
+            invoice_files_write(ledger, period, invoices_dir);
         if (failures == 0) {
             fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
                     "already sealed\n", period / 100, period % 100);
@@ -277,8 +335,6 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return close_failures_report(period, failures);
     }
 
-    struct ledger_txn *txn = NULL;
-    rc = ledger_begin(ledger, &txn);
     int64_t now_s = (int64_t)time(NULL);
     for (size_t i = 0; rc == HM_OK && i < count; i++) {
         uint64_t seq = 0;
@@ -296,33 +352,19 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
             rc = ledger_period_close(txn, closings[i].tenant.id, period, text);
         free(text);
     }
-    if (rc == HM_OK) {
+    if (rc == HM_OK)
         rc = ledger_commit(txn);
-    } else if (txn != NULL) {
+    else
         ledger_abort(txn);
-    }
-    if (rc == HM_ERR_STATE) {
-        fprintf(stderr, "meterctl: period %04u-%02u not closed here: another close sealed it "
-                "for some of these tenants at the same time; run close again to close the "
-                "rest\n", period / 100, period % 100);
-    } else if (rc != HM_OK) {
+    if (rc != HM_OK) {
         fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
                 period % 100, hm_status_str(rc));
-    }
-    if (rc != HM_OK) {
         closings_free(closings, count);
         return rc;
     }
 
-    for (size_t i = 0; invoices_dir != NULL && i < count; i++) {
-        char *text = json_dumps(closings[i].json, JSON_INDENT(2) | JSON_SORT_KEYS);
-        if (text == NULL ||
-            invoice_file_write(invoices_dir, period, closings[i].tenant.name, text) != HM_OK)
-            fprintf(stderr, "meterctl: invoice %s is closed and stored, but writing its file "
-                    "under %s failed: %s; `meterctl invoice show` prints it\n",
-                    closings[i].number, invoices_dir, strerror(errno));
-        free(text);
-    }
+    if (invoices_dir != NULL)
+        invoice_files_write(ledger, period, invoices_dir);
     summary_print(out, period, closings, count);
     closings_free(closings, count);
     return failures ? close_failures_report(period, failures) : HM_OK;
