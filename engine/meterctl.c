@@ -120,6 +120,20 @@ static int period_option(int argc, char **argv, uint32_t *period)
     return 0;
 }
 
+/* Copies text for an error message, writing bytes outside printable ASCII as \xNN. */
+static void escape_for_terminal(const char *text, char *out, size_t size)
+{
+    size_t used = 0;
+    for (const unsigned char *c = (const unsigned char *)text; *c != '\0' && used + 5 < size;
+         c++) {
+        if (*c >= 0x20 && *c < 0x7f)
+            out[used++] = (char)*c;
+        else
+            used += (size_t)snprintf(out + used, size - used, "\\x%02x", *c);
+    }
+    out[used] = '\0';
+}
+
 /*
  * Tenant names are file names of invoices and labels in logs: [A-Za-z0-9._-],
  * 1 to 64 bytes. A name may not have the shape of a UUID, because a TENANT
@@ -167,9 +181,12 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     if (check_options(argc, argv, 3, with_value, NULL))
         return 1;
     struct tenant tenant = { 0 };
-    if (!tenant_name_valid(argv[2]))
+    if (!tenant_name_valid(argv[2])) {
+        char shown[4 * TENANT_NAME_MAX + 8];
+        escape_for_terminal(argv[2], shown, sizeof shown);
         return fail("invalid tenant name \"%s\": use 1 to 64 letters, digits, '.', '_' or '-', "
-                    "not starting with '.' or '-' and not shaped like a UUID", argv[2]);
+                    "not starting with '.' or '-' and not shaped like a UUID", shown);
+    }
     snprintf(tenant.name, sizeof tenant.name, "%s", argv[2]);
     const char *id = option_value(argc, argv, "--id");
     if (id != NULL && uuid_parse(id, tenant.id) != HM_OK)

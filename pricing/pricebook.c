@@ -433,6 +433,14 @@ static void parse_name(const json_t *value, const char *path, struct pricebook *
         add_error(errors, path, "name must be 1 to %d bytes long", PRICEBOOK_NAME_MAX);
         return;
     }
+    /* The name is printed on invoices and in terminals, where control characters would forge text. */
+    for (const unsigned char *c = (const unsigned char *)name; *c != '\0'; c++) {
+        if (*c < 0x20 || *c == 0x7f) {
+            add_error(errors, path, "name contains the control character 0x%02x; use printable "
+                      "characters only", *c);
+            return;
+        }
+    }
     snprintf(book->name, sizeof(book->name), "%s", name);
 }
 

@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+struct log_limit ledger_error_log = LOG_LIMIT_INIT(10, 10);
+
 static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
     "keys",   "pricebooks", "periods", "invoices", "meta",

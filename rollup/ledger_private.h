@@ -40,8 +40,16 @@ struct ledger_txn {
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
 #define ROLLUP_VALUE_SIZE 24
 
+/* One limit for every ledger error line, so that a full map logs a few lines, not one per batch. */
+extern struct log_limit ledger_error_log;
+
 static inline int status_of(int mdb_rc, const char *operation)
 {
+    uint64_t suppressed = 0;
+    if (!log_limit_pass(&ledger_error_log, &suppressed))
+        return mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC ? HM_ERR_FULL : HM_ERR_STORAGE;
+    if (suppressed > 0)
+        log_error("ledger", "%llu ledger errors suppressed", (unsigned long long)suppressed);
     if (mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC) {
         log_error("ledger", "%s failed: %s; grow the map with --map-size or free disk space",
                   operation, mdb_strerror(mdb_rc));

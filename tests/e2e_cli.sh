@@ -41,6 +41,7 @@ expect_error "unknown tenant" '"nobody"' $meterctl usage nobody --period 2024-01
 expect_error "unknown tenant fix" "meterctl tenant list" $meterctl usage nobody --period 2024-01
 expect_error "tenant name with a space" '"bad name"' $meterctl tenant create "bad name"
 expect_error "duplicate tenant" "already exists" $meterctl tenant create acme
+expect_error "tenant name with an escape shown escaped" 'a\x1b[31mb' $meterctl tenant create "$(printf 'a\033[31mb')"
 expect_error "invalid tenant id" '"not-a-uuid"' $meterctl tenant create other --id not-a-uuid
 expect_error "invalid service start" '"2024-02-30x"' $meterctl tenant create other --service-start 2024-02-30x
 expect_error "service start that does not exist" '"2024-02-30"' $meterctl tenant create other --service-start 2024-02-30

@@ -383,3 +383,17 @@ Test(pricebook, missing_file_is_io_error)
     cr_assert(eq(int, pricebook_load_file(path, &book, error, sizeof(error)), HM_ERR_IO));
     assert_contains(error, "no-such-book.json: cannot open");
 }
+
+Test(pricebook, name_with_control_character)
+{
+    char error[512];
+    parse_rejected("{\"name\": \"std\\u001b[31m\", \"currency\": \"USD\"}", error, sizeof(error));
+    assert_contains(error, "$.name: name contains the control character 0x1b");
+}
+
+Test(pricebook, name_with_newline)
+{
+    char error[512];
+    parse_rejected("{\"name\": \"std\\nsealed\", \"currency\": \"USD\"}", error, sizeof(error));
+    assert_contains(error, "control character 0x0a");
+}
