@@ -144,6 +144,40 @@ else
   failures=$((failures + 1))
 fi
 
+# Out of descriptors: meterd fits its connection limit to the open file limit, does not spin
+# when accept fails, and keeps serving.
+(ulimit -Sn 100 && ulimit -Hn 100 &&
+   exec $build/meterd --data "$work/data" --tcp-port 0 --udp-port 0 --port-file "$work/ports2" \
+     --max-connections 1000) 2>"$work/meterd-fd.log" &
+meterd_pid=$!
+for _ in $(seq 100); do [ -s "$work/ports2" ] && break; sleep 0.05; done
+port=$(sed -n 's/^tcp=\([0-9]*\) .*/\1/p' "$work/ports2")
+python3 - "$port" <<'PYTHON'
+import socket, sys, time
+sockets = []
+for _ in range(150):
+    try:
+        sockets.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2))
+    except OSError:
+        pass
+time.sleep(1.5)
+for s in sockets:
+    s.close()
+PYTHON
+sleep 0.5
+if grep -q "connections_max lowered from 1000" "$work/meterd-fd.log" &&
+   [ "$(wc -l <"$work/meterd-fd.log")" -lt 200 ] &&
+   $meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/AzureLLMInferenceTrace_conv.csv" \
+     --limit 20 --tcp "127.0.0.1:$port" --quiet >/dev/null 2>&1; then
+  echo "ok   meterd within the open file limit keeps serving"
+else
+  echo "FAIL meterd at the open file limit: $(wc -l <"$work/meterd-fd.log") log lines"
+  failures=$((failures + 1))
+fi
+kill -TERM "$meterd_pid"
+wait "$meterd_pid" || true
+meterd_pid=
+
 # Invoice files are copies of the ledger: a missing one is written again by the next close.
 rm -f "$METER_DATA/invoices/2023-11/beta.json"
 $meterctl close --period 2023-11 >/dev/null 2>&1
