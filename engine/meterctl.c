@@ -234,23 +234,40 @@ static int tenant_list(struct ledger *ledger)
 
 /* ---- key ---- */
 
-static int keys_file_append(const char *path, const struct tenant *tenant, const char *key_text)
+/*
+ * Opens a keys file for appending. A file that other users can read is
+ * rejected before any key is made, because the line written holds a secret.
+ * Returns the descriptor, or -1 after printing the error.
+ */
+static int keys_file_open(const char *path)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return fail("cannot open keys file %s: %s", path, strerror(errno));
+    if (fd < 0) {
+        fail("cannot open keys file %s: %s", path, strerror(errno));
+        return -1;
+    }
     struct stat info;
-    if (fstat(fd, &info) == 0 && (info.st_mode & 077) != 0)
-        fprintf(stderr, "meterctl: warning: keys file %s is readable by other users; run "
-                "chmod 600 %s\n", path, path);
+    if (fstat(fd, &info) == 0 && (info.st_mode & 077) != 0) {
+        close(fd);
+        fail("keys file %s can be read by other users; run chmod 600 %s and try again", path,
+             path);
+        return -1;
+    }
+    return fd;
+}
+
+static int keys_file_append(int fd, const char *path, const struct tenant *tenant,
+                            const char *key_text)
+{
     char id[UUID_TEXT_SIZE];
     uuid_format(tenant->id, id);
     char line[256];
     int size = snprintf(line, sizeof line, "%s %s %s\n", id, tenant->name, key_text);
     ssize_t written = write(fd, line, (size_t)size);
-    int closed = close(fd);
-    if (written != size || closed != 0)
-        return fail("cannot write keys file %s: %s", path, strerror(errno));
+    memset(line, 0, sizeof line);
+    if (written != size)
+        return fail("cannot write keys file %s: %s; the key was created, so revoke it with "
+                    "`meterctl key revoke` and create another", path, strerror(errno));
     return 0;
 }
 
@@ -264,30 +281,43 @@ static int key_create(struct ledger *ledger, int argc, char **argv)
     struct tenant tenant;
     if (find_tenant(ledger, argv[2], &tenant))
         return 1;
+    const char *keys_file = option_value(argc, argv, "--keys-file");
+    int keys_fd = keys_file ? keys_file_open(keys_file) : -1;
+    if (keys_file && keys_fd < 0)
+        return 1;
+
     struct apikey key;
-    if (apikey_generate(&key) != HM_OK)
-        return fail("cannot generate a key: the system random source failed");
+    int rc = apikey_generate(&key);
     struct key_record record = { .key_id = key.key_id, .status = KEY_ACTIVE,
                                  .created_s = (int64_t)time(NULL) };
-    memcpy(record.tenant_id, tenant.id, UUID_SIZE);
-    apikey_signing_key(key.secret, record.signing_key);
-    apikey_secret_hash(key.secret, record.secret_hash);
-    int rc = ledger_key_put(ledger, &record);
-    if (rc != HM_OK)
-        return fail("cannot store the key: %s", hm_status_str(rc));
+    if (rc == HM_OK) {
+        memcpy(record.tenant_id, tenant.id, UUID_SIZE);
+        apikey_signing_key(key.secret, record.signing_key);
+        apikey_secret_hash(key.secret, record.secret_hash);
+        rc = ledger_key_put(ledger, &record);
+    }
+    if (rc != HM_OK) {
+        if (keys_fd >= 0)
+            close(keys_fd);
+        return fail("cannot create the key: %s", hm_status_str(rc));
+    }
 
     char text[APIKEY_TEXT_SIZE];
     apikey_format(&key, text);
-    const char *keys_file = option_value(argc, argv, "--keys-file");
-    rc = keys_file ? keys_file_append(keys_file, &tenant, text) : 0;
-    if (keys_file && rc == 0)
-        printf("key %016" PRIx64 " created for tenant %s; appended to %s\n", key.key_id,
-               tenant.name, keys_file);
-    else if (!keys_file)
+    int status = 0;
+    if (keys_fd >= 0) {
+        status = keys_file_append(keys_fd, keys_file, &tenant, text);
+        if (close(keys_fd) != 0 && status == 0)
+            status = fail("cannot write keys file %s: %s", keys_file, strerror(errno));
+        if (status == 0)
+            printf("key %016" PRIx64 " created for tenant %s; appended to %s\n", key.key_id,
+                   tenant.name, keys_file);
+    } else {
         printf("%s\n", text);
+    }
     memset(&key, 0, sizeof key);
     memset(text, 0, sizeof text);
-    return rc;
+    return status;
 }
 
 static int key_revoke(struct ledger *ledger, int argc, char **argv)
@@ -374,8 +404,12 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
         char *json = NULL;
         int rc = ledger_pricebook_get(ledger, scope, &json);
         if (rc == HM_ERR_NOT_FOUND)
-            return fail("no %s price book is loaded; load one with `meterctl pricebook load FILE`",
-                        tenant_name ? "tenant" : "default");
+            return fail(tenant_name ? "tenant %s has no price book of its own, so the default "
+                                      "applies; load one with `meterctl pricebook load FILE "
+                                      "--tenant %s`"
+                                    : "no default price book is loaded%s; load one with "
+                                      "`meterctl pricebook load FILE`%s",
+                        tenant_name ? tenant_name : "", tenant_name ? tenant_name : "");
         if (rc != HM_OK)
             return fail("cannot read the price book: %s", hm_status_str(rc));
         printf("%s\n", json);
@@ -394,8 +428,9 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
     size_t error_count = 0;
     int rc = pricebook_check(text, size, errors, sizeof errors, &error_count);
     if (rc != HM_OK) {
-        fprintf(stderr, "%s: %zu error%s\n%s", argv[2], error_count, error_count == 1 ? "" : "s",
-                errors);
+        size_t errors_size = strlen(errors);
+        fprintf(stderr, "%s: %zu error%s\n%s%s", argv[2], error_count, error_count == 1 ? "" : "s",
+                errors, errors_size > 0 && errors[errors_size - 1] != '\n' ? "\n" : "");
         free(text);
         return 1;
     }
@@ -621,6 +656,14 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    /* Only `tenant create` starts a new ledger, so that a mistyped directory is an error. */
+    char data_file[4096];
+    snprintf(data_file, sizeof data_file, "%s/data.mdb", data_dir);
+    int creates = argc - first >= 2 && strcmp(argv[first], "tenant") == 0 &&
+                  strcmp(argv[first + 1], "create") == 0;
+    if (!creates && access(data_file, F_OK) != 0)
+        return fail("no ledger in %s; check --data or METER_DATA, or start one with "
+                    "`meterctl tenant create NAME`", data_dir);
     struct ledger *ledger = NULL;
     int rc = ledger_open(&ledger, data_dir, NULL);
     if (rc != HM_OK)

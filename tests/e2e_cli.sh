@@ -90,6 +90,21 @@ expect_error "unknown tenant subcommand" "use tenant create or tenant list" $met
 expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/data" --tcp-port 70000
 expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud
 
+touch "$work/open-keys" && chmod 644 "$work/open-keys"
+expect_error "keys file readable by others" "chmod 600" \
+  $meterctl key create acme --keys-file "$work/open-keys"
+if [ -s "$work/open-keys" ] || $meterctl key list acme | grep -q active; then
+  echo "FAIL a key was made for a keys file that others can read"
+  failures=$((failures + 1))
+else
+  echo "ok   no key made for a keys file that others can read"
+fi
+expect_error "mistyped data directory" "no ledger in $work/typo" $meterctl --data "$work/typo" tenant list
+if [ -e "$work/typo" ]; then
+  echo "FAIL a read command created a ledger in a mistyped directory"
+  failures=$((failures + 1))
+fi
+
 # Secrets: a key's secret appears in no log line of meterd or of the replay.
 $meterctl tenant create beta --service-start 2023-11-01 >/dev/null
 $meterctl key create acme --keys-file "$work/keys" >/dev/null

@@ -4,6 +4,7 @@
 #include "common/status.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -155,9 +156,14 @@ static int file_write_atomic(const char *path, const char *text)
 {
     char temporary[4200];
     snprintf(temporary, sizeof temporary, "%s.tmp", path);
-    FILE *file = fopen(temporary, "w");
-    if (file == NULL)
+    /* Invoices are customer billing data: readable by the owner only, like the ledger. */
+    int fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *file = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (file == NULL) {
+        if (fd >= 0)
+            close(fd);
         return HM_ERR_IO;
+    }
     int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF && fflush(file) == 0 &&
                   fsync(fileno(file)) == 0;
     if (fclose(file) != 0 || !written || rename(temporary, path) != 0) {
@@ -176,8 +182,8 @@ static void invoice_files_write(struct ledger *ledger, uint32_t period, const ch
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
-    if ((mkdir(invoices_dir, 0755) != 0 && errno != EEXIST) ||
-        (mkdir(path, 0755) != 0 && errno != EEXIST)) {
+    if ((mkdir(invoices_dir, 0700) != 0 && errno != EEXIST) ||
+        (mkdir(path, 0700) != 0 && errno != EEXIST)) {
         fprintf(stderr, "meterctl: cannot create %s: %s; the invoices are stored in the ledger, "
                 "and `meterctl invoice show` prints them\n", path, strerror(errno));
         return;
@@ -200,18 +206,23 @@ static void invoice_files_write(struct ledger *ledger, uint32_t period, const ch
     free(tenants);
 }
 
-static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count)
+static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count,
+                          int failures)
 {
-    fprintf(out, "\nPeriod %04u-%02u closed: %zu invoice%s\n\n", period / 100, period % 100, count,
+    fprintf(out, "\nPeriod %04u-%02u closed: %zu invoice%s", period / 100, period % 100, count,
             count == 1 ? "" : "s");
+    if (failures > 0)
+        fprintf(out, "; %d tenant%s could not be rated and stay%s open", failures,
+                failures == 1 ? "" : "s", failures == 1 ? "s" : "");
+    fprintf(out, "\n\n");
     fprintf(out, "%-16s %-20s %-8s %6s %16s %14s %16s\n", "invoice", "tenant", "currency",
             "lines", "subtotal", "discount", "total");
     for (size_t i = 0; i < count; i++) {
         const struct invoice *invoice = &closings[i].invoice;
         char subtotal[MONEY_TEXT_SIZE], discount[MONEY_TEXT_SIZE], total[MONEY_TEXT_SIZE];
         money_amount_format(invoice->subtotal, invoice->currency, subtotal, sizeof subtotal);
-        money_amount_format(invoice->discount_total, invoice->currency, discount,
-                            sizeof discount);
+        struct money_amount taken_off = { -invoice->discount_total.minor };
+        money_amount_format(taken_off, invoice->currency, discount, sizeof discount);
         money_amount_format(invoice->total, invoice->currency, total, sizeof total);
         fprintf(out, "%-16s %-20s %-8s %6zu %16s %14s %16s\n", closings[i].number,
                 closings[i].tenant.name, invoice->currency->code, invoice->line_count, subtotal,
@@ -365,7 +376,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
 
     if (invoices_dir != NULL)
         invoice_files_write(ledger, period, invoices_dir);
-    summary_print(out, period, closings, count);
+    summary_print(out, period, closings, count, failures);
     closings_free(closings, count);
     return failures ? close_failures_report(period, failures) : HM_OK;
 }

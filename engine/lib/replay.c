@@ -46,7 +46,8 @@ static const char help_text[] =
     "  --trace FILE          trace to replay (required, repeatable), read in the\n"
     "                        order given. A .jsonl file is mooncake; a .csv file is\n"
     "                        azure-code when its name contains \"code\" and\n"
-    "                        azure-conv when it contains \"conv\".\n"
+    "                        azure-conv when it contains \"conv\"; a name with both\n"
+    "                        or neither is rejected.\n"
     "  --tcp HOST:PORT       send over TCP and wait for an acknowledgement of every\n"
     "                        frame (the default, 127.0.0.1:7600)\n"
     "  --udp HOST:PORT       send over UDP, one frame per datagram of at most 1,400\n"
@@ -467,7 +468,7 @@ static int replay_trace(struct replay *replay, const char *path)
     enum trace_source source;
     if (trace_source_detect(path, &source) != HM_OK) {
         log_error(MODULE, "unknown trace kind path=%s; expected a .jsonl file, or a .csv file "
-                          "whose name contains code or conv", path);
+                          "whose name contains either code or conv, not both", path);
         return REPLAY_EXIT_USAGE;
     }
     char error[TRACE_ERROR_SIZE];
