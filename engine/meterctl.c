@@ -468,6 +468,22 @@ static const char *meter_name(enum rollup_meter meter)
     return "unknown";
 }
 
+/* Reports the events of a closed period that arrived after its invoice was sealed. */
+static void late_events_report(struct ledger *ledger, const struct tenant *tenant,
+                               uint32_t period, const char *invoice_json)
+{
+    json_error_t error;
+    json_t *invoice = json_loads(invoice_json, 0, &error);
+    json_t *sealed = invoice ? json_object_get(invoice, "event_count") : NULL;
+    uint64_t now = 0;
+    if (json_is_integer(sealed) && billing_event_count(ledger, tenant, period, &now) == HM_OK &&
+        now > (uint64_t)json_integer_value(sealed))
+        printf("\nNOTE: %" PRIu64 " events of %04u-%02u arrived after the close. They are "
+               "stored and in the rollups above, but on no invoice yet.\n",
+               now - (uint64_t)json_integer_value(sealed), period / 100, period % 100);
+    json_decref(invoice);
+}
+
 static int usage_command(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--period", NULL };
@@ -502,6 +518,7 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
     if (closed > 0 && ledger_invoice_get(ledger, tenant.id, period, &stored) == HM_OK) {
         printf("\nThe period is closed; its invoice:\n\n");
         billing_invoice_print(stored, stdout);
+        late_events_report(ledger, &tenant, period, stored);
         free(stored);
         return 0;
     }

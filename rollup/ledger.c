@@ -258,7 +258,8 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     /*
      * NOTE: an event of a period that is already closed is stored and rolled
      * up like any other, but nothing bills it yet: the sealed invoice stays as
-     * it was, and no adjustment line on a later invoice picks it up.
+     * it was, and no adjustment line on a later invoice picks it up. `meterctl
+     * usage` reports their number from the event count sealed in the invoice.
      */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
     rc = event_rollups(event, append_sink, &context);

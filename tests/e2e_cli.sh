@@ -193,6 +193,23 @@ kill -TERM "$meterd_pid"
 wait "$meterd_pid" || true
 meterd_pid=
 
+# Usage that arrives after the close is counted apart in `meterctl usage`.
+$build/meterd --data "$work/data" --tcp-port 0 --udp-port 0 --port-file "$work/ports3" 2>/dev/null &
+meterd_pid=$!
+for _ in $(seq 100); do [ -s "$work/ports3" ] && break; sleep 0.05; done
+port=$(sed -n 's/^tcp=\([0-9]*\) .*/\1/p' "$work/ports3")
+$meterctl replay --keys "$work/keys" --trace "$source_dir/data/traces/AzureLLMInferenceTrace_conv.csv" \
+  --limit 300 --tcp "127.0.0.1:$port" --quiet >/dev/null 2>&1
+kill -TERM "$meterd_pid"
+wait "$meterd_pid" || true
+meterd_pid=
+if $meterctl usage beta --period 2023-11 | grep -q "arrived after the close"; then
+  echo "ok   usage after the close is reported apart"
+else
+  echo "FAIL usage after the close is not reported"
+  failures=$((failures + 1))
+fi
+
 # Invoice files are copies of the ledger: a missing one is written again by the next close.
 rm -f "$METER_DATA/invoices/2023-11/beta.json"
 $meterctl close --period 2023-11 >/dev/null 2>&1

@@ -110,6 +110,24 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
     return rc;
 }
 
+int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                        uint64_t *count_out)
+{
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    if (rc != HM_OK)
+        return rc;
+    uint64_t events = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (rows[i].meter == ROLLUP_EVENTS)
+            events += (uint64_t)rows[i].quantity;
+    }
+    free(rows);
+    *count_out = events;
+    return HM_OK;
+}
+
 /* ---- Closing a period ---- */
 
 struct closing {
@@ -280,8 +298,14 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
             invoice_free(&closing->invoice);
             continue;
         }
+        uint64_t events = 0;
+        if (rc == HM_OK)
+            rc = billing_event_count(ledger, &tenants[i], period, &events);
         if (rc == HM_OK)
             rc = invoice_to_json(&closing->invoice, &closing->json);
+        /* The events behind the invoice, so that usage arriving after the close can be told apart. */
+        if (rc == HM_OK)
+            json_object_set_new(closing->json, "event_count", json_integer((json_int_t)events));
         if (rc != HM_OK) {
             fprintf(stderr, "meterctl: cannot rate tenant %s for %04u-%02u: %s\n",
                     tenants[i].name, period / 100, period % 100,

@@ -17,6 +17,10 @@
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                          struct usage_totals *usage);
 
+/* Counts the events stored for a tenant's period, of every kind. */
+int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                        uint64_t *count_out);
+
 /*
  * Loads the price book that applies to a tenant: its own, else the default.
  * Returns HM_ERR_NOT_FOUND (with the fix in `error`) when neither is loaded.
