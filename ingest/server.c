@@ -49,6 +49,7 @@ enum op {
     OP_UDP_RECV = 4,
     OP_SIGNAL = 5,
     OP_TIMER = 6,
+    OP_CANCEL = 7,
 };
 
 struct connection {
@@ -113,6 +114,7 @@ struct server {
     int lookup_open;
     uint32_t ticks;
     int accept_paused; /* out of descriptors: accept again at the next tick */
+    uint64_t ops_outstanding; /* submitted operations whose completion has not been seen */
     uint32_t frame_timeout_ms;
     uint32_t idle_timeout_ms;
     struct log_limit reject_log;
@@ -162,6 +164,7 @@ static struct io_uring_sqe *sqe_get(struct server *server)
     /* A full ring after a submit means more operations than RING_ENTRIES: a sizing bug. */
     if (sqe == NULL)
         abort();
+    server->ops_outstanding++;
     return sqe;
 }
 
@@ -420,6 +423,13 @@ static void sweep_timeouts(struct server *server)
             }
             /* Giving up: SHUT_RD ends the read without a reset, since nothing is left unread. */
             if (now - connection->drain_started_ms > (int64_t)server->frame_timeout_ms) {
+                server->stats.connections_timed_out++;
+                uint64_t suppressed = 0;
+                if (log_limit_pass(&server->reject_log, &suppressed))
+                    log_warn("server", "connection closed peer=%s reason=close_timeout: the peer "
+                             "neither took its last acks nor closed within %u ms "
+                             "(suppressed=%llu)", connection->peer, server->frame_timeout_ms,
+                             (unsigned long long)suppressed);
                 connection->aborted = 1;
                 shutdown(connection->fd, SHUT_RD);
             }
@@ -916,6 +926,8 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
             arm_signal(server);
         }
         break;
+    case OP_CANCEL:
+        break;
     case OP_TIMER:
         if (server->accept_paused && !server->stopping) {
             server->accept_paused = 0;
@@ -1025,8 +1037,57 @@ static int server_setup(struct server *server, sigset_t *signals)
     return HM_OK;
 }
 
+/* Drains the completions that are ready, without waiting. */
+static void drain_completions(struct server *server)
+{
+    struct io_uring_cqe *cqe;
+    while (io_uring_peek_cqe(&server->ring, &cqe) == 0) {
+        server->ops_outstanding--;
+        on_completion(server, cqe);
+        io_uring_cqe_seen(&server->ring, cqe);
+    }
+}
+
+/*
+ * Cancels every operation still in flight and waits, at most about two
+ * seconds, until the kernel has completed them all. Only then may the
+ * buffers that those operations read or write be freed. Returns 1 when
+ * nothing is in flight any more.
+ */
+static int cancel_all(struct server *server)
+{
+    for (uint32_t i = 0; server->connections != NULL && i < server->connections_max; i++) {
+        if (server->connections[i].in_use)
+            shutdown(server->connections[i].fd, SHUT_RDWR);
+    }
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_CANCEL, 0, 0));
+    io_uring_submit(&server->ring);
+
+    int64_t deadline = monotonic_ms() + 2000;
+    while (server->ops_outstanding > 0 && monotonic_ms() < deadline) {
+        struct __kernel_timespec wait = { 0, 50 * 1000 * 1000 };
+        struct io_uring_cqe *cqe;
+        if (io_uring_wait_cqe_timeout(&server->ring, &cqe, &wait) != 0)
+            continue;
+        /* Completions are only counted here: nothing may be armed again. */
+        while (io_uring_peek_cqe(&server->ring, &cqe) == 0) {
+            server->ops_outstanding--;
+            io_uring_cqe_seen(&server->ring, cqe);
+        }
+    }
+    if (server->ops_outstanding > 0)
+        log_warn("server", "%llu operations still in flight at exit; their buffers are left "
+                 "allocated", (unsigned long long)server->ops_outstanding);
+    return server->ops_outstanding == 0;
+}
+
 static void server_teardown(struct server *server)
 {
+    /* The kernel may still write into buffers of operations in flight: never free those. */
+    if (server->ring.ring_fd > 0 && !cancel_all(server))
+        return;
     if (server->connections) {
         for (uint32_t i = 0; i < server->connections_max; i++) {
             struct connection *connection = &server->connections[i];
@@ -1049,16 +1110,6 @@ static void server_teardown(struct server *server)
     free(server->udp_buffers);
     free(server->batch.entries);
     free(server->batch.arena);
-}
-
-/* Drains the completions that are ready, without waiting. */
-static void drain_completions(struct server *server)
-{
-    struct io_uring_cqe *cqe;
-    while (io_uring_peek_cqe(&server->ring, &cqe) == 0) {
-        on_completion(server, cqe);
-        io_uring_cqe_seen(&server->ring, cqe);
-    }
 }
 
 /*

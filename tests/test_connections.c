@@ -17,6 +17,7 @@ static void setup(void)
     server.extra_args[3] = "3000";
     server.extra_args[4] = "--max-connections";
     server.extra_args[5] = "2";
+    server.extra_args[6] = NULL;
     harness_start(&server);
 }
 
@@ -224,4 +225,62 @@ Test(connections, peer_that_never_reads_acks_cut_off)
     }
     close(fd);
     cr_assert(cut_off, "a peer that never reads its acks kept its connection");
+}
+
+/*
+ * Sends frames on one connection until a send fails, reading the acks; runs
+ * in a child process.
+ */
+static void flood_until_closed(uint16_t port, const uint8_t *block, size_t block_size)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port) };
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0)
+        _exit(0);
+    uint8_t acks[65536];
+    /* Bounded: at most 20,000 writes. */
+    for (int i = 0; i < 20000; i++) {
+        if (send(fd, block, block_size, MSG_NOSIGNAL) < 0)
+            break;
+        /* Acks are read, and the server's FIN is ignored: the sender keeps sending. */
+        while (recv(fd, acks, sizeof acks, MSG_DONTWAIT) > 0)
+            ;
+    }
+    _exit(0);
+}
+
+Test(connections, sigterm_under_load_exits_cleanly)
+{
+    static uint8_t block[64 * 200];
+    size_t block_size = 0;
+    for (uint32_t i = 0; i < 64; i++) {
+        struct event event = harness_inference(0, "m-large", 10, 1);
+        memcpy(event.event_id, &i, sizeof i);
+        size_t size = harness_frame(frame, &tenant, 1 + i, &event, 1);
+        memcpy(block + block_size, frame, size);
+        block_size += size;
+    }
+    /* Eight senders at once: restart without the suite's limit of two connections. */
+    harness_stop(&server);
+    server.extra_args[0] = NULL;
+    for (int round = 0; round < 2; round++) {
+        harness_start(&server);
+        pid_t senders[8];
+        for (int i = 0; i < 8; i++) {
+            senders[i] = fork();
+            cr_assert_geq(senders[i], 0);
+            if (senders[i] == 0)
+                flood_until_closed(server.tcp_port, block, block_size);
+        }
+        harness_sleep_ms(300);
+        int status = harness_stop(&server);
+        for (int i = 0; i < 8; i++) {
+            kill(senders[i], SIGKILL);
+            waitpid(senders[i], NULL, 0);
+        }
+        cr_assert_eq(status, 0, "meterd exited with %d after SIGTERM under load (round %d)",
+                     status, round);
+    }
+    harness_start(&server);
 }
