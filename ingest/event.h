@@ -18,8 +18,8 @@ enum event_kind {
 
 /*
  * Longest identifier (GPU type, pool, allocation id, model) in bytes. Names
- * are rollup keys and invoice line labels, so they stay short; 64 bytes fit
- * every model name published by the major providers.
+ * are rollup keys and invoice line labels, so they stay short. The limit of
+ * 64 bytes is an estimate of what model and GPU names need.
  */
 #define EVENT_NAME_MAX 64
 /* Longest API endpoint path in bytes. */

@@ -3,7 +3,7 @@
  * that verifies frames, hands them to the store in batches (group commit)
  * and acknowledges TCP frames once their batch is durable.
  *
- * The server knows nothing of the store: the caller supplies the key lookup
+ * The server has no access to the store: the caller supplies the key lookup
  * and the batch commit as hooks. Everything runs on the calling thread.
  */
 #ifndef HM_INGEST_SERVER_H
@@ -54,7 +54,7 @@ struct server_hooks {
     /*
      * Stores the accepted entries of a batch durably, filling their counts.
      * Returns HM_OK only once the batch is on disk; on any error nothing of
-     * the batch may be stored, and every accepted entry is answered with
+     * the batch may be stored, and every accepted entry is acknowledged with
      * FRAME_STORE_FAILED.
      */
     int (*commit)(void *context, struct ingest_batch *batch);

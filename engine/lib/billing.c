@@ -303,7 +303,7 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
             rc = billing_event_count(ledger, &tenants[i], period, &events);
         if (rc == HM_OK)
             rc = invoice_to_json(&closing->invoice, &closing->json);
-        /* The events behind the invoice, so that usage arriving after the close can be told apart. */
+        /* The events behind the invoice, so that usage arriving after the close can be counted apart. */
         if (rc == HM_OK)
             json_object_set_new(closing->json, "event_count", json_integer((json_int_t)events));
         if (rc != HM_OK) {

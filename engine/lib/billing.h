@@ -29,7 +29,7 @@ int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
                           struct pricebook **book_out, char *error, size_t error_size);
 
 /*
- * Rates a tenant's period as it stands now (a draft) into *invoice. The
+ * Rates a tenant's period as it is now (a draft) into *invoice. The
  * caller frees it with invoice_free.
  */
 int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
