@@ -8,6 +8,8 @@
 #include "ingest/wire.h"
 #include "rollup/ledger.h"
 
+#include <lmdb.h>
+
 static char dir[256];
 static struct ledger *ledger;
 
@@ -275,4 +277,39 @@ Test(ledger, storage_samples_ordered_by_time_not_id)
     cr_assert_eq(ledger_storage_byte_seconds(ledger, tenant_a, june_1, july_1, &byte_seconds),
                  HM_OK);
     cr_assert(byte_seconds == UINT64_C(1000000000000));
+}
+
+Test(ledger, verify_detects_tampered_rollup)
+{
+    struct event event = inference(tenant_a, 0x61, 1000, 10);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    ledger_close(ledger);
+    ledger = NULL;
+
+    /* Add one token to the first rollup record behind the ledger's back. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi rollups;
+    MDB_cursor *cursor;
+    MDB_val key, value;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "rollups", 0, &rollups), 0);
+    cr_assert_eq(mdb_cursor_open(txn, rollups, &cursor), 0);
+    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0);
+    uint8_t changed[24];
+    cr_assert_eq(value.mv_size, sizeof changed);
+    memcpy(changed, value.mv_data, sizeof changed);
+    changed[0]++;
+    MDB_val new_value = { sizeof changed, changed };
+    cr_assert_eq(mdb_cursor_put(cursor, &key, &new_value, MDB_CURRENT), 0);
+    mdb_cursor_close(cursor);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_CONFLICT);
 }
