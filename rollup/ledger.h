@@ -147,7 +147,11 @@ enum key_status { KEY_ACTIVE = 1, KEY_REVOKED = 2 };
 struct key_record {
     uint64_t key_id;
     uint8_t tenant_id[UUID_SIZE];
-    uint8_t signing_key[32]; /* HMAC key for frames, derived from the secret */
+    /*
+     * HMAC key for frames, derived from the secret. NOTE: stored as is, not
+     * wrapped with a master key, so whoever can read the ledger can sign frames.
+     */
+    uint8_t signing_key[32];
     uint8_t secret_hash[32]; /* SHA-256 of the secret */
     enum key_status status;
     int64_t created_s;

@@ -1,4 +1,8 @@
-/* Tenants, API keys, price books, closed periods and invoices in the ledger. */
+/*
+ * Tenants, API keys, price books, closed periods and invoices in the ledger.
+ * NOTE: tenants and keys are stored as the raw bytes of their C structs, with
+ * no format version, so a change to either struct needs a migration.
+ */
 #include "ledger.h"
 #include "ledger_private.h"
 
