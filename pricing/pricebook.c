@@ -284,9 +284,11 @@ static void parse_tokens(const json_t *value, const char *path, struct pricebook
     }
 }
 
+/* Parses one tier; *above_valid tells whether its above_hours parsed, for the order check. */
 static void parse_tier(const json_t *value, const char *path, struct pricebook_tier *tier,
-                       struct error_list *errors, bool *valid)
+                       struct error_list *errors, bool *valid, bool *above_valid)
 {
+    *above_valid = false;
     if (!expect_object(value, path, "{\"above_hours\": \"1000\", \"percent\": \"10\"}", errors)) {
         *valid = false;
         return;
@@ -324,6 +326,7 @@ static void parse_tier(const json_t *value, const char *path, struct pricebook_t
         add_error(errors, path, "missing \"percent\"; add the tier's discount from 0 to 100");
         *valid = false;
     }
+    *above_valid = has_above;
 }
 
 static void parse_tiers(const json_t *value, const char *path, struct pricebook *book,
@@ -344,13 +347,19 @@ static void parse_tiers(const json_t *value, const char *path, struct pricebook 
     }
 
     bool valid = true;
+    bool previous_above_valid = false;
     for (size_t i = 0; i < count; i++) {
         char child[PATH_SIZE];
         bool tier_valid = true;
+        bool above_valid = false;
         path_index(child, path, i);
-        parse_tier(json_array_get(value, i), child, &book->tiers[i], errors, &tier_valid);
+        parse_tier(json_array_get(value, i), child, &book->tiers[i], errors, &tier_valid,
+                   &above_valid);
         valid = valid && tier_valid;
-        if (!tier_valid || i == 0 || !valid)
+        /* The order is checked whenever both thresholds parsed, so one check reports both faults. */
+        bool compare = i > 0 && above_valid && previous_above_valid;
+        previous_above_valid = above_valid;
+        if (!compare)
             continue;
 
         /* Thresholds must rise strictly, so that each tier is a non-empty interval. */

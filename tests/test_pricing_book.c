@@ -397,3 +397,17 @@ Test(pricebook, name_with_newline)
     parse_rejected("{\"name\": \"std\\nsealed\", \"currency\": \"USD\"}", error, sizeof(error));
     assert_contains(error, "control character 0x0a");
 }
+
+Test(pricebook, tier_order_checked_beside_other_errors)
+{
+    const char *text = "{\"name\": \"x\", \"currency\": \"USD\", \"gpu_volume_discount\": "
+                       "{\"mode\": \"volume\", \"tiers\": [{\"above_hours\": \"5000\", \"percent\": "
+                       "\"120\"}, {\"above_hours\": \"1000\", \"percent\": \"10\"}]}}";
+    char errors[2048];
+    size_t count = 0;
+    cr_assert_eq(pricebook_check(text, strlen(text), errors, sizeof errors, &count),
+                 HM_ERR_INVALID);
+    cr_assert_eq(count, 2, "errors: %s", errors);
+    assert_contains(errors, "percent \"120\" is above 100");
+    assert_contains(errors, "1000 is not above the previous tier's 5000");
+}
