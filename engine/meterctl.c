@@ -524,7 +524,7 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
     }
     struct invoice invoice;
     char error[512] = "";
-    rc = billing_draft(ledger, &tenant, period, &invoice, error, sizeof error);
+    rc = billing_draft(ledger, &tenant, period, &invoice, NULL, error, sizeof error);
     if (rc != HM_OK) {
         printf("\nNo draft invoice: %s\n", error[0] ? error : hm_status_str(rc));
         return 0;

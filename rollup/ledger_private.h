@@ -45,23 +45,21 @@ extern struct log_limit ledger_error_log;
 
 static inline int status_of(int mdb_rc, const char *operation)
 {
+    int full = mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC;
     uint64_t suppressed = 0;
     if (!log_limit_pass(&ledger_error_log, &suppressed))
-        return mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC ? HM_ERR_FULL : HM_ERR_STORAGE;
+        return full ? HM_ERR_FULL : HM_ERR_STORAGE;
     if (suppressed > 0)
         log_error("ledger", "%llu ledger errors suppressed", (unsigned long long)suppressed);
-    if (mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC) {
+    if (full)
         log_error("ledger", "%s failed: %s; grow the map with --map-size or free disk space",
                   operation, mdb_strerror(mdb_rc));
-        return HM_ERR_FULL;
-    }
-    if (mdb_rc == EIO) {
+    else if (mdb_rc == EIO)
         log_error("ledger", "%s failed: %s; a full disk can show as this error, so check the "
                   "free space of the data directory", operation, mdb_strerror(mdb_rc));
-        return HM_ERR_STORAGE;
-    }
-    log_error("ledger", "%s failed: %s", operation, mdb_strerror(mdb_rc));
-    return HM_ERR_STORAGE;
+    else
+        log_error("ledger", "%s failed: %s", operation, mdb_strerror(mdb_rc));
+    return full ? HM_ERR_FULL : HM_ERR_STORAGE;
 }
 
 static inline void store_be32(uint8_t *p, uint32_t v)

@@ -39,7 +39,7 @@ static int64_t line_amount(const struct test_tenant *tenant, const char *name,
     cr_assert_eq(memcmp(record.id, tenant->id, UUID_SIZE), 0);
     struct invoice invoice;
     char error[512] = "";
-    cr_assert_eq(billing_draft(ledger, &record, 202406, &invoice, error, sizeof error), HM_OK,
+    cr_assert_eq(billing_draft(ledger, &record, 202406, &invoice, NULL, error, sizeof error), HM_OK,
                  "rating failed: %s", error);
     int64_t amount = -1;
     for (size_t i = 0; i < invoice.line_count; i++) {

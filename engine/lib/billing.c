@@ -24,7 +24,7 @@ _Static_assert((int)ROLLUP_STORAGE_BYTE_SECONDS == (int)METER_STORAGE_BYTE_SECON
 _Static_assert((int)ROLLUP_TRANSFER_BYTES == (int)METER_TRANSFER_BYTES, "meters share numbers");
 
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                         struct usage_totals *usage)
+                         struct usage_totals *usage, uint64_t *event_count_out)
 {
     struct rollup_row *rows = NULL;
     size_t count = 0;
@@ -37,10 +37,13 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
         free(rows);
         return HM_ERR_NOMEM;
     }
+    uint64_t events = 0;
     for (size_t i = 0; i < count; i++) {
-        /* Event counts per kind are for display; they are not billed. */
-        if (rows[i].meter == ROLLUP_EVENTS)
+        /* Event counts per kind are counted, not billed. */
+        if (rows[i].meter == ROLLUP_EVENTS) {
+            events += (uint64_t)rows[i].quantity;
             continue;
+        }
         size_t dimension_size = strlen(rows[i].dimension);
         /* Billed dimensions are GPU types and models, which the wire format caps at 64 bytes. */
         if (dimension_size > USAGE_DIMENSION_MAX) {
@@ -61,6 +64,8 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
     usage->period_start_s = period_start_us(period) / 1000000;
     usage->period_end_s = period_start_us(period_next(period)) / 1000000;
     usage->service_start_s = tenant->service_start_s;
+    if (event_count_out != NULL)
+        *event_count_out = events;
     return HM_OK;
 }
 
@@ -90,14 +95,15 @@ int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
 }
 
 int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                  struct invoice *invoice, char *error, size_t error_size)
+                  struct invoice *invoice, uint64_t *event_count_out, char *error,
+                  size_t error_size)
 {
     struct pricebook *book = NULL;
     int rc = billing_pricebook_for(ledger, tenant, &book, error, error_size);
     if (rc != HM_OK)
         return rc;
     struct usage_totals usage;
-    rc = billing_usage_totals(ledger, tenant, period, &usage);
+    rc = billing_usage_totals(ledger, tenant, period, &usage, event_count_out);
     if (rc != HM_OK) {
         snprintf(error, error_size, "cannot read the usage of tenant %s: %s", tenant->name,
                  hm_status_str(rc));
@@ -291,16 +297,15 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
         struct closing *closing = &closings[count];
         closing->tenant = tenants[i];
         char error[512] = "";
-        rc = billing_draft(ledger, &tenants[i], period, &closing->invoice, error, sizeof error);
+        uint64_t events = 0;
+        rc = billing_draft(ledger, &tenants[i], period, &closing->invoice, &events, error,
+                           sizeof error);
         /* A tenant whose service starts after the period, and that used nothing in it, gets no invoice. */
         if (rc == HM_OK && tenants[i].service_start_s >= period_end_s &&
             closing->invoice.line_count == 0) {
             invoice_free(&closing->invoice);
             continue;
         }
-        uint64_t events = 0;
-        if (rc == HM_OK)
-            rc = billing_event_count(ledger, &tenants[i], period, &events);
         if (rc == HM_OK)
             rc = invoice_to_json(&closing->invoice, &closing->json);
         /* The events behind the invoice, so that usage arriving after the close can be counted apart. */

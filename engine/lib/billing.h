@@ -11,11 +11,12 @@
 #include "rollup/ledger.h"
 
 /*
- * Builds the usage totals of a tenant's period from its rollups. The items
- * are allocated; the caller frees usage->items with free().
+ * Builds the usage totals of a tenant's period from its rollups, and counts
+ * its events into *event_count_out when that is not NULL. The items are
+ * allocated; the caller frees usage->items with free().
  */
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                         struct usage_totals *usage);
+                         struct usage_totals *usage, uint64_t *event_count_out);
 
 /* Counts the events stored for a tenant's period, of every kind. */
 int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
@@ -33,7 +34,8 @@ int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
  * caller frees it with invoice_free.
  */
 int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                  struct invoice *invoice, char *error, size_t error_size);
+                  struct invoice *invoice, uint64_t *event_count_out, char *error,
+                  size_t error_size);
 
 /*
  * Closes a period for every tenant that has not closed it: rates all of
