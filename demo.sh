@@ -11,7 +11,7 @@ cmake --build build -j"$(nproc)" --target meterd meterctl >/dev/null
 
 data=${METER_DATA:-meter-data}
 if [ -e "$data" ] && [ ! -e "$data/.demo" ]; then
-  echo "demo: $data holds a ledger that this demo did not create; set METER_DATA to a new directory" >&2
+  echo "demo: $data contains a ledger that this demo did not create; set METER_DATA to a new directory" >&2
   exit 1
 fi
 rm -rf "$data"

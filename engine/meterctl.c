@@ -236,7 +236,7 @@ static int tenant_list(struct ledger *ledger)
 
 /*
  * Opens a keys file for appending. A file that other users can read is
- * rejected before any key is made, because the line written holds a secret.
+ * rejected before any key is made, because the line written contains a secret.
  * Returns the descriptor, or -1 after printing the error.
  */
 static int keys_file_open(const char *path)

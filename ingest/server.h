@@ -53,9 +53,9 @@ struct server_hooks {
     int (*key_lookup)(void *context, uint64_t key_id, struct ingest_key *out);
     /*
      * Stores the accepted entries of a batch durably, filling their counts.
-     * Returns HM_OK only once the batch is on disk; on any error nothing of
-     * the batch may be stored, and every accepted entry is acknowledged with
-     * FRAME_STORE_FAILED.
+     * Returns HM_OK only once the batch is on disk. On any error nothing of
+     * the batch may be stored, and the server acknowledges every accepted
+     * entry with FRAME_STORE_FAILED.
      */
     int (*commit)(void *context, struct ingest_batch *batch);
 };
@@ -73,8 +73,8 @@ struct server_options {
 
 /*
  * A frame of at most 256 KiB that takes longer than 10 s to arrive comes
- * from a sender that is stuck or hostile (one byte at a time); its
- * connection is closed so that it cannot hold a slot.
+ * from a sender that is stuck or hostile, for example one byte at a time.
+ * Its connection is closed so that it cannot hold a slot.
  */
 #define SERVER_FRAME_TIMEOUT_MS_DEFAULT 10000
 /* An idle sender reconnects cheaply, so an idle minute frees its slot. */
@@ -110,7 +110,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
 
 /*
  * Verifies one complete frame (header, key, tenant, MAC, every record) and
- * returns its status; on FRAME_MALFORMED *detail_out is the index of the
+ * returns its status. On FRAME_MALFORMED, *detail_out is the index of the
  * first bad event and *reason_out describes it.
  */
 enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,

@@ -91,7 +91,7 @@ static inline size_t frame_total_size(const struct frame_header *header)
 
 /*
  * Checks the frame's HMAC-SHA256 under `signing_key` in constant time.
- * `frame` holds frame_total_size(header) bytes. Returns 1 when it matches.
+ * `frame` is frame_total_size(header) bytes long. Returns 1 when it matches.
  */
 int frame_mac_verify(const uint8_t *frame, size_t frame_size, const uint8_t signing_key[32]);
 

@@ -284,7 +284,7 @@ static void parse_tokens(const json_t *value, const char *path, struct pricebook
     }
 }
 
-/* Parses one tier; *above_valid tells whether its above_hours parsed, for the order check. */
+/* Parses one tier. *above_valid is set when its above_hours parsed, for the order check. */
 static void parse_tier(const json_t *value, const char *path, struct pricebook_tier *tier,
                        struct error_list *errors, bool *valid, bool *above_valid)
 {

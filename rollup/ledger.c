@@ -33,7 +33,7 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     /*
      * An existing ledger keeps the map size recorded in it unless the caller
      * sets one, so that a meterctl beside meterd never changes the operator's
-     * limit; a new ledger starts at the default.
+     * limit. A new ledger starts at the default.
      */
     char data_path[4096];
     snprintf(data_path, sizeof data_path, "%s/data.mdb", dir);
@@ -257,9 +257,9 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
         return rc;
     /*
      * NOTE: an event of a period that is already closed is stored and rolled
-     * up like any other, but nothing bills it yet: the sealed invoice stays as
+     * up like any other, but nothing bills it yet. The sealed invoice stays as
      * it was, and no adjustment line on a later invoice picks it up. `meterctl
-     * usage` reports their number from the event count sealed in the invoice.
+     * usage` reports how many there are, from the event count in the invoice.
      */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
     rc = event_rollups(event, append_sink, &context);

@@ -101,7 +101,7 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
 /*
  * Computes bytes held × seconds held over [start_s, end_s) from the tenant's
  * storage samples, taken in timestamp order (event id order for equal
- * microseconds): each sample's level holds from its second (microseconds
+ * microseconds): each sample's level applies from its second (microseconds
  * truncated) until the next sample's second, so of several samples in one
  * second the last one counts. The level before start_s is the last sample
  * before it.
@@ -149,7 +149,7 @@ struct key_record {
     uint8_t tenant_id[UUID_SIZE];
     /*
      * HMAC key for frames, derived from the secret. NOTE: stored as is, not
-     * wrapped with a master key, so whoever can read the ledger can sign frames.
+     * wrapped with a master key, so anyone who can read the ledger can sign frames.
      */
     uint8_t signing_key[32];
     uint8_t secret_hash[32]; /* SHA-256 of the secret */
