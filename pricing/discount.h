@@ -1,9 +1,10 @@
 /*
- * The GPU volume discount of a price book, as a pure function of the month's
- * GPU-seconds and the GPU subtotal (the sum of the rounded GPU lines).
+ * Percentage discounts of a price book version, as a pure function of the
+ * driver meter's quantity over the whole period and the discount's base (the
+ * sum of the rounded usage lines of the kinds it applies to).
  *
- * Tiers are half-open intervals over exact quantities: a tier "above 1000
- * hours" starts strictly above 3,600,000 GPU-seconds, compared without
+ * Tiers are half-open intervals over exact quantities: a tier "above 1000"
+ * GPU-hours starts strictly above 3,600,000 GPU-seconds, compared without
  * rounding, so 1000 h + 1 s is inside it and 1000 h exactly is not.
  */
 #ifndef HM_PRICING_DISCOUNT_H
@@ -15,21 +16,25 @@
 #include "pricing/pricebook.h"
 
 struct pricing_discount {
-    bool applies;               /* false: no tier exceeded, or the book has no discount */
-    struct money_amount amount; /* >= 0 and <= the GPU subtotal, rounded once */
+    bool applies;               /* false: the driver exceeds no tier, or it is 0 */
+    struct money_amount amount; /* >= 0 and <= the base, rounded once */
     struct money_ratio percent; /* volume: the tier's percent; graduated: the effective percent */
     size_t tier_index;          /* volume: the tier applied; graduated: the highest tier reached */
 };
 
 /*
- * Computes the GPU volume discount under the book's mode and rounding:
- * - volume: amount = subtotal * percent of the highest tier whose threshold
- *   the GPU-hours strictly exceed;
- * - graduated: amount = subtotal * sum over tiers of percent * (hours inside
- *   the tier) / (all hours), one exact rational rounded once.
- * Returns 0 (out->applies is false when nothing applies) or HM_ERR_OVERFLOW.
+ * Computes one discount under the given rounding, with driver in billing
+ * units of the driver meter (>= 0) and base in minor units (>= 0):
+ * - volume: amount = base * percent of the highest tier whose `above` the
+ *   driver strictly exceeds;
+ * - graduated: amount = base * (sum over tiers of percent * the driver's
+ *   quantity inside the tier) / driver, one exact rational rounded once.
+ *   Tier t spans (above(t), above(t+1)] and the last tier is unbounded.
+ * Returns 0 (out->applies is false when nothing applies), HM_ERR_INVALID for
+ * a negative driver or base, or HM_ERR_OVERFLOW.
  */
-int pricing_discount_compute(const struct pricebook *book, unsigned __int128 gpu_seconds,
-                             struct money_amount gpu_subtotal, struct pricing_discount *out);
+int pricing_discount_compute(const struct pricebook_discount *discount, struct money_ratio driver,
+                             struct money_amount base, enum money_rounding rounding,
+                             struct pricing_discount *out);
 
 #endif

@@ -29,32 +29,6 @@ static json_t *amount_json(struct money_amount amount, const struct money_curren
     return object;
 }
 
-static json_t *line_json(const struct invoice_line *line, const struct money_currency *currency)
-{
-    char amount[MONEY_TEXT_SIZE];
-    json_t *object = json_object();
-    bool ok = object != NULL &&
-              money_amount_format(line->amount, currency, amount, sizeof(amount)) == HM_OK;
-
-    ok = ok && set_new(object, "kind", json_string(invoice_line_kind_name(line->kind)));
-    ok = ok && set_new(object, "description", json_string(line->description));
-    if (line->dimension[0] != '\0')
-        ok = ok && set_new(object, "dimension", json_string(line->dimension));
-    ok = ok && set_new(object, "quantity", json_string(line->quantity));
-    ok = ok && set_new(object, "quantity_exact", json_boolean(line->quantity_exact));
-    ok = ok && set_new(object, "unit", json_string(line->unit));
-    ok = ok && set_new(object, "unit_price", json_string(line->unit_price));
-    ok = ok && set_new(object, "unit_price_exact", json_boolean(line->unit_price_exact));
-    ok = ok && set_new(object, "price_unit", json_string(line->price_unit));
-    ok = ok && set_new(object, "amount", json_string(amount));
-    ok = ok && set_new(object, "amount_minor", json_integer(line->amount.minor));
-    if (!ok) {
-        json_decref(object);
-        return NULL;
-    }
-    return object;
-}
-
 /* Formats Unix seconds as "2024-06-01T00:00:00Z". */
 static json_t *timestamp_json(int64_t unix_s)
 {
@@ -68,20 +42,89 @@ static json_t *timestamp_json(int64_t unix_s)
     return json_string(text);
 }
 
+static bool is_usage_kind(enum invoice_line_kind kind)
+{
+    return kind >= INVOICE_LINE_GPU && kind <= INVOICE_LINE_TRANSFER;
+}
+
+static json_t *line_json(const struct invoice *invoice, const struct invoice_line *line)
+{
+    char amount[MONEY_TEXT_SIZE];
+    json_t *object = json_object();
+    bool ok = object != NULL &&
+              money_amount_format(line->amount, invoice->currency, amount, sizeof(amount)) == HM_OK;
+    bool sliced = line->kind == INVOICE_LINE_BASE_FEE || line->kind == INVOICE_LINE_SUPPORT_FEE ||
+                  is_usage_kind(line->kind);
+
+    ok = ok && set_new(object, "kind", json_string(invoice_line_kind_name(line->kind)));
+    ok = ok && set_new(object, "description", json_string(line->description));
+    if (line->dimension[0] != '\0')
+        ok = ok && set_new(object, "dimension", json_string(line->dimension));
+    ok = ok && set_new(object, "quantity", json_string(line->quantity));
+    ok = ok && set_new(object, "quantity_exact", json_boolean(line->quantity_exact));
+    ok = ok && set_new(object, "unit", json_string(line->unit));
+    ok = ok && set_new(object, "unit_price", json_string(line->unit_price));
+    ok = ok && set_new(object, "unit_price_exact", json_boolean(line->unit_price_exact));
+    ok = ok && set_new(object, "price_unit", json_string(line->price_unit));
+    ok = ok && set_new(object, "amount", json_string(amount));
+    ok = ok && set_new(object, "amount_minor", json_integer(line->amount.minor));
+    if (sliced && invoice->slice_count > 1)
+        ok = ok && set_new(object, "slice_start", timestamp_json(line->slice_start_s));
+    if (is_usage_kind(line->kind))
+        ok = ok && set_new(object, "events", json_integer((json_int_t)line->event_count));
+    if (line->kind == INVOICE_LINE_ADJUSTMENT) {
+        char period[16];
+        snprintf(period, sizeof(period), "%04u-%02u", (unsigned)(line->adjusted_period / 100),
+                 (unsigned)(line->adjusted_period % 100));
+        ok = ok && set_new(object, "period", json_string(period));
+    }
+    if (!ok) {
+        json_decref(object);
+        return NULL;
+    }
+    return object;
+}
+
+/* Builds {"id": "42", "applied": {...}, "balance_after": {...}} for one burned grant. */
+static json_t *credit_json(const struct invoice_credit *credit,
+                           const struct money_currency *currency)
+{
+    char id[24];
+    json_t *object = json_object();
+    bool ok = object != NULL;
+
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)credit->id);
+    ok = ok && set_new(object, "id", json_string(id));
+    ok = ok && set_new(object, "applied",
+                       amount_json((struct money_amount){credit->applied_minor}, currency));
+    ok = ok && set_new(object, "balance_after",
+                       amount_json((struct money_amount){credit->balance_after_minor}, currency));
+    if (!ok) {
+        json_decref(object);
+        return NULL;
+    }
+    return object;
+}
+
 int invoice_to_json(const struct invoice *invoice, json_t **out)
 {
     char tenant_id[UUID_TEXT_SIZE];
     char period[16];
     json_t *root = json_object();
     json_t *lines = json_array();
-    bool ok = root != NULL && lines != NULL;
+    json_t *credits = json_array();
+    bool ok = root != NULL && lines != NULL && credits != NULL;
 
     uuid_format(invoice->tenant_id, tenant_id);
     snprintf(period, sizeof(period), "%04u-%02u", (unsigned)(invoice->period / 100),
              (unsigned)(invoice->period % 100));
     for (size_t i = 0; ok && i < invoice->line_count; i++) {
-        json_t *line = line_json(&invoice->lines[i], invoice->currency);
+        json_t *line = line_json(invoice, &invoice->lines[i]);
         ok = line != NULL && json_array_append_new(lines, line) == 0;
+    }
+    for (size_t i = 0; ok && i < invoice->credit_count; i++) {
+        json_t *credit = credit_json(&invoice->credits[i], invoice->currency);
+        ok = credit != NULL && json_array_append_new(credits, credit) == 0;
     }
 
     ok = ok && set_new(root, "tenant_id", json_string(tenant_id));
@@ -95,8 +138,12 @@ int invoice_to_json(const struct invoice *invoice, json_t **out)
     ok = ok && set_new(root, "lines", json_incref(lines));
     ok = ok && set_new(root, "subtotal", amount_json(invoice->subtotal, invoice->currency));
     ok = ok && set_new(root, "discount", amount_json(invoice->discount_total, invoice->currency));
+    ok = ok &&
+         set_new(root, "credits_applied", amount_json(invoice->credits_applied, invoice->currency));
+    ok = ok && set_new(root, "credits", json_incref(credits));
     ok = ok && set_new(root, "total", amount_json(invoice->total, invoice->currency));
     json_decref(lines);
+    json_decref(credits);
     if (!ok) {
         json_decref(root);
         return HM_ERR_NOMEM;

@@ -270,6 +270,30 @@ int money_ratio_add(struct money_ratio a, struct money_ratio b, struct money_rat
     return money_ratio_make(num, den, out);
 }
 
+int money_ratio_sub(struct money_ratio a, struct money_ratio b, struct money_ratio *out)
+{
+    if (b.num == INT128_MIN_VALUE)
+        return HM_ERR_OVERFLOW;
+    return money_ratio_add(a, (struct money_ratio){-b.num, b.den}, out);
+}
+
+int money_ratio_div(struct money_ratio a, struct money_ratio b, struct money_ratio *out)
+{
+    struct money_ratio inverse;
+    int status = money_ratio_make(b.den, b.num, &inverse);
+    if (status != HM_OK)
+        return status;
+    return money_ratio_mul(a, inverse, out);
+}
+
+__int128 money_ratio_ceil(struct money_ratio value)
+{
+    __int128 quotient = value.num / value.den; /* truncated toward zero */
+    if (value.num % value.den != 0 && value.num > 0)
+        quotient++;
+    return quotient;
+}
+
 int money_ratio_compare(struct money_ratio a, struct money_ratio b, int *result)
 {
     __int128 left;

@@ -117,6 +117,18 @@ int money_ratio_mul(struct money_ratio a, struct money_ratio b, struct money_rat
 /* Adds two rationals exactly. Returns 0 or HM_ERR_OVERFLOW. */
 int money_ratio_add(struct money_ratio a, struct money_ratio b, struct money_ratio *out);
 
+/* Subtracts b from a exactly. Returns 0 or HM_ERR_OVERFLOW. */
+int money_ratio_sub(struct money_ratio a, struct money_ratio b, struct money_ratio *out);
+
+/*
+ * Divides a by b exactly. Returns 0, HM_ERR_INVALID when b is 0, or
+ * HM_ERR_OVERFLOW.
+ */
+int money_ratio_div(struct money_ratio a, struct money_ratio b, struct money_ratio *out);
+
+/* Returns the smallest integer >= value (a started package counts in full). */
+__int128 money_ratio_ceil(struct money_ratio value);
+
 /* Compares two rationals: *result is -1, 0 or 1. Returns 0 or HM_ERR_OVERFLOW. */
 int money_ratio_compare(struct money_ratio a, struct money_ratio b, int *result);
 

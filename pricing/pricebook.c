@@ -15,11 +15,32 @@
 _Static_assert(PRICEBOOK_FILE_SIZE_MAX == 1048576, "PRICEBOOK_FILE_SIZE_TEXT is out of date");
 /* Maximum length of one message, path included. */
 #define MESSAGE_SIZE 512
+/* Length of an effective time in the only accepted form, "2024-07-01T00:00:00Z". */
+#define UTC_TIME_LENGTH 20
+
+_Static_assert(PRICEBOOK_USAGE_KINDS == 7, "kind_names lists 7 usage line kinds");
+
+/* Usage line kinds in invoice order, indexed like pricebook_discount.applies_to. */
+static const char *const kind_names[PRICEBOOK_USAGE_KINDS] = {
+    "gpu",       "input_tokens", "output_tokens", "cached_input_tokens",
+    "api_calls", "storage",      "transfer",
+};
+#define KIND_NAMES_TEXT                                                                            \
+    "gpu, input_tokens, output_tokens, cached_input_tokens, api_calls, storage, transfer"
+
+#define VERSION_FIELDS_TEXT                                                                        \
+    "base_fee, support_fee, gpu_hour, tokens_per_million, api_calls_per_million, "                 \
+    "storage_gb_month, transfer_gb, gpu_volume_discount, discounts, commitment"
+
+/* Name and driver of the discount that gpu_volume_discount is shorthand for. */
+#define GPU_VOLUME_DISCOUNT_NAME "GPU volume discount"
+#define GPU_KIND_INDEX 0
 
 /*
  * Messages collected while parsing. Each message goes on its own line; once a
  * message does not fit, or max_count is reached, later ones are counted but
- * not written.
+ * not written. out_of_memory records a failed allocation, which ends the
+ * parse with HM_ERR_NOMEM instead of HM_ERR_INVALID.
  */
 struct error_list {
     char *buffer;
@@ -28,6 +49,7 @@ struct error_list {
     size_t count;
     size_t max_count; /* 0: no limit */
     bool full;
+    bool out_of_memory;
 };
 
 __attribute__((format(printf, 3, 4))) static void add_error(struct error_list *errors,
@@ -165,6 +187,45 @@ static bool parse_price(const json_t *value, const char *path, const char *examp
     return parse_decimal(value, path, example, errors, &out->pico);
 }
 
+static bool expect_object(const json_t *value, const char *path, const char *example,
+                          struct error_list *errors)
+{
+    if (json_is_object(value))
+        return true;
+    add_error(errors, path, "expected an object such as %s, found %s", example,
+              json_type_name(value));
+    return false;
+}
+
+/*
+ * Copies a name of 1 to PRICEBOOK_NAME_MAX printable bytes into out. Names are
+ * printed on invoices and in terminals, where control characters would forge text.
+ */
+static void parse_name(const json_t *value, const char *path, const char *example, char *out,
+                       size_t out_size, struct error_list *errors)
+{
+    if (!json_is_string(value)) {
+        add_error(errors, path, "expected a string such as \"%s\", found %s", example,
+                  json_type_name(value));
+        return;
+    }
+    const char *name = json_string_value(value);
+    if (name[0] == '\0' || strlen(name) > PRICEBOOK_NAME_MAX) {
+        add_error(errors, path, "name must be 1 to %d bytes long", PRICEBOOK_NAME_MAX);
+        return;
+    }
+    for (const unsigned char *c = (const unsigned char *)name; *c != '\0'; c++) {
+        if (*c < 0x20 || *c == 0x7f) {
+            add_error(errors, path,
+                      "name contains the control character 0x%02x; use printable "
+                      "characters only",
+                      *c);
+            return;
+        }
+    }
+    snprintf(out, out_size, "%s", name);
+}
+
 /* Checks a GPU type or model name used as a key; returns true when it fits a usage dimension. */
 static bool check_dimension_key(const char *key, const char *path, const char *what,
                                 struct error_list *errors)
@@ -181,46 +242,373 @@ static bool check_dimension_key(const char *key, const char *path, const char *w
     return true;
 }
 
-static bool expect_object(const json_t *value, const char *path, const char *example,
-                          struct error_list *errors)
+/* ---- Effective times ---- */
+
+/* Days from 1970-01-01 to a proleptic Gregorian date, in integers only (no timegm, no TZ). */
+static int64_t days_from_civil(int64_t year, int month, int day)
 {
-    if (json_is_object(value))
-        return true;
-    add_error(errors, path, "expected an object such as %s, found %s", example,
-              json_type_name(value));
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+static int days_in_month(int64_t year, int month)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* Reads `count` decimal digits at text; returns -1 when one is not a digit. */
+static int read_digits(const char *text, int count)
+{
+    int value = 0;
+    for (int i = 0; i < count; i++) {
+        if (text[i] < '0' || text[i] > '9')
+            return -1;
+        value = value * 10 + (text[i] - '0');
+    }
+    return value;
+}
+
+/*
+ * Parses "YYYY-MM-DDTHH:MM:SSZ" (RFC 3339, UTC, whole seconds, years 0001 to
+ * 9999) into Unix seconds. Returns NULL and sets *out, or a static reason.
+ */
+static const char *parse_utc_time(const char *text, int64_t *out)
+{
+    if (strlen(text) != UTC_TIME_LENGTH || text[4] != '-' || text[7] != '-' || text[10] != 'T' ||
+        text[13] != ':' || text[16] != ':' || text[19] != 'Z')
+        return "not of the form YYYY-MM-DDTHH:MM:SSZ";
+
+    int year = read_digits(text, 4);
+    int month = read_digits(text + 5, 2);
+    int day = read_digits(text + 8, 2);
+    int hour = read_digits(text + 11, 2);
+    int minute = read_digits(text + 14, 2);
+    int second = read_digits(text + 17, 2);
+    if (year < 0 || month < 0 || day < 0 || hour < 0 || minute < 0 || second < 0)
+        return "not of the form YYYY-MM-DDTHH:MM:SSZ";
+    if (year == 0)
+        return "year 0000 is out of range";
+    if (month < 1 || month > 12)
+        return "month is not 01 to 12";
+    if (day < 1 || day > days_in_month(year, month))
+        return "day is not in the month";
+    if (hour > 23 || minute > 59)
+        return "hour or minute is out of range";
+    /* Unix time has no leap seconds, so 60 cannot be counted. */
+    if (second > 59)
+        return "second is not 00 to 59";
+
+    *out = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second;
+    return NULL;
+}
+
+static bool parse_effective_from(const json_t *value, const char *path,
+                                 struct pricebook_version *version, struct error_list *errors)
+{
+    if (!json_is_string(value)) {
+        add_error(errors, path,
+                  "expected an RFC 3339 UTC time such as \"2024-07-01T00:00:00Z\", found %s",
+                  json_type_name(value));
+        return false;
+    }
+    const char *text = json_string_value(value);
+    const char *reason = parse_utc_time(text, &version->effective_from_s);
+    if (reason != NULL) {
+        add_error(errors, path,
+                  "invalid time \"%s\": %s; write a UTC time with whole seconds such as "
+                  "\"2024-07-01T00:00:00Z\"",
+                  text, reason);
+        return false;
+    }
+    version->has_effective_from = true;
+    return true;
+}
+
+/* ---- Charges ---- */
+
+/* Billing unit and example price that the messages about a charge show. */
+struct charge_context {
+    const char *price_example; /* "2.50" */
+    const char *unit;          /* "GPU-hour" */
+};
+
+/* Parses a charge tier's up_to; checks > 0 and the ascending order against the previous tier. */
+static void parse_tier_up_to(const json_t *value, const char *path, size_t index,
+                             struct pricebook_charge *charge, struct error_list *errors)
+{
+    struct pricebook_charge_tier *tier = &charge->tiers[index];
+    if (!parse_decimal(value, path, "1000", errors, &tier->up_to_pico))
+        return;
+    tier->bounded = true;
+    if (tier->up_to_pico == 0) {
+        add_error(errors, path, "up_to is 0; the first tier starts at 0, so give a bound above 0");
+        return;
+    }
+
+    /* Bounds must rise strictly, so that every tier is a non-empty interval. */
+    const struct pricebook_charge_tier *previous = index > 0 ? &charge->tiers[index - 1] : NULL;
+    if (previous != NULL && previous->bounded && tier->up_to_pico <= previous->up_to_pico) {
+        char bound[MONEY_TEXT_SIZE];
+        char previous_bound[MONEY_TEXT_SIZE];
+        money_decimal_format(tier->up_to_pico, 0, bound, sizeof(bound));
+        money_decimal_format(previous->up_to_pico, 0, previous_bound, sizeof(previous_bound));
+        add_error(errors, path,
+                  "%s is not above the previous tier's %s; list tiers in strictly ascending "
+                  "order of up_to",
+                  bound, previous_bound);
+    }
+}
+
+static void parse_charge_tier(const json_t *value, const char *path, size_t index, bool last,
+                              const struct charge_context *context, struct pricebook_charge *charge,
+                              struct error_list *errors)
+{
+    if (!expect_object(value, path, "{\"up_to\": \"1000\", \"price\": \"2.50\"}", errors))
+        return;
+
+    const char *key;
+    const json_t *field;
+    json_object_foreach((json_t *)value, key, field)
+    {
+        char child[PATH_SIZE];
+        path_child(child, path, key);
+        if (strcmp(key, "price") == 0) {
+            parse_price(field, child, context->price_example, errors, &charge->tiers[index].price);
+        } else if (strcmp(key, "up_to") == 0) {
+            if (last)
+                add_error(errors, child,
+                          "the last tier has an upper bound; remove \"up_to\" so that the last "
+                          "tier covers every larger quantity");
+            else
+                parse_tier_up_to(field, child, index, charge, errors);
+        } else {
+            add_error(errors, child, "unknown key; expected \"up_to\" or \"price\"");
+        }
+    }
+    if (json_object_get(value, "price") == NULL)
+        add_error(errors, path, "missing \"price\"; add the price per %s inside this tier",
+                  context->unit);
+    if (!last && json_object_get(value, "up_to") == NULL)
+        add_error(errors, path,
+                  "missing \"up_to\"; every tier but the last needs the upper bound of its "
+                  "interval, in %ss",
+                  context->unit);
+}
+
+static void parse_charge_tiers(const json_t *value, const char *path,
+                               const struct charge_context *context,
+                               struct pricebook_charge *charge, struct error_list *errors)
+{
+    if (!json_is_array(value)) {
+        add_error(errors, path,
+                  "expected an array of tiers such as [{\"up_to\": \"1000\", \"price\": "
+                  "\"%s\"}, {\"price\": \"%s\"}], found %s",
+                  context->price_example, context->price_example, json_type_name(value));
+        return;
+    }
+    size_t count = json_array_size(value);
+    if (count == 0) {
+        add_error(errors, path, "no tiers; add at least one, the last without \"up_to\"");
+        return;
+    }
+    if (count > PRICEBOOK_TIERS_MAX) {
+        add_error(errors, path, "%zu tiers; at most %d are allowed", count, PRICEBOOK_TIERS_MAX);
+        return;
+    }
+
+    charge->tier_count = count;
+    for (size_t i = 0; i < count; i++) {
+        char child[PATH_SIZE];
+        path_index(child, path, i);
+        parse_charge_tier(json_array_get(value, i), child, i, i + 1 == count, context, charge,
+                          errors);
+    }
+}
+
+static bool parse_charge_model(const json_t *value, const char *path,
+                               enum pricebook_charge_model *out, struct error_list *errors)
+{
+    static const struct {
+        const char *name;
+        enum pricebook_charge_model model;
+    } models[] = {
+        {"per_unit", PRICEBOOK_CHARGE_PER_UNIT},
+        {"package", PRICEBOOK_CHARGE_PACKAGE},
+        {"graduated", PRICEBOOK_CHARGE_GRADUATED},
+        {"volume", PRICEBOOK_CHARGE_VOLUME},
+    };
+
+    if (!json_is_string(value)) {
+        add_error(errors, path,
+                  "expected \"per_unit\", \"package\", \"graduated\" or \"volume\", found %s",
+                  json_type_name(value));
+        return false;
+    }
+    const char *text = json_string_value(value);
+    for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+        if (strcmp(text, models[i].name) == 0) {
+            *out = models[i].model;
+            return true;
+        }
+    }
+    add_error(errors, path,
+              "unknown charge model \"%s\"; use \"per_unit\", \"package\", \"graduated\" or "
+              "\"volume\"",
+              text);
     return false;
 }
 
-static void parse_gpu_hour(const json_t *value, const char *path, struct pricebook *book,
+/* Checks that a charge object has the keys its model needs and none that it ignores. */
+static void check_charge_keys(const json_t *value, const char *path,
+                              const struct charge_context *context,
+                              enum pricebook_charge_model model, struct error_list *errors)
+{
+    bool needs_price = model == PRICEBOOK_CHARGE_PER_UNIT || model == PRICEBOOK_CHARGE_PACKAGE;
+    bool needs_size = model == PRICEBOOK_CHARGE_PACKAGE;
+    bool needs_tiers = !needs_price;
+    const char *model_name = json_string_value(json_object_get(value, "model"));
+    const struct {
+        const char *key;
+        bool needed;
+        const char *fix;
+    } keys[] = {
+        {"price", needs_price, "the price per %s"},
+        {"size", needs_size, "the package size in %ss, above 0"},
+        {"tiers", needs_tiers, "an array of tiers priced per %s"},
+    };
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        bool present = json_object_get(value, keys[i].key) != NULL;
+        char child[PATH_SIZE];
+        path_child(child, path, keys[i].key);
+        if (present && !keys[i].needed) {
+            add_error(errors, child, "a %s charge has no \"%s\"; remove it or change the model",
+                      model_name, keys[i].key);
+        } else if (!present && keys[i].needed) {
+            char fix[MESSAGE_SIZE / 2];
+            snprintf(fix, sizeof(fix), keys[i].fix, context->unit);
+            add_error(errors, path, "missing \"%s\" of a %s charge; add %s", keys[i].key,
+                      model_name, fix);
+        }
+    }
+}
+
+static void parse_charge_object(const json_t *value, const char *path,
+                                const struct charge_context *context,
+                                struct pricebook_charge *charge, struct error_list *errors)
+{
+    const json_t *model_value = json_object_get(value, "model");
+    char model_path[PATH_SIZE];
+    path_child(model_path, path, "model");
+    bool model_known = false;
+    if (model_value == NULL)
+        add_error(errors, path,
+                  "missing \"model\"; add \"per_unit\", \"package\", \"graduated\" or \"volume\"");
+    else
+        model_known = parse_charge_model(model_value, model_path, &charge->model, errors);
+
+    const char *key;
+    const json_t *field;
+    json_object_foreach((json_t *)value, key, field)
+    {
+        char child[PATH_SIZE];
+        path_child(child, path, key);
+        if (strcmp(key, "model") == 0)
+            continue;
+        if (strcmp(key, "price") == 0) {
+            parse_price(field, child, context->price_example, errors, &charge->price);
+        } else if (strcmp(key, "size") == 0) {
+            if (parse_decimal(field, child, "100", errors, &charge->package_size_pico) &&
+                charge->package_size_pico == 0)
+                add_error(errors, child,
+                          "package size is 0; give the %ss that one package holds, above 0",
+                          context->unit);
+        } else if (strcmp(key, "tiers") == 0) {
+            parse_charge_tiers(field, child, context, charge, errors);
+        } else {
+            add_error(errors, child,
+                      "unknown key; expected \"model\", \"price\", \"size\" or \"tiers\"");
+        }
+    }
+    if (model_known)
+        check_charge_keys(value, path, context, charge->model, errors);
+}
+
+/* Parses a CHARGE: a price string (per_unit) or an object with a charge model. */
+static bool parse_charge(const json_t *value, const char *path,
+                         const struct charge_context *context, struct pricebook_charge *charge,
+                         struct error_list *errors)
+{
+    size_t errors_before = errors->count;
+
+    memset(charge, 0, sizeof(*charge));
+    if (json_is_object(value)) {
+        parse_charge_object(value, path, context, charge, errors);
+        return errors->count == errors_before;
+    }
+    if (json_is_string(value) || json_is_number(value)) {
+        charge->model = PRICEBOOK_CHARGE_PER_UNIT;
+        return parse_price(value, path, context->price_example, errors, &charge->price);
+    }
+    add_error(errors, path,
+              "expected a decimal string such as \"%s\" or a charge object such as "
+              "{\"model\": \"graduated\", \"tiers\": [...]}, found %s",
+              context->price_example, json_type_name(value));
+    return false;
+}
+
+/* ---- Version fields ---- */
+
+static const struct charge_context gpu_context = {"2.50", "GPU-hour"};
+static const struct charge_context token_context = {"3.00", "1M token"};
+static const struct charge_context api_calls_context = {"0.50", "1M call"};
+static const struct charge_context storage_context = {"0.02", "GB-month"};
+static const struct charge_context transfer_context = {"0.09", "GB"};
+
+static void parse_gpu_hour(const json_t *value, const char *path, struct pricebook_version *version,
                            struct error_list *errors)
 {
     if (!expect_object(value, path, "{\"H100\": \"2.50\"}", errors))
         return;
-    if (json_object_size(value) > PRICEBOOK_GPU_TYPES_MAX) {
-        add_error(errors, path, "%zu GPU types; at most %d are allowed", json_object_size(value),
+    size_t count = json_object_size(value);
+    if (count > PRICEBOOK_GPU_TYPES_MAX) {
+        add_error(errors, path, "%zu GPU types; at most %d are allowed", count,
                   PRICEBOOK_GPU_TYPES_MAX);
+        return;
+    }
+    if (count == 0)
+        return;
+    version->gpu = calloc(count, sizeof(*version->gpu));
+    if (version->gpu == NULL) {
+        errors->out_of_memory = true;
         return;
     }
 
     const char *key;
-    const json_t *price;
-    json_object_foreach((json_t *)value, key, price)
+    const json_t *charge;
+    json_object_foreach((json_t *)value, key, charge)
     {
         char child[PATH_SIZE];
         path_child(child, path, key);
         if (!check_dimension_key(key, child, "GPU type", errors))
             continue;
 
-        struct pricebook_gpu_price *entry = &book->gpu[book->gpu_count];
-        if (!parse_price(price, child, "2.50", errors, &entry->per_hour))
+        struct pricebook_gpu_price *entry = &version->gpu[version->gpu_count];
+        if (!parse_charge(charge, child, &gpu_context, &entry->per_hour, errors))
             continue;
         snprintf(entry->gpu_type, sizeof(entry->gpu_type), "%s", key);
-        book->gpu_count++;
+        version->gpu_count++;
     }
 }
 
 static void parse_model(const json_t *value, const char *path, const char *model,
-                        struct pricebook *book, struct error_list *errors)
+                        struct pricebook_version *version, struct error_list *errors)
 {
     if (!expect_object(value, path, "{\"input\": \"3.00\", \"output\": \"15.00\"}", errors))
         return;
@@ -230,46 +618,47 @@ static void parse_model(const json_t *value, const char *path, const char *model
         return;
     }
 
-    struct pricebook_model_price *entry = &book->models[book->model_count];
-    bool valid = true;
+    struct pricebook_model_price *entry = &version->models[version->model_count];
+    size_t errors_before = errors->count;
     const char *key;
-    const json_t *price;
+    const json_t *charge;
     memset(entry, 0, sizeof(*entry));
-    json_object_foreach((json_t *)value, key, price)
+    json_object_foreach((json_t *)value, key, charge)
     {
         char child[PATH_SIZE];
         path_child(child, path, key);
-        if (strcmp(key, "input") == 0) {
-            entry->has_input = parse_price(price, child, "3.00", errors, &entry->input_per_million);
-            valid = valid && entry->has_input;
-        } else if (strcmp(key, "output") == 0) {
-            entry->has_output =
-                parse_price(price, child, "15.00", errors, &entry->output_per_million);
-            valid = valid && entry->has_output;
-        } else if (strcmp(key, "cached_input") == 0) {
+        if (strcmp(key, "input") == 0)
+            entry->has_input = parse_charge(charge, child, &token_context, &entry->input, errors);
+        else if (strcmp(key, "output") == 0)
+            entry->has_output = parse_charge(charge, child, &token_context, &entry->output, errors);
+        else if (strcmp(key, "cached_input") == 0)
             entry->has_cached_input =
-                parse_price(price, child, "1.50", errors, &entry->cached_input_per_million);
-            valid = valid && entry->has_cached_input;
-        } else {
+                parse_charge(charge, child, &token_context, &entry->cached_input, errors);
+        else
             add_error(errors, child,
                       "unknown key; expected one of \"input\", \"output\", \"cached_input\"");
-            valid = false;
-        }
     }
-    if (!valid)
+    if (errors->count != errors_before)
         return;
     snprintf(entry->model, sizeof(entry->model), "%s", model);
-    book->model_count++;
+    version->model_count++;
 }
 
-static void parse_tokens(const json_t *value, const char *path, struct pricebook *book,
+static void parse_tokens(const json_t *value, const char *path, struct pricebook_version *version,
                          struct error_list *errors)
 {
     if (!expect_object(value, path, "{\"m-large\": {\"input\": \"3.00\"}}", errors))
         return;
-    if (json_object_size(value) > PRICEBOOK_MODELS_MAX) {
-        add_error(errors, path, "%zu models; at most %d are allowed", json_object_size(value),
-                  PRICEBOOK_MODELS_MAX);
+    size_t count = json_object_size(value);
+    if (count > PRICEBOOK_MODELS_MAX) {
+        add_error(errors, path, "%zu models; at most %d are allowed", count, PRICEBOOK_MODELS_MAX);
+        return;
+    }
+    if (count == 0)
+        return;
+    version->models = calloc(count, sizeof(*version->models));
+    if (version->models == NULL) {
+        errors->out_of_memory = true;
         return;
     }
 
@@ -280,57 +669,111 @@ static void parse_tokens(const json_t *value, const char *path, struct pricebook
         char child[PATH_SIZE];
         path_child(child, path, key);
         if (check_dimension_key(key, child, "model", errors))
-            parse_model(prices, child, key, book, errors);
+            parse_model(prices, child, key, version, errors);
     }
 }
 
-/* Parses one tier. *above_valid is set when its above_hours parsed, for the order check. */
-static void parse_tier(const json_t *value, const char *path, struct pricebook_tier *tier,
-                       struct error_list *errors, bool *valid, bool *above_valid)
+static void parse_support_fee(const json_t *value, const char *path,
+                              struct pricebook_version *version, struct error_list *errors)
 {
-    *above_valid = false;
-    if (!expect_object(value, path, "{\"above_hours\": \"1000\", \"percent\": \"10\"}", errors)) {
-        *valid = false;
+    if (!expect_object(value, path, "{\"basic\": \"50.00\", \"pro\": \"500.00\"}", errors))
         return;
-    }
 
-    bool has_above = false;
-    bool has_percent = false;
+    const char *key;
+    const json_t *price;
+    json_object_foreach((json_t *)value, key, price)
+    {
+        char child[PATH_SIZE];
+        enum support_tier tier;
+        path_child(child, path, key);
+        if (support_tier_parse(key, &tier) != HM_OK || tier == SUPPORT_NONE) {
+            add_error(errors, child,
+                      "unknown support tier; expected \"basic\", \"pro\" or \"enterprise\"");
+            continue;
+        }
+        version->has_support_fee[tier] =
+            parse_price(price, child, "500.00", errors, &version->support_fee_per_month[tier]);
+    }
+}
+
+static void parse_commitment(const json_t *value, const char *path,
+                             struct pricebook_version *version, struct error_list *errors)
+{
+    if (!expect_object(value, path, "{\"minimum\": \"1000.00\"}", errors))
+        return;
+
     const char *key;
     const json_t *field;
     json_object_foreach((json_t *)value, key, field)
     {
         char child[PATH_SIZE];
         path_child(child, path, key);
-        if (strcmp(key, "above_hours") == 0) {
-            has_above = parse_decimal(field, child, "1000", errors, &tier->above_hours_pico);
-            *valid = *valid && has_above;
+        if (strcmp(key, "minimum") == 0)
+            version->has_commitment =
+                parse_price(field, child, "1000.00", errors, &version->commitment_per_month);
+        else
+            add_error(errors, child, "unknown key; expected \"minimum\"");
+    }
+    if (json_object_get(value, "minimum") == NULL)
+        add_error(errors, path, "missing \"minimum\"; add the minimum usage spend per month");
+}
+
+/* ---- Discounts ---- */
+
+/* Field names that differ between the gpu_volume_discount shorthand and a discounts entry. */
+struct discount_syntax {
+    const char *above_key; /* "above_hours" or "above" */
+    const char *above_fix; /* what to add when above is missing */
+    const char *empty_fix; /* what to do when tiers is empty */
+};
+
+static const struct discount_syntax shorthand_syntax = {
+    "above_hours", "add the GPU-hours the tier starts above", "remove gpu_volume_discount"};
+static const struct discount_syntax discount_syntax = {
+    "above", "add the driver's quantity, in billing units, that the tier starts above",
+    "remove the discount"};
+
+/* Parses one discount tier. *above_valid is set when its threshold parsed, for the order check. */
+static void parse_discount_tier(const json_t *value, const char *path,
+                                const struct discount_syntax *syntax, struct pricebook_tier *tier,
+                                struct error_list *errors, bool *above_valid)
+{
+    *above_valid = false;
+    char example[MESSAGE_SIZE / 4];
+    snprintf(example, sizeof(example), "{\"%s\": \"1000\", \"percent\": \"10\"}",
+             syntax->above_key);
+    if (!expect_object(value, path, example, errors))
+        return;
+
+    bool has_above = false;
+    const char *key;
+    const json_t *field;
+    json_object_foreach((json_t *)value, key, field)
+    {
+        char child[PATH_SIZE];
+        path_child(child, path, key);
+        if (strcmp(key, syntax->above_key) == 0) {
+            has_above = parse_decimal(field, child, "1000", errors, &tier->above_pico);
         } else if (strcmp(key, "percent") == 0) {
-            has_percent = parse_decimal(field, child, "10", errors, &tier->percent_pico);
-            if (has_percent && tier->percent_pico > 100 * MONEY_DECIMAL_SCALE) {
+            if (parse_decimal(field, child, "10", errors, &tier->percent_pico) &&
+                tier->percent_pico > 100 * MONEY_DECIMAL_SCALE)
                 add_error(errors, child, "percent \"%s\" is above 100; write a value from 0 to 100",
                           json_string_value(field));
-                has_percent = false;
-            }
-            *valid = *valid && has_percent;
         } else {
-            add_error(errors, child, "unknown key; expected \"above_hours\" or \"percent\"");
-            *valid = false;
+            add_error(errors, child, "unknown key; expected \"%s\" or \"percent\"",
+                      syntax->above_key);
         }
     }
-    if (!has_above && json_object_get(value, "above_hours") == NULL) {
-        add_error(errors, path, "missing \"above_hours\"; add the GPU-hours the tier starts above");
-        *valid = false;
-    }
-    if (!has_percent && json_object_get(value, "percent") == NULL) {
+    if (json_object_get(value, syntax->above_key) == NULL)
+        add_error(errors, path, "missing \"%s\"; %s", syntax->above_key, syntax->above_fix);
+    if (json_object_get(value, "percent") == NULL)
         add_error(errors, path, "missing \"percent\"; add the tier's discount from 0 to 100");
-        *valid = false;
-    }
     *above_valid = has_above;
 }
 
-static void parse_tiers(const json_t *value, const char *path, struct pricebook *book,
-                        struct error_list *errors)
+static void parse_discount_tiers(const json_t *value, const char *path,
+                                 const struct discount_syntax *syntax,
+                                 struct pricebook_discount *discount, struct error_list *errors)
 {
     if (!json_is_array(value)) {
         add_error(errors, path, "expected an array of tiers, found %s", json_type_name(value));
@@ -338,7 +781,7 @@ static void parse_tiers(const json_t *value, const char *path, struct pricebook 
     }
     size_t count = json_array_size(value);
     if (count == 0) {
-        add_error(errors, path, "no tiers; add at least one or remove gpu_volume_discount");
+        add_error(errors, path, "no tiers; add at least one or %s", syntax->empty_fix);
         return;
     }
     if (count > PRICEBOOK_TIERS_MAX) {
@@ -346,111 +789,374 @@ static void parse_tiers(const json_t *value, const char *path, struct pricebook 
         return;
     }
 
-    bool valid = true;
     bool previous_above_valid = false;
+    discount->tier_count = count;
     for (size_t i = 0; i < count; i++) {
         char child[PATH_SIZE];
-        bool tier_valid = true;
         bool above_valid = false;
         path_index(child, path, i);
-        parse_tier(json_array_get(value, i), child, &book->tiers[i], errors, &tier_valid,
-                   &above_valid);
-        valid = valid && tier_valid;
-        /* The order is checked whenever both thresholds parsed, so one check reports both faults. */
+        parse_discount_tier(json_array_get(value, i), child, syntax, &discount->tiers[i], errors,
+                            &above_valid);
+        /* The order is checked whenever both thresholds parsed, so one check reports both faults.
+         */
         bool compare = i > 0 && above_valid && previous_above_valid;
         previous_above_valid = above_valid;
         if (!compare)
             continue;
 
         /* Thresholds must rise strictly, so that each tier is a non-empty interval. */
-        const struct pricebook_tier *previous = &book->tiers[i - 1];
-        if (book->tiers[i].above_hours_pico <= previous->above_hours_pico) {
+        const struct pricebook_tier *previous = &discount->tiers[i - 1];
+        if (discount->tiers[i].above_pico <= previous->above_pico) {
             char above[MONEY_TEXT_SIZE];
             char previous_above[MONEY_TEXT_SIZE];
             char above_path[PATH_SIZE];
-            money_decimal_format(book->tiers[i].above_hours_pico, 0, above, sizeof(above));
-            money_decimal_format(previous->above_hours_pico, 0, previous_above,
-                                 sizeof(previous_above));
-            path_child(above_path, child, "above_hours");
+            money_decimal_format(discount->tiers[i].above_pico, 0, above, sizeof(above));
+            money_decimal_format(previous->above_pico, 0, previous_above, sizeof(previous_above));
+            path_child(above_path, child, syntax->above_key);
             add_error(errors, above_path,
                       "%s is not above the previous tier's %s; list tiers in strictly ascending "
-                      "order of above_hours",
-                      above, previous_above);
-            valid = false;
+                      "order of %s",
+                      above, previous_above, syntax->above_key);
         }
     }
-    if (valid)
-        book->tier_count = count;
 }
 
-static void parse_discount(const json_t *value, const char *path, struct pricebook *book,
-                           struct error_list *errors)
+static void parse_discount_mode(const json_t *value, const char *path,
+                                struct pricebook_discount *discount, struct error_list *errors)
 {
+    const char *text = json_is_string(value) ? json_string_value(value) : NULL;
+    if (text != NULL && strcmp(text, "volume") == 0)
+        discount->mode = PRICEBOOK_DISCOUNT_VOLUME;
+    else if (text != NULL && strcmp(text, "graduated") == 0)
+        discount->mode = PRICEBOOK_DISCOUNT_GRADUATED;
+    else if (text != NULL)
+        add_error(errors, path, "unknown mode \"%s\"; use \"volume\" or \"graduated\"", text);
+    else
+        add_error(errors, path, "expected \"volume\" or \"graduated\", found %s",
+                  json_type_name(value));
+}
+
+/* Returns the index of a usage line kind name, or -1 after reporting an unknown one. */
+static int parse_kind(const json_t *value, const char *path, struct error_list *errors)
+{
+    if (!json_is_string(value)) {
+        add_error(errors, path, "expected a usage line kind such as \"gpu\", found %s",
+                  json_type_name(value));
+        return -1;
+    }
+    const char *text = json_string_value(value);
+    for (int i = 0; i < PRICEBOOK_USAGE_KINDS; i++) {
+        if (strcmp(text, kind_names[i]) == 0)
+            return i;
+    }
+    add_error(errors, path, "unknown usage line kind \"%s\"; use one of " KIND_NAMES_TEXT, text);
+    return -1;
+}
+
+static void parse_applies_to(const json_t *value, const char *path,
+                             struct pricebook_discount *discount, struct error_list *errors)
+{
+    if (!json_is_array(value)) {
+        add_error(errors, path, "expected an array of usage line kinds such as [\"gpu\"], found %s",
+                  json_type_name(value));
+        return;
+    }
+    if (json_array_size(value) == 0) {
+        add_error(errors, path, "no usage line kinds; list at least one of " KIND_NAMES_TEXT);
+        return;
+    }
+
+    size_t index;
+    const json_t *element;
+    json_array_foreach((json_t *)value, index, element)
+    {
+        char child[PATH_SIZE];
+        path_index(child, path, index);
+        int kind = parse_kind(element, child, errors);
+        if (kind < 0)
+            continue;
+        if (discount->applies_to[kind]) {
+            add_error(errors, child, "\"%s\" is listed twice; list each kind once",
+                      kind_names[kind]);
+            continue;
+        }
+        discount->applies_to[kind] = true;
+    }
+}
+
+/* Parses the gpu_volume_discount shorthand into the full discount that it abbreviates. */
+static void parse_gpu_volume_discount(const json_t *value, const char *path,
+                                      struct pricebook_discount *discount,
+                                      struct error_list *errors)
+{
+    memset(discount, 0, sizeof(*discount));
+    snprintf(discount->name, sizeof(discount->name), "%s", GPU_VOLUME_DISCOUNT_NAME);
+    discount->applies_to[GPU_KIND_INDEX] = true;
+    discount->driver = GPU_KIND_INDEX;
     if (!expect_object(value, path, "{\"mode\": \"volume\", \"tiers\": [...]}", errors))
         return;
 
-    enum pricebook_discount_mode mode = PRICEBOOK_DISCOUNT_NONE;
-    const json_t *tiers = NULL;
     const char *key;
     const json_t *field;
     json_object_foreach((json_t *)value, key, field)
     {
         char child[PATH_SIZE];
         path_child(child, path, key);
-        if (strcmp(key, "mode") == 0) {
-            const char *text = json_is_string(field) ? json_string_value(field) : NULL;
-            if (text != NULL && strcmp(text, "volume") == 0)
-                mode = PRICEBOOK_DISCOUNT_VOLUME;
-            else if (text != NULL && strcmp(text, "graduated") == 0)
-                mode = PRICEBOOK_DISCOUNT_GRADUATED;
-            else if (text != NULL)
-                add_error(errors, child, "unknown mode \"%s\"; use \"volume\" or \"graduated\"",
-                          text);
-            else
-                add_error(errors, child, "expected \"volume\" or \"graduated\", found %s",
-                          json_type_name(field));
-        } else if (strcmp(key, "tiers") == 0) {
-            tiers = field;
-        } else {
+        if (strcmp(key, "mode") == 0)
+            parse_discount_mode(field, child, discount, errors);
+        else if (strcmp(key, "tiers") == 0)
+            parse_discount_tiers(field, child, &shorthand_syntax, discount, errors);
+        else
             add_error(errors, child, "unknown key; expected \"mode\" or \"tiers\"");
-        }
     }
     if (json_object_get(value, "mode") == NULL)
         add_error(errors, path, "missing \"mode\"; add \"volume\" or \"graduated\"");
-    if (tiers == NULL) {
+    if (json_object_get(value, "tiers") == NULL)
         add_error(errors, path, "missing \"tiers\"; add an array of tiers");
-        return;
-    }
-
-    char tiers_path[PATH_SIZE];
-    path_child(tiers_path, path, "tiers");
-    parse_tiers(tiers, tiers_path, book, errors);
-    if (book->tier_count > 0)
-        book->discount_mode = mode;
 }
 
-static void parse_name(const json_t *value, const char *path, struct pricebook *book,
-                       struct error_list *errors)
+static void parse_discount(const json_t *value, const char *path,
+                           struct pricebook_discount *discount, struct error_list *errors)
 {
-    if (!json_is_string(value)) {
-        add_error(errors, path, "expected a string such as \"standard-2024\", found %s",
-                  json_type_name(value));
+    memset(discount, 0, sizeof(*discount));
+    discount->driver = -1;
+    if (!expect_object(value, path,
+                       "{\"name\": \"Token discount\", \"applies_to\": [\"input_tokens\"], "
+                       "\"driver\": \"input_tokens\", \"mode\": \"volume\", \"tiers\": [...]}",
+                       errors))
         return;
+
+    static const char *const required[] = {"name", "applies_to", "driver", "mode", "tiers"};
+    const char *key;
+    const json_t *field;
+    json_object_foreach((json_t *)value, key, field)
+    {
+        char child[PATH_SIZE];
+        path_child(child, path, key);
+        if (strcmp(key, "name") == 0)
+            parse_name(field, child, "Token discount", discount->name, sizeof(discount->name),
+                       errors);
+        else if (strcmp(key, "applies_to") == 0)
+            parse_applies_to(field, child, discount, errors);
+        else if (strcmp(key, "driver") == 0)
+            discount->driver = parse_kind(field, child, errors);
+        else if (strcmp(key, "mode") == 0)
+            parse_discount_mode(field, child, discount, errors);
+        else if (strcmp(key, "tiers") == 0)
+            parse_discount_tiers(field, child, &discount_syntax, discount, errors);
+        else
+            add_error(errors, child,
+                      "unknown key; expected one of name, applies_to, driver, "
+                      "mode, tiers");
     }
-    const char *name = json_string_value(value);
-    if (name[0] == '\0' || strlen(name) > PRICEBOOK_NAME_MAX) {
-        add_error(errors, path, "name must be 1 to %d bytes long", PRICEBOOK_NAME_MAX);
-        return;
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+        if (json_object_get(value, required[i]) == NULL)
+            add_error(errors, path,
+                      "missing \"%s\"; a discount needs name, applies_to, driver, "
+                      "mode and tiers",
+                      required[i]);
     }
-    /* The name is printed on invoices and in terminals, where control characters would forge text. */
-    for (const unsigned char *c = (const unsigned char *)name; *c != '\0'; c++) {
-        if (*c < 0x20 || *c == 0x7f) {
-            add_error(errors, path, "name contains the control character 0x%02x; use printable "
-                      "characters only", *c);
-            return;
+}
+
+/*
+ * Reports a usage kind in applies_to of two discounts of the version: rating
+ * would otherwise take two discounts off the same lines.
+ */
+static void check_discount_overlap(const struct pricebook_version *version, char paths[][PATH_SIZE],
+                                   struct error_list *errors)
+{
+    int owner[PRICEBOOK_USAGE_KINDS];
+    for (int kind = 0; kind < PRICEBOOK_USAGE_KINDS; kind++)
+        owner[kind] = -1;
+
+    for (size_t i = 0; i < version->discount_count; i++) {
+        for (int kind = 0; kind < PRICEBOOK_USAGE_KINDS; kind++) {
+            if (!version->discounts[i].applies_to[kind])
+                continue;
+            if (owner[kind] < 0) {
+                owner[kind] = (int)i;
+                continue;
+            }
+            char child[PATH_SIZE];
+            path_child(child, paths[i], "applies_to");
+            add_error(errors, child,
+                      "\"%s\" is already in applies_to of %s (\"%s\"); a usage line kind may "
+                      "belong to one discount of a version, so remove it from one of them",
+                      kind_names[kind], paths[owner[kind]], version->discounts[owner[kind]].name);
         }
     }
-    snprintf(book->name, sizeof(book->name), "%s", name);
+}
+
+/*
+ * Parses a version's discounts: the gpu_volume_discount shorthand first, then
+ * the discounts array in its order. Either may be NULL.
+ */
+static void parse_discounts(const json_t *shorthand, const json_t *list, const char *path,
+                            struct pricebook_version *version, struct error_list *errors)
+{
+    char paths[PRICEBOOK_DISCOUNTS_MAX][PATH_SIZE];
+
+    if (shorthand != NULL) {
+        path_child(paths[0], path, "gpu_volume_discount");
+        parse_gpu_volume_discount(shorthand, paths[0], &version->discounts[0], errors);
+        version->discount_count = 1;
+    }
+    if (list != NULL) {
+        char list_path[PATH_SIZE];
+        path_child(list_path, path, "discounts");
+        size_t count = json_is_array(list) ? json_array_size(list) : 0;
+        if (!json_is_array(list)) {
+            add_error(errors, list_path, "expected an array of discounts, found %s",
+                      json_type_name(list));
+        } else if (count + version->discount_count > PRICEBOOK_DISCOUNTS_MAX) {
+            add_error(errors, list_path, "%zu discounts%s; at most %d are allowed per version",
+                      count, shorthand != NULL ? " and gpu_volume_discount" : "",
+                      PRICEBOOK_DISCOUNTS_MAX);
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                size_t slot = version->discount_count++;
+                path_index(paths[slot], list_path, i);
+                parse_discount(json_array_get(list, i), paths[slot], &version->discounts[slot],
+                               errors);
+            }
+        }
+    }
+    check_discount_overlap(version, paths, errors);
+}
+
+/* ---- Versions and the book ---- */
+
+/* Discount fields of a version, parsed after its other keys so that the shorthand comes first. */
+struct deferred_discounts {
+    const json_t *shorthand;
+    const json_t *list;
+};
+
+/* Parses one version field into version. Returns false when key is not a version field. */
+static bool parse_version_field(const char *key, const json_t *value, const char *path,
+                                struct pricebook_version *version,
+                                struct deferred_discounts *deferred, struct error_list *errors)
+{
+    if (strcmp(key, "base_fee") == 0)
+        version->has_base_fee =
+            parse_price(value, path, "100.00", errors, &version->base_fee_per_month);
+    else if (strcmp(key, "support_fee") == 0)
+        parse_support_fee(value, path, version, errors);
+    else if (strcmp(key, "gpu_hour") == 0)
+        parse_gpu_hour(value, path, version, errors);
+    else if (strcmp(key, "tokens_per_million") == 0)
+        parse_tokens(value, path, version, errors);
+    else if (strcmp(key, "api_calls_per_million") == 0)
+        version->has_api_calls =
+            parse_charge(value, path, &api_calls_context, &version->api_calls_per_million, errors);
+    else if (strcmp(key, "storage_gb_month") == 0)
+        version->has_storage =
+            parse_charge(value, path, &storage_context, &version->storage_per_gb_month, errors);
+    else if (strcmp(key, "transfer_gb") == 0)
+        version->has_transfer =
+            parse_charge(value, path, &transfer_context, &version->transfer_per_gb, errors);
+    else if (strcmp(key, "commitment") == 0)
+        parse_commitment(value, path, version, errors);
+    else if (strcmp(key, "gpu_volume_discount") == 0)
+        deferred->shorthand = value;
+    else if (strcmp(key, "discounts") == 0)
+        deferred->list = value;
+    else
+        return false;
+    return true;
+}
+
+static bool is_version_field(const char *key)
+{
+    static const char *const fields[] = {
+        "base_fee",           "support_fee",           "gpu_hour",
+        "tokens_per_million", "api_calls_per_million", "storage_gb_month",
+        "transfer_gb",        "gpu_volume_discount",   "discounts",
+        "commitment",
+    };
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (strcmp(key, fields[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Parses an element of versions; previous is the version before it, or NULL for the first. */
+static void parse_version_object(const json_t *value, const char *path,
+                                 struct pricebook_version *version,
+                                 const struct pricebook_version *previous,
+                                 const char *previous_text, struct error_list *errors)
+{
+    if (!expect_object(value, path,
+                       "{\"effective_from\": \"2024-07-01T00:00:00Z\", \"base_fee\": \"100.00\"}",
+                       errors))
+        return;
+
+    struct deferred_discounts deferred = {NULL, NULL};
+    const char *key;
+    const json_t *field;
+    json_object_foreach((json_t *)value, key, field)
+    {
+        char child[PATH_SIZE];
+        path_child(child, path, key);
+        if (strcmp(key, "effective_from") == 0) {
+            if (parse_effective_from(field, child, version, errors) && previous != NULL &&
+                previous->has_effective_from &&
+                version->effective_from_s <= previous->effective_from_s)
+                add_error(errors, child,
+                          "\"%s\" is not after the previous version's \"%s\"; list versions in "
+                          "strictly ascending order of effective_from",
+                          json_string_value(field), previous_text);
+        } else if (!parse_version_field(key, field, child, version, &deferred, errors)) {
+            add_error(errors, child,
+                      "unknown key; expected effective_from or one of " VERSION_FIELDS_TEXT);
+        }
+    }
+    if (previous != NULL && json_object_get(value, "effective_from") == NULL)
+        add_error(errors, path,
+                  "missing \"effective_from\"; every version after the first needs the UTC time "
+                  "it takes effect, such as \"2024-07-01T00:00:00Z\"");
+    parse_discounts(deferred.shorthand, deferred.list, path, version, errors);
+}
+
+static void parse_versions(const json_t *value, const char *path, struct pricebook *book,
+                           struct error_list *errors)
+{
+    if (!json_is_array(value)) {
+        add_error(errors, path, "expected an array of versions, found %s", json_type_name(value));
+        return;
+    }
+    size_t count = json_array_size(value);
+    if (count == 0) {
+        add_error(errors, path,
+                  "no versions; add at least one version, or remove \"versions\" "
+                  "and put the version fields at the top level");
+        return;
+    }
+    if (count > PRICEBOOK_VERSIONS_MAX) {
+        add_error(errors, path,
+                  "%zu versions; at most %d are allowed, so start a new price book "
+                  "for older prices",
+                  count, PRICEBOOK_VERSIONS_MAX);
+        return;
+    }
+    book->versions = calloc(count, sizeof(*book->versions));
+    if (book->versions == NULL) {
+        errors->out_of_memory = true;
+        return;
+    }
+    book->version_count = count;
+
+    const char *previous_text = NULL;
+    for (size_t i = 0; i < count && !errors->out_of_memory; i++) {
+        char child[PATH_SIZE];
+        const json_t *element = json_array_get(value, i);
+        path_index(child, path, i);
+        parse_version_object(element, child, &book->versions[i],
+                             i > 0 ? &book->versions[i - 1] : NULL, previous_text, errors);
+        previous_text = json_string_value(json_object_get(element, "effective_from"));
+    }
 }
 
 static void parse_currency(const json_t *value, const char *path, struct pricebook *book,
@@ -485,46 +1191,67 @@ static void parse_rounding(const json_t *value, const char *path, struct pricebo
                   json_type_name(value));
 }
 
+/* Parses name, currency, rounding, versions or a misplaced effective_from; false for other keys. */
+static bool parse_book_field(const char *key, const json_t *value, const char *path,
+                             struct pricebook *book, struct error_list *errors)
+{
+    if (strcmp(key, "name") == 0)
+        parse_name(value, path, "standard-2024", book->name, sizeof(book->name), errors);
+    else if (strcmp(key, "currency") == 0)
+        parse_currency(value, path, book, errors);
+    else if (strcmp(key, "rounding") == 0)
+        parse_rounding(value, path, book, errors);
+    else if (strcmp(key, "versions") == 0)
+        parse_versions(value, path, book, errors);
+    else if (strcmp(key, "effective_from") == 0)
+        add_error(errors, path,
+                  "effective_from belongs to a version; put the prices and "
+                  "effective_from in an element of \"versions\"");
+    else
+        return false;
+    return true;
+}
+
 static void parse_book(const json_t *root, struct pricebook *book, struct error_list *errors)
 {
     if (!expect_object(root, "$", "{\"name\": \"standard-2024\", \"currency\": \"USD\"}", errors))
         return;
 
+    /* Without "versions", the top-level version fields form the only version, in effect always. */
+    bool has_versions = json_object_get(root, "versions") != NULL;
+    if (!has_versions) {
+        book->versions = calloc(1, sizeof(*book->versions));
+        if (book->versions == NULL) {
+            errors->out_of_memory = true;
+            return;
+        }
+        book->version_count = 1;
+    }
+
+    struct deferred_discounts deferred = {NULL, NULL};
     const char *key;
     const json_t *value;
     json_object_foreach((json_t *)root, key, value)
     {
         char path[PATH_SIZE];
         path_child(path, "$", key);
-        if (strcmp(key, "name") == 0)
-            parse_name(value, path, book, errors);
-        else if (strcmp(key, "currency") == 0)
-            parse_currency(value, path, book, errors);
-        else if (strcmp(key, "rounding") == 0)
-            parse_rounding(value, path, book, errors);
-        else if (strcmp(key, "base_fee") == 0)
-            book->has_base_fee =
-                parse_price(value, path, "100.00", errors, &book->base_fee_per_month);
-        else if (strcmp(key, "gpu_hour") == 0)
-            parse_gpu_hour(value, path, book, errors);
-        else if (strcmp(key, "tokens_per_million") == 0)
-            parse_tokens(value, path, book, errors);
-        else if (strcmp(key, "api_calls_per_million") == 0)
-            book->has_api_calls =
-                parse_price(value, path, "0.50", errors, &book->api_calls_per_million);
-        else if (strcmp(key, "storage_gb_month") == 0)
-            book->has_storage =
-                parse_price(value, path, "0.02", errors, &book->storage_per_gb_month);
-        else if (strcmp(key, "transfer_gb") == 0)
-            book->has_transfer = parse_price(value, path, "0.09", errors, &book->transfer_per_gb);
-        else if (strcmp(key, "gpu_volume_discount") == 0)
-            parse_discount(value, path, book, errors);
-        else
+        if (errors->out_of_memory)
+            return;
+        if (parse_book_field(key, value, path, book, errors))
+            continue;
+        if (has_versions && is_version_field(key))
             add_error(errors, path,
-                      "unknown key; expected one of name, currency, rounding, base_fee, gpu_hour, "
-                      "tokens_per_million, api_calls_per_million, storage_gb_month, transfer_gb, "
-                      "gpu_volume_discount");
+                      "version field beside \"versions\"; move it into a version "
+                      "in \"versions\", or remove \"versions\" and keep the fields at the top "
+                      "level");
+        else if (has_versions ||
+                 !parse_version_field(key, value, path, &book->versions[0], &deferred, errors))
+            add_error(errors, path,
+                      "unknown key; expected one of name, currency, rounding, "
+                      "versions, " VERSION_FIELDS_TEXT);
     }
+    if (!has_versions)
+        parse_discounts(deferred.shorthand, deferred.list, "$", &book->versions[0], errors);
 
     if (json_object_get(root, "name") == NULL)
         add_error(errors, "$", "missing \"name\"; add a name such as \"standard-2024\"");
@@ -556,8 +1283,12 @@ static int parse_text(const char *text, size_t length, struct error_list *errors
     size_t errors_before = errors->count;
     parse_book(root, book, errors);
     json_decref(root);
+    if (errors->out_of_memory) {
+        pricebook_free(book);
+        return HM_ERR_NOMEM;
+    }
     if (errors->count != errors_before) {
-        free(book);
+        pricebook_free(book);
         return HM_ERR_INVALID;
     }
     *out = book;
@@ -567,7 +1298,7 @@ static int parse_text(const char *text, size_t length, struct error_list *errors
 int pricebook_parse(const char *text, size_t length, struct pricebook **out, char *error,
                     size_t error_size)
 {
-    struct error_list errors = {error, error_size, 0, 0, 1, false};
+    struct error_list errors = {error, error_size, 0, 0, 1, false, false};
 
     if (error != NULL && error_size > 0)
         error[0] = '\0';
@@ -577,7 +1308,7 @@ int pricebook_parse(const char *text, size_t length, struct pricebook **out, cha
 int pricebook_check(const char *text, size_t length, char *errors_out, size_t errors_size,
                     size_t *error_count)
 {
-    struct error_list errors = {errors_out, errors_size, 0, 0, 0, false};
+    struct error_list errors = {errors_out, errors_size, 0, 0, 0, false, false};
     struct pricebook *book;
 
     if (errors_out != NULL && errors_size > 0)
@@ -633,33 +1364,85 @@ int pricebook_load_file(const char *path, struct pricebook **out, char *error, s
 
 void pricebook_free(struct pricebook *book)
 {
+    if (book == NULL)
+        return;
+    for (size_t i = 0; i < book->version_count; i++) {
+        free(book->versions[i].gpu);
+        free(book->versions[i].models);
+    }
+    free(book->versions);
     free(book);
 }
 
-const struct pricebook_gpu_price *pricebook_find_gpu(const struct pricebook *book,
+const struct pricebook_gpu_price *pricebook_find_gpu(const struct pricebook_version *version,
                                                      const char *gpu_type)
 {
     const struct pricebook_gpu_price *fallback = NULL;
 
-    for (size_t i = 0; i < book->gpu_count; i++) {
-        if (strcmp(book->gpu[i].gpu_type, gpu_type) == 0)
-            return &book->gpu[i];
-        if (strcmp(book->gpu[i].gpu_type, PRICEBOOK_FALLBACK_KEY) == 0)
-            fallback = &book->gpu[i];
+    for (size_t i = 0; i < version->gpu_count; i++) {
+        if (strcmp(version->gpu[i].gpu_type, gpu_type) == 0)
+            return &version->gpu[i];
+        if (strcmp(version->gpu[i].gpu_type, PRICEBOOK_FALLBACK_KEY) == 0)
+            fallback = &version->gpu[i];
     }
     return fallback;
 }
 
-const struct pricebook_model_price *pricebook_find_model(const struct pricebook *book,
+const struct pricebook_model_price *pricebook_find_model(const struct pricebook_version *version,
                                                          const char *model)
 {
     const struct pricebook_model_price *fallback = NULL;
 
-    for (size_t i = 0; i < book->model_count; i++) {
-        if (strcmp(book->models[i].model, model) == 0)
-            return &book->models[i];
-        if (strcmp(book->models[i].model, PRICEBOOK_FALLBACK_KEY) == 0)
-            fallback = &book->models[i];
+    for (size_t i = 0; i < version->model_count; i++) {
+        if (strcmp(version->models[i].model, model) == 0)
+            return &version->models[i];
+        if (strcmp(version->models[i].model, PRICEBOOK_FALLBACK_KEY) == 0)
+            fallback = &version->models[i];
     }
     return fallback;
+}
+
+const struct pricebook_version *pricebook_version_at(const struct pricebook *book, int64_t time_s)
+{
+    const struct pricebook_version *found = NULL;
+
+    /* Versions ascend, so the last one that has started is in effect. */
+    for (size_t i = 0; i < book->version_count; i++) {
+        const struct pricebook_version *version = &book->versions[i];
+        if (version->has_effective_from && version->effective_from_s > time_s)
+            break;
+        found = version;
+    }
+    return found;
+}
+
+int pricebook_slices(const struct pricebook *book, int64_t start_s, int64_t end_s,
+                     int64_t *starts_out, size_t max, size_t *count_out)
+{
+    *count_out = 0;
+    if (start_s >= end_s)
+        return HM_ERR_INVALID;
+    if (pricebook_version_at(book, start_s) == NULL)
+        return HM_ERR_NOT_FOUND;
+
+    size_t count = 1;
+    for (size_t i = 0; i < book->version_count; i++) {
+        const struct pricebook_version *version = &book->versions[i];
+        if (version->has_effective_from && version->effective_from_s > start_s &&
+            version->effective_from_s < end_s)
+            count++;
+    }
+    if (count > max)
+        return HM_ERR_INVALID;
+
+    size_t at = 0;
+    starts_out[at++] = start_s;
+    for (size_t i = 0; i < book->version_count; i++) {
+        const struct pricebook_version *version = &book->versions[i];
+        if (version->has_effective_from && version->effective_from_s > start_s &&
+            version->effective_from_s < end_s)
+            starts_out[at++] = version->effective_from_s;
+    }
+    *count_out = count;
+    return HM_OK;
 }

@@ -329,6 +329,48 @@ Test(money_ratio, add_overflow_detected)
     cr_assert(eq(int, money_ratio_add(ratio(max, 1), ratio(1, 1), &sum), HM_ERR_OVERFLOW));
 }
 
+Test(money_ratio, sub_exact_and_negative)
+{
+    struct money_ratio difference;
+    cr_assert(eq(int, money_ratio_sub(ratio(1, 6), ratio(1, 3), &difference), HM_OK));
+    cr_assert(eq(i64, (int64_t)difference.num, -1));
+    cr_assert(eq(i64, (int64_t)difference.den, 6));
+}
+
+Test(money_ratio, sub_overflow_detected)
+{
+    __int128 max = (__int128)(((unsigned __int128)1 << 127) - 1);
+    struct money_ratio difference;
+    cr_assert(eq(int, money_ratio_sub(ratio(-max, 1), ratio(2, 1), &difference), HM_ERR_OVERFLOW));
+}
+
+Test(money_ratio, div_exact)
+{
+    /* 25 GPU-hours in packages of 10: 5/2. */
+    struct money_ratio quotient;
+    cr_assert(eq(int, money_ratio_div(ratio(90000, 3600), ratio(10, 1), &quotient), HM_OK));
+    cr_assert(eq(i64, (int64_t)quotient.num, 5));
+    cr_assert(eq(i64, (int64_t)quotient.den, 2));
+    cr_assert(eq(int, money_ratio_div(ratio(1, 2), ratio(-1, 4), &quotient), HM_OK));
+    cr_assert(eq(i64, (int64_t)quotient.num, -2));
+    cr_assert(eq(i64, (int64_t)quotient.den, 1));
+}
+
+Test(money_ratio, div_by_zero_invalid)
+{
+    struct money_ratio quotient;
+    cr_assert(eq(int, money_ratio_div(ratio(1, 2), ratio(0, 1), &quotient), HM_ERR_INVALID));
+}
+
+Test(money_ratio, ceil_rounds_up_only_fractions)
+{
+    cr_assert(eq(i64, (int64_t)money_ratio_ceil(ratio(5, 2)), 3));
+    cr_assert(eq(i64, (int64_t)money_ratio_ceil(ratio(1, 3600)), 1));
+    cr_assert(eq(i64, (int64_t)money_ratio_ceil(ratio(4, 2)), 2));
+    cr_assert(eq(i64, (int64_t)money_ratio_ceil(ratio(0, 1)), 0));
+    cr_assert(eq(i64, (int64_t)money_ratio_ceil(ratio(-5, 2)), -2));
+}
+
 Test(money_ratio, compare)
 {
     int result = 0;
