@@ -82,6 +82,9 @@ const char *invoice_line_kind_name(enum invoice_line_kind kind)
     case INVOICE_LINE_STORAGE: return "storage";
     case INVOICE_LINE_TRANSFER: return "transfer";
     case INVOICE_LINE_DISCOUNT: return "discount";
+    case INVOICE_LINE_SUPPORT_FEE: return "support_fee";
+    case INVOICE_LINE_COMMITMENT_TRUE_UP: return "commitment_true_up";
+    case INVOICE_LINE_ADJUSTMENT: return "adjustment";
     }
     return "unknown";
 }

@@ -41,6 +41,9 @@ enum invoice_line_kind {
     INVOICE_LINE_STORAGE = 7,
     INVOICE_LINE_TRANSFER = 8,
     INVOICE_LINE_DISCOUNT = 9,
+    INVOICE_LINE_SUPPORT_FEE = 10,
+    INVOICE_LINE_COMMITMENT_TRUE_UP = 11,
+    INVOICE_LINE_ADJUSTMENT = 12, /* an earlier period's late usage */
 };
 
 /*
@@ -60,6 +63,16 @@ struct invoice_line {
     bool unit_price_exact;
     const char *price_unit;     /* static: "per GPU-hour", "per 1M tokens", ... */
     struct money_amount amount; /* negative for a discount */
+    int64_t slice_start_s;      /* the slice of a usage or fee line; 0 when the period has one */
+    uint32_t adjusted_period;   /* adjustment lines: the earlier period; else 0 */
+    uint64_t event_count;       /* usage lines: events behind the quantity; else 0 */
+};
+
+/* What rating took from one credit grant. */
+struct invoice_credit {
+    uint64_t id;
+    int64_t applied_minor;       /* > 0 */
+    int64_t balance_after_minor; /* the grant's balance after this invoice */
 };
 
 struct invoice {
@@ -74,7 +87,10 @@ struct invoice {
     struct invoice_line *lines;         /* owned; freed by invoice_free */
     struct money_amount subtotal;       /* sum of the non-discount lines */
     struct money_amount discount_total; /* >= 0: the discounts taken off the subtotal */
-    struct money_amount total;          /* subtotal - discount_total, >= 0 */
+    struct money_amount credits_applied; /* >= 0, <= subtotal - discount_total */
+    size_t credit_count;
+    struct invoice_credit *credits;     /* owned; grants in the order they were burned */
+    struct money_amount total;          /* subtotal - discount_total - credits_applied, >= 0 */
 };
 
 /*
