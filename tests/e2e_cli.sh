@@ -85,7 +85,7 @@ if $meterctl usage acme --period 2023-11 | grep -q "Base platform fee"; then
 else
   echo "ok   no base fee before the service start"
 fi
-expect_error "unknown tenant subcommand" "use tenant create or tenant list" $meterctl tenant
+expect_error "unknown tenant subcommand" "use tenant create, tenant set or tenant list" $meterctl tenant
 
 expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/data" --tcp-port 70000
 expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud
