@@ -260,10 +260,10 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
     /*
-     * NOTE: an event of a period that is already closed is stored and rolled
-     * up like any other, but nothing bills it yet. The sealed invoice stays as
-     * it was, and no adjustment line on a later invoice picks it up. `meterctl
-     * usage` reports how many there are, from the event count in the invoice.
+     * An event of a period that is already closed is stored and rolled up like
+     * any other, and the sealed invoice stays as it was. The next close of a
+     * later period compares the event count with the billed one and bills the
+     * difference (engine/lib/billing.c, billing_late_usage).
      */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
     rc = event_rollups(event, append_sink, &context);

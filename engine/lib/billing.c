@@ -339,6 +339,7 @@ int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint3
                        struct billing_late **late_out, size_t *count_out, char *error,
                        size_t error_size)
 {
+    /* NOTE: periods closed before billed states were stored have none, so they are never re-rated. */
     struct billed_period *periods = NULL;
     size_t count = 0;
     int rc = ledger_billed_list(ledger, tenant->id, &periods, &count);
