@@ -2,6 +2,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "engine/lib/billing.h"
+#include "engine/lib/explain.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
 
@@ -63,6 +64,13 @@ static const char usage_text[] =
     "                               its period; the next close issues the next revision\n"
     "  invoice credit-note NUMBER --amount X --reason TEXT\n"
     "                               issue a credit note of X (invoice currency) against an invoice\n"
+    "  invoice explain TENANT --period YYYY-MM [--line N] [--json]\n"
+    "                               show the rollups, prices and seconds of service behind\n"
+    "                               each line (or line N) of the finalized invoice, else the draft\n"
+    "  rerate --period YYYY-MM --book FILE [--tenant TENANT]\n"
+    "                               price the period under the book FILE and print each\n"
+    "                               tenant's current total, re-rated total and difference;\n"
+    "                               changes nothing\n"
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
     "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n";
@@ -1134,8 +1142,12 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return verify_command(ledger, argc, argv);
     if (strcmp(command, "close") == 0)
         return close_command(ledger, data_dir, argc, argv);
+    if (strcmp(command, "invoice") == 0 && strcmp(sub, "explain") == 0)
+        return explain_invoice_command(ledger, argc, argv, stdout);
     if (strcmp(command, "invoice") == 0)
         return invoice_command(ledger, argc, argv);
+    if (strcmp(command, "rerate") == 0)
+        return explain_rerate_command(ledger, argc, argv, stdout);
     if (strcmp(command, "tenant") == 0)
         return fail("unknown tenant command \"%s\": use tenant create, tenant set or tenant "
                     "list", sub);
@@ -1180,8 +1192,13 @@ int main(int argc, char **argv)
     if (!creates && access(data_file, F_OK) != 0)
         return fail("no ledger in %s; check --data or METER_DATA, or start one with "
                     "`meterctl tenant create NAME`", data_dir);
+    /* rerate and invoice explain only read, so they open the ledger read-only. */
+    int reads_only = strcmp(argv[first], "rerate") == 0 ||
+                     (argc - first >= 2 && strcmp(argv[first], "invoice") == 0 &&
+                      strcmp(argv[first + 1], "explain") == 0);
+    struct ledger_options options = { .read_only = reads_only };
     struct ledger *ledger = NULL;
-    int rc = ledger_open(&ledger, data_dir, NULL);
+    int rc = ledger_open(&ledger, data_dir, &options);
     if (rc != HM_OK)
         return fail("cannot open the ledger in %s: %s", data_dir, hm_status_str(rc));
     int status = dispatch(ledger, data_dir, argc - first, argv + first);
