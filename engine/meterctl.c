@@ -2,6 +2,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "engine/lib/billing.h"
+#include "engine/lib/explain.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
 
@@ -19,10 +20,26 @@
 static const char usage_text[] =
     "usage: meterctl [--data DIR] COMMAND ...\n"
     "\n"
-    "  tenant create NAME [--id UUID] [--service-start YYYY-MM-DD]\n"
+    "  tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] [TENANT OPTIONS]\n"
     "                               create a tenant (prints its id); the base fee is\n"
     "                               charged from the service start (default: now), prorated\n"
-    "  tenant list                  list tenants\n"
+    "  tenant set TENANT [--service-start YYYY-MM-DD] [TENANT OPTIONS]\n"
+    "                               change a tenant's service dates, support tier or issuer\n"
+    "      TENANT OPTIONS: --service-end YYYY-MM-DD|none (service ends at that midnight UTC)\n"
+    "                      --support-tier none|basic|pro|enterprise   --issuer NAME\n"
+    "  tenant list                  list tenants with their settings\n"
+    "  issuer add NAME --prefix PREFIX\n"
+    "                               add an issuer; its invoices are PREFIX-000001, ... and its\n"
+    "                               credit notes PREFIX-CN-000001, ... (PREFIX: 1-12 of A-Z 0-9)\n"
+    "  issuer list                  list issuers (\"default\", prefix HM, always exists)\n"
+    "  credit grant TENANT AMOUNT [--currency CODE] [--expires YYYY-MM-DD] [--note TEXT]\n"
+    "                               grant prepaid credit (AMOUNT as 100.00; currency default:\n"
+    "                               the tenant's price book), used by the next closes\n"
+    "  credit list TENANT           list a tenant's grants, balances and what invoices took\n"
+    "  settings show                show the ledger settings\n"
+    "  settings set close-grace-hours N\n"
+    "                               wait N hours (0 to 2208) after a month ends before it can\n"
+    "                               be closed, for late events (default 0)\n"
     "  key create TENANT [--keys-file FILE]\n"
     "                               create an API key; the key is printed once, or appended\n"
     "                               to FILE (mode 0600) as \"TENANT_ID NAME KEY\" instead\n"
@@ -39,7 +56,21 @@ static const char usage_text[] =
     "  close --period YYYY-MM [--invoices DIR]\n"
     "                               close the period for every tenant and seal the invoices\n"
     "                               (files under DIR, default DATA/invoices)\n"
-    "  invoice show TENANT --period YYYY-MM [--json]\n"
+    "  invoice show NUMBER [--json] | invoice show TENANT --period YYYY-MM [--json]\n"
+    "  invoice list [--tenant TENANT] [--period YYYY-MM]\n"
+    "                               list invoices and credit notes\n"
+    "  invoice void NUMBER --reason TEXT\n"
+    "                               void a finalized invoice, give back its credits and reopen\n"
+    "                               its period; the next close issues the next revision\n"
+    "  invoice credit-note NUMBER --amount X --reason TEXT\n"
+    "                               issue a credit note of X (invoice currency) against an invoice\n"
+    "  invoice explain TENANT --period YYYY-MM [--line N] [--json]\n"
+    "                               show the rollups, prices and seconds of service behind\n"
+    "                               each line (or line N) of the finalized invoice, else the draft\n"
+    "  rerate --period YYYY-MM --book FILE [--tenant TENANT]\n"
+    "                               price the period under the book FILE and print each\n"
+    "                               tenant's current total, re-rated total and difference;\n"
+    "                               changes nothing\n"
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
     "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n";
@@ -173,11 +204,64 @@ static int date_parse(const char *text, int64_t *seconds_out)
 
 /* ---- tenant ---- */
 
+/* Issuer names follow the rule of tenant names: [A-Za-z0-9._-], 1 to 64 bytes. */
+static int issuer_name_valid(const char *name)
+{
+    size_t size = strlen(name);
+    if (size == 0 || size > ISSUER_NAME_MAX || name[0] == '.' || name[0] == '-')
+        return 0;
+    return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") ==
+           size;
+}
+
+/* Reads --service-start, --service-end, --support-tier and --issuer into a tenant and its settings. */
+static int tenant_options(struct ledger *ledger, int argc, char **argv, struct tenant *tenant,
+                          struct tenant_settings *settings)
+{
+    const char *start = option_value(argc, argv, "--service-start");
+    if (start != NULL && date_parse(start, &tenant->service_start_s) != HM_OK)
+        return fail("invalid --service-start \"%s\": expected a date that exists, as YYYY-MM-DD",
+                    start);
+    const char *end = option_value(argc, argv, "--service-end");
+    if (end != NULL && strcmp(end, "none") == 0)
+        settings->service_end_s = 0;
+    else if (end != NULL && date_parse(end, &settings->service_end_s) != HM_OK)
+        return fail("invalid --service-end \"%s\": expected a date that exists, as YYYY-MM-DD, "
+                    "or none", end);
+    if (settings->service_end_s != 0 && settings->service_end_s <= tenant->service_start_s)
+        return fail("invalid --service-end \"%s\": the service ends before it starts; give a "
+                    "date after the service start", end ? end : "(stored)");
+    const char *tier_text = option_value(argc, argv, "--support-tier");
+    enum support_tier tier;
+    if (tier_text != NULL && support_tier_parse(tier_text, &tier) != HM_OK)
+        return fail("invalid --support-tier \"%s\": use none, basic, pro or enterprise", tier_text);
+    if (tier_text != NULL)
+        snprintf(settings->support_tier, sizeof settings->support_tier, "%s", tier_text);
+    const char *issuer = option_value(argc, argv, "--issuer");
+    if (issuer != NULL) {
+        struct issuer found;
+        int rc = issuer_name_valid(issuer) ? ledger_issuer_get(ledger, issuer, &found)
+                                           : HM_ERR_NOT_FOUND;
+        if (rc == HM_ERR_NOT_FOUND) {
+            char shown[4 * ISSUER_NAME_MAX + 8];
+            escape_for_terminal(issuer, shown, sizeof shown);
+            return fail("unknown issuer \"%s\"; `meterctl issuer list` shows the issuers and "
+                        "`meterctl issuer add NAME --prefix PREFIX` adds one", shown);
+        }
+        if (rc != HM_OK)
+            return fail("cannot read issuer \"%s\": %s", issuer, hm_status_str(rc));
+        snprintf(settings->issuer, sizeof settings->issuer, "%s", issuer);
+    }
+    return 0;
+}
+
 static int tenant_create(struct ledger *ledger, int argc, char **argv)
 {
-    static const char *const with_value[] = { "--id", "--service-start", NULL };
+    static const char *const with_value[] = { "--id", "--service-start", "--service-end",
+                                              "--support-tier", "--issuer", NULL };
     if (argc < 3)
-        return fail("usage: meterctl tenant create NAME [--id UUID] [--service-start YYYY-MM-DD]");
+        return fail("usage: meterctl tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] "
+                    "[--service-end YYYY-MM-DD] [--support-tier TIER] [--issuer NAME]");
     if (check_options(argc, argv, 3, with_value, NULL))
         return 1;
     struct tenant tenant = { 0 };
@@ -194,17 +278,16 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
                     "0b7c6a52-8f1e-4c1a-9a57-0f3c2d1e4b6a", id);
     if (id == NULL && uuid_random(tenant.id) != HM_OK)
         return fail("cannot generate a tenant id: the system random source failed");
-    const char *start = option_value(argc, argv, "--service-start");
-    if (start != NULL && date_parse(start, &tenant.service_start_s) != HM_OK)
-        return fail("invalid --service-start \"%s\": expected a date that exists, as YYYY-MM-DD",
-                    start);
     tenant.created_s = (int64_t)time(NULL);
     /* Without a start date the service starts now, so no base fee is charged for earlier months. */
-    if (start == NULL)
-        tenant.service_start_s = tenant.created_s;
+    tenant.service_start_s = tenant.created_s;
     tenant.active = 1;
+    struct tenant_settings settings;
+    ledger_tenant_settings_default(&settings);
+    if (tenant_options(ledger, argc, argv, &tenant, &settings))
+        return 1;
 
-    int rc = ledger_tenant_create(ledger, &tenant);
+    int rc = ledger_tenant_create_with(ledger, &tenant, &settings);
     if (rc == HM_ERR_EXISTS)
         return fail("tenant \"%s\" or its id already exists; pick another name or id", tenant.name);
     if (rc != HM_OK)
@@ -215,6 +298,41 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
+static int tenant_set(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--service-start", "--service-end",
+                                              "--support-tier", "--issuer", NULL };
+    if (argc < 4)
+        return fail("usage: meterctl tenant set TENANT [--service-start YYYY-MM-DD] "
+                    "[--service-end YYYY-MM-DD|none] [--support-tier TIER] [--issuer NAME]");
+    struct tenant tenant;
+    if (check_options(argc, argv, 3, with_value, NULL) || find_tenant(ledger, argv[2], &tenant))
+        return 1;
+    struct tenant_settings settings;
+    int rc = ledger_tenant_settings_get(ledger, tenant.id, &settings);
+    if (rc != HM_OK)
+        return fail("cannot read the settings of tenant %s: %s", tenant.name, hm_status_str(rc));
+    if (tenant_options(ledger, argc, argv, &tenant, &settings))
+        return 1;
+    rc = ledger_tenant_update(ledger, &tenant, &settings);
+    if (rc != HM_OK)
+        return fail("cannot update tenant %s: %s", tenant.name, hm_status_str(rc));
+    printf("tenant %s updated\n", tenant.name);
+    return 0;
+}
+
+static void date_format(int64_t seconds, char *out, size_t size)
+{
+    if (seconds == 0) {
+        snprintf(out, size, "-");
+        return;
+    }
+    time_t at = (time_t)seconds;
+    struct tm tm;
+    gmtime_r(&at, &tm);
+    strftime(out, size, "%Y-%m-%d", &tm);
+}
+
 static int tenant_list(struct ledger *ledger)
 {
     struct tenant *tenants = NULL;
@@ -222,11 +340,23 @@ static int tenant_list(struct ledger *ledger)
     int rc = ledger_tenant_list(ledger, &tenants, &count);
     if (rc != HM_OK)
         return fail("cannot list tenants: %s", hm_status_str(rc));
-    printf("%-36s  %-24s  %s\n", "id", "name", "status");
+    printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %s\n", "id", "name", "status", "support",
+           "issuer", "start", "end");
     for (size_t i = 0; i < count; i++) {
-        char id[UUID_TEXT_SIZE];
+        char id[UUID_TEXT_SIZE], start[16], end[16];
         uuid_format(tenants[i].id, id);
-        printf("%-36s  %-24s  %s\n", id, tenants[i].name, tenants[i].active ? "active" : "inactive");
+        struct tenant_settings settings;
+        rc = ledger_tenant_settings_get(ledger, tenants[i].id, &settings);
+        if (rc != HM_OK) {
+            free(tenants);
+            return fail("cannot read the settings of tenant %s: %s", tenants[i].name,
+                        hm_status_str(rc));
+        }
+        date_format(tenants[i].service_start_s, start, sizeof start);
+        date_format(settings.service_end_s, end, sizeof end);
+        printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %s\n", id, tenants[i].name,
+               tenants[i].active ? "active" : "inactive", settings.support_tier, settings.issuer,
+               start, end);
     }
     free(tenants);
     return 0;
@@ -451,6 +581,206 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
+/* ---- issuer ---- */
+
+static int issuer_add(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--prefix", NULL };
+    if (argc < 3)
+        return fail("usage: meterctl issuer add NAME --prefix PREFIX");
+    if (check_options(argc, argv, 3, with_value, NULL))
+        return 1;
+    char shown[4 * ISSUER_NAME_MAX + 8];
+    escape_for_terminal(argv[2], shown, sizeof shown);
+    if (!issuer_name_valid(argv[2]))
+        return fail("invalid issuer name \"%s\": use 1 to 64 letters, digits, '.', '_' or '-', "
+                    "not starting with '.' or '-'", shown);
+    const char *prefix = option_value(argc, argv, "--prefix");
+    if (prefix == NULL)
+        return fail("missing --prefix PREFIX: the start of the issuer's document numbers");
+    size_t size = strlen(prefix);
+    if (size == 0 || size > ISSUER_PREFIX_MAX ||
+        strspn(prefix, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != size) {
+        char shown_prefix[4 * 64 + 8];
+        escape_for_terminal(prefix, shown_prefix, sizeof shown_prefix);
+        return fail("invalid prefix \"%s\": use 1 to 12 upper-case letters or digits, such as "
+                    "ACME", shown_prefix);
+    }
+    struct issuer issuer = { .created_s = (int64_t)time(NULL) };
+    snprintf(issuer.name, sizeof issuer.name, "%s", argv[2]);
+    snprintf(issuer.prefix, sizeof issuer.prefix, "%s", prefix);
+    int rc = ledger_issuer_add(ledger, &issuer);
+    if (rc == HM_ERR_EXISTS)
+        return fail("issuer \"%s\" already exists; `meterctl issuer list` shows the issuers",
+                    shown);
+    if (rc == HM_ERR_CONFLICT)
+        return fail("prefix \"%s\" is taken by another issuer; document numbers must stay "
+                    "unique, so pick another prefix", prefix);
+    if (rc != HM_OK)
+        return fail("cannot add issuer \"%s\": %s", shown, hm_status_str(rc));
+    printf("issuer %s added with prefix %s\n", issuer.name, issuer.prefix);
+    return 0;
+}
+
+static int issuer_command(struct ledger *ledger, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (strcmp(sub, "add") == 0)
+        return issuer_add(ledger, argc, argv);
+    if (strcmp(sub, "list") != 0)
+        return fail("unknown issuer command \"%s\": use issuer add or issuer list", sub);
+    if (check_options(argc, argv, 2, (const char *const[]){ NULL }, NULL))
+        return 1;
+    struct issuer *issuers = NULL;
+    size_t count = 0;
+    int rc = ledger_issuer_list(ledger, &issuers, &count);
+    if (rc != HM_OK)
+        return fail("cannot list issuers: %s", hm_status_str(rc));
+    printf("%-24s  %-12s  %s\n", "name", "prefix", "numbers");
+    for (size_t i = 0; i < count; i++)
+        printf("%-24s  %-12s  %s-000001, %s-CN-000001\n", issuers[i].name, issuers[i].prefix,
+               issuers[i].prefix, issuers[i].prefix);
+    free(issuers);
+    return 0;
+}
+
+/* ---- credit ---- */
+
+static int credit_grant(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--currency", "--expires", "--note", NULL };
+    if (argc < 4)
+        return fail("usage: meterctl credit grant TENANT AMOUNT [--currency CODE] "
+                    "[--expires YYYY-MM-DD] [--note TEXT]");
+    struct tenant tenant;
+    if (check_options(argc, argv, 4, with_value, NULL) || find_tenant(ledger, argv[2], &tenant))
+        return 1;
+    const struct money_currency *currency = NULL;
+    const char *code = option_value(argc, argv, "--currency");
+    if (code != NULL && money_currency_find(code, &currency) != HM_OK)
+        return fail("unknown currency \"%s\": use an ISO 4217 code in upper case, such as USD",
+                    code);
+    if (code == NULL) {
+        struct pricebook *book = NULL;
+        char error[512] = "";
+        if (billing_pricebook_for(ledger, &tenant, &book, error, sizeof error) != HM_OK)
+            return fail("%s; or give the grant's currency with --currency CODE", error);
+        currency = book->currency;
+        pricebook_free(book);
+    }
+    struct credit_grant grant = { .granted_s = (int64_t)time(NULL) };
+    char error[512] = "";
+    if (billing_amount_parse(argv[3], currency, &grant.amount_minor, error, sizeof error) !=
+        HM_OK)
+        return fail("%s", error);
+    const char *expires = option_value(argc, argv, "--expires");
+    if (expires != NULL && date_parse(expires, &grant.expires_s) != HM_OK)
+        return fail("invalid --expires \"%s\": expected a date that exists, as YYYY-MM-DD",
+                    expires);
+    if (expires != NULL && grant.expires_s <= grant.granted_s)
+        return fail("invalid --expires \"%s\": the date has passed; give a later date", expires);
+    const char *note = option_value(argc, argv, "--note");
+    if (note != NULL && strlen(note) > CREDIT_NOTE_MAX)
+        return fail("--note is %zu bytes; at most %d fit", strlen(note), CREDIT_NOTE_MAX);
+    snprintf(grant.note, sizeof grant.note, "%s", note ? note : "");
+    memcpy(grant.tenant_id, tenant.id, UUID_SIZE);
+    snprintf(grant.currency, sizeof grant.currency, "%s", currency->code);
+    int rc = ledger_credit_grant(ledger, &grant);
+    if (rc != HM_OK)
+        return fail("cannot store the credit grant: %s", hm_status_str(rc));
+    char amount[MONEY_TEXT_SIZE];
+    money_amount_format((struct money_amount){ grant.amount_minor }, currency, amount,
+                        sizeof amount);
+    printf("credit grant %" PRIu64 ": %s %s for tenant %s\n", grant.id, amount, currency->code,
+           tenant.name);
+    return 0;
+}
+
+static void amount_text(int64_t minor, const char *code, char *out, size_t size)
+{
+    const struct money_currency *currency = NULL;
+    if (money_currency_find(code, &currency) != HM_OK ||
+        money_amount_format((struct money_amount){ minor }, currency, out, size) != HM_OK)
+        snprintf(out, size, "%lld minor units", (long long)minor);
+}
+
+static int credit_list(struct ledger *ledger, int argc, char **argv)
+{
+    if (argc != 3)
+        return fail("usage: meterctl credit list TENANT");
+    struct tenant tenant;
+    if (find_tenant(ledger, argv[2], &tenant))
+        return 1;
+    struct credit_grant *grants = NULL;
+    size_t count = 0;
+    int rc = ledger_credit_list(ledger, tenant.id, &grants, &count);
+    if (rc != HM_OK)
+        return fail("cannot list credit grants: %s", hm_status_str(rc));
+    printf("Credit grants of %s\n\n%-6s %-8s %16s %16s  %-10s  %-10s  %s\n", tenant.name, "id",
+           "currency", "granted", "balance", "on", "expires", "note");
+    for (size_t i = 0; i < count; i++) {
+        const struct credit_grant *grant = &grants[i];
+        char amount[MONEY_TEXT_SIZE], balance[MONEY_TEXT_SIZE], on[16], expires[16];
+        amount_text(grant->amount_minor, grant->currency, amount, sizeof amount);
+        amount_text(grant->balance_minor, grant->currency, balance, sizeof balance);
+        date_format(grant->granted_s, on, sizeof on);
+        date_format(grant->expires_s, expires, sizeof expires);
+        printf("%-6" PRIu64 " %-8s %16s %16s  %-10s  %-10s  %s\n", grant->id, grant->currency,
+               amount, balance, on, grant->expires_s ? expires : "never", grant->note);
+        for (size_t j = 0; j < grant->use_count; j++) {
+            char change[MONEY_TEXT_SIZE];
+            amount_text(grant->uses[j].change_minor, grant->currency, change, sizeof change);
+            printf("       %s %s by %s\n", grant->uses[j].change_minor < 0 ? "taken   " : "restored",
+                   change, grant->uses[j].number);
+        }
+    }
+    ledger_credit_grants_free(grants, count);
+    return 0;
+}
+
+static int credit_command(struct ledger *ledger, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (strcmp(sub, "grant") == 0)
+        return credit_grant(ledger, argc, argv);
+    if (strcmp(sub, "list") == 0)
+        return credit_list(ledger, argc, argv);
+    return fail("unknown credit command \"%s\": use credit grant or credit list", sub);
+}
+
+/* ---- settings ---- */
+
+static int settings_command(struct ledger *ledger, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (strcmp(sub, "show") == 0 && argc == 2) {
+        int64_t hours = 0;
+        int rc = ledger_setting_get(ledger, BILLING_GRACE_SETTING, 0, &hours);
+        if (rc != HM_OK)
+            return fail("cannot read the settings: %s", hm_status_str(rc));
+        printf("%s %lld\n", BILLING_GRACE_SETTING, (long long)hours);
+        return 0;
+    }
+    if (strcmp(sub, "set") != 0 || argc != 4)
+        return fail("usage: meterctl settings show | meterctl settings set %s N",
+                    BILLING_GRACE_SETTING);
+    if (strcmp(argv[2], BILLING_GRACE_SETTING) != 0)
+        return fail("unknown setting \"%s\": the only setting is %s", argv[2],
+                    BILLING_GRACE_SETTING);
+    char *end = NULL;
+    errno = 0;
+    long long hours = strtoll(argv[3], &end, 10);
+    if (argv[3][0] < '0' || argv[3][0] > '9' || *end != '\0' || errno != 0 || hours < 0 ||
+        hours > BILLING_GRACE_HOURS_MAX)
+        return fail("invalid %s \"%s\": give whole hours from 0 to %d", BILLING_GRACE_SETTING,
+                    argv[3], BILLING_GRACE_HOURS_MAX);
+    int rc = ledger_setting_set(ledger, BILLING_GRACE_SETTING, hours);
+    if (rc != HM_OK)
+        return fail("cannot store the setting: %s", hm_status_str(rc));
+    printf("%s %lld\n", BILLING_GRACE_SETTING, hours);
+    return 0;
+}
+
 /* ---- usage, verify, close, invoice ---- */
 
 static const char *meter_name(enum rollup_meter meter)
@@ -484,6 +814,38 @@ static void late_events_report(struct ledger *ledger, const struct tenant *tenan
     json_decref(invoice);
 }
 
+/*
+ * Prints the late usage of the tenant's finalized periods that the next close
+ * bills: an adjustment on the invoice it closes, or a credit note when the
+ * amount went down.
+ */
+static void pending_adjustments_report(struct ledger *ledger, const struct tenant *tenant)
+{
+    struct billing_late *late = NULL;
+    size_t count = 0;
+    char error[512] = "";
+    if (billing_late_usage(ledger, tenant, 0, &late, &count, error, sizeof error) != HM_OK) {
+        printf("\nPending adjustments cannot be computed: %s\n", error);
+        return;
+    }
+    if (count > 0)
+        printf("\nPending adjustments of %s (billed at the next close of a later period):\n"
+               "%-8s %-20s %14s %14s %16s  %s\n", tenant->name, "period", "invoice", "events",
+               "late events", "difference", "becomes");
+    for (size_t i = 0; i < count; i++) {
+        char amount[MONEY_TEXT_SIZE];
+        money_amount_format((struct money_amount){ late[i].difference_minor }, late[i].currency,
+                            amount, sizeof amount);
+        printf("%04u-%02u  %-20s %14" PRIu64 " %14" PRIu64 " %12s %s  %s\n",
+               late[i].period / 100, late[i].period % 100, late[i].number, late[i].events_billed,
+               late[i].events_now - late[i].events_billed, amount, late[i].currency->code,
+               late[i].difference_minor > 0   ? "an adjustment line"
+               : late[i].difference_minor < 0 ? "a credit note"
+                                              : "no change of amount");
+    }
+    free(late);
+}
+
 static int usage_command(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--period", NULL };
@@ -512,6 +874,7 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
                events);
     }
     free(rows);
+    pending_adjustments_report(ledger, &tenant);
 
     int closed = ledger_period_closed(ledger, tenant.id, period);
     char *stored = NULL;
@@ -570,13 +933,9 @@ static int close_command(struct ledger *ledger, const char *data_dir, int argc, 
     uint32_t period;
     if (check_options(argc, argv, 1, with_value, NULL) || period_option(argc, argv, &period))
         return 1;
-    int64_t period_end_s = period_start_us(period_next(period)) / 1000000;
-    if (period_end_s > (int64_t)time(NULL)) {
-        uint32_t next = period_next(period);
-        return fail("period %04u-%02u has not ended yet (it ends %04u-%02u-01T00:00:00Z); "
-                    "close it after it ends, so that no usage of it goes unbilled",
-                    period / 100, period % 100, next / 100, next % 100);
-    }
+    char error[512] = "";
+    if (billing_close_allowed(ledger, period, (int64_t)time(NULL), error, sizeof error) != HM_OK)
+        return fail("%s", error);
     char default_dir[4096];
     snprintf(default_dir, sizeof default_dir, "%s/invoices", data_dir);
     const char *invoices_dir = option_value(argc, argv, "--invoices");
@@ -586,24 +945,38 @@ static int close_command(struct ledger *ledger, const char *data_dir, int argc, 
                : 1;
 }
 
-static int invoice_command(struct ledger *ledger, int argc, char **argv)
+static int invoice_show(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--period", NULL };
     static const char *const flags[] = { "--json", NULL };
-    uint32_t period;
-    struct tenant tenant;
-    if (argc < 3 || strcmp(argv[1], "show") != 0)
-        return fail("usage: meterctl invoice show TENANT --period YYYY-MM [--json]");
-    if (check_options(argc, argv, 3, with_value, flags) || period_option(argc, argv, &period) ||
-        find_tenant(ledger, argv[2], &tenant))
+    if (argc < 3)
+        return fail("usage: meterctl invoice show NUMBER [--json] | "
+                    "meterctl invoice show TENANT --period YYYY-MM [--json]");
+    if (check_options(argc, argv, 3, with_value, flags))
         return 1;
     char *json = NULL;
-    int rc = ledger_invoice_get(ledger, tenant.id, period, &json);
-    if (rc == HM_ERR_NOT_FOUND)
-        return fail("tenant %s has no invoice for %04u-%02u: the period is open; "
-                    "`meterctl usage %s --period %04u-%02u` shows the draft",
-                    tenant.name, period / 100, period % 100, tenant.name, period / 100,
-                    period % 100);
+    int rc;
+    if (option_value(argc, argv, "--period") == NULL) {
+        rc = ledger_document_get(ledger, argv[2], &json);
+        if (rc == HM_ERR_NOT_FOUND) {
+            char shown[256];
+            escape_for_terminal(argv[2], shown, sizeof shown);
+            return fail("invoice or credit note \"%s\" not found; `meterctl invoice list` shows "
+                        "the numbers, and `meterctl invoice show TENANT --period YYYY-MM` finds "
+                        "a tenant's invoice", shown);
+        }
+    } else {
+        uint32_t period;
+        struct tenant tenant;
+        if (period_option(argc, argv, &period) || find_tenant(ledger, argv[2], &tenant))
+            return 1;
+        rc = ledger_invoice_get(ledger, tenant.id, period, &json);
+        if (rc == HM_ERR_NOT_FOUND)
+            return fail("tenant %s has no invoice for %04u-%02u: the period is open; "
+                        "`meterctl usage %s --period %04u-%02u` shows the draft",
+                        tenant.name, period / 100, period % 100, tenant.name, period / 100,
+                        period % 100);
+    }
     if (rc != HM_OK)
         return fail("cannot read the invoice: %s", hm_status_str(rc));
     if (has_flag(argc, argv, "--json"))
@@ -614,6 +987,131 @@ static int invoice_command(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
+struct invoice_filter {
+    int has_tenant;
+    char tenant_id[UUID_TEXT_SIZE];
+    char period[16];
+    size_t count;
+};
+
+static int invoice_list_row(void *context, const char *number, const char *text)
+{
+    struct invoice_filter *filter = context;
+    json_error_t error;
+    json_t *document = json_loads(text, 0, &error);
+    if (document == NULL)
+        return HM_OK;
+    const char *tenant = json_string_value(json_object_get(document, "tenant_id"));
+    const char *period = json_string_value(json_object_get(document, "period"));
+    if ((filter->has_tenant && (tenant == NULL || strcmp(tenant, filter->tenant_id) != 0)) ||
+        (filter->period[0] && (period == NULL || strcmp(period, filter->period) != 0))) {
+        json_decref(document);
+        return HM_OK;
+    }
+    const char *type = json_string_value(json_object_get(document, "document_type"));
+    int note = type != NULL && strcmp(type, "credit_note") == 0;
+    json_t *amount = json_object_get(document, note ? "amount" : "total");
+    const char *shown_number = number ? number
+                                      : json_string_value(json_object_get(document,
+                                                                          "invoice_number"));
+    const char *status = json_string_value(json_object_get(document, "status"));
+    json_int_t revision = json_integer_value(json_object_get(document, "revision"));
+    const char *issuer = json_string_value(json_object_get(document, "issuer"));
+    printf("%-20s %-12s %-20s %-8s %-10s %4lld %-12s %14s %s%s%s\n",
+           shown_number ? shown_number : "-", note ? "credit_note" : "invoice",
+           json_string_value(json_object_get(document, "tenant_name")),
+           period ? period : "-", status ? status : "-", (long long)(revision ? revision : 1),
+           issuer ? issuer : ISSUER_DEFAULT,
+           json_string_value(json_object_get(amount, "amount")),
+           json_string_value(json_object_get(document, "currency")), note ? "  for " : "",
+           note ? json_string_value(json_object_get(document, "credited_invoice")) : "");
+    filter->count++;
+    json_decref(document);
+    return HM_OK;
+}
+
+static int invoice_list(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--tenant", "--period", NULL };
+    if (check_options(argc, argv, 2, with_value, NULL))
+        return 1;
+    struct invoice_filter filter = { 0 };
+    const char *tenant_name = option_value(argc, argv, "--tenant");
+    if (tenant_name != NULL) {
+        struct tenant tenant;
+        if (find_tenant(ledger, tenant_name, &tenant))
+            return 1;
+        uuid_format(tenant.id, filter.tenant_id);
+        filter.has_tenant = 1;
+    }
+    if (option_value(argc, argv, "--period") != NULL) {
+        uint32_t period;
+        if (period_option(argc, argv, &period))
+            return 1;
+        snprintf(filter.period, sizeof filter.period, "%04u-%02u", period / 100, period % 100);
+    }
+    printf("%-20s %-12s %-20s %-8s %-10s %4s %-12s %14s %s\n", "number", "type", "tenant",
+           "period", "status", "rev", "issuer", "amount", "currency");
+    int rc = ledger_document_each(ledger, invoice_list_row, &filter);
+    if (rc != HM_OK)
+        return fail("cannot list the documents: %s", hm_status_str(rc));
+    if (filter.count == 0)
+        printf("(none)\n");
+    return 0;
+}
+
+static int invoice_void(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--reason", NULL };
+    if (argc < 3 || check_options(argc, argv, 3, with_value, NULL))
+        return argc < 3 ? fail("usage: meterctl invoice void NUMBER --reason TEXT") : 1;
+    const char *reason = option_value(argc, argv, "--reason");
+    if (reason == NULL || reason[0] == '\0')
+        return fail("missing --reason TEXT: a void is recorded with its reason");
+    char error[512] = "";
+    if (billing_void(ledger, argv[2], reason, (int64_t)time(NULL), error, sizeof error) != HM_OK)
+        return fail("%s", error);
+    printf("invoice %s is void; its period is open again, and the next close issues the next "
+           "revision\n", argv[2]);
+    return 0;
+}
+
+static int invoice_credit_note(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--amount", "--reason", NULL };
+    if (argc < 3 || check_options(argc, argv, 3, with_value, NULL))
+        return argc < 3 ? fail("usage: meterctl invoice credit-note NUMBER --amount X "
+                               "--reason TEXT")
+                        : 1;
+    const char *amount = option_value(argc, argv, "--amount");
+    const char *reason = option_value(argc, argv, "--reason");
+    if (amount == NULL)
+        return fail("missing --amount X: the amount to credit, in the invoice's currency");
+    if (reason == NULL || reason[0] == '\0')
+        return fail("missing --reason TEXT: a credit note states its reason");
+    char error[512] = "", number[DOCUMENT_NUMBER_MAX] = "";
+    if (billing_credit_note(ledger, argv[2], amount, reason, (int64_t)time(NULL), number, error,
+                            sizeof error) != HM_OK)
+        return fail("%s", error);
+    printf("credit note %s issued against %s\n", number, argv[2]);
+    return 0;
+}
+
+static int invoice_command(struct ledger *ledger, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (strcmp(sub, "show") == 0)
+        return invoice_show(ledger, argc, argv);
+    if (strcmp(sub, "list") == 0)
+        return invoice_list(ledger, argc, argv);
+    if (strcmp(sub, "void") == 0)
+        return invoice_void(ledger, argc, argv);
+    if (strcmp(sub, "credit-note") == 0)
+        return invoice_credit_note(ledger, argc, argv);
+    return fail("unknown invoice command \"%s\": use show, list, void, credit-note or explain",
+                sub);
+}
+
 static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     const char *command = argv[0];
@@ -622,6 +1120,14 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return tenant_create(ledger, argc, argv);
     if (strcmp(command, "tenant") == 0 && strcmp(sub, "list") == 0)
         return tenant_list(ledger);
+    if (strcmp(command, "tenant") == 0 && strcmp(sub, "set") == 0)
+        return tenant_set(ledger, argc, argv);
+    if (strcmp(command, "issuer") == 0)
+        return issuer_command(ledger, argc, argv);
+    if (strcmp(command, "credit") == 0)
+        return credit_command(ledger, argc, argv);
+    if (strcmp(command, "settings") == 0)
+        return settings_command(ledger, argc, argv);
     if (strcmp(command, "key") == 0 && strcmp(sub, "create") == 0)
         return key_create(ledger, argc, argv);
     if (strcmp(command, "key") == 0 && strcmp(sub, "revoke") == 0)
@@ -636,10 +1142,15 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return verify_command(ledger, argc, argv);
     if (strcmp(command, "close") == 0)
         return close_command(ledger, data_dir, argc, argv);
+    if (strcmp(command, "invoice") == 0 && strcmp(sub, "explain") == 0)
+        return explain_invoice_command(ledger, argc, argv, stdout);
     if (strcmp(command, "invoice") == 0)
         return invoice_command(ledger, argc, argv);
+    if (strcmp(command, "rerate") == 0)
+        return explain_rerate_command(ledger, argc, argv, stdout);
     if (strcmp(command, "tenant") == 0)
-        return fail("unknown tenant command \"%s\": use tenant create or tenant list", sub);
+        return fail("unknown tenant command \"%s\": use tenant create, tenant set or tenant "
+                    "list", sub);
     if (strcmp(command, "key") == 0)
         return fail("unknown key command \"%s\": use key create, key revoke or key list", sub);
     return fail("unknown command \"%s\"; see meterctl --help", command);
@@ -681,8 +1192,13 @@ int main(int argc, char **argv)
     if (!creates && access(data_file, F_OK) != 0)
         return fail("no ledger in %s; check --data or METER_DATA, or start one with "
                     "`meterctl tenant create NAME`", data_dir);
+    /* rerate and invoice explain only read, so they open the ledger read-only. */
+    int reads_only = strcmp(argv[first], "rerate") == 0 ||
+                     (argc - first >= 2 && strcmp(argv[first], "invoice") == 0 &&
+                      strcmp(argv[first + 1], "explain") == 0);
+    struct ledger_options options = { .read_only = reads_only };
     struct ledger *ledger = NULL;
-    int rc = ledger_open(&ledger, data_dir, NULL);
+    int rc = ledger_open(&ledger, data_dir, &options);
     if (rc != HM_OK)
         return fail("cannot open the ledger in %s: %s", data_dir, hm_status_str(rc));
     int status = dispatch(ledger, data_dir, argc - first, argv + first);

@@ -1136,8 +1136,12 @@ static int apply_credits(struct rating *rating)
                          (unsigned long long)credit->id, (long long)credit->balance_minor);
             return HM_ERR_INVALID;
         }
-        bool in_time = credit->granted_s < usage->period_end_s &&
-                       (credit->expires_s == 0 || credit->expires_s > usage->period_start_s);
+        /*
+         * A grant that exists when the invoice is rated pays it, even when it
+         * was granted after the period ended (a top-up during the grace
+         * window); only a grant that expired before the period began is kept.
+         */
+        bool in_time = credit->expires_s == 0 || credit->expires_s > usage->period_start_s;
         if (!in_time || credit->balance_minor == 0)
             continue;
 

@@ -50,9 +50,9 @@ struct usage_item {
 
 /*
  * A prepaid credit grant with its balance before this rating. Rating burns
- * the grants that apply (granted before the period's end, expiring after its
- * start) in order: earliest expiry first, grants without expiry last, then
- * earliest granted_s, then lowest id.
+ * the grants that apply (those not expired at the period's start, however
+ * late they were granted) in order: earliest expiry first, grants without
+ * expiry last, then earliest granted_s, then lowest id.
  */
 struct usage_credit {
     uint64_t id;

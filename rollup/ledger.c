@@ -18,6 +18,7 @@ struct log_limit ledger_error_log = LOG_LIMIT_INIT(10, 10);
 static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
     "keys",   "pricebooks", "periods", "invoices", "meta",
+    "tenant_settings", "issuers", "documents", "book_snapshots", "billed", "credits",
 };
 
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
@@ -68,6 +69,9 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     for (int i = 0; i < TABLE_COUNT; i++) {
         unsigned table_flags = options && options->read_only ? 0 : MDB_CREATE;
         rc = mdb_dbi_open(txn, table_names[i], table_flags, &ledger->tables[i]);
+        if (rc == MDB_NOTFOUND)
+            log_error("ledger", "the ledger in %s has no table \"%s\" yet; open it once "
+                      "read-write (any meterctl command) to add it", dir, table_names[i]);
         if (rc != 0) {
             mdb_txn_abort(txn);
             goto fail_open;
@@ -256,10 +260,10 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
     /*
-     * NOTE: an event of a period that is already closed is stored and rolled
-     * up like any other, but nothing bills it yet. The sealed invoice stays as
-     * it was, and no adjustment line on a later invoice picks it up. `meterctl
-     * usage` reports how many there are, from the event count in the invoice.
+     * An event of a period that is already closed is stored and rolled up like
+     * any other, and the sealed invoice stays as it was. The next close of a
+     * later period compares the event count with the billed one and bills the
+     * difference (engine/lib/billing.c, billing_late_usage).
      */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
     rc = event_rollups(event, append_sink, &context);

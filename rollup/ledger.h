@@ -194,7 +194,259 @@ int ledger_period_close(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZ
 /* Within a write transaction: returns the next invoice sequence number (1, 2, ...). */
 int ledger_next_invoice_seq(struct ledger_txn *txn, uint64_t *seq_out);
 
+/*
+ * Reads the current invoice of a tenant's period: the document that the
+ * period points to (finalized, or void until the period is closed again),
+ * or the JSON that older ledgers stored in place. *json_out is allocated.
+ * HM_ERR_NOT_FOUND when the period has no invoice.
+ */
 int ledger_invoice_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                        uint32_t period, char **json_out);
+
+/* ---- Tenant settings ---- */
+
+#define ISSUER_NAME_MAX 64
+#define ISSUER_PREFIX_MAX 12
+#define ISSUER_DEFAULT "default"
+#define ISSUER_DEFAULT_PREFIX "HM"
+#define SUPPORT_TIER_NAME_MAX 15
+/* Room for PREFIX-CN-nnnnnn with a counter up to 2^64 - 1. */
+#define DOCUMENT_NUMBER_MAX 40
+
+/*
+ * Settings of a tenant beside its record. They live in their own table as
+ * versioned JSON, so that tenant records written by older versions are read
+ * unchanged; a tenant without a settings record has the defaults.
+ */
+struct tenant_settings {
+    char support_tier[SUPPORT_TIER_NAME_MAX + 1]; /* "none", "basic", "pro" or "enterprise" */
+    char issuer[ISSUER_NAME_MAX + 1];             /* issuer of its documents */
+    int64_t service_end_s;                        /* end of service (exclusive); 0 for none */
+};
+
+/* Fills the defaults: support tier "none", issuer "default", no service end. */
+void ledger_tenant_settings_default(struct tenant_settings *out);
+
+/* Reads a tenant's settings, or the defaults when none are stored. */
+int ledger_tenant_settings_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                               struct tenant_settings *out);
+
+/*
+ * Creates a tenant with its settings in one transaction. HM_ERR_EXISTS when
+ * the id or name is taken, HM_ERR_NOT_FOUND when settings->issuer is unknown.
+ */
+int ledger_tenant_create_with(struct ledger *ledger, const struct tenant *tenant,
+                              const struct tenant_settings *settings);
+
+/*
+ * Rewrites an existing tenant's record (same id and name) and its settings
+ * in one transaction. HM_ERR_NOT_FOUND for an unknown tenant or issuer,
+ * HM_ERR_INVALID when the name differs from the stored one.
+ */
+int ledger_tenant_update(struct ledger *ledger, const struct tenant *tenant,
+                         const struct tenant_settings *settings);
+
+/* ---- Ledger settings ---- */
+
+/* Reads an integer setting stored with ledger_setting_set; *value_out = fallback when unset. */
+int ledger_setting_get(struct ledger *ledger, const char *name, int64_t fallback,
+                       int64_t *value_out);
+int ledger_setting_set(struct ledger *ledger, const char *name, int64_t value);
+
+/* ---- Issuers and document numbers ---- */
+
+/*
+ * An issuer of invoices and credit notes, with its own gapless sequences.
+ * The built-in issuer "default" (prefix "HM") always exists and is not stored.
+ */
+struct issuer {
+    char name[ISSUER_NAME_MAX + 1];
+    char prefix[ISSUER_PREFIX_MAX + 1]; /* 1 to 12 of [A-Z0-9], unique among issuers */
+    int64_t created_s;
+};
+
+/* Adds an issuer. HM_ERR_EXISTS when the name is taken, HM_ERR_CONFLICT when the prefix is. */
+int ledger_issuer_add(struct ledger *ledger, const struct issuer *issuer);
+/* Reads an issuer by name; HM_ERR_NOT_FOUND when unknown. */
+int ledger_issuer_get(struct ledger *ledger, const char *name, struct issuer *out);
+/* Lists the issuers, "default" first, then by name; the caller frees *issuers_out. */
+int ledger_issuer_list(struct ledger *ledger, struct issuer **issuers_out, size_t *count_out);
+
+enum document_kind {
+    DOCUMENT_INVOICE = 1,     /* PREFIX-000001, ... */
+    DOCUMENT_CREDIT_NOTE = 2, /* PREFIX-CN-000001, ... */
+};
+
+/*
+ * Within a write transaction: takes the next number of an issuer's sequence
+ * of invoices or credit notes and formats it into number_out (at least
+ * DOCUMENT_NUMBER_MAX bytes). The counter changes with the transaction, so
+ * an aborted transaction takes no number and the sequence stays gapless.
+ * The invoice counter of "default" is the counter of older ledgers, so that
+ * the numbers already issued stay valid. HM_ERR_NOT_FOUND for an unknown issuer.
+ */
+int ledger_number_next(struct ledger_txn *txn, const char *issuer, enum document_kind kind,
+                       char *number_out, size_t number_size);
+
+/* ---- Documents: sealed invoices and credit notes by number ---- */
+
+/* Within a write transaction: stores a new document; HM_ERR_EXISTS when the number is used. */
+int ledger_document_put(struct ledger_txn *txn, const char *number, const char *json);
+/* Within a write transaction: replaces a stored document (a void); HM_ERR_NOT_FOUND when none. */
+int ledger_document_replace(struct ledger_txn *txn, const char *number, const char *json);
+/*
+ * Reads a document by number, also an invoice that an older ledger stored
+ * only under its period. *json_out is allocated. HM_ERR_NOT_FOUND when none.
+ */
+int ledger_document_get(struct ledger *ledger, const char *number, char **json_out);
+/* The same within a write transaction, so that it sees the transaction's own writes. */
+int ledger_document_get_txn(struct ledger_txn *txn, const char *number, char **json_out);
+
+/*
+ * Calls visit(context, number, json) for every document in number order,
+ * then for every invoice that an older ledger stored only under its period
+ * (number NULL). A nonzero return of visit stops the walk and is returned.
+ */
+int ledger_document_each(struct ledger *ledger,
+                         int (*visit)(void *context, const char *number, const char *json),
+                         void *context);
+
+/*
+ * Within a write transaction: closes a tenant's period and points it at the
+ * stored document `number`. HM_ERR_STATE when the period is closed.
+ */
+int ledger_period_close_with(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                             uint32_t period, const char *number);
+
+/*
+ * Within a write transaction: points a tenant's period at document `number`
+ * without closing it, for a void of an invoice that an older ledger stored
+ * in place.
+ */
+int ledger_invoice_point(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t period, const char *number);
+
+/*
+ * Within a write transaction: reopens a closed period, which keeps pointing
+ * at its (void) invoice until the next close. HM_ERR_STATE when it is open.
+ */
+int ledger_period_reopen(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t period);
+
+/*
+ * Within a write transaction: copies the number of the period's current
+ * invoice into number_out (DOCUMENT_NUMBER_MAX bytes). An invoice of an
+ * older ledger gives its "invoice_number". HM_ERR_NOT_FOUND when none.
+ */
+int ledger_invoice_number_txn(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                              uint32_t period, char *number_out, size_t number_size);
+
+/* ---- Price book snapshots ---- */
+
+#define BOOK_SHA256_HEX_SIZE 65
+
+/* Computes the SHA-256 of a book's text as 64 lowercase hex digits. */
+void ledger_book_sha256(const char *json, char hex_out[BOOK_SHA256_HEX_SIZE]);
+
+/*
+ * Reads the price book of a scope and its SHA-256. A scope of an older
+ * ledger that stored the text in place gets the hash of that text.
+ */
+int ledger_pricebook_get_snapshot(struct ledger *ledger, const char *scope, char **json_out,
+                                  char sha256_out[BOOK_SHA256_HEX_SIZE]);
+
+/* Reads a stored snapshot by its SHA-256 hex; HM_ERR_NOT_FOUND when none. */
+int ledger_book_snapshot_get(struct ledger *ledger, const char *sha256_hex, char **json_out);
+
+/* Within a write transaction: stores a snapshot under its hash, unless present. */
+int ledger_book_snapshot_put(struct ledger_txn *txn, const char *json);
+
+/* ---- Prepaid credit grants ---- */
+
+#define CREDIT_NOTE_MAX 128
+
+/* One change of a grant's balance: taken by an invoice (< 0) or given back by its void (> 0). */
+struct credit_use {
+    char number[DOCUMENT_NUMBER_MAX];
+    int64_t change_minor;
+    int64_t at_s;
+};
+
+struct credit_grant {
+    uint64_t id; /* assigned by ledger_credit_grant: 1, 2, ... over all tenants */
+    uint8_t tenant_id[UUID_SIZE];
+    char currency[4];
+    int64_t amount_minor;  /* granted, > 0, in the currency's minor unit */
+    int64_t balance_minor; /* what is left, 0 to amount_minor */
+    int64_t granted_s;
+    int64_t expires_s; /* 0: never */
+    char note[CREDIT_NOTE_MAX + 1];
+    size_t use_count;
+    struct credit_use *uses; /* owned; freed by ledger_credit_grants_free */
+};
+
+/* Stores a new grant with its balance equal to its amount and sets grant->id. */
+int ledger_credit_grant(struct ledger *ledger, struct credit_grant *grant);
+
+/* Lists a tenant's grants by id; free them with ledger_credit_grants_free. */
+int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                       struct credit_grant **grants_out, size_t *count_out);
+void ledger_credit_grants_free(struct credit_grant *grants, size_t count);
+
+/*
+ * Within a write transaction: changes a grant's balance by change_minor on
+ * behalf of document `number`, and records the change. HM_ERR_NOT_FOUND for
+ * an unknown grant, HM_ERR_INVALID when the balance would leave 0..amount.
+ */
+int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t grant_id, int64_t change_minor, const char *number,
+                         int64_t at_s);
+
+/* ---- Billed state of a closed period ---- */
+
+/* One change of what a closed period has billed, after its invoice. */
+struct billed_change {
+    char number[DOCUMENT_NUMBER_MAX]; /* the invoice or credit note that carries it */
+    int64_t amount_minor;             /* > 0 late usage billed later, < 0 a credit note */
+    uint64_t events_after;            /* the period's event count it accounts for */
+    int late_usage;                   /* 1: a late usage correction; 0: a manual credit note */
+};
+
+/*
+ * What a finalized period has billed: the state that late events are
+ * compared with when a later period closes.
+ */
+struct billed_period {
+    uint32_t period;
+    char number[DOCUMENT_NUMBER_MAX]; /* the period's current invoice */
+    char issuer[ISSUER_NAME_MAX + 1];
+    char currency[4];
+    char book_sha256[BOOK_SHA256_HEX_SIZE]; /* empty: billed before snapshots existed */
+    uint64_t events;       /* events the billed amounts account for */
+    int64_t net_minor;     /* invoice subtotal - discount when it was finalized */
+    int64_t total_minor;   /* invoice total (after credits) when it was finalized */
+    int recheck;           /* 1: compare again at the next close, even with the same events */
+    size_t change_count;
+    struct billed_change *changes; /* owned; freed by ledger_billed_free */
+};
+
+void ledger_billed_free(struct billed_period *billed);
+
+/* Reads the billed state of a tenant's period; HM_ERR_NOT_FOUND when none. */
+int ledger_billed_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                      uint32_t period, struct billed_period *out);
+int ledger_billed_get_txn(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                          uint32_t period, struct billed_period *out);
+
+/* Lists every billed period of a tenant in period order; free each, then the array. */
+int ledger_billed_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                       struct billed_period **periods_out, size_t *count_out);
+
+/* Within a write transaction: stores (or replaces) the billed state of a period. */
+int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                      const struct billed_period *billed);
+/* Within a write transaction: removes it (HM_OK when there was none). */
+int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t period);
 
 #endif

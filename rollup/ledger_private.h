@@ -19,10 +19,16 @@ enum table {
     TABLE_TENANTS,    /* tenant(16) -> struct tenant_value */
     TABLE_NAMES,      /* tenant name -> tenant(16) */
     TABLE_KEYS,       /* key id(8, BE) -> struct key_value */
-    TABLE_PRICEBOOKS, /* scope -> JSON text */
+    TABLE_PRICEBOOKS, /* scope -> SHA-256 hex of a book snapshot, or the JSON text (older ledgers) */
     TABLE_PERIODS,    /* tenant(16) period(4, BE) -> closed flag(1) */
-    TABLE_INVOICES,   /* tenant(16) period(4, BE) -> JSON text */
+    TABLE_INVOICES,   /* tenant(16) period(4, BE) -> current invoice number, or JSON (older) */
     TABLE_META,       /* name -> value */
+    TABLE_TENANT_SETTINGS, /* tenant(16) -> settings JSON {"version": 1, ...} */
+    TABLE_ISSUERS,    /* issuer name -> issuer JSON {"version": 1, ...} */
+    TABLE_DOCUMENTS,  /* document number -> sealed invoice or credit note JSON */
+    TABLE_BOOK_SNAPSHOTS, /* SHA-256 hex of a price book's text -> the text */
+    TABLE_BILLED,     /* tenant(16) period(4, BE) -> billed state JSON {"version": 1, ...} */
+    TABLE_CREDITS,    /* tenant(16) grant id(8, BE) -> credit grant JSON {"version": 1, ...} */
     TABLE_COUNT,
 };
 
@@ -113,5 +119,8 @@ static inline int read_begin(struct ledger *ledger, MDB_txn **txn)
     int rc = txn_begin(ledger, MDB_RDONLY, txn);
     return rc == 0 ? HM_OK : status_of(rc, "begin read transaction");
 }
+
+/* Returns 1 when a price book scope's value names a snapshot by its hash, 0 for inline text. */
+int ledger_pricebook_is_reference(const MDB_val *value);
 
 #endif

@@ -290,14 +290,35 @@ void ledger_read_end(struct ledger *ledger)
 
 /* ---- Price books, periods and invoices ---- */
 
+/* A scope's value is the SHA-256 hex of a snapshot; older ledgers stored the book's text. */
+int ledger_pricebook_is_reference(const MDB_val *value)
+{
+    if (value->mv_size != BOOK_SHA256_HEX_SIZE - 1)
+        return 0;
+    const char *text = value->mv_data;
+    for (size_t i = 0; i < value->mv_size; i++) {
+        if (!((text[i] >= '0' && text[i] <= '9') || (text[i] >= 'a' && text[i] <= 'f')))
+            return 0;
+    }
+    return 1;
+}
+
 int ledger_pricebook_put(struct ledger *ledger, const char *scope, const char *json)
 {
     MDB_txn *txn;
     int rc = write_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    MDB_val key = { strlen(scope), (void *)scope }, value = { strlen(json), (void *)json };
-    rc = mdb_put(txn, ledger->tables[TABLE_PRICEBOOKS], &key, &value, 0);
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    ledger_book_sha256(json, sha256);
+    MDB_val hash = { BOOK_SHA256_HEX_SIZE - 1, sha256 };
+    MDB_val text = { strlen(json), (void *)json };
+    rc = mdb_put(txn, ledger->tables[TABLE_BOOK_SNAPSHOTS], &hash, &text, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST)
+        rc = 0;
+    MDB_val key = { strlen(scope), (void *)scope };
+    if (rc == 0)
+        rc = mdb_put(txn, ledger->tables[TABLE_PRICEBOOKS], &key, &hash, 0);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "store price book");
@@ -307,8 +328,8 @@ int ledger_pricebook_put(struct ledger *ledger, const char *scope, const char *j
 
 int ledger_pricebook_get(struct ledger *ledger, const char *scope, char **json_out)
 {
-    MDB_val key = { strlen(scope), (void *)scope };
-    return get_text(ledger, TABLE_PRICEBOOKS, &key, json_out);
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    return ledger_pricebook_get_snapshot(ledger, scope, json_out, sha256);
 }
 
 static void period_key(uint8_t key[UUID_SIZE + 4], const uint8_t tenant_id[UUID_SIZE],
@@ -380,5 +401,21 @@ int ledger_invoice_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, period);
     MDB_val key = { sizeof key_bytes, key_bytes };
-    return get_text(ledger, TABLE_INVOICES, &key, json_out);
+    char *value = NULL;
+    int rc = get_text(ledger, TABLE_INVOICES, &key, &value);
+    if (rc != HM_OK)
+        return rc;
+    /* Older ledgers stored the invoice itself; newer ones its document number. */
+    if (value[0] == '{') {
+        *json_out = value;
+        return HM_OK;
+    }
+    MDB_val number = { strlen(value), value };
+    rc = get_text(ledger, TABLE_DOCUMENTS, &number, json_out);
+    if (rc == HM_ERR_NOT_FOUND) {
+        log_error("ledger", "a period points to invoice %s, which is not stored", value);
+        rc = HM_ERR_STORAGE;
+    }
+    free(value);
+    return rc;
 }

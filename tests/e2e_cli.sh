@@ -62,6 +62,52 @@ expect_error "price book bad decimal" '$.tokens_per_million.m.input' $meterctl p
 expect_error "bad price book not stored" "no default price book" \
   bash -c "$meterctl pricebook load '$work/bad-book.json' >/dev/null 2>&1; $meterctl pricebook show"
 
+# Issuers, tenant settings, credits, documents and settings: each bad value is named.
+expect_error "unknown issuer on create" '"nobody"' $meterctl tenant create other-co --issuer nobody
+expect_error "unknown issuer fix" "meterctl issuer list" $meterctl tenant set acme --issuer nobody
+expect_error "lower-case prefix" '"ac"' $meterctl issuer add acme-inc --prefix ac
+expect_error "prefix too long" '"ABCDEFGHIJKLM"' $meterctl issuer add acme-inc --prefix ABCDEFGHIJKLM
+expect_error "prefix with a dash" '"A-B"' $meterctl issuer add acme-inc --prefix A-B
+expect_error "missing prefix" "missing --prefix" $meterctl issuer add acme-inc
+expect_error "prefix of the default issuer" '"HM" is taken' $meterctl issuer add other --prefix HM
+$meterctl issuer add acme-inc --prefix ACME >/dev/null
+expect_error "issuer added twice" "already exists" $meterctl issuer add acme-inc --prefix ACME2
+expect_error "default issuer added" "already exists" $meterctl issuer add default --prefix DEF
+expect_error "issuer name" '"bad name"' $meterctl issuer add "bad name" --prefix BAD
+expect_error "support tier" '"gold"' $meterctl tenant set acme --support-tier gold
+expect_error "service end before start" "ends before it starts" \
+  $meterctl tenant create early --service-start 2024-05-01 --service-end 2024-04-01
+expect_error "service end date" '"2024-13-01"' $meterctl tenant set acme --service-end 2024-13-01
+expect_error "tenant set without options" "usage: meterctl tenant set" $meterctl tenant set acme
+expect_error "credit amount with a comma" '"1,00"' $meterctl credit grant acme 1,00 --currency USD
+expect_error "credit amount below the minor unit" '"0.001"' $meterctl credit grant acme 0.001 --currency USD
+expect_error "credit amount negative" '"-5"' $meterctl credit grant acme -5 --currency USD
+expect_error "credit currency" '"usd"' $meterctl credit grant acme 5 --currency usd
+expect_error "credit currency without a book" "--currency CODE" $meterctl credit grant acme 5
+expect_error "credit expiry" '"2024-02-30"' $meterctl credit grant acme 5 --currency USD --expires 2024-02-30
+expect_error "unknown document" '"HM-000999"' $meterctl invoice show HM-000999
+expect_error "void without a reason" "missing --reason" $meterctl invoice void HM-000001
+expect_error "credit note without an amount" "missing --amount" \
+  $meterctl invoice credit-note HM-000001 --reason x
+expect_error "unknown invoice subcommand" '"frob"' $meterctl invoice frob
+expect_error "unknown setting" '"close-grace"' $meterctl settings set close-grace 1
+expect_error "grace hours" '"many"' $meterctl settings set close-grace-hours many
+$meterctl tenant create other-co --service-start 2023-11-01 --support-tier pro --issuer acme-inc \
+  --service-end 2031-01-01 >/dev/null
+if $meterctl tenant list | grep "other-co" | grep -q "pro  *acme-inc  *2023-11-01  *2031-01-01" &&
+   $meterctl tenant list | grep "acme " | grep -q "none  *default"; then
+  echo "ok   tenant list shows the settings"
+else
+  echo "FAIL tenant list does not show the settings: $($meterctl tenant list)"
+  failures=$((failures + 1))
+fi
+if $meterctl issuer list | grep -q "acme-inc  *ACME  *ACME-000001, ACME-CN-000001"; then
+  echo "ok   issuer list shows the prefixes"
+else
+  echo "FAIL issuer list: $($meterctl issuer list)"
+  failures=$((failures + 1))
+fi
+
 # A close without any price book fails for every tenant and closes nothing.
 expect_error "close without a price book" "meterctl pricebook load" $meterctl close --period 2024-01
 $meterctl pricebook load "$source_dir/data/pricebooks/default.json" >/dev/null
@@ -85,7 +131,7 @@ if $meterctl usage acme --period 2023-11 | grep -q "Base platform fee"; then
 else
   echo "ok   no base fee before the service start"
 fi
-expect_error "unknown tenant subcommand" "use tenant create or tenant list" $meterctl tenant
+expect_error "unknown tenant subcommand" "use tenant create, tenant set or tenant list" $meterctl tenant
 
 expect_error "meterd port out of range" '"70000"' $build/meterd --data "$work/data" --tcp-port 70000
 expect_error "meterd log level" '"loud"' $build/meterd --data "$work/data" --log-level loud

@@ -948,7 +948,8 @@ Test(pricing_credits, grant_without_expiry_burns_last)
     pricebook_free(book);
 }
 
-Test(pricing_credits, expired_and_future_grants_ignored)
+/* A grant that expired when the period began is kept; one granted after the period still pays. */
+Test(pricing_credits, expired_grant_ignored_later_grant_used)
 {
     struct pricebook *book = load_book(PB1_PATH);
     struct fixture fixture;
@@ -956,12 +957,14 @@ Test(pricing_credits, expired_and_future_grants_ignored)
 
     usage_begin(&fixture, 202406, JUN_2024_START, JUL_2024_START);
     credit_add(&fixture, 1, 5000, JAN_2024_START, JUN_2024_START);
-    credit_add(&fixture, 2, 5000, JUL_2024_START, 0);
+    credit_add(&fixture, 2, 3000, JUL_2024_START, 0);
     rate_ok(&fixture, book, &invoice);
 
-    cr_assert(eq(sz, invoice.credit_count, 0));
-    cr_assert(eq(i64, invoice.credits_applied.minor, 0));
-    cr_assert(eq(i64, invoice.total.minor, 10000));
+    cr_assert(eq(sz, invoice.credit_count, 1));
+    cr_assert(eq(u64, invoice.credits[0].id, 2));
+    cr_assert(eq(i64, invoice.credits[0].balance_after_minor, 0));
+    cr_assert(eq(i64, invoice.credits_applied.minor, 3000));
+    cr_assert(eq(i64, invoice.total.minor, 7000));
     invoice_free(&invoice);
     pricebook_free(book);
 }

@@ -26,9 +26,19 @@ _Static_assert((int)ROLLUP_TRANSFER_BYTES == (int)METER_TRANSFER_BYTES, "meters 
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                          struct usage_totals *usage, uint64_t *event_count_out)
 {
+    struct tenant_settings settings;
+    int rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
+    if (rc != HM_OK)
+        return rc;
+    enum support_tier tier = SUPPORT_NONE;
+    if (support_tier_parse(settings.support_tier, &tier) != HM_OK) {
+        log_error("billing", "tenant %s has the unknown support tier \"%s\"", tenant->name,
+                  settings.support_tier);
+        return HM_ERR_STORAGE;
+    }
     struct rollup_row *rows = NULL;
     size_t count = 0;
-    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
     if (rc != HM_OK)
         return rc;
     memset(usage, 0, sizeof *usage);
@@ -64,20 +74,25 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
     usage->period_start_s = period_start_us(period) / 1000000;
     usage->period_end_s = period_start_us(period_next(period)) / 1000000;
     usage->service_start_s = tenant->service_start_s;
+    usage->service_end_s = settings.service_end_s;
+    usage->support_tier = tier;
     if (event_count_out != NULL)
         *event_count_out = events;
     return HM_OK;
 }
 
-int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
-                          struct pricebook **book_out, char *error, size_t error_size)
+/* Loads the book of a tenant (its own, else the default) with its text and SHA-256. */
+static int pricebook_snapshot_for(struct ledger *ledger, const struct tenant *tenant,
+                                  struct pricebook **book_out, char **text_out,
+                                  char sha256_out[BOOK_SHA256_HEX_SIZE], char *error,
+                                  size_t error_size)
 {
     char scope[UUID_TEXT_SIZE];
     uuid_format(tenant->id, scope);
     char *json = NULL;
-    int rc = ledger_pricebook_get(ledger, scope, &json);
+    int rc = ledger_pricebook_get_snapshot(ledger, scope, &json, sha256_out);
     if (rc == HM_ERR_NOT_FOUND)
-        rc = ledger_pricebook_get(ledger, "default", &json);
+        rc = ledger_pricebook_get_snapshot(ledger, "default", &json, sha256_out);
     if (rc == HM_ERR_NOT_FOUND) {
         snprintf(error, error_size,
                  "no price book for tenant %s and no default; load one with "
@@ -90,7 +105,151 @@ int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
         return rc;
     }
     rc = pricebook_parse(json, strlen(json), book_out, error, error_size);
-    free(json);
+    if (rc == HM_OK && text_out != NULL)
+        *text_out = json;
+    else
+        free(json);
+    return rc;
+}
+
+int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
+                          struct pricebook **book_out, char *error, size_t error_size)
+{
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    return pricebook_snapshot_for(ledger, tenant, book_out, NULL, sha256, error, error_size);
+}
+
+/* Everything a rating of a tenant's period reads, gathered from one state of the ledger. */
+struct rating_input {
+    struct pricebook *book;
+    char *book_text;
+    char book_sha256[BOOK_SHA256_HEX_SIZE];
+    struct tenant_settings settings;
+    struct usage_totals usage;
+    uint64_t events;
+    struct usage_credit *credits;
+    struct billing_late *late; /* every earlier period whose billed state changes */
+    size_t late_count;
+    struct usage_adjustment *adjustments;
+    size_t adjustment_count;
+};
+
+static void rating_input_free(struct rating_input *input)
+{
+    pricebook_free(input->book);
+    free(input->book_text);
+    free(input->usage.items);
+    free(input->credits);
+    free(input->late);
+    free(input->adjustments);
+    memset(input, 0, sizeof *input);
+}
+
+/* Passes the tenant's grants that still have a balance to rating, which picks the ones that apply. */
+static int credits_load(struct ledger *ledger, const struct tenant *tenant,
+                        struct rating_input *input, char *error, size_t error_size)
+{
+    struct credit_grant *grants = NULL;
+    size_t count = 0;
+    int rc = ledger_credit_list(ledger, tenant->id, &grants, &count);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the credit grants of tenant %s: %s",
+                 tenant->name, hm_status_str(rc));
+        return rc;
+    }
+    input->credits = calloc(count + 1, sizeof *input->credits);
+    if (input->credits == NULL) {
+        ledger_credit_grants_free(grants, count);
+        return HM_ERR_NOMEM;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (grants[i].balance_minor <= 0)
+            continue;
+        if (used == USAGE_CREDITS_MAX) {
+            snprintf(error, error_size, "tenant %s has more than %d credit grants with a balance; "
+                     "rating takes at most %d", tenant->name, USAGE_CREDITS_MAX,
+                     USAGE_CREDITS_MAX);
+            ledger_credit_grants_free(grants, count);
+            return HM_ERR_INVALID;
+        }
+        struct usage_credit *credit = &input->credits[used++];
+        credit->id = grants[i].id;
+        memcpy(credit->currency, grants[i].currency, sizeof credit->currency);
+        credit->balance_minor = grants[i].balance_minor;
+        credit->granted_s = grants[i].granted_s;
+        credit->expires_s = grants[i].expires_s;
+    }
+    input->usage.credits = input->credits;
+    input->usage.credit_count = used;
+    ledger_credit_grants_free(grants, count);
+    return HM_OK;
+}
+
+/* Turns the late usage that raised an earlier period's amount into adjustments of this invoice. */
+static int adjustments_build(const struct tenant *tenant, struct rating_input *input,
+                             char *error, size_t error_size)
+{
+    input->adjustments = calloc(input->late_count + 1, sizeof *input->adjustments);
+    if (input->adjustments == NULL)
+        return HM_ERR_NOMEM;
+    for (size_t i = 0; i < input->late_count; i++) {
+        const struct billing_late *late = &input->late[i];
+        if (late->difference_minor <= 0)
+            continue;
+        if (late->currency != input->book->currency) {
+            snprintf(error, error_size, "tenant %s: late usage of %04u-%02u is priced in %s, but "
+                     "this period's book is in %s; issue the difference by hand and void or "
+                     "correct invoice %s", tenant->name, late->period / 100, late->period % 100,
+                     late->currency->code, input->book->currency->code, late->number);
+            return HM_ERR_INVALID;
+        }
+        if (input->adjustment_count == USAGE_ADJUSTMENTS_MAX) {
+            snprintf(error, error_size, "tenant %s has late usage in more than %d earlier periods",
+                     tenant->name, USAGE_ADJUSTMENTS_MAX);
+            return HM_ERR_INVALID;
+        }
+        struct usage_adjustment *adjustment = &input->adjustments[input->adjustment_count++];
+        adjustment->period = late->period;
+        adjustment->amount_minor = late->difference_minor;
+        adjustment->event_count = late->events_now - late->events_billed;
+        snprintf(adjustment->description, sizeof adjustment->description,
+                 "Late usage for %04u-%02u: %llu events", late->period / 100, late->period % 100,
+                 (unsigned long long)adjustment->event_count);
+    }
+    input->usage.adjustments = input->adjustments;
+    input->usage.adjustment_count = input->adjustment_count;
+    return HM_OK;
+}
+
+/*
+ * Gathers the rating input of a tenant's period: settings, the book with its
+ * snapshot hash, usage, credit grants and the late usage of earlier periods.
+ */
+static int rating_input_build(struct ledger *ledger, const struct tenant *tenant,
+                              uint32_t period, struct rating_input *input, char *error,
+                              size_t error_size)
+{
+    memset(input, 0, sizeof *input);
+    int rc = pricebook_snapshot_for(ledger, tenant, &input->book, &input->book_text,
+                                    input->book_sha256, error, error_size);
+    if (rc == HM_OK)
+        rc = ledger_tenant_settings_get(ledger, tenant->id, &input->settings);
+    if (rc == HM_OK) {
+        rc = billing_usage_totals(ledger, tenant, period, &input->usage, &input->events);
+        if (rc != HM_OK)
+            snprintf(error, error_size, "cannot read the usage of tenant %s: %s", tenant->name,
+                     hm_status_str(rc));
+    }
+    if (rc == HM_OK)
+        rc = credits_load(ledger, tenant, input, error, error_size);
+    if (rc == HM_OK)
+        rc = billing_late_usage(ledger, tenant, period, &input->late, &input->late_count, error,
+                                error_size);
+    if (rc == HM_OK)
+        rc = adjustments_build(tenant, input, error, error_size);
+    if (rc != HM_OK)
+        rating_input_free(input);
     return rc;
 }
 
@@ -98,21 +257,14 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
                   struct invoice *invoice, uint64_t *event_count_out, char *error,
                   size_t error_size)
 {
-    struct pricebook *book = NULL;
-    int rc = billing_pricebook_for(ledger, tenant, &book, error, error_size);
+    struct rating_input input;
+    int rc = rating_input_build(ledger, tenant, period, &input, error, error_size);
     if (rc != HM_OK)
         return rc;
-    struct usage_totals usage;
-    rc = billing_usage_totals(ledger, tenant, period, &usage, event_count_out);
-    if (rc != HM_OK) {
-        snprintf(error, error_size, "cannot read the usage of tenant %s: %s", tenant->name,
-                 hm_status_str(rc));
-        pricebook_free(book);
-        return rc;
-    }
-    rc = pricing_rate(&usage, book, invoice, error, error_size);
-    free(usage.items);
-    pricebook_free(book);
+    rc = pricing_rate(&input.usage, input.book, invoice, error, error_size);
+    if (event_count_out != NULL)
+        *event_count_out = input.events;
+    rating_input_free(&input);
     return rc;
 }
 
@@ -134,29 +286,126 @@ int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint
     return HM_OK;
 }
 
+/* ---- Late usage of earlier periods ---- */
+
+/* What a period has billed for its usage: its net plus every late usage correction since. */
+static int64_t billed_usage_minor(const struct billed_period *billed)
+{
+    int64_t amount = billed->net_minor;
+    for (size_t i = 0; i < billed->change_count; i++) {
+        if (billed->changes[i].late_usage)
+            amount += billed->changes[i].amount_minor;
+    }
+    return amount;
+}
+
+/* Re-rates a billed period with the snapshot it was billed with, without credits. */
+static int late_rate(struct ledger *ledger, const struct tenant *tenant,
+                     const struct billed_period *billed, struct billing_late *late, char *error,
+                     size_t error_size)
+{
+    char *text = NULL;
+    int rc = ledger_book_snapshot_get(ledger, billed->book_sha256, &text);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "tenant %s: the price book %s that %04u-%02u was billed with "
+                 "cannot be read (%s), so its late usage cannot be rated", tenant->name,
+                 billed->book_sha256, billed->period / 100, billed->period % 100,
+                 hm_status_str(rc));
+        return rc;
+    }
+    struct pricebook *book = NULL;
+    rc = pricebook_parse(text, strlen(text), &book, error, error_size);
+    free(text);
+    if (rc != HM_OK)
+        return rc;
+    struct usage_totals usage;
+    rc = billing_usage_totals(ledger, tenant, billed->period, &usage, &late->events_now);
+    struct invoice invoice;
+    if (rc == HM_OK) {
+        rc = pricing_rate(&usage, book, &invoice, error, error_size);
+        free(usage.items);
+    }
+    if (rc == HM_OK) {
+        int64_t net = invoice.subtotal.minor - invoice.discount_total.minor;
+        late->difference_minor = net - billed_usage_minor(billed);
+        late->currency = invoice.currency;
+        invoice_free(&invoice);
+    }
+    pricebook_free(book);
+    return rc;
+}
+
+int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint32_t before_period,
+                       struct billing_late **late_out, size_t *count_out, char *error,
+                       size_t error_size)
+{
+    /* NOTE: periods closed before billed states were stored have none, so they are never re-rated. */
+    struct billed_period *periods = NULL;
+    size_t count = 0;
+    int rc = ledger_billed_list(ledger, tenant->id, &periods, &count);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the billed periods of tenant %s: %s",
+                 tenant->name, hm_status_str(rc));
+        return rc;
+    }
+    struct billing_late *late = calloc(count + 1, sizeof *late);
+    size_t late_count = 0;
+    rc = late ? HM_OK : HM_ERR_NOMEM;
+    for (size_t i = 0; rc == HM_OK && i < count; i++) {
+        const struct billed_period *billed = &periods[i];
+        if (before_period != 0 && billed->period >= before_period)
+            continue;
+        uint64_t events_now = 0;
+        rc = billing_event_count(ledger, tenant, billed->period, &events_now);
+        if (rc != HM_OK || (events_now == billed->events && !billed->recheck))
+            continue;
+        struct billing_late *entry = &late[late_count];
+        entry->period = billed->period;
+        snprintf(entry->number, sizeof entry->number, "%s", billed->number);
+        snprintf(entry->issuer, sizeof entry->issuer, "%s", billed->issuer);
+        entry->events_billed = billed->events;
+        rc = late_rate(ledger, tenant, billed, entry, error, error_size);
+        /* A void can leave events_billed above the count it compares again. */
+        if (entry->events_now < entry->events_billed)
+            entry->events_billed = entry->events_now;
+        if (rc == HM_OK)
+            late_count++;
+    }
+    for (size_t i = 0; i < count; i++)
+        ledger_billed_free(&periods[i]);
+    free(periods);
+    if (rc != HM_OK) {
+        free(late);
+        return rc;
+    }
+    *late_out = late;
+    *count_out = late_count;
+    return HM_OK;
+}
+
 /* ---- Closing a period ---- */
 
 struct closing {
     struct tenant tenant;
+    struct rating_input input;
     struct invoice invoice;
     json_t *json;
-    char number[32];
+    char number[DOCUMENT_NUMBER_MAX];
 };
 
-/* Adds the invoice number, status, close time and SHA-256 seal to the invoice JSON. */
-static int invoice_seal(json_t *json, const char *number, int64_t closed_s)
+static void timestamp_format(int64_t seconds, char *out, size_t size)
 {
-    char closed[32];
-    time_t closed_time = (time_t)closed_s;
+    time_t at = (time_t)seconds;
     struct tm tm;
-    gmtime_r(&closed_time, &tm);
-    strftime(closed, sizeof closed, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_object_set_new(json, "invoice_number", json_string(number));
-    json_object_set_new(json, "status", json_string("finalized"));
-    json_object_set_new(json, "closed_at", json_string(closed));
+    gmtime_r(&at, &tm);
+    strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
 
-    /* The seal covers the canonical form: sorted keys, no whitespace, before the seal is added. */
-    char *canonical = json_dumps(json, JSON_SORT_KEYS | JSON_COMPACT);
+int billing_document_seal(json_t *document)
+{
+    /* The seal covers the canonical form: sorted keys, no whitespace, without the seal itself. */
+    json_object_del(document, "sha256");
+    char *canonical = json_dumps(document, JSON_SORT_KEYS | JSON_COMPACT);
     if (canonical == NULL)
         return HM_ERR_NOMEM;
     uint8_t digest[EVP_MAX_MD_SIZE];
@@ -167,8 +416,38 @@ static int invoice_seal(json_t *json, const char *number, int64_t closed_s)
         return HM_ERR_NOMEM;
     char hex[2 * 32 + 1];
     hex_encode(digest, 32, hex);
-    json_object_set_new(json, "sha256", json_string(hex));
+    json_object_set_new(document, "sha256", json_string(hex));
     return HM_OK;
+}
+
+/* Adds the number, issuer, revision, status, close time and seal to a closing's invoice JSON. */
+static int invoice_seal(struct closing *closing, int revision, const char *replaces,
+                        int64_t closed_s)
+{
+    json_t *json = closing->json;
+    char closed[32];
+    timestamp_format(closed_s, closed, sizeof closed);
+    const struct invoice *invoice = &closing->invoice;
+    int64_t net = invoice->subtotal.minor - invoice->discount_total.minor;
+    char net_text[MONEY_TEXT_SIZE];
+    money_amount_format((struct money_amount){ net }, invoice->currency, net_text,
+                        sizeof net_text);
+    json_object_set_new(json, "document_type", json_string("invoice"));
+    json_object_set_new(json, "number", json_string(closing->number));
+    /* Older readers and exports look for the number here. */
+    json_object_set_new(json, "invoice_number", json_string(closing->number));
+    json_object_set_new(json, "issuer", json_string(closing->input.settings.issuer));
+    json_object_set_new(json, "revision", json_integer(revision));
+    if (replaces != NULL)
+        json_object_set_new(json, "replaces", json_string(replaces));
+    json_object_set_new(json, "status", json_string("finalized"));
+    json_object_set_new(json, "closed_at", json_string(closed));
+    json_object_set_new(json, "price_book_sha256", json_string(closing->input.book_sha256));
+    json_object_set_new(json, "event_count", json_integer((json_int_t)closing->input.events));
+    json_object_set_new(json, "billed_net",
+                        json_pack("{s:s, s:I}", "amount", net_text, "amount_minor",
+                                  (json_int_t)net));
+    return billing_document_seal(json);
 }
 
 /*
@@ -239,18 +518,21 @@ static void summary_print(FILE *out, uint32_t period, struct closing *closings, 
         fprintf(out, "; %d tenant%s could not be rated and stay%s open", failures,
                 failures == 1 ? "" : "s", failures == 1 ? "s" : "");
     fprintf(out, "\n\n");
-    fprintf(out, "%-16s %-20s %-8s %6s %16s %14s %16s\n", "invoice", "tenant", "currency",
-            "lines", "subtotal", "discount", "total");
+    fprintf(out, "%-20s %-20s %-8s %6s %16s %14s %14s %16s\n", "invoice", "tenant", "currency",
+            "lines", "subtotal", "discount", "credits", "total");
     for (size_t i = 0; i < count; i++) {
         const struct invoice *invoice = &closings[i].invoice;
-        char subtotal[MONEY_TEXT_SIZE], discount[MONEY_TEXT_SIZE], total[MONEY_TEXT_SIZE];
+        char subtotal[MONEY_TEXT_SIZE], discount[MONEY_TEXT_SIZE], credits[MONEY_TEXT_SIZE];
+        char total[MONEY_TEXT_SIZE];
         money_amount_format(invoice->subtotal, invoice->currency, subtotal, sizeof subtotal);
         struct money_amount taken_off = { -invoice->discount_total.minor };
         money_amount_format(taken_off, invoice->currency, discount, sizeof discount);
+        struct money_amount credited = { -invoice->credits_applied.minor };
+        money_amount_format(credited, invoice->currency, credits, sizeof credits);
         money_amount_format(invoice->total, invoice->currency, total, sizeof total);
-        fprintf(out, "%-16s %-20s %-8s %6zu %16s %14s %16s\n", closings[i].number,
+        fprintf(out, "%-20s %-20s %-8s %6zu %16s %14s %14s %16s\n", closings[i].number,
                 closings[i].tenant.name, invoice->currency->code, invoice->line_count, subtotal,
-                discount, total);
+                discount, credits, total);
     }
 }
 
@@ -259,8 +541,42 @@ static void closings_free(struct closing *closings, size_t count)
     for (size_t i = 0; i < count; i++) {
         invoice_free(&closings[i].invoice);
         json_decref(closings[i].json);
+        rating_input_free(&closings[i].input);
     }
     free(closings);
+}
+
+/* Rates one tenant's open period into a closing. Returns 1 when it gets no invoice. */
+static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing *closing,
+                          char *error, size_t error_size)
+{
+    int rc = rating_input_build(ledger, &closing->tenant, period, &closing->input, error,
+                                error_size);
+    if (rc != HM_OK)
+        return rc;
+    rc = pricing_rate(&closing->input.usage, closing->input.book, &closing->invoice, error,
+                      error_size);
+    if (rc != HM_OK) {
+        rating_input_free(&closing->input);
+        return rc;
+    }
+    /* A tenant outside its service during the whole period, that used nothing in it, gets no invoice. */
+    int64_t period_start_s = period_start_us(period) / 1000000;
+    int64_t period_end_s = period_start_us(period_next(period)) / 1000000;
+    int64_t service_end_s = closing->input.settings.service_end_s;
+    if (closing->invoice.line_count == 0 &&
+        (closing->tenant.service_start_s >= period_end_s ||
+         (service_end_s != 0 && service_end_s <= period_start_s))) {
+        invoice_free(&closing->invoice);
+        rating_input_free(&closing->input);
+        return 1;
+    }
+    rc = invoice_to_json(&closing->invoice, &closing->json);
+    if (rc != HM_OK) {
+        invoice_free(&closing->invoice);
+        rating_input_free(&closing->input);
+    }
+    return rc;
 }
 
 /*
@@ -283,7 +599,6 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
     }
     size_t count = 0;
     int failures = 0;
-    int64_t period_end_s = period_start_us(period_next(period)) / 1000000;
     for (size_t i = 0; i < tenant_count; i++) {
         int closed = ledger_period_closed(ledger, tenants[i].id, period);
         if (closed != 0) {
@@ -295,27 +610,16 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
             continue;
         }
         struct closing *closing = &closings[count];
+        memset(closing, 0, sizeof *closing);
         closing->tenant = tenants[i];
         char error[512] = "";
-        uint64_t events = 0;
-        rc = billing_draft(ledger, &tenants[i], period, &closing->invoice, &events, error,
-                           sizeof error);
-        /* A tenant whose service starts after the period, and that used nothing in it, gets no invoice. */
-        if (rc == HM_OK && tenants[i].service_start_s >= period_end_s &&
-            closing->invoice.line_count == 0) {
-            invoice_free(&closing->invoice);
+        rc = close_rate_one(ledger, period, closing, error, sizeof error);
+        if (rc == 1)
             continue;
-        }
-        if (rc == HM_OK)
-            rc = invoice_to_json(&closing->invoice, &closing->json);
-        /* The events behind the invoice, so that usage arriving after the close can be counted apart. */
-        if (rc == HM_OK)
-            json_object_set_new(closing->json, "event_count", json_integer((json_int_t)events));
         if (rc != HM_OK) {
             fprintf(stderr, "meterctl: cannot rate tenant %s for %04u-%02u: %s\n",
                     tenants[i].name, period / 100, period % 100,
                     error[0] ? error : hm_status_str(rc));
-            invoice_free(&closing->invoice);
             failures++;
             continue;
         }
@@ -335,6 +639,236 @@ static int close_failures_report(uint32_t period, int failures)
             failures, failures == 1 ? "" : "s", failures == 1 ? "s" : "", period / 100,
             period % 100);
     return HM_ERR_INVALID;
+}
+
+/* Returns 1 when the rated invoice carries the adjustment line of an earlier period. */
+static int invoice_has_adjustment(const struct invoice *invoice, uint32_t period)
+{
+    for (size_t i = 0; i < invoice->line_count; i++) {
+        if (invoice->lines[i].kind == INVOICE_LINE_ADJUSTMENT &&
+            invoice->lines[i].adjusted_period == period)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * Builds and stores a sealed credit note against invoice `billed->number`
+ * and records it in the billed state (not yet stored). Shared by the close
+ * (late usage that lowered an amount) and `invoice credit-note`.
+ */
+static int credit_note_issue(struct ledger_txn *txn, json_t *invoice, struct billed_period *billed,
+                             int64_t amount_minor, const char *reason, int late_usage,
+                             uint64_t events, int64_t now_s, char *number_out)
+{
+    const char *issuer = json_string_value(json_object_get(invoice, "issuer"));
+    if (issuer == NULL)
+        issuer = ISSUER_DEFAULT;
+    int rc = ledger_number_next(txn, issuer, DOCUMENT_CREDIT_NOTE, number_out,
+                                DOCUMENT_NUMBER_MAX);
+    if (rc != HM_OK)
+        return rc;
+    const struct money_currency *currency = NULL;
+    const char *code = json_string_value(json_object_get(invoice, "currency"));
+    if (code == NULL || money_currency_find(code, &currency) != HM_OK)
+        return HM_ERR_STORAGE;
+    char amount[MONEY_TEXT_SIZE], issued[32];
+    money_amount_format((struct money_amount){ amount_minor }, currency, amount, sizeof amount);
+    timestamp_format(now_s, issued, sizeof issued);
+    json_t *note = json_pack("{s:s, s:s, s:s, s:O, s:O, s:O, s:O, s:O, s:{s:s, s:I}, s:s, s:s, "
+                             "s:s, s:i, s:s}",
+                             "document_type", "credit_note", "number", number_out, "issuer",
+                             issuer, "tenant_id", json_object_get(invoice, "tenant_id"),
+                             "tenant_name", json_object_get(invoice, "tenant_name"), "period",
+                             json_object_get(invoice, "period"), "currency",
+                             json_object_get(invoice, "currency"), "currency_exponent",
+                             json_object_get(invoice, "currency_exponent"), "amount", "amount",
+                             amount, "amount_minor", (json_int_t)amount_minor, "reason", reason,
+                             "kind", late_usage ? "late_usage" : "manual", "status", "finalized",
+                             "revision", 1, "issued_at", issued);
+    if (note == NULL)
+        return HM_ERR_NOMEM;
+    json_object_set(note, "credited_invoice", json_object_get(invoice, "number")
+                                                   ? json_object_get(invoice, "number")
+                                                   : json_object_get(invoice, "invoice_number"));
+    json_t *book = json_object_get(invoice, "price_book_sha256");
+    if (book != NULL)
+        json_object_set(note, "price_book_sha256", book);
+    if (late_usage)
+        json_object_set_new(note, "events", json_integer((json_int_t)events));
+    rc = billing_document_seal(note);
+    char *text = rc == HM_OK ? json_dumps(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(note);
+    if (text == NULL)
+        return HM_ERR_NOMEM;
+    rc = ledger_document_put(txn, number_out, text);
+    free(text);
+    if (rc != HM_OK)
+        return rc;
+
+    struct billed_change *grown = realloc(billed->changes,
+                                          (billed->change_count + 1) * sizeof *grown);
+    if (grown == NULL)
+        return HM_ERR_NOMEM;
+    billed->changes = grown;
+    struct billed_change *change = &billed->changes[billed->change_count++];
+    memset(change, 0, sizeof *change);
+    snprintf(change->number, sizeof change->number, "%s", number_out);
+    change->amount_minor = -amount_minor;
+    change->events_after = events;
+    change->late_usage = late_usage;
+    return HM_OK;
+}
+
+/* Sum of the credit notes issued against a billed period's invoice, as a positive amount. */
+static int64_t credited_minor(const struct billed_period *billed)
+{
+    int64_t credited = 0;
+    for (size_t i = 0; i < billed->change_count; i++) {
+        if (billed->changes[i].amount_minor < 0)
+            credited -= billed->changes[i].amount_minor;
+    }
+    return credited;
+}
+
+/*
+ * Stores the new billed state of one earlier period with late usage: an
+ * adjustment on this invoice, a credit note against its invoice, or only the
+ * new event count when the amount did not change.
+ */
+static int late_store(struct ledger_txn *txn, struct closing *closing,
+                      const struct billing_late *late, int64_t now_s, FILE *out)
+{
+    const struct tenant *tenant = &closing->tenant;
+    struct billed_period billed;
+    int rc = ledger_billed_get_txn(txn, tenant->id, late->period, &billed);
+    if (rc != HM_OK)
+        return rc;
+    int64_t difference = late->difference_minor;
+    if (difference > 0 && !invoice_has_adjustment(&closing->invoice, late->period)) {
+        /* The rater left the adjustment out, so the period stays pending for the next close. */
+        fprintf(stderr, "meterctl: tenant %s: late usage of %04u-%02u is not on invoice %s; it "
+                "stays pending for the next close\n", tenant->name, late->period / 100,
+                late->period % 100, closing->number);
+        ledger_billed_free(&billed);
+        return HM_OK;
+    }
+    if (difference > 0) {
+        struct billed_change *grown = realloc(billed.changes,
+                                              (billed.change_count + 1) * sizeof *grown);
+        if (grown == NULL) {
+            ledger_billed_free(&billed);
+            return HM_ERR_NOMEM;
+        }
+        billed.changes = grown;
+        struct billed_change *change = &billed.changes[billed.change_count++];
+        memset(change, 0, sizeof *change);
+        snprintf(change->number, sizeof change->number, "%s", closing->number);
+        change->amount_minor = difference;
+        change->events_after = late->events_now;
+        change->late_usage = 1;
+    } else if (difference < 0) {
+        char *text = NULL;
+        json_t *invoice = NULL;
+        rc = ledger_document_get_txn(txn, billed.number, &text);
+        if (rc == HM_OK) {
+            json_error_t json_error;
+            invoice = json_loads(text, 0, &json_error);
+            rc = invoice ? HM_OK : HM_ERR_STORAGE;
+        }
+        free(text);
+        /* NOTE: credit notes never total more than the invoice; a larger decrease is cut there. */
+        int64_t room = billed.total_minor - credited_minor(&billed);
+        int64_t amount = -difference < room ? -difference : room;
+        if (rc == HM_OK && amount < -difference)
+            fprintf(stderr, "meterctl: tenant %s: late usage lowered %04u-%02u by %lld minor "
+                    "units, but only %lld remain to credit on invoice %s\n", tenant->name,
+                    late->period / 100, late->period % 100, (long long)-difference,
+                    (long long)room, billed.number);
+        char reason[USAGE_ADJUSTMENT_TEXT_MAX + 1];
+        snprintf(reason, sizeof reason, "Late usage for %04u-%02u: %llu events",
+                 late->period / 100, late->period % 100,
+                 (unsigned long long)(late->events_now - late->events_billed));
+        char number[DOCUMENT_NUMBER_MAX] = "";
+        if (rc == HM_OK && amount > 0)
+            rc = credit_note_issue(txn, invoice, &billed, amount, reason, 1, late->events_now,
+                                   now_s, number);
+        json_decref(invoice);
+        if (rc == HM_OK && number[0] != '\0')
+            fprintf(out, "credit note %s for %s against %s (%04u-%02u): %s\n", number,
+                    tenant->name, billed.number, late->period / 100, late->period % 100, reason);
+    }
+    billed.events = late->events_now;
+    billed.recheck = 0;
+    if (rc == HM_OK)
+        rc = ledger_billed_put(txn, tenant->id, &billed);
+    ledger_billed_free(&billed);
+    return rc;
+}
+
+/*
+ * Stores one closing in the close's transaction: takes the issuer's next
+ * number, seals and stores the invoice, points the period at it, keeps the
+ * book snapshot and the billed state, burns the credits and settles the
+ * late usage of earlier periods.
+ */
+static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *closing,
+                       int64_t now_s, FILE *out)
+{
+    const struct tenant *tenant = &closing->tenant;
+    int rc = ledger_number_next(txn, closing->input.settings.issuer, DOCUMENT_INVOICE,
+                                closing->number, sizeof closing->number);
+    if (rc == HM_ERR_NOT_FOUND)
+        fprintf(stderr, "meterctl: tenant %s names the unknown issuer \"%s\"; set another with "
+                "`meterctl tenant set %s --issuer NAME`\n", tenant->name,
+                closing->input.settings.issuer, tenant->name);
+    if (rc != HM_OK)
+        return rc;
+
+    /* A period reopened by a void points at the void invoice: this one is its next revision. */
+    char previous[DOCUMENT_NUMBER_MAX] = "";
+    int revision = 1;
+    if (ledger_invoice_number_txn(txn, tenant->id, period, previous, sizeof previous) == HM_OK) {
+        char *text = NULL;
+        if (ledger_document_get_txn(txn, previous, &text) == HM_OK) {
+            json_error_t json_error;
+            json_t *old = json_loads(text, 0, &json_error);
+            json_int_t old_revision = json_integer_value(json_object_get(old, "revision"));
+            revision = (int)(old_revision > 0 ? old_revision : 1) + 1;
+            json_decref(old);
+            free(text);
+        }
+    }
+    rc = invoice_seal(closing, revision, previous[0] ? previous : NULL, now_s);
+    char *text = rc == HM_OK ? json_dumps(closing->json, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    if (rc == HM_OK && text == NULL)
+        rc = HM_ERR_NOMEM;
+    if (rc == HM_OK)
+        rc = ledger_document_put(txn, closing->number, text);
+    free(text);
+    if (rc == HM_OK)
+        rc = ledger_period_close_with(txn, tenant->id, period, closing->number);
+    if (rc == HM_OK)
+        rc = ledger_book_snapshot_put(txn, closing->input.book_text);
+
+    const struct invoice *invoice = &closing->invoice;
+    struct billed_period billed = { .period = period,
+                                    .events = closing->input.events,
+                                    .net_minor = invoice->subtotal.minor -
+                                                 invoice->discount_total.minor,
+                                    .total_minor = invoice->total.minor };
+    snprintf(billed.number, sizeof billed.number, "%s", closing->number);
+    snprintf(billed.issuer, sizeof billed.issuer, "%s", closing->input.settings.issuer);
+    snprintf(billed.currency, sizeof billed.currency, "%s", invoice->currency->code);
+    snprintf(billed.book_sha256, sizeof billed.book_sha256, "%s", closing->input.book_sha256);
+    if (rc == HM_OK)
+        rc = ledger_billed_put(txn, tenant->id, &billed);
+    for (size_t i = 0; rc == HM_OK && i < invoice->credit_count; i++)
+        rc = ledger_credit_change(txn, tenant->id, invoice->credits[i].id,
+                                  -invoice->credits[i].applied_minor, closing->number, now_s);
+    for (size_t i = 0; rc == HM_OK && i < closing->input.late_count; i++)
+        rc = late_store(txn, closing, &closing->input.late[i], now_s, out);
+    return rc;
 }
 
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out)
@@ -375,23 +909,10 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return close_failures_report(period, failures);
     }
 
+    /* Numbers are taken inside the transaction: a close that aborts takes none. */
     int64_t now_s = (int64_t)time(NULL);
-    for (size_t i = 0; rc == HM_OK && i < count; i++) {
-        uint64_t seq = 0;
-        rc = ledger_next_invoice_seq(txn, &seq);
-        if (rc != HM_OK)
-            break;
-        snprintf(closings[i].number, sizeof closings[i].number, "HM-%06llu",
-                 (unsigned long long)seq);
-        rc = invoice_seal(closings[i].json, closings[i].number, now_s);
-        char *text = rc == HM_OK ? json_dumps(closings[i].json, JSON_INDENT(2) | JSON_SORT_KEYS)
-                                 : NULL;
-        if (rc == HM_OK && text == NULL)
-            rc = HM_ERR_NOMEM;
-        if (rc == HM_OK)
-            rc = ledger_period_close(txn, closings[i].tenant.id, period, text);
-        free(text);
-    }
+    for (size_t i = 0; rc == HM_OK && i < count; i++)
+        rc = close_store(txn, period, &closings[i], now_s, out);
     if (rc == HM_OK)
         rc = ledger_commit(txn);
     else
@@ -408,6 +929,346 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     summary_print(out, period, closings, count, failures);
     closings_free(closings, count);
     return failures ? close_failures_report(period, failures) : HM_OK;
+}
+
+int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s, char *error,
+                          size_t error_size)
+{
+    int64_t grace_hours = 0;
+    int rc = ledger_setting_get(ledger, BILLING_GRACE_SETTING, 0, &grace_hours);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the setting %s: %s", BILLING_GRACE_SETTING,
+                 hm_status_str(rc));
+        return rc;
+    }
+    int64_t end_s = period_start_us(period_next(period)) / 1000000;
+    int64_t allowed_s = end_s + grace_hours * 3600;
+    if (now_s >= allowed_s)
+        return HM_OK;
+    char end[32], allowed[32];
+    timestamp_format(end_s, end, sizeof end);
+    timestamp_format(allowed_s, allowed, sizeof allowed);
+    if (now_s < end_s)
+        snprintf(error, error_size, "period %04u-%02u has not ended yet (it ends %s); it can be "
+                 "closed from %s, so that no usage of it goes unbilled", period / 100,
+                 period % 100, end, allowed);
+    else
+        snprintf(error, error_size, "period %04u-%02u cannot be closed until %s: it ended %s, and "
+                 "the close grace window of %lld hours waits for late events; wait, or change "
+                 "it with `meterctl settings set %s N`", period / 100, period % 100, allowed,
+                 end, (long long)grace_hours, BILLING_GRACE_SETTING);
+    return HM_ERR_STATE;
+}
+
+/* ---- Void and credit notes ---- */
+
+int billing_amount_parse(const char *text, const struct money_currency *currency,
+                         int64_t *minor_out, char *error, size_t error_size)
+{
+    __int128 pico = 0;
+    char reason[256] = "";
+    int rc = money_decimal_parse(text, &pico, reason, sizeof reason);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "invalid amount \"%s\": %s; write a decimal such as 12.50, "
+                 "with a point and no grouping", text, reason);
+        return HM_ERR_INVALID;
+    }
+    __int128 per_minor = 1;
+    for (int i = currency->exponent; i < MONEY_DECIMAL_DIGITS; i++)
+        per_minor *= 10;
+    if (pico <= 0 || pico % per_minor != 0 || pico / per_minor > INT64_MAX) {
+        snprintf(error, error_size, "invalid amount \"%s\": it must be greater than 0 and exact "
+                 "to the minor unit of %s (%d decimal places)", text, currency->code,
+                 currency->exponent);
+        return HM_ERR_INVALID;
+    }
+    *minor_out = (int64_t)(pico / per_minor);
+    return HM_OK;
+}
+
+/* Reads a document by number within the transaction; errors name the number and the fix. */
+static int document_load(struct ledger_txn *txn, const char *number, json_t **out, char *error,
+                         size_t error_size)
+{
+    char *text = NULL;
+    int rc = ledger_document_get_txn(txn, number, &text);
+    if (rc == HM_ERR_NOT_FOUND) {
+        snprintf(error, error_size, "document \"%s\" not found; `meterctl invoice list` shows "
+                 "the invoices and credit notes", number);
+        return rc;
+    }
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read document %s: %s", number, hm_status_str(rc));
+        return rc;
+    }
+    json_error_t json_error;
+    *out = json_loads(text, 0, &json_error);
+    free(text);
+    if (*out == NULL) {
+        snprintf(error, error_size, "document %s is not valid JSON", number);
+        return HM_ERR_STORAGE;
+    }
+    return HM_OK;
+}
+
+/* Checks that a document is a finalized invoice and reads its tenant and period. */
+static int invoice_check_finalized(json_t *document, const char *number, const char *action,
+                                   uint8_t tenant_id[UUID_SIZE], uint32_t *period, char *error,
+                                   size_t error_size)
+{
+    const char *type = json_string_value(json_object_get(document, "document_type"));
+    if (type != NULL && strcmp(type, "credit_note") == 0) {
+        snprintf(error, error_size, "%s is a credit note, and only an invoice can be %s; a "
+                 "credit note stays as issued", number, action);
+        return HM_ERR_INVALID;
+    }
+    const char *status = json_string_value(json_object_get(document, "status"));
+    if (status == NULL || strcmp(status, "finalized") != 0) {
+        snprintf(error, error_size, "invoice %s is %s, not finalized, so it cannot be %s; "
+                 "`meterctl invoice list` shows its current revision", number,
+                 status ? status : "without status", action);
+        return HM_ERR_STATE;
+    }
+    const char *tenant = json_string_value(json_object_get(document, "tenant_id"));
+    const char *period_text = json_string_value(json_object_get(document, "period"));
+    if (tenant == NULL || uuid_parse(tenant, tenant_id) != HM_OK || period_text == NULL ||
+        period_parse(period_text, period) != HM_OK) {
+        snprintf(error, error_size, "invoice %s has no valid tenant_id or period", number);
+        return HM_ERR_STORAGE;
+    }
+    return HM_OK;
+}
+
+/* Reads the billed state of an invoice's period, or builds it from an invoice of an older ledger. */
+static int billed_for_invoice(struct ledger_txn *txn, json_t *invoice, const char *number,
+                              const uint8_t tenant_id[UUID_SIZE], uint32_t period,
+                              struct billed_period *billed)
+{
+    int rc = ledger_billed_get_txn(txn, tenant_id, period, billed);
+    if (rc != HM_ERR_NOT_FOUND)
+        return rc;
+    memset(billed, 0, sizeof *billed);
+    billed->period = period;
+    snprintf(billed->number, sizeof billed->number, "%s", number);
+    snprintf(billed->issuer, sizeof billed->issuer, "%s", ISSUER_DEFAULT);
+    snprintf(billed->currency, sizeof billed->currency, "%s",
+             json_string_value(json_object_get(invoice, "currency")));
+    billed->events = (uint64_t)json_integer_value(json_object_get(invoice, "event_count"));
+    json_int_t total = json_integer_value(
+        json_object_get(json_object_get(invoice, "total"), "amount_minor"));
+    billed->net_minor = total;
+    billed->total_minor = total;
+    return HM_OK;
+}
+
+/* Gives back the credits that a voided invoice took, from its "credits" list. */
+static int credits_restore(struct ledger_txn *txn, json_t *invoice,
+                           const uint8_t tenant_id[UUID_SIZE], const char *number, int64_t now_s)
+{
+    size_t index;
+    json_t *credit;
+    json_array_foreach(json_object_get(invoice, "credits"), index, credit) {
+        const char *id_text = json_string_value(json_object_get(credit, "id"));
+        json_int_t applied = json_integer_value(
+            json_object_get(json_object_get(credit, "applied"), "amount_minor"));
+        char *end = NULL;
+        unsigned long long id = id_text ? strtoull(id_text, &end, 10) : 0;
+        if (id_text == NULL || *end != '\0' || applied <= 0)
+            return HM_ERR_STORAGE;
+        int rc = ledger_credit_change(txn, tenant_id, id, applied, number, now_s);
+        if (rc != HM_OK)
+            return rc;
+    }
+    return HM_OK;
+}
+
+/* Drops the late usage that a voided invoice billed for earlier periods, which compare again. */
+static int adjustments_revert(struct ledger *ledger, struct ledger_txn *txn,
+                              const uint8_t tenant_id[UUID_SIZE], const char *number)
+{
+    struct billed_period *periods = NULL;
+    size_t count = 0;
+    int rc = ledger_billed_list(ledger, tenant_id, &periods, &count);
+    for (size_t i = 0; rc == HM_OK && i < count; i++) {
+        struct billed_period *billed = &periods[i];
+        size_t kept = 0;
+        for (size_t j = 0; j < billed->change_count; j++) {
+            if (strcmp(billed->changes[j].number, number) != 0)
+                billed->changes[kept++] = billed->changes[j];
+        }
+        if (kept == billed->change_count)
+            continue;
+        billed->change_count = kept;
+        billed->recheck = 1;
+        rc = ledger_billed_put(txn, tenant_id, billed);
+    }
+    for (size_t i = 0; i < count; i++)
+        ledger_billed_free(&periods[i]);
+    free(periods);
+    return rc;
+}
+
+static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *invoice,
+                      const char *number, const char *reason, int64_t now_s, char *error,
+                      size_t error_size)
+{
+    uint8_t tenant_id[UUID_SIZE];
+    uint32_t period = 0;
+    int rc = invoice_check_finalized(invoice, number, "voided", tenant_id, &period, error,
+                                     error_size);
+    if (rc != HM_OK)
+        return rc;
+    char current[DOCUMENT_NUMBER_MAX] = "";
+    rc = ledger_invoice_number_txn(txn, tenant_id, period, current, sizeof current);
+    if (rc != HM_OK || strcmp(current, number) != 0) {
+        snprintf(error, error_size, "invoice %s is not the current invoice of its period (%s "
+                 "is), so it cannot be voided", number, current[0] ? current : "none");
+        return HM_ERR_STATE;
+    }
+
+    /* A later document that corrected this invoice would be counted twice after a re-issue. */
+    struct billed_period billed;
+    rc = billed_for_invoice(txn, invoice, number, tenant_id, period, &billed);
+    if (rc != HM_OK)
+        return rc;
+    if (billed.change_count > 0) {
+        snprintf(error, error_size, "invoice %s was corrected by %s%s; void a later invoice that "
+                 "carries late usage first, since a credit note stays as issued", number,
+                 billed.changes[0].number, billed.change_count > 1 ? " and others" : "");
+        ledger_billed_free(&billed);
+        return HM_ERR_STATE;
+    }
+    ledger_billed_free(&billed);
+
+    char voided[32];
+    timestamp_format(now_s, voided, sizeof voided);
+    json_object_set_new(invoice, "status", json_string("void"));
+    json_object_set_new(invoice, "voided_at", json_string(voided));
+    json_object_set_new(invoice, "void_reason", json_string(reason));
+    rc = billing_document_seal(invoice);
+    char *text = rc == HM_OK ? json_dumps(invoice, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    if (text == NULL)
+        return HM_ERR_NOMEM;
+    rc = ledger_document_replace(txn, number, text);
+    /* An invoice of an older ledger was stored under its period only: it moves to its number. */
+    if (rc == HM_ERR_NOT_FOUND) {
+        rc = ledger_document_put(txn, number, text);
+        if (rc == HM_OK)
+            rc = ledger_invoice_point(txn, tenant_id, period, number);
+    }
+    free(text);
+    if (rc == HM_OK)
+        rc = credits_restore(txn, invoice, tenant_id, number, now_s);
+    if (rc == HM_OK)
+        rc = ledger_period_reopen(txn, tenant_id, period);
+    if (rc == HM_OK)
+        rc = ledger_billed_delete(txn, tenant_id, period);
+    if (rc == HM_OK)
+        rc = adjustments_revert(ledger, txn, tenant_id, number);
+    if (rc != HM_OK && error[0] == '\0')
+        snprintf(error, error_size, "cannot void invoice %s: %s", number, hm_status_str(rc));
+    return rc;
+}
+
+int billing_void(struct ledger *ledger, const char *number, const char *reason, int64_t now_s,
+                 char *error, size_t error_size)
+{
+    error[0] = '\0';
+    struct ledger_txn *txn = NULL;
+    int rc = ledger_begin(ledger, &txn);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot void invoice %s: %s", number, hm_status_str(rc));
+        return rc;
+    }
+    json_t *invoice = NULL;
+    rc = document_load(txn, number, &invoice, error, error_size);
+    if (rc == HM_OK)
+        rc = void_store(ledger, txn, invoice, number, reason, now_s, error, error_size);
+    json_decref(invoice);
+    if (rc != HM_OK) {
+        ledger_abort(txn);
+        return rc;
+    }
+    rc = ledger_commit(txn);
+    if (rc != HM_OK)
+        snprintf(error, error_size, "cannot void invoice %s: %s", number, hm_status_str(rc));
+    return rc;
+}
+
+static int credit_note_store(struct ledger_txn *txn, json_t *invoice, const char *number,
+                             const char *amount_text, const char *reason, int64_t now_s,
+                             char *number_out, char *error, size_t error_size)
+{
+    uint8_t tenant_id[UUID_SIZE];
+    uint32_t period = 0;
+    int rc = invoice_check_finalized(invoice, number, "credited", tenant_id, &period, error,
+                                     error_size);
+    if (rc != HM_OK)
+        return rc;
+    const struct money_currency *currency = NULL;
+    const char *code = json_string_value(json_object_get(invoice, "currency"));
+    if (code == NULL || money_currency_find(code, &currency) != HM_OK) {
+        snprintf(error, error_size, "invoice %s has no known currency", number);
+        return HM_ERR_STORAGE;
+    }
+    int64_t amount = 0;
+    rc = billing_amount_parse(amount_text, currency, &amount, error, error_size);
+    if (rc != HM_OK)
+        return rc;
+
+    struct billed_period billed;
+    rc = billed_for_invoice(txn, invoice, number, tenant_id, period, &billed);
+    if (rc != HM_OK)
+        return rc;
+    int64_t room = billed.total_minor - credited_minor(&billed);
+    if (amount > room) {
+        char total[MONEY_TEXT_SIZE], left[MONEY_TEXT_SIZE];
+        money_amount_format((struct money_amount){ billed.total_minor }, currency, total,
+                            sizeof total);
+        money_amount_format((struct money_amount){ room > 0 ? room : 0 }, currency, left,
+                            sizeof left);
+        snprintf(error, error_size, "credit note of %s %s exceeds what invoice %s leaves to "
+                 "credit: its total is %s %s and %s %s remain; issue at most that", amount_text,
+                 code, number, total, code, left, code);
+        ledger_billed_free(&billed);
+        return HM_ERR_INVALID;
+    }
+    rc = credit_note_issue(txn, invoice, &billed, amount, reason, 0, billed.events, now_s,
+                           number_out);
+    if (rc == HM_OK)
+        rc = ledger_billed_put(txn, tenant_id, &billed);
+    ledger_billed_free(&billed);
+    if (rc != HM_OK && error[0] == '\0')
+        snprintf(error, error_size, "cannot issue a credit note against %s: %s", number,
+                 hm_status_str(rc));
+    return rc;
+}
+
+int billing_credit_note(struct ledger *ledger, const char *number, const char *amount_text,
+                        const char *reason, int64_t now_s, char *number_out, char *error,
+                        size_t error_size)
+{
+    error[0] = '\0';
+    struct ledger_txn *txn = NULL;
+    int rc = ledger_begin(ledger, &txn);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot issue a credit note: %s", hm_status_str(rc));
+        return rc;
+    }
+    json_t *invoice = NULL;
+    rc = document_load(txn, number, &invoice, error, error_size);
+    if (rc == HM_OK)
+        rc = credit_note_store(txn, invoice, number, amount_text, reason, now_s, number_out,
+                               error, error_size);
+    json_decref(invoice);
+    if (rc != HM_OK) {
+        ledger_abort(txn);
+        return rc;
+    }
+    rc = ledger_commit(txn);
+    if (rc != HM_OK)
+        snprintf(error, error_size, "cannot issue a credit note: %s", hm_status_str(rc));
+    return rc;
 }
 
 /* ---- Rendering ---- */
@@ -427,18 +1288,45 @@ static void negated(const char *amount, char *out, size_t size)
         snprintf(out, size, "-%s", amount);
 }
 
+static void credit_note_print(json_t *note, FILE *out)
+{
+    fprintf(out, "Credit note %s  issuer %s  against invoice %s\n", string_of(note, "number"),
+            string_of(note, "issuer"), string_of(note, "credited_invoice"));
+    fprintf(out, "tenant %s (%s)  period %s  status %s  issued %s\n",
+            string_of(note, "tenant_name"), string_of(note, "tenant_id"),
+            string_of(note, "period"), string_of(note, "status"), string_of(note, "issued_at"));
+    fprintf(out, "reason: %s\n", string_of(note, "reason"));
+    fprintf(out, "amount %s %s\n", string_of(json_object_get(note, "amount"), "amount"),
+            string_of(note, "currency"));
+    fprintf(out, "sealed sha256 %s\n", string_of(note, "sha256"));
+}
+
 int billing_invoice_print(const char *invoice_json, FILE *out)
 {
     json_error_t error;
     json_t *invoice = json_loads(invoice_json, 0, &error);
     if (invoice == NULL)
         return HM_ERR_INVALID;
+    if (strcmp(string_of(invoice, "document_type"), "credit_note") == 0) {
+        credit_note_print(invoice, out);
+        json_decref(invoice);
+        return HM_OK;
+    }
     const char *currency = string_of(invoice, "currency");
     const char *number = string_of(invoice, "invoice_number");
     const char *status = string_of(invoice, "status");
     fprintf(out, "Invoice %s  tenant %s (%s)  period %s  status %s\n", number[0] ? number : "(draft)",
             string_of(invoice, "tenant_name"), string_of(invoice, "tenant_id"),
             string_of(invoice, "period"), status[0] ? status : "draft");
+    if (number[0] != '\0' && json_object_get(invoice, "revision") != NULL)
+        fprintf(out, "issuer %s  revision %lld%s%s\n",
+                string_of(invoice, "issuer"),
+                (long long)json_integer_value(json_object_get(invoice, "revision")),
+                json_object_get(invoice, "replaces") ? "  replaces " : "",
+                string_of(invoice, "replaces"));
+    if (strcmp(status, "void") == 0)
+        fprintf(out, "voided %s: %s\n", string_of(invoice, "voided_at"),
+                string_of(invoice, "void_reason"));
     fprintf(out, "Price book %s, currency %s\n\n", string_of(invoice, "price_book"), currency);
 
     /* The description column is as wide as the longest description. */
@@ -464,6 +1352,12 @@ int billing_invoice_print(const char *invoice_json, FILE *out)
     fprintf(out, "\n%-*s %*s\n", width, "subtotal", total_width - width - 1,
             string_of(json_object_get(invoice, "subtotal"), "amount"));
     fprintf(out, "%-*s %*s\n", width, "discount", total_width - width - 1, discount);
+    json_t *credits = json_object_get(invoice, "credits_applied");
+    if (credits != NULL) {
+        char credited[MONEY_TEXT_SIZE + 1];
+        negated(string_of(credits, "amount"), credited, sizeof credited);
+        fprintf(out, "%-*s %*s\n", width, "credits", total_width - width - 1, credited);
+    }
     fprintf(out, "%-*s %*s %s\n", width, "total", total_width - width - 1,
             string_of(json_object_get(invoice, "total"), "amount"), currency);
     if (string_of(invoice, "sha256")[0])

@@ -49,7 +49,83 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
  */
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
 
-/* Prints a stored invoice JSON as a readable table. */
+/*
+ * Prints a stored document as a readable table: an invoice (draft,
+ * finalized or void) or a credit note.
+ */
 int billing_invoice_print(const char *invoice_json, FILE *out);
+
+/*
+ * Checks that a period may be closed at now_s: it has ended, and the close
+ * grace window (setting "close-grace-hours", default 0) after its end has
+ * passed. Returns HM_OK, or HM_ERR_STATE with the time it can be closed and
+ * the reason in `error`.
+ */
+int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s, char *error,
+                          size_t error_size);
+
+#define BILLING_GRACE_SETTING "close-grace-hours"
+/* Upper bound of the grace window: a quarter of a year. */
+#define BILLING_GRACE_HOURS_MAX 2208
+
+/*
+ * Adds a SHA-256 seal to a document: the hash of its canonical JSON
+ * (sorted keys, no whitespace) without the "sha256" member, which it
+ * replaces. Returns HM_OK or HM_ERR_NOMEM.
+ */
+int billing_document_seal(json_t *document);
+
+/*
+ * Late usage of an earlier finalized period: its events changed after it
+ * was billed, and re-rating it with the price book snapshot it was billed
+ * with gives another net amount.
+ */
+struct billing_late {
+    uint32_t period;
+    char number[DOCUMENT_NUMBER_MAX]; /* the period's invoice */
+    char issuer[ISSUER_NAME_MAX + 1];
+    uint64_t events_billed;
+    uint64_t events_now;
+    int64_t difference_minor; /* > 0 billed on the next invoice, < 0 a credit note, or 0 */
+    const struct money_currency *currency;
+};
+
+/*
+ * Finds the finalized periods of a tenant before `before_period` (all when
+ * 0) whose events changed since they were billed or that a void marked for
+ * a new comparison, and re-rates each. *late_out is allocated (free()).
+ * Errors name the period and the fix in `error`.
+ */
+int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint32_t before_period,
+                       struct billing_late **late_out, size_t *count_out, char *error,
+                       size_t error_size);
+
+/*
+ * Voids a finalized invoice: re-seals it with status "void", voided_at and
+ * the reason, gives the credits it took back to their grants, drops what it
+ * billed for earlier periods and reopens its period, all in one
+ * transaction. Returns HM_ERR_NOT_FOUND, HM_ERR_INVALID (a credit note) or
+ * HM_ERR_STATE (already void, or corrected by other documents) with the
+ * reason in `error`.
+ */
+int billing_void(struct ledger *ledger, const char *number, const char *reason, int64_t now_s,
+                 char *error, size_t error_size);
+
+/*
+ * Issues a credit note of `amount_text` (a decimal in the invoice currency,
+ * exact to its minor unit, > 0) against a finalized invoice, numbered in the
+ * invoice's issuer. The credit notes of an invoice never total more than
+ * its total. The new number goes to number_out (DOCUMENT_NUMBER_MAX bytes).
+ */
+int billing_credit_note(struct ledger *ledger, const char *number, const char *amount_text,
+                        const char *reason, int64_t now_s, char *number_out, char *error,
+                        size_t error_size);
+
+/*
+ * Parses a decimal amount that must be exact in the currency's minor unit
+ * and > 0 ("12.5" USD is 1250; "1,00" and "0.001" USD are errors).
+ */
+int billing_amount_parse(const char *text, const struct money_currency *currency,
+                         int64_t *minor_out, char *error, size_t error_size);
 
 #endif

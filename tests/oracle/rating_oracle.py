@@ -457,7 +457,8 @@ def rate_parsed(currency, rounding, versions, book_name, usage, tracker):
         granted = parse_time(credit["granted"])
         expires = 0 if credit.get("expires") is None else parse_time(credit["expires"])
         balance = int(credit["balance_minor"])
-        if granted < period_end and (expires == 0 or expires > period_start) and balance > 0:
+        # A grant made after the period still pays; an expired one does not.
+        if (expires == 0 or expires > period_start) and balance > 0:
             grants.append((expires == 0, expires, granted, int(credit["id"]), balance))
     grants.sort()
     due = net
