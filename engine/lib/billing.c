@@ -1,4 +1,5 @@
 #include "billing.h"
+#include "usage_input.h"
 
 #include "common/log.h"
 #include "common/status.h"
@@ -24,60 +25,46 @@ _Static_assert((int)ROLLUP_STORAGE_BYTE_SECONDS == (int)METER_STORAGE_BYTE_SECON
 _Static_assert((int)ROLLUP_TRANSFER_BYTES == (int)METER_TRANSFER_BYTES, "meters share numbers");
 
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                         struct usage_totals *usage, uint64_t *event_count_out)
+                         const struct pricebook *book, struct usage_totals *usage,
+                         uint64_t *event_count_out, char *error, size_t error_size)
 {
     struct tenant_settings settings;
     int rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
-    if (rc != HM_OK)
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the settings of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
         return rc;
+    }
     enum support_tier tier = SUPPORT_NONE;
     if (support_tier_parse(settings.support_tier, &tier) != HM_OK) {
-        log_error("billing", "tenant %s has the unknown support tier \"%s\"", tenant->name,
-                  settings.support_tier);
+        snprintf(error, error_size, "tenant %s has the unknown support tier \"%s\"; set one with "
+                 "`meterctl tenant set %s --support-tier none|basic|pro|enterprise`",
+                 tenant->name, settings.support_tier, tenant->name);
         return HM_ERR_STORAGE;
     }
-    struct rollup_row *rows = NULL;
-    size_t count = 0;
-    rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    int64_t start_s = period_start_us(period) / 1000000;
+    int64_t end_s = period_start_us(period_next(period)) / 1000000;
+    int64_t starts[USAGE_INPUT_SLICES_MAX];
+    size_t slice_count = 0;
+    rc = pricebook_slices(book, start_s, end_s, starts, USAGE_INPUT_SLICES_MAX, &slice_count);
+    if (rc == HM_ERR_NOT_FOUND) {
+        snprintf(error, error_size, "tenant %s: price book \"%s\" has no version in effect at "
+                 "the start of %04u-%02u; give its first version an earlier effective_from",
+                 tenant->name, book->name, period / 100, period % 100);
+        return rc;
+    }
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "tenant %s: cannot cut %04u-%02u into the versions of price "
+                 "book \"%s\": %s", tenant->name, period / 100, period % 100, book->name,
+                 hm_status_str(rc));
+        return rc;
+    }
+    rc = usage_input_build(ledger, tenant, period, starts, slice_count, usage, event_count_out,
+                           error, error_size);
     if (rc != HM_OK)
         return rc;
-    memset(usage, 0, sizeof *usage);
-    usage->items = calloc(count ? count : 1, sizeof *usage->items);
-    if (usage->items == NULL) {
-        free(rows);
-        return HM_ERR_NOMEM;
-    }
-    uint64_t events = 0;
-    for (size_t i = 0; i < count; i++) {
-        /* Event counts per kind are counted, not billed. */
-        if (rows[i].meter == ROLLUP_EVENTS) {
-            events += (uint64_t)rows[i].quantity;
-            continue;
-        }
-        size_t dimension_size = strlen(rows[i].dimension);
-        /* Billed dimensions are GPU types and models, which the wire format caps at 64 bytes. */
-        if (dimension_size > USAGE_DIMENSION_MAX) {
-            free(rows);
-            free(usage->items);
-            return HM_ERR_INVALID;
-        }
-        struct usage_item *item = &usage->items[usage->item_count++];
-        item->meter = (enum meter)rows[i].meter;
-        memcpy(item->dimension, rows[i].dimension, dimension_size + 1);
-        item->quantity = rows[i].quantity;
-        item->event_count = rows[i].event_count;
-    }
-    free(rows);
-    memcpy(usage->tenant_id, tenant->id, UUID_SIZE);
-    snprintf(usage->tenant_name, sizeof usage->tenant_name, "%s", tenant->name);
-    usage->period = period;
-    usage->period_start_s = period_start_us(period) / 1000000;
-    usage->period_end_s = period_start_us(period_next(period)) / 1000000;
-    usage->service_start_s = tenant->service_start_s;
     usage->service_end_s = settings.service_end_s;
     usage->support_tier = tier;
-    if (event_count_out != NULL)
-        *event_count_out = events;
     return HM_OK;
 }
 
@@ -138,7 +125,7 @@ static void rating_input_free(struct rating_input *input)
 {
     pricebook_free(input->book);
     free(input->book_text);
-    free(input->usage.items);
+    usage_input_free(&input->usage);
     free(input->credits);
     free(input->late);
     free(input->adjustments);
@@ -236,10 +223,8 @@ static int rating_input_build(struct ledger *ledger, const struct tenant *tenant
     if (rc == HM_OK)
         rc = ledger_tenant_settings_get(ledger, tenant->id, &input->settings);
     if (rc == HM_OK) {
-        rc = billing_usage_totals(ledger, tenant, period, &input->usage, &input->events);
-        if (rc != HM_OK)
-            snprintf(error, error_size, "cannot read the usage of tenant %s: %s", tenant->name,
-                     hm_status_str(rc));
+        rc = billing_usage_totals(ledger, tenant, period, input->book, &input->usage,
+                                  &input->events, error, error_size);
     }
     if (rc == HM_OK)
         rc = credits_load(ledger, tenant, input, error, error_size);
@@ -319,11 +304,12 @@ static int late_rate(struct ledger *ledger, const struct tenant *tenant,
     if (rc != HM_OK)
         return rc;
     struct usage_totals usage;
-    rc = billing_usage_totals(ledger, tenant, billed->period, &usage, &late->events_now);
+    rc = billing_usage_totals(ledger, tenant, billed->period, book, &usage, &late->events_now,
+                              error, error_size);
     struct invoice invoice;
     if (rc == HM_OK) {
         rc = pricing_rate(&usage, book, &invoice, error, error_size);
-        free(usage.items);
+        usage_input_free(&usage);
     }
     if (rc == HM_OK) {
         int64_t net = invoice.subtotal.minor - invoice.discount_total.minor;

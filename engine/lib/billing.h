@@ -11,12 +11,17 @@
 #include "rollup/ledger.h"
 
 /*
- * Builds the usage totals of a tenant's period from its rollups, and counts
- * its events into *event_count_out when that is not NULL. The items are
- * allocated; the caller frees usage->items with free().
+ * Builds the usage totals of a tenant's period for rating under `book`: one
+ * slice per version of the book in effect during the period (a single slice
+ * reads the maintained rollups; several recount the stored events of each
+ * slice), plus the tenant's service dates and support tier. Counts the
+ * period's events into *event_count_out when that is not NULL. Credits and
+ * adjustments are left empty. The caller frees the items with
+ * usage_input_free. On error `error` names the tenant and the fix.
  */
 int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                         struct usage_totals *usage, uint64_t *event_count_out);
+                         const struct pricebook *book, struct usage_totals *usage,
+                         uint64_t *event_count_out, char *error, size_t error_size);
 
 /* Counts the events stored for a tenant's period, of every kind. */
 int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,

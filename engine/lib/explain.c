@@ -966,6 +966,44 @@ static struct pricebook *rerate_book_load(const char *path)
  * tenant gets no invoice for the period (as at close), or a negative error
  * with the message in error.
  */
+/*
+ * What an invoice charges for its own period: subtotal minus discounts,
+ * without the late usage of earlier periods and before credits, which
+ * re-rating under another book leaves alone.
+ */
+static int64_t invoice_usage_charges(const struct invoice *invoice)
+{
+    int64_t amount = invoice->subtotal.minor - invoice->discount_total.minor;
+    for (size_t i = 0; i < invoice->line_count; i++) {
+        if (invoice->lines[i].kind == INVOICE_LINE_ADJUSTMENT)
+            amount -= invoice->lines[i].amount.minor;
+    }
+    return amount;
+}
+
+/* The same as invoice_usage_charges, for a sealed invoice's JSON. */
+static int stored_usage_charges(json_t *invoice, int64_t *out)
+{
+    json_t *subtotal = json_object_get(json_object_get(invoice, "subtotal"), "amount_minor");
+    json_t *discount = json_object_get(json_object_get(invoice, "discount"), "amount_minor");
+    if (!json_is_integer(subtotal) || !json_is_integer(discount))
+        return HM_ERR_INVALID;
+    int64_t amount = json_integer_value(subtotal) - json_integer_value(discount);
+    size_t index;
+    json_t *line;
+    json_array_foreach(json_object_get(invoice, "lines"), index, line) {
+        const char *kind = json_string_value(json_object_get(line, "kind"));
+        if (kind == NULL || strcmp(kind, "adjustment") != 0)
+            continue;
+        json_t *minor = json_object_get(line, "amount_minor");
+        if (!json_is_integer(minor))
+            return HM_ERR_INVALID;
+        amount -= json_integer_value(minor);
+    }
+    *out = amount;
+    return HM_OK;
+}
+
 static int rerate_current(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                           struct rerate_row *row, char currency[4], char *error, size_t error_size)
 {
@@ -978,14 +1016,13 @@ static int rerate_current(struct ledger *ledger, const struct tenant *tenant, ui
     if (rc == HM_OK) {
         json_t *invoice = json_loads(text, 0, NULL);
         free(text);
-        json_t *minor = json_object_get(json_object_get(invoice, "total"), "amount_minor");
-        rc = json_is_integer(minor) ? HM_OK : HM_ERR_INVALID;
+        rc = stored_usage_charges(invoice, &row->current_minor);
         if (rc == HM_OK) {
-            row->current_minor = json_integer_value(minor);
             row->status = "finalized";
             snprintf(currency, 4, "%s", string_of(invoice, "currency"));
         } else {
-            snprintf(error, error_size, "the sealed invoice has no total.amount_minor");
+            snprintf(error, error_size, "the sealed invoice lacks subtotal, discount or a line "
+                     "amount_minor");
         }
         json_decref(invoice);
         return rc;
@@ -999,7 +1036,7 @@ static int rerate_current(struct ledger *ledger, const struct tenant *tenant, ui
     if (rc != HM_OK)
         return rc;
     bool no_invoice = tenant->service_start_s >= period_end_s_of(period) && invoice.line_count == 0;
-    row->current_minor = invoice.total.minor;
+    row->current_minor = invoice_usage_charges(&invoice);
     row->status = "draft";
     snprintf(currency, 4, "%s", invoice.currency->code);
     invoice_free(&invoice);
@@ -1023,15 +1060,9 @@ static int rerate_tenant(struct ledger *ledger, const struct tenant *tenant, uin
                  row->status, currency, book_path, book->currency->code, currency);
         return HM_ERR_INVALID;
     }
-    /*
-     * NOTE: the re-rated usage is the metered items and the service start.
-     * Credits, adjustments, a support tier or a service end that the draft
-     * may carry are not in it, so they show in the difference.
-     */
-    int64_t slice_start_s = period_start_s_of(period);
+    /* The same usage, slices and tenant settings as a close; credits and late usage stay out. */
     struct usage_totals usage;
-    rc = usage_input_build(ledger, tenant, period, &slice_start_s, 1, &usage, NULL, error,
-                           error_size);
+    rc = billing_usage_totals(ledger, tenant, period, book, &usage, NULL, error, error_size);
     if (rc != HM_OK)
         return rc;
     struct invoice invoice;
@@ -1039,7 +1070,7 @@ static int rerate_tenant(struct ledger *ledger, const struct tenant *tenant, uin
     usage_input_free(&usage);
     if (rc != HM_OK)
         return rc;
-    row->rerated_minor = invoice.total.minor;
+    row->rerated_minor = invoice_usage_charges(&invoice);
     invoice_free(&invoice);
     return HM_OK;
 }
