@@ -426,6 +426,16 @@ struct billed_period {
     int64_t net_minor;     /* invoice subtotal - discount when it was finalized */
     int64_t total_minor;   /* invoice total (after credits) when it was finalized */
     int recheck;           /* 1: compare again at the next close, even with the same events */
+    /*
+     * The tenant's settings that the period was rated with, so that late
+     * usage re-rates it the same way after the tenant changes them. 0 in
+     * records written before they were kept (record version 1): such a
+     * period re-rates with the tenant's current settings.
+     */
+    int has_billed_with;
+    char support_tier[SUPPORT_TIER_NAME_MAX + 1];
+    int64_t service_start_s;
+    int64_t service_end_s; /* 0 for none */
     size_t change_count;
     struct billed_change *changes; /* owned; freed by ledger_billed_free */
 };

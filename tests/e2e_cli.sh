@@ -268,6 +268,17 @@ else
   failures=$((failures + 1))
 fi
 
+# README lists every command exactly as `meterctl --help` prints it, between two markers.
+readme_help=$(sed -n '/^<!-- meterctl --help -->$/,/^<!-- end of meterctl --help -->$/p' \
+  "$source_dir/README.md" | sed '1,2d;$d' | sed '$d')
+if [ -n "$readme_help" ] && [ "$readme_help" = "$($meterctl --help)" ]; then
+  echo "ok   README lists the commands of meterctl --help"
+else
+  echo "FAIL README's command list differs from meterctl --help:"
+  diff <(echo "$readme_help") <($meterctl --help) || true
+  failures=$((failures + 1))
+fi
+
 if [ "$failures" -gt 0 ]; then
   echo "$failures checks failed"
   exit 1

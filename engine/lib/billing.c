@@ -35,18 +35,27 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                  hm_status_str(rc));
         return rc;
     }
+    return billing_usage_totals_with(ledger, tenant, &settings, period, book, usage,
+                                     event_count_out, error, error_size);
+}
+
+int billing_usage_totals_with(struct ledger *ledger, const struct tenant *tenant,
+                              const struct tenant_settings *settings, uint32_t period,
+                              const struct pricebook *book, struct usage_totals *usage,
+                              uint64_t *event_count_out, char *error, size_t error_size)
+{
     enum support_tier tier = SUPPORT_NONE;
-    if (support_tier_parse(settings.support_tier, &tier) != HM_OK) {
+    if (support_tier_parse(settings->support_tier, &tier) != HM_OK) {
         snprintf(error, error_size, "tenant %s has the unknown support tier \"%s\"; set one with "
                  "`meterctl tenant set %s --support-tier none|basic|pro|enterprise`",
-                 tenant->name, settings.support_tier, tenant->name);
+                 tenant->name, settings->support_tier, tenant->name);
         return HM_ERR_STORAGE;
     }
     int64_t start_s = period_start_us(period) / 1000000;
     int64_t end_s = period_start_us(period_next(period)) / 1000000;
     int64_t starts[USAGE_INPUT_SLICES_MAX];
     size_t slice_count = 0;
-    rc = pricebook_slices(book, start_s, end_s, starts, USAGE_INPUT_SLICES_MAX, &slice_count);
+    int rc = pricebook_slices(book, start_s, end_s, starts, USAGE_INPUT_SLICES_MAX, &slice_count);
     if (rc == HM_ERR_NOT_FOUND) {
         snprintf(error, error_size, "tenant %s: price book \"%s\" has no version in effect at "
                  "the start of %04u-%02u; give its first version an earlier effective_from",
@@ -63,7 +72,7 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                            error, error_size);
     if (rc != HM_OK)
         return rc;
-    usage->service_end_s = settings.service_end_s;
+    usage->service_end_s = settings->service_end_s;
     usage->support_tier = tier;
     return HM_OK;
 }
@@ -223,8 +232,8 @@ static int rating_input_build(struct ledger *ledger, const struct tenant *tenant
     if (rc == HM_OK)
         rc = ledger_tenant_settings_get(ledger, tenant->id, &input->settings);
     if (rc == HM_OK) {
-        rc = billing_usage_totals(ledger, tenant, period, input->book, &input->usage,
-                                  &input->events, error, error_size);
+        rc = billing_usage_totals_with(ledger, tenant, &input->settings, period, input->book,
+                                       &input->usage, &input->events, error, error_size);
     }
     if (rc == HM_OK)
         rc = credits_load(ledger, tenant, input, error, error_size);
@@ -303,9 +312,22 @@ static int late_rate(struct ledger *ledger, const struct tenant *tenant,
     free(text);
     if (rc != HM_OK)
         return rc;
+    /* The period is priced with the settings it was billed with, when its record keeps them. */
+    struct tenant billed_tenant = *tenant;
+    struct tenant_settings settings;
+    rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
+    if (rc == HM_OK && billed->has_billed_with) {
+        billed_tenant.service_start_s = billed->service_start_s;
+        snprintf(settings.support_tier, sizeof settings.support_tier, "%s", billed->support_tier);
+        settings.service_end_s = billed->service_end_s;
+    }
     struct usage_totals usage;
-    rc = billing_usage_totals(ledger, tenant, billed->period, book, &usage, &late->events_now,
-                              error, error_size);
+    if (rc == HM_OK)
+        rc = billing_usage_totals_with(ledger, &billed_tenant, &settings, billed->period, book,
+                                       &usage, &late->events_now, error, error_size);
+    else
+        snprintf(error, error_size, "cannot read the settings of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
     struct invoice invoice;
     if (rc == HM_OK) {
         rc = pricing_rate(&usage, book, &invoice, error, error_size);
@@ -847,6 +869,11 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     snprintf(billed.issuer, sizeof billed.issuer, "%s", closing->input.settings.issuer);
     snprintf(billed.currency, sizeof billed.currency, "%s", invoice->currency->code);
     snprintf(billed.book_sha256, sizeof billed.book_sha256, "%s", closing->input.book_sha256);
+    billed.has_billed_with = 1;
+    snprintf(billed.support_tier, sizeof billed.support_tier, "%s",
+             closing->input.settings.support_tier);
+    billed.service_start_s = tenant->service_start_s;
+    billed.service_end_s = closing->input.settings.service_end_s;
     if (rc == HM_OK)
         rc = ledger_billed_put(txn, tenant->id, &billed);
     for (size_t i = 0; rc == HM_OK && i < invoice->credit_count; i++)

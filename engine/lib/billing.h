@@ -23,6 +23,16 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                          const struct pricebook *book, struct usage_totals *usage,
                          uint64_t *event_count_out, char *error, size_t error_size);
 
+/*
+ * The same as billing_usage_totals with the tenant's settings given, for a
+ * rating with the settings a period was billed with rather than the current
+ * ones. The service start is tenant->service_start_s.
+ */
+int billing_usage_totals_with(struct ledger *ledger, const struct tenant *tenant,
+                              const struct tenant_settings *settings, uint32_t period,
+                              const struct pricebook *book, struct usage_totals *usage,
+                              uint64_t *event_count_out, char *error, size_t error_size);
+
 /* Counts the events stored for a tenant's period, of every kind. */
 int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                         uint64_t *count_out);

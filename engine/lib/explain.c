@@ -178,6 +178,8 @@ struct explanation {
     char period_text[8];
     const struct money_currency *currency;
     json_t *invoice_lines; /* borrowed from the parsed invoice */
+    struct pricebook *book; /* the invoice's book snapshot, else the tenant's book now */
+    const struct pricebook_version *last_version; /* in effect in the last slice */
     bool sliced;
     size_t slice_count;
     int64_t slice_starts[USAGE_INPUT_SLICES_MAX + 1];
@@ -192,59 +194,55 @@ struct explanation {
 
 static void explanation_free(struct explanation *x)
 {
+    pricebook_free(x->book);
     free(x->month_rows);
     for (size_t i = 0; i < x->slice_count; i++)
         free(x->slice_rows[i]);
 }
 
-static int slice_start_add(struct explanation *x, int64_t start_s)
+/*
+ * Loads the book the invoice was rated with: the snapshot named by its
+ * price_book_sha256, else (a draft, or an invoice sealed before snapshots)
+ * the tenant's book as it is now.
+ */
+static int book_load(struct explanation *x, json_t *invoice)
 {
-    size_t at = 0;
-    while (at < x->slice_count && x->slice_starts[at] < start_s)
-        at++;
-    if (at < x->slice_count && x->slice_starts[at] == start_s)
-        return HM_OK;
-    if (x->slice_count > USAGE_INPUT_SLICES_MAX)
-        return HM_ERR_INVALID;
-    memmove(&x->slice_starts[at + 1], &x->slice_starts[at],
-            (x->slice_count - at) * sizeof x->slice_starts[0]);
-    x->slice_starts[at] = start_s;
-    x->slice_count++;
-    return HM_OK;
+    const char *sha256 = string_of(invoice, "price_book_sha256");
+    if (sha256[0] == '\0')
+        return billing_pricebook_for(x->ledger, x->tenant, &x->book, x->error, x->error_size);
+    char *text = NULL;
+    int rc = ledger_book_snapshot_get(x->ledger, sha256, &text);
+    if (rc != HM_OK) {
+        snprintf(x->error, x->error_size,
+                 "the price book snapshot %s of the invoice of tenant %s for %s cannot be read: "
+                 "%s",
+                 sha256, x->tenant->name, x->period_text, hm_status_str(rc));
+        return rc == HM_ERR_NOT_FOUND ? HM_ERR_STORAGE : rc;
+    }
+    char error[512];
+    rc = pricebook_parse(text, strlen(text), &x->book, error, sizeof error);
+    free(text);
+    if (rc != HM_OK)
+        snprintf(x->error, x->error_size, "the price book snapshot %s cannot be parsed: %s",
+                 sha256, error);
+    return rc;
 }
 
-/*
- * Collects the slices from the lines' slice_start. NOTE: the invoice names
- * only slices that have a line. A slice without any line had no billed
- * usage, so merging it into the slice before leaves every line's quantity
- * as it is, but events of zero quantity in it count toward that slice.
- */
+/* Cuts the period into the slices of the book's versions, as rating does. */
 static int slices_collect(struct explanation *x)
 {
-    x->slice_count = 1;
-    x->slice_starts[0] = x->period_start_s;
-    size_t index;
-    json_t *line;
-    json_array_foreach(x->invoice_lines, index, line)
-    {
-        const char *text = json_string_value(json_object_get(line, "slice_start"));
-        if (text == NULL)
-            continue;
-        int64_t start_s = 0;
-        if (time_parse(text, &start_s) != HM_OK || start_s < x->period_start_s ||
-            start_s >= x->period_end_s) {
-            snprintf(x->error, x->error_size,
-                     "line %zu has slice_start \"%s\", which is not a time inside %s", index + 1,
-                     text, x->period_text);
-            return HM_ERR_INVALID;
-        }
-        x->sliced = true;
-        if (slice_start_add(x, start_s) != HM_OK) {
-            snprintf(x->error, x->error_size, "the invoice names more than %d slices",
-                     USAGE_INPUT_SLICES_MAX);
-            return HM_ERR_INVALID;
-        }
+    int rc = pricebook_slices(x->book, x->period_start_s, x->period_end_s, x->slice_starts,
+                              USAGE_INPUT_SLICES_MAX, &x->slice_count);
+    if (rc != HM_OK) {
+        snprintf(x->error, x->error_size,
+                 "price book \"%s\" has no version in effect at the start of %s, so the "
+                 "invoice of tenant %s cannot be cut into slices; give its first version an "
+                 "earlier effective_from",
+                 x->book->name, x->period_text, x->tenant->name);
+        return rc == HM_ERR_NOT_FOUND ? HM_ERR_INVALID : rc;
     }
+    x->sliced = x->slice_count > 1;
+    x->last_version = pricebook_version_at(x->book, x->slice_starts[x->slice_count - 1]);
     return HM_OK;
 }
 
@@ -260,6 +258,31 @@ static size_t slice_index_of(const struct explanation *x, int64_t start_s)
 static int64_t slice_end_of(const struct explanation *x, size_t slice)
 {
     return slice + 1 < x->slice_count ? x->slice_starts[slice + 1] : x->period_end_s;
+}
+
+/* Checks that every line's slice_start is the start of a slice of the book. */
+static int line_slices_check(struct explanation *x)
+{
+    size_t index;
+    json_t *line;
+    json_array_foreach(x->invoice_lines, index, line)
+    {
+        const char *text = json_string_value(json_object_get(line, "slice_start"));
+        int64_t start_s = 0;
+        if (text == NULL)
+            continue;
+        bool known = time_parse(text, &start_s) == HM_OK;
+        for (size_t i = 0; known && i < x->slice_count && x->slice_starts[i] != start_s; i++)
+            known = i + 1 < x->slice_count;
+        if (!known) {
+            snprintf(x->error, x->error_size,
+                     "line %zu has slice_start \"%s\", which is not where a version of price "
+                     "book \"%s\" starts a slice of %s; the invoice does not match its book",
+                     index + 1, text, x->book->name, x->period_text);
+            return HM_ERR_INVALID;
+        }
+    }
+    return HM_OK;
 }
 
 /* The slice of a line: its slice_start, else the first slice. */
@@ -408,17 +431,30 @@ static void explain_fee(struct explanation *x, json_t *line, json_t *item)
 }
 
 /*
- * The line kinds a discount applies to and its driver. TODO: the price
- * book in use has one discount, the GPU volume discount, which applies to
- * the GPU lines and is driven by GPU-hours. Once books carry named
- * discounts with applies_to and driver, look the line's description up
- * among the discounts of the last slice's version.
+ * Finds the discount of a discount line in the version of the last slice.
+ * Rating adds discount lines in book order and leaves out those of amount
+ * 0, so the discount lines before it are matched by name in the same order.
+ * Returns NULL when no discount of that version has the line's description.
  */
-static void discount_scope(json_t *line, const char **applies_to, const char **driver)
+static const struct pricebook_discount *discount_of_line(const struct explanation *x,
+                                                         size_t line_index)
 {
-    (void)line;
-    *applies_to = "gpu";
-    *driver = "gpu";
+    const struct pricebook_version *version = x->last_version;
+    size_t next = 0;
+    const struct pricebook_discount *found = NULL;
+    for (size_t i = 0; i <= line_index && version != NULL; i++) {
+        json_t *line = json_array_get(x->invoice_lines, i);
+        if (strcmp(string_of(line, "kind"), "discount") != 0)
+            continue;
+        found = NULL;
+        const char *name = string_of(line, "description");
+        while (next < version->discount_count && found == NULL) {
+            if (strcmp(version->discounts[next].name, name) == 0)
+                found = &version->discounts[next];
+            next++;
+        }
+    }
+    return found;
 }
 
 /* Sums the whole period's quantity of a meter, all dimensions, in raw units. */
@@ -449,25 +485,39 @@ static json_t *billing_quantity_json(const struct explanation *x, const struct m
     return json_string(text);
 }
 
-static void explain_discount(struct explanation *x, json_t *line, json_t *item)
+static int explain_discount(struct explanation *x, size_t line_index, json_t *line, json_t *item)
 {
-    const char *applies_to = NULL, *driver_kind = NULL;
-    discount_scope(line, &applies_to, &driver_kind);
-    const struct meter_info *driver = meter_of_kind(driver_kind);
+    const struct pricebook_discount *found = discount_of_line(x, line_index);
+    if (found == NULL) {
+        snprintf(x->error, x->error_size,
+                 "line %zu is the discount \"%s\", which price book \"%s\" does not have in "
+                 "its version in effect at the end of %s; the invoice does not match its book",
+                 line_index + 1, string_of(line, "description"), x->book->name, x->period_text);
+        return HM_ERR_INVALID;
+    }
     json_t *discount = json_object();
     json_t *kinds = json_array();
-    json_array_append_new(kinds, json_string(applies_to));
+    for (size_t k = 0; k < PRICEBOOK_USAGE_KINDS; k++) {
+        if (found->applies_to[k])
+            json_array_append_new(kinds, json_string(meter_infos[k].line_kind));
+    }
     json_t *numbers = json_array();
     int64_t base_minor = 0;
     size_t index;
     json_t *other;
     json_array_foreach(x->invoice_lines, index, other)
     {
-        if (strcmp(string_of(other, "kind"), applies_to) != 0)
+        const struct meter_info *meter = meter_of_kind(string_of(other, "kind"));
+        if (meter == NULL || !found->applies_to[meter - meter_infos])
             continue;
         json_array_append_new(numbers, json_integer((json_int_t)index + 1));
         base_minor += json_integer_value(json_object_get(other, "amount_minor"));
     }
+    const struct meter_info *driver = &meter_infos[found->driver];
+    json_object_set_new(discount, "name", json_string(found->name));
+    json_object_set_new(discount, "mode", json_string(found->mode == PRICEBOOK_DISCOUNT_VOLUME
+                                                          ? "volume"
+                                                          : "graduated"));
     json_object_set_new(discount, "applies_to", kinds);
     json_object_set_new(discount, "applies_to_lines", numbers);
     json_object_set_new(discount, "base", amount_json(base_minor, x->currency));
@@ -479,6 +529,7 @@ static void explain_discount(struct explanation *x, json_t *line, json_t *item)
     json_object_set_new(discount, "driver_raw_quantity", int128_json(raw));
     json_object_set_new(discount, "driver_meter", json_string(driver->meter_name));
     json_object_set_new(item, "discount", discount);
+    return HM_OK;
 }
 
 /* Explains an adjustment: the earlier period and its events that arrived after its close. */
@@ -553,7 +604,7 @@ static int explain_line(struct explanation *x, size_t index, json_t *line, json_
     else if (strcmp(kind, "base_fee") == 0 || strcmp(kind, "support_fee") == 0)
         explain_fee(x, line, item);
     else if (strcmp(kind, "discount") == 0)
-        explain_discount(x, line, item);
+        rc = explain_discount(x, index, line, item);
     else if (strcmp(kind, "adjustment") == 0)
         explain_adjustment(x, line, item);
     else if (strcmp(kind, "commitment_true_up") == 0)
@@ -670,7 +721,11 @@ static int explanation_start(struct explanation *x, json_t *invoice, size_t line
                  line_count == 1 ? "" : "s", line_count);
         return HM_ERR_INVALID;
     }
-    int rc = slices_collect(x);
+    int rc = book_load(x, invoice);
+    if (rc == HM_OK)
+        rc = slices_collect(x);
+    if (rc == HM_OK)
+        rc = line_slices_check(x);
     if (rc != HM_OK)
         return rc;
     rc = ledger_rollups(x->ledger, x->tenant->id, x->period, &x->month_rows, &x->month_count);
@@ -746,11 +801,13 @@ static void print_detail(json_t *item, FILE *out)
                 json_integer_value(json_object_get(part, "period_seconds")),
                 string_of(part, "service_start"), string_of(part, "service_end"));
     } else if ((part = json_object_get(item, "discount")) != NULL) {
-        const char *kind =
-            json_string_value(json_array_get(json_object_get(part, "applies_to"), 0));
-        fprintf(out, "      applies to the %s lines", kind ? kind : "");
         size_t index;
-        json_t *number;
+        json_t *kind, *number;
+        fprintf(out, "      %s, %s: applies to the", string_of(part, "name"),
+                string_of(part, "mode"));
+        json_array_foreach(json_object_get(part, "applies_to"), index, kind)
+            fprintf(out, "%s%s", index ? ", " : " ", json_string_value(kind));
+        fprintf(out, " lines");
         json_array_foreach(json_object_get(part, "applies_to_lines"), index, number)
             fprintf(out, "%s%" JSON_INTEGER_FORMAT, index ? ", " : " ", json_integer_value(number));
         fprintf(out, " (sum %s); driver %s: %s %s (%s %s)\n", string_of(part, "base"),
