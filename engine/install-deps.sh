@@ -4,7 +4,9 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config liburing-dev liblmdb-dev libjansson-dev libssl-dev
-          libcriterion-dev python3 lmdb-utils)
+          libcriterion-dev python3 lmdb-utils
+          libcurl4-openssl-dev openssl
+          libpq-dev postgresql)
 
 missing=()
 for package in "${packages[@]}"; do

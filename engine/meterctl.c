@@ -3,6 +3,8 @@
 #include "common/status.h"
 #include "engine/lib/billing.h"
 #include "engine/lib/explain.h"
+#include "engine/lib/export_stripe.h"
+#include "engine/lib/postgres_cli.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
 
@@ -27,6 +29,7 @@ static const char usage_text[] =
     "                               change a tenant's service dates, support tier or issuer\n"
     "      TENANT OPTIONS: --service-end YYYY-MM-DD|none (service ends at that midnight UTC)\n"
     "                      --support-tier none|basic|pro|enterprise   --issuer NAME\n"
+    "                      --stripe-customer cus_...|none (the tenant's Stripe customer)\n"
     "  tenant list                  list tenants with their settings\n"
     "  issuer add NAME --prefix PREFIX\n"
     "                               add an issuer; its invoices are PREFIX-000001, ... and its\n"
@@ -71,6 +74,23 @@ static const char usage_text[] =
     "                               price the period under the book FILE and print each\n"
     "                               tenant's current total, re-rated total and difference;\n"
     "                               changes nothing\n"
+    "  export stripe [--tenant TENANT] [--check] [--api-base URL] [--ca-file FILE]\n"
+    "                [--api-key-file FILE] [--rate N] [--timeout SECONDS] [--max-retries N]\n"
+    "                [--debug]\n"
+    "                               send finalized invoices not yet exported to Stripe, and\n"
+    "                               void there what was voided here; --check compares the\n"
+    "                               exported invoices with Stripe's and exits 1 on a\n"
+    "                               difference. The key comes from $STRIPE_API_KEY or\n"
+    "                               --api-key-file (mode 0600); --rate: requests per second\n"
+    "                               (default 20), --timeout: seconds per request (default 30)\n"
+    "  db migrate [--dsn DSN] [--migrations DIR]\n"
+    "                               apply the PostgreSQL migrations (sql/NNN_name.sql) that the\n"
+    "                               database lacks, each in its own transaction\n"
+    "  export postgres [--dsn DSN] [--tenant TENANT] [--batch-rows N]\n"
+    "                               copy tenants, key hashes, invoices, credit notes and new\n"
+    "                               usage events to PostgreSQL; a rerun copies only what\n"
+    "                               changed (N: events per transaction, default 10000)\n"
+    "                               DSN: a libpq connection string or URI, else $METER_PG_DSN\n"
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
     "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n";
@@ -252,13 +272,30 @@ static int tenant_options(struct ledger *ledger, int argc, char **argv, struct t
             return fail("cannot read issuer \"%s\": %s", issuer, hm_status_str(rc));
         snprintf(settings->issuer, sizeof settings->issuer, "%s", issuer);
     }
+    const char *customer = option_value(argc, argv, "--stripe-customer");
+    if (customer != NULL && strcmp(customer, "none") == 0) {
+        settings->stripe_customer[0] = '\0';
+    } else if (customer != NULL) {
+        /* Stripe ids are a prefix and letters and digits; "cus_" names a customer. */
+        size_t size = strlen(customer);
+        if (size <= 4 || size > STRIPE_CUSTOMER_ID_MAX || strncmp(customer, "cus_", 4) != 0 ||
+            strspn(customer + 4, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
+                size - 4) {
+            char shown[4 * STRIPE_CUSTOMER_ID_MAX + 8];
+            escape_for_terminal(customer, shown, sizeof shown);
+            return fail("invalid --stripe-customer \"%s\": expected a Stripe customer id such as "
+                        "cus_NffrFeUfNV2Hib (cus_ and letters or digits), or none", shown);
+        }
+        snprintf(settings->stripe_customer, sizeof settings->stripe_customer, "%s", customer);
+    }
     return 0;
 }
 
 static int tenant_create(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--id", "--service-start", "--service-end",
-                                              "--support-tier", "--issuer", NULL };
+                                              "--support-tier", "--issuer", "--stripe-customer",
+                                              NULL };
     if (argc < 3)
         return fail("usage: meterctl tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] "
                     "[--service-end YYYY-MM-DD] [--support-tier TIER] [--issuer NAME]");
@@ -301,7 +338,8 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
 static int tenant_set(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--service-start", "--service-end",
-                                              "--support-tier", "--issuer", NULL };
+                                              "--support-tier", "--issuer", "--stripe-customer",
+                                              NULL };
     if (argc < 4)
         return fail("usage: meterctl tenant set TENANT [--service-start YYYY-MM-DD] "
                     "[--service-end YYYY-MM-DD|none] [--support-tier TIER] [--issuer NAME]");
@@ -1148,6 +1186,12 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return invoice_command(ledger, argc, argv);
     if (strcmp(command, "rerate") == 0)
         return explain_rerate_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0 && strcmp(sub, "postgres") == 0)
+        return postgres_export_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0 && strcmp(sub, "stripe") == 0)
+        return export_stripe_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0)
+        return fail("unknown export target \"%s\": use export postgres or export stripe", sub);
     if (strcmp(command, "tenant") == 0)
         return fail("unknown tenant command \"%s\": use tenant create, tenant set or tenant "
                     "list", sub);
@@ -1183,6 +1227,9 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return 0;
     }
+    /* db migrate works on PostgreSQL only. */
+    if (strcmp(argv[first], "db") == 0)
+        return postgres_db_command(argc - first, argv + first, stdout);
 
     /* Only `tenant create` starts a new ledger, so that a mistyped directory is an error. */
     char data_file[4096];

@@ -19,6 +19,8 @@ static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
     "keys",   "pricebooks", "periods", "invoices", "meta",
     "tenant_settings", "issuers", "documents", "book_snapshots", "billed", "credits",
+    "exports",
+    "arrivals",
 };
 
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
@@ -85,6 +87,11 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     rc = mdb_txn_commit(txn);
     if (rc != 0)
         goto fail_open;
+    if (!(options && options->read_only) && (rc = arrivals_backfill(ledger)) != HM_OK) {
+        mdb_env_close(ledger->env);
+        free(ledger);
+        return rc;
+    }
     *out = ledger;
     return HM_OK;
 
@@ -117,6 +124,7 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
         return status_of(rc, "begin write transaction");
     }
     txn->ledger = ledger;
+    txn->arrival_next = 0;
     *out = txn;
     return HM_OK;
 }
@@ -258,6 +266,8 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     if (rc != 0)
         return status_of(rc, "append event");
 
+    if ((rc = arrival_append(txn, event->tenant_id, event->event_id)) != HM_OK)
+        return rc;
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
     /*

@@ -68,6 +68,43 @@ enum append_outcome {
 int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
                   size_t record_size);
 
+/* ---- Arrival order ---- */
+
+/*
+ * Every stored event also gets the next number of its tenant's arrival
+ * sequence (1, 2, ...), written by ledger_append in the same write
+ * transaction as the event. Readers see committed transactions only, and
+ * LMDB has one writer at a time, so the numbers a reader sees for a tenant
+ * are 1..N without gaps, and an event committed later always gets a higher
+ * number. An exporter that remembers the last number it copied finds every
+ * later event, whatever its UUID. Ledgers written before the sequence
+ * existed are numbered in (tenant, event id) order when first opened
+ * read-write.
+ */
+
+/* Reads the highest arrival number of a tenant into *seq_out (0 when it has no events). */
+int ledger_arrival_last(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                        uint64_t *seq_out);
+
+/*
+ * Calls visit(context, seq, event) for the tenant's events with arrival
+ * numbers after_seq + 1, after_seq + 2, ... in order, at most `limit` of
+ * them (0: no limit), from one consistent snapshot. A nonzero return of
+ * visit stops the walk and is returned. HM_ERR_STORAGE when a number points
+ * at a missing or undecodable event.
+ */
+int ledger_arrivals_each(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t after_seq, uint64_t limit,
+                         int (*visit)(void *context, uint64_t seq, const struct event *event),
+                         void *context);
+
+/*
+ * Checks a tenant's arrival sequence against its stored events: numbers
+ * 1..N without gaps, each naming a stored event, and N equal to the event
+ * count. Returns HM_OK, or HM_ERR_CONFLICT with each difference logged.
+ */
+int ledger_arrivals_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]);
+
 /* ---- Rollups ---- */
 
 /* Metered quantities kept per tenant, period and dimension. */
@@ -212,6 +249,8 @@ int ledger_invoice_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
 #define SUPPORT_TIER_NAME_MAX 15
 /* Room for PREFIX-CN-nnnnnn with a counter up to 2^64 - 1. */
 #define DOCUMENT_NUMBER_MAX 40
+/* Stripe object ids are at most 255 characters (Stripe's API reference, "Object IDs"). */
+#define STRIPE_CUSTOMER_ID_MAX 255
 
 /*
  * Settings of a tenant beside its record. They live in their own table as
@@ -222,6 +261,7 @@ struct tenant_settings {
     char support_tier[SUPPORT_TIER_NAME_MAX + 1]; /* "none", "basic", "pro" or "enterprise" */
     char issuer[ISSUER_NAME_MAX + 1];             /* issuer of its documents */
     int64_t service_end_s;                        /* end of service (exclusive); 0 for none */
+    char stripe_customer[STRIPE_CUSTOMER_ID_MAX + 1]; /* "cus_..." or empty: not billed in Stripe */
 };
 
 /* Fills the defaults: support tier "none", issuer "default", no service end. */
@@ -458,5 +498,20 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
 /* Within a write transaction: removes it (HM_OK when there was none). */
 int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                          uint32_t period);
+
+/* ---- Export state ---- */
+
+/*
+ * What an exporter has done with a document in an outside system, stored
+ * under a key such as "stripe/HM-000001" as JSON text that the exporter
+ * defines. Each put is its own synced write transaction, so that an
+ * exporter killed between two steps finds every step it finished.
+ */
+
+/* Reads the state under `key`; *json_out is allocated (free()). HM_ERR_NOT_FOUND when none. */
+int ledger_export_get(struct ledger *ledger, const char *key, char **json_out);
+
+/* Stores (or replaces) the state under `key` and commits. HM_ERR_INVALID for an empty key. */
+int ledger_export_put(struct ledger *ledger, const char *key, const char *json);
 
 #endif

@@ -29,6 +29,8 @@ enum table {
     TABLE_BOOK_SNAPSHOTS, /* SHA-256 hex of a price book's text -> the text */
     TABLE_BILLED,     /* tenant(16) period(4, BE) -> billed state JSON {"version": 2, ...} */
     TABLE_CREDITS,    /* tenant(16) grant id(8, BE) -> credit grant JSON {"version": 1, ...} */
+    TABLE_EXPORTS,    /* "stripe/" document number -> export state JSON {"version": 1, ...} */
+    TABLE_ARRIVALS,   /* tenant(16) arrival number(8, BE) -> event id(16); see ledger.h */
     TABLE_COUNT,
 };
 
@@ -47,6 +49,12 @@ struct ledger {
 struct ledger_txn {
     struct ledger *ledger;
     MDB_txn *txn;
+    /*
+     * The next arrival number of the tenant that ledger_append saw last, so
+     * that a frame's events (one tenant) cost one lookup, not one each.
+     */
+    uint8_t arrival_tenant[UUID_SIZE];
+    uint64_t arrival_next; /* 0: not looked up in this transaction */
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
@@ -160,6 +168,17 @@ static inline void cursor_close(MDB_cursor *cursor)
     if (cursor != NULL)
         mdb_cursor_close(cursor);
 }
+
+/* Within ledger_append: gives a newly stored event the next arrival number of its tenant. */
+int arrival_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                   const uint8_t event_id[UUID_SIZE]);
+
+/*
+ * Called by ledger_open (read-write): numbers the events of a ledger written
+ * before the arrival sequence existed, in write transactions of a bounded
+ * size that a later open resumes, and marks the work done in the meta table.
+ */
+int arrivals_backfill(struct ledger *ledger);
 
 /* Returns 1 when a price book scope's value names a snapshot by its hash, 0 for inline text. */
 int ledger_pricebook_is_reference(const MDB_val *value);

@@ -137,6 +137,7 @@ static int settings_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
     copy_string(json, "support_tier", out->support_tier, sizeof out->support_tier);
     copy_string(json, "issuer", out->issuer, sizeof out->issuer);
     out->service_end_s = integer_of(json, "service_end_s");
+    copy_string(json, "stripe_customer", out->stripe_customer, sizeof out->stripe_customer);
     json_decref(json);
     return HM_OK;
 }
@@ -164,6 +165,9 @@ static int settings_write(struct ledger *ledger, MDB_txn *txn, const uint8_t ten
         return rc;
     json_t *json = json_pack("{s:s, s:s, s:I}", "support_tier", settings->support_tier, "issuer",
                              settings->issuer, "service_end_s", (json_int_t)settings->service_end_s);
+    /* Written only when set, so that settings without it read the same in older versions. */
+    if (json != NULL && settings->stripe_customer[0] != '\0')
+        json_object_set_new(json, "stripe_customer", json_string(settings->stripe_customer));
     MDB_val key = { UUID_SIZE, (void *)tenant_id };
     return record_put(txn, ledger->tables[TABLE_TENANT_SETTINGS], &key, json, 0,
                       "store tenant settings");
