@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config liburing-dev liblmdb-dev libjansson-dev libssl-dev
-          libcriterion-dev python3 lmdb-utils)
+          libcriterion-dev python3 lmdb-utils
+          postgresql libpq-dev libsqlite3-dev redis-server python3-matplotlib)
 
 missing=()
 for package in "${packages[@]}"; do
