@@ -5,8 +5,8 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config liburing-dev liblmdb-dev libjansson-dev libssl-dev
           libcriterion-dev python3 lmdb-utils
-          libcurl4-openssl-dev openssl
-          libpq-dev postgresql)
+          libcurl4-openssl-dev openssl libpq-dev postgresql
+          libsqlite3-dev redis-server python3-matplotlib)
 
 missing=()
 for package in "${packages[@]}"; do
