@@ -153,6 +153,14 @@ int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[U
  */
 int ledger_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period);
 
+/*
+ * Lists the periods (yyyymm, ascending) before `before_period` in which a
+ * tenant has rollups, that is stored events or storage samples.
+ * *periods_out is allocated (free()).
+ */
+int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t before_period, uint32_t **periods_out, size_t *count_out);
+
 /* Counts the stored events of a tenant (all periods). */
 int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                        uint64_t *count_out);
@@ -421,6 +429,9 @@ struct credit_grant {
     int64_t granted_s;
     int64_t expires_s; /* 0: never */
     char note[CREDIT_NOTE_MAX + 1];
+    int64_t revoked_s; /* 0: not revoked; else the balance is 0 from then on */
+    int64_t revoked_balance_minor; /* the balance that the revocation took */
+    char revoke_reason[CREDIT_NOTE_MAX + 1];
     size_t use_count;
     struct credit_use *uses; /* owned; freed by ledger_credit_grants_free */
 };
@@ -434,9 +445,20 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
 void ledger_credit_grants_free(struct credit_grant *grants, size_t count);
 
 /*
+ * Revokes a grant by id: records the time and the reason and sets its
+ * balance to 0, keeping the uses recorded so far. The grant as revoked,
+ * without its uses (use_count 0), goes to *grant_out when that is not NULL.
+ * HM_ERR_NOT_FOUND for an unknown id, HM_ERR_STATE when already revoked.
+ */
+int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *reason,
+                         int64_t now_s, struct credit_grant *grant_out);
+
+/*
  * Within a write transaction: changes a grant's balance by change_minor on
- * behalf of document `number`, and records the change. HM_ERR_NOT_FOUND for
- * an unknown grant, HM_ERR_INVALID when the balance would leave 0..amount.
+ * behalf of document `number`, and records the change. A revoked grant
+ * records a give-back (change_minor > 0, from a void) but keeps its balance
+ * at 0. HM_ERR_NOT_FOUND for an unknown grant, HM_ERR_INVALID when the
+ * balance would leave 0..amount.
  */
 int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                          uint64_t grant_id, int64_t change_minor, const char *number,
@@ -476,6 +498,13 @@ struct billed_period {
     char support_tier[SUPPORT_TIER_NAME_MAX + 1];
     int64_t service_start_s;
     int64_t service_end_s; /* 0 for none */
+    /*
+     * Events per meter at the close, indexed by enum rollup_meter (storage:
+     * the storage events), for comparing the sealed lines with like counts.
+     * has_meter_events is 0 in records written before they were kept.
+     */
+    int has_meter_events;
+    uint64_t meter_events[ROLLUP_EVENTS + 1];
     size_t change_count;
     struct billed_change *changes; /* owned; freed by ledger_billed_free */
 };

@@ -704,11 +704,18 @@ static json_t *credit_to_json(const struct credit_grant *grant)
                                               "change_minor",
                                               (json_int_t)grant->uses[i].change_minor, "at_s",
                                               (json_int_t)grant->uses[i].at_s));
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:o}", "currency", grant->currency,
-                     "amount_minor", (json_int_t)grant->amount_minor, "balance_minor",
-                     (json_int_t)grant->balance_minor, "granted_s", (json_int_t)grant->granted_s,
-                     "expires_s", (json_int_t)grant->expires_s, "note", grant->note, "uses",
-                     uses);
+    json_t *json = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:o}", "currency", grant->currency,
+                             "amount_minor", (json_int_t)grant->amount_minor, "balance_minor",
+                             (json_int_t)grant->balance_minor, "granted_s",
+                             (json_int_t)grant->granted_s, "expires_s",
+                             (json_int_t)grant->expires_s, "note", grant->note, "uses", uses);
+    /* Written only when revoked; older versions read such a grant as one with balance 0. */
+    if (json != NULL && grant->revoked_s != 0)
+        json_object_set_new(json, "revoked",
+                            json_pack("{s:I, s:I, s:s}", "at_s", (json_int_t)grant->revoked_s,
+                                      "balance_minor", (json_int_t)grant->revoked_balance_minor,
+                                      "reason", grant->revoke_reason));
+    return json;
 }
 
 static int credit_from_json(json_t *json, struct credit_grant *out)
@@ -719,6 +726,10 @@ static int credit_from_json(json_t *json, struct credit_grant *out)
     out->granted_s = integer_of(json, "granted_s");
     out->expires_s = integer_of(json, "expires_s");
     copy_string(json, "note", out->note, sizeof out->note);
+    json_t *revoked = json_object_get(json, "revoked");
+    out->revoked_s = integer_of(revoked, "at_s");
+    out->revoked_balance_minor = integer_of(revoked, "balance_minor");
+    copy_string(revoked, "reason", out->revoke_reason, sizeof out->revoke_reason);
     json_t *uses = json_object_get(json, "uses");
     out->use_count = 0;
     out->uses = calloc(json_array_size(uses) + 1, sizeof *out->uses);
@@ -847,6 +858,9 @@ int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     if (rc == HM_OK && (__builtin_add_overflow(grant.balance_minor, change_minor, &balance) ||
                         balance < 0 || balance > grant.amount_minor))
         rc = HM_ERR_INVALID;
+    /* What a void gives back to a revoked grant is recorded, but the revocation keeps it. */
+    if (rc == HM_OK && grant.revoked_s != 0 && change_minor > 0)
+        balance = grant.balance_minor;
     if (rc == HM_OK) {
         grant.balance_minor = balance;
         struct credit_use *use = &grant.uses[grant.use_count++];
@@ -858,6 +872,62 @@ int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     }
     free(grant.uses);
     return rc;
+}
+
+int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *reason,
+                         int64_t now_s, struct credit_grant *grant_out)
+{
+    MDB_txn *txn;
+    int rc = write_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    MDB_cursor *cursor;
+    int mdb_rc = table_cursor_open(txn, ledger, TABLE_CREDITS, &cursor);
+    if (mdb_rc != 0)
+        return write_end(txn, status_of(mdb_rc, "open credit cursor"));
+
+    /* Grants are keyed by tenant first, so the id is found by a scan. */
+    uint8_t key_bytes[UUID_SIZE + 8];
+    MDB_val key, value;
+    rc = HM_ERR_NOT_FOUND;
+    mdb_rc = cursor_get(cursor, &key, &value, MDB_FIRST);
+    while (mdb_rc == 0 && rc == HM_ERR_NOT_FOUND) {
+        if (key.mv_size == sizeof key_bytes &&
+            load_be64((const uint8_t *)key.mv_data + UUID_SIZE) == grant_id) {
+            memcpy(key_bytes, key.mv_data, sizeof key_bytes);
+            rc = HM_OK;
+        }
+        mdb_rc = cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    cursor_close(cursor);
+    if (rc != HM_OK)
+        return write_end(txn, rc);
+
+    key.mv_size = sizeof key_bytes;
+    key.mv_data = key_bytes;
+    json_t *json = NULL;
+    rc = record_get(txn, ledger, TABLE_CREDITS, &key, "credit grant", &json);
+    struct credit_grant grant = { .id = grant_id };
+    memcpy(grant.tenant_id, key_bytes, UUID_SIZE);
+    if (rc == HM_OK)
+        rc = credit_from_json(json, &grant);
+    json_decref(json);
+    if (rc == HM_OK && grant.revoked_s != 0)
+        rc = HM_ERR_STATE;
+    if (rc == HM_OK) {
+        grant.revoked_s = now_s;
+        grant.revoked_balance_minor = grant.balance_minor;
+        snprintf(grant.revoke_reason, sizeof grant.revoke_reason, "%s", reason);
+        grant.balance_minor = 0;
+        rc = record_put(txn, ledger->tables[TABLE_CREDITS], &key, credit_to_json(&grant), 0,
+                        "revoke credit grant");
+    }
+    free(grant.uses);
+    grant.uses = NULL;
+    grant.use_count = 0;
+    if (rc == HM_OK && grant_out != NULL)
+        *grant_out = grant;
+    return write_end(txn, rc);
 }
 
 /* ---- Billed state ---- */
@@ -889,6 +959,12 @@ static int billed_from_json(json_t *json, uint32_t period, struct billed_period 
         copy_string(billed_with, "support_tier", out->support_tier, sizeof out->support_tier);
         out->service_start_s = integer_of(billed_with, "service_start_s");
         out->service_end_s = integer_of(billed_with, "service_end_s");
+    }
+    json_t *meter_events = json_object_get(json, "meter_events");
+    if (json_is_array(meter_events) && json_array_size(meter_events) == ROLLUP_EVENTS + 1) {
+        out->has_meter_events = 1;
+        for (size_t i = 0; i <= ROLLUP_EVENTS; i++)
+            out->meter_events[i] = (uint64_t)json_integer_value(json_array_get(meter_events, i));
     }
     json_t *changes = json_object_get(json, "changes");
     out->changes = calloc(json_array_size(changes) + 1, sizeof *out->changes);
@@ -1017,6 +1093,14 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
                             json_pack("{s:s, s:I, s:I}", "support_tier", billed->support_tier,
                                       "service_start_s", (json_int_t)billed->service_start_s,
                                       "service_end_s", (json_int_t)billed->service_end_s));
+    /* Written only when known; older versions ignore it. */
+    if (json != NULL && billed->has_meter_events) {
+        json_t *meter_events = json_array();
+        for (size_t i = 0; meter_events != NULL && i <= ROLLUP_EVENTS; i++)
+            json_array_append_new(meter_events,
+                                  json_integer((json_int_t)billed->meter_events[i]));
+        json_object_set_new(json, "meter_events", meter_events);
+    }
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, billed->period);
     MDB_val key = { sizeof key_bytes, key_bytes };
@@ -1032,4 +1116,62 @@ int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     MDB_val key = { sizeof key_bytes, key_bytes };
     int rc = mdb_del(txn->txn, txn->ledger->tables[TABLE_BILLED], &key, NULL);
     return rc == 0 || rc == MDB_NOTFOUND ? HM_OK : status_of(rc, "delete billed period");
+}
+
+/* ---- Periods with events ---- */
+
+int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t before_period, uint32_t **periods_out, size_t *count_out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    MDB_cursor *cursor;
+    int mdb_rc = table_cursor_open(txn, ledger, TABLE_ROLLUPS, &cursor);
+    if (mdb_rc != 0) {
+        mdb_txn_abort(txn);
+        return status_of(mdb_rc, "open rollup cursor");
+    }
+    uint32_t *periods = NULL;
+    size_t count = 0, capacity = 0;
+    int status = HM_OK;
+    uint8_t seek[UUID_SIZE + 4];
+    period_key(seek, tenant_id, 0);
+    MDB_val key = { sizeof seek, seek }, value;
+    mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (status == HM_OK && mdb_rc == 0 && key.mv_size >= UUID_SIZE + 4 &&
+           memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+        const uint8_t *bytes = (const uint8_t *)key.mv_data + UUID_SIZE;
+        uint32_t period = (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+                          (uint32_t)bytes[2] << 8 | bytes[3];
+        if (period >= before_period)
+            break;
+        if (count == capacity) {
+            capacity = capacity ? 2 * capacity : 16;
+            uint32_t *grown = realloc(periods, capacity * sizeof *grown);
+            if (grown == NULL) {
+                status = HM_ERR_NOMEM;
+                break;
+            }
+            periods = grown;
+        }
+        periods[count++] = period;
+        /* Skips the period's other rows: the next key is at or after the next period number. */
+        period_key(seek, tenant_id, period + 1);
+        key.mv_size = sizeof seek;
+        key.mv_data = seek;
+        mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    }
+    cursor_close(cursor);
+    mdb_txn_abort(txn);
+    if (status == HM_OK && mdb_rc != 0 && mdb_rc != MDB_NOTFOUND)
+        status = status_of(mdb_rc, "read rollups");
+    if (status != HM_OK) {
+        free(periods);
+        return status;
+    }
+    *periods_out = periods;
+    *count_out = count;
+    return HM_OK;
 }

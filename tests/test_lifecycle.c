@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <lmdb.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 
 #include "engine/lib/billing.h"
 
@@ -779,4 +780,236 @@ Test(lifecycle, price_change_mid_june_through_meterd)
         cr_assert_eq(json_integer_value(json_object_get(check, "period_events")), 3);
     }
     json_decref(explained);
+}
+
+/* Reads a file into out; returns 0, or -1 when it cannot be read. */
+static int file_text(const char *path, char *out, size_t size)
+{
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return -1;
+    size_t got = fread(out, 1, size - 1, file);
+    out[got] = '\0';
+    fclose(file);
+    return 0;
+}
+
+/* A grant in another currency pays nothing, is named at close, and can be revoked. */
+Test(lifecycle, credit_other_currency_warned_and_revoked)
+{
+    char out[16384];
+    cr_assert_eq(meterctl(out, sizeof out, "credit grant alpha 10.00 --currency EUR"), 1, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "bills in USD"), "%s", out);
+    cr_assert_not_null(strstr(out, "omit --currency"), "%s", out);
+
+    /* A EUR grant made before the check existed. */
+    struct ledger *ledger = NULL;
+    struct credit_grant grant = { .amount_minor = 1000, .granted_s = day_s(2024, 1, 1) };
+    memcpy(grant.tenant_id, tenant_a.id, UUID_SIZE);
+    snprintf(grant.currency, sizeof grant.currency, "EUR");
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_credit_grant(ledger, &grant), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(meterctl(out, sizeof out, "credit grant alpha 1.00"), 0, "%s", out);
+
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-06"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "credit grant 1 is in EUR"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "warning: tenant alpha: credit grant 1 is in EUR"), "%s", out);
+    json_t *june = document("HM-000001");
+    cr_assert_eq(minor_of(june, "credits_applied"), 100);
+    cr_assert_eq(minor_of(june, "total"), 300);
+    json_decref(june);
+
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "missing --reason"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke x1 --reason y"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "\"x1\""), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 99 --reason y"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "credit grant 99 not found"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1 --reason 'wrong currency'"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1 --reason again"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "already revoked"), "%s", out);
+    /* A used grant keeps its history when revoked; a later void gives it nothing back. */
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 2 --reason 'contract ended'"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason test"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit list alpha"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "revoked  10.00 on"), "%s", out);
+    cr_assert_not_null(strstr(out, "wrong currency"), "%s", out);
+    cr_assert_not_null(strstr(out, "taken    -1.00 by HM-000001"), "%s", out);
+    cr_assert_not_null(strstr(out, "(not restored: the grant is revoked)"), "%s", out);
+    cr_assert_not_null(strstr(out, "revoked  0.00 on"), "%s", out);
+
+    struct credit_grant *grants = NULL;
+    size_t count = 0;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_credit_list(ledger, tenant_a.id, &grants, &count), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(count, 2);
+    cr_assert_eq(grants[0].balance_minor, 0);
+    cr_assert_eq(grants[1].balance_minor, 0);
+    cr_assert_neq(grants[1].revoked_s, 0);
+    ledger_credit_grants_free(grants, count);
+}
+
+/* A month closes only after the earlier months with service or events, unless gaps are allowed. */
+Test(lifecycle, close_out_of_order_refused)
+{
+    char out[16384];
+    cr_assert_eq(meterctl(out, sizeof out, "tenant create delta --service-start 2024-02-01"), 0,
+                 "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 3600);
+    send_gpu(&tenant_a, day_s(2024, 5, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "tenant alpha: 2024-03 (has events)"), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant delta: 2024-02 (in service)"), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant delta: 2024-04 (in service)"), "%s", out);
+    cr_assert_not_null(strstr(out, "--allow-gaps"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice show alpha --period 2024-05"), 1, "%s", out);
+
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-02"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 1, "%s", out);
+    cr_assert_null(strstr(out, "tenant alpha"), "%s", out);
+    cr_assert_not_null(strstr(out, "1 earlier month is still open"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05 --allow-gaps"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice show alpha --period 2024-05"), 0, "%s", out);
+}
+
+/* A month in which no tenant was in service closes nothing and leaves no folder. */
+Test(lifecycle, close_with_no_tenant_in_service)
+{
+    char out[8192];
+    const char *names[] = { "alpha", "beta", "gamma" };
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(meterctl(out, sizeof out, "tenant set %s --service-start 2030-01-01",
+                              names[i]), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-02"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "no tenant was in service in 2024-02; nothing to close"), "%s",
+                       out);
+    char path[400];
+    snprintf(path, sizeof path, "%s/invoices/2024-02", harness.dir);
+    cr_assert_neq(access(path, F_OK), 0, "%s exists", path);
+}
+
+/* Every document gets a file by number; the period file is the current invoice. */
+Test(lifecycle, document_files_by_number)
+{
+    char out[16384], text[16384], path[400];
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/invoices/documents/HM-000001.json", harness.dir);
+    struct stat info;
+    cr_assert_eq(stat(path, &info), 0, "%s is missing", path);
+    cr_assert_eq(info.st_mode & 0777, 0600);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason test"), 0, "%s", out);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"status\": \"void\""), "%s", text);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"status\": \"void\""), "%s", text);
+    snprintf(path, sizeof path, "%s/invoices/2024-03/alpha.json", harness.dir);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"replaces\": \"HM-000001\""), "%s", text);
+    json_t *current = json_loads(text, 0, NULL);
+    cr_assert_not_null(current);
+    char number[DOCUMENT_NUMBER_MAX];
+    snprintf(number, sizeof number, "%s", text_of(current, "number"));
+    json_decref(current);
+    snprintf(path, sizeof path, "%s/invoices/documents/%s.json", harness.dir, number);
+    cr_assert_eq(access(path, F_OK), 0, "%s is missing", path);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice credit-note %s --amount 0.50 --reason x",
+                          number), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/invoices/documents/HM-CN-000001.json", harness.dir);
+    cr_assert_eq(file_text(path, text, sizeof text), 0, "%s is missing", path);
+    cr_assert_not_null(strstr(text, "\"credit_note\""), "%s", text);
+}
+
+/* Re-rates alpha's period under the book it was billed with and looks for the expected row. */
+static void assert_rerate_row(const char *period, const char *row)
+{
+    char out[8192], path[300];
+    snprintf(path, sizeof path, "%s/same-book.json", harness.dir);
+    write_file(path, book_json);
+    cr_assert_eq(meterctl(out, sizeof out, "rerate --period %s --book %s --tenant alpha",
+                          period, path), 0, "%s", out);
+    cr_assert_not_null(strstr(out, row), "expected \"%s\" in %s", row, out);
+}
+
+/* Late usage billed on later invoices counts as billed; re-rating the same book changes nothing. */
+Test(lifecycle, rerate_after_late_usage_billed)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    send_gpu(&tenant_a, day_s(2024, 7, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    assert_rerate_row("2024-06",
+                      "finalized                6.00               6.00               0.00");
+
+    /* July carries June's adjustment; a late July event is still billed as July's own usage. */
+    send_gpu(&tenant_a, day_s(2024, 7, 20), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-08"), 0, "%s", out);
+    json_t *august = period_invoice(tenant_a.id, 202408);
+    json_t *adjustment = line_of_kind(august, "adjustment");
+    cr_assert_not_null(adjustment, "no adjustment for July on the August invoice");
+    cr_assert_str_eq(text_of(adjustment, "period"), "2024-07");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 200);
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "events")), 1);
+    json_decref(august);
+    assert_rerate_row("2024-07",
+                      "finalized                4.00               4.00               0.00");
+}
+
+/* A sealed invoice is explained as it was at close, with the late events and their document. */
+Test(lifecycle, explain_sealed_invoice_with_late_events)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 12 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice explain alpha --period 2024-06"), 0, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "at close (the sealed line): quantity 12 GPU-hour, events 1"),
+                       "%s", out);
+    cr_assert_not_null(strstr(out, "now: quantity 46800 gpu_seconds, events 2; 1 late event "
+                                   "since the close, pending: billed on the next close"),
+                       "%s", out);
+    cr_assert_not_null(strstr(out, "tiers: above 10 GPU-hour: 50 %"), "%s", out);
+    cr_assert_not_null(strstr(out, "gpu_seconds                       1              1  match"),
+                       "%s", out);
+    cr_assert_null(strstr(out, "DIFFER"), "%s", out);
+
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice explain alpha --period 2024-06"), 0, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "1 late event since the close, billed by HM-"), "%s", out);
+    cr_assert_null(strstr(out, "pending"), "%s", out);
+}
+
+/* Service dates cannot take service away from a finalized month. */
+Test(lifecycle, service_dates_against_finalized_months)
+{
+    char out[8192];
+    cr_assert_eq(meterctl(out, sizeof out, "tenant create delta --service-start 2024-03-01"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-end 2024-03-15"), 1, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "invalid --service-end 2024-03-15"), "%s", out);
+    cr_assert_not_null(strstr(out, "meterctl invoice void HM-"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-start 2024-03-10"), 1,
+                 "%s", out);
+    cr_assert_not_null(strstr(out, "invalid --service-start 2024-03-10"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-end 2024-04-01"), 0, "%s",
+                 out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-start 2024-02-01"), 0,
+                 "%s", out);
 }

@@ -188,6 +188,12 @@ struct explanation {
     struct rollup_row *slice_rows[USAGE_INPUT_SLICES_MAX + 1]; /* read on first use */
     size_t slice_row_counts[USAGE_INPUT_SLICES_MAX + 1];
     bool slice_read[USAGE_INPUT_SLICES_MAX + 1];
+    /* A sealed invoice: its lines are as at close, the rollups as now. */
+    bool sealed;
+    uint64_t events_at_close; /* the invoice's event_count */
+    uint64_t events_now;
+    bool has_billed; /* the billed record of the period, when the ledger keeps one */
+    struct billed_period billed;
     char *error;
     size_t error_size;
 };
@@ -198,6 +204,29 @@ static void explanation_free(struct explanation *x)
     free(x->month_rows);
     for (size_t i = 0; i < x->slice_count; i++)
         free(x->slice_rows[i]);
+    if (x->has_billed)
+        ledger_billed_free(&x->billed);
+}
+
+/*
+ * Describes how the period's late events were billed: by the documents
+ * that its billed record lists as late usage changes, or not yet.
+ */
+static json_t *late_billing_json(const struct explanation *x)
+{
+    json_t *late = json_object();
+    json_t *documents = json_array();
+    if (x->has_billed) {
+        for (size_t i = 0; i < x->billed.change_count; i++) {
+            if (x->billed.changes[i].late_usage)
+                json_array_append_new(documents, json_string(x->billed.changes[i].number));
+        }
+    }
+    /* The record counts the events that its amounts account for, late ones billed included. */
+    bool pending = !x->has_billed || x->billed.events < x->events_now;
+    json_object_set_new(late, "billed_by", documents);
+    json_object_set_new(late, "pending", json_boolean(pending));
+    return late;
 }
 
 /*
@@ -404,9 +433,24 @@ static int explain_usage(struct explanation *x, const struct meter_info *meter, 
     json_object_set_new(item, "rollup", rollup);
     json_object_set_new(item, "line_quantity", json_string(string_of(line, "quantity")));
     json_object_set_new(item, "line_unit", json_string(string_of(line, "unit")));
-    if (json_is_integer(json_object_get(line, "events")))
-        json_object_set_new(item, "invoice_events", json_incref(json_object_get(line, "events")));
+    json_t *line_events = json_object_get(line, "events");
+    if (json_is_integer(line_events))
+        json_object_set_new(item, "invoice_events", json_incref(line_events));
     *events_out = events;
+    /* A sealed line is the usage at close; the rollup above may hold events that came later. */
+    if (x->sealed && json_is_integer(line_events)) {
+        *events_out = (uint64_t)json_integer_value(line_events);
+        json_t *at_close = json_object();
+        json_object_set_new(at_close, "quantity", json_string(string_of(line, "quantity")));
+        json_object_set_new(at_close, "unit", json_string(string_of(line, "unit")));
+        json_object_set_new(at_close, "events", json_incref(line_events));
+        json_object_set_new(item, "at_close", at_close);
+        if (events > *events_out) {
+            json_t *late = late_billing_json(x);
+            json_object_set_new(late, "events", json_integer((json_int_t)(events - *events_out)));
+            json_object_set_new(item, "late_since_close", late);
+        }
+    }
     return HM_OK;
 }
 
@@ -528,6 +572,14 @@ static int explain_discount(struct explanation *x, size_t line_index, json_t *li
     json_object_set_new(discount, "driver_unit", json_string(driver->billing_unit));
     json_object_set_new(discount, "driver_raw_quantity", int128_json(raw));
     json_object_set_new(discount, "driver_meter", json_string(driver->meter_name));
+    json_t *tiers = json_array();
+    for (size_t i = 0; i < found->tier_count; i++) {
+        char above[MONEY_TEXT_SIZE], percent[MONEY_TEXT_SIZE];
+        money_decimal_format(found->tiers[i].above_pico, 0, above, sizeof above);
+        money_decimal_format(found->tiers[i].percent_pico, 0, percent, sizeof percent);
+        json_array_append_new(tiers, json_pack("{s:s, s:s}", "above", above, "percent", percent));
+    }
+    json_object_set_new(discount, "tiers", tiers);
     json_object_set_new(item, "discount", discount);
     return HM_OK;
 }
@@ -624,12 +676,22 @@ static int explain_line(struct explanation *x, size_t index, json_t *line, json_
 static json_t *events_check_json(const struct explanation *x, const uint64_t *line_events,
                                  const bool *has_lines)
 {
+    /*
+     * Sealed lines are compared with the events at close: the counts the
+     * billed record kept, or the rollups when no event came after the close.
+     * Without either there is no like count, and the check is left out.
+     */
+    bool at_close_kept = x->has_billed && x->billed.has_meter_events;
+    if (x->sealed && !at_close_kept && x->events_now != x->events_at_close)
+        return json_null();
     json_t *checks = json_array();
     for (size_t m = 0; m < METER_INFO_COUNT; m++) {
         if (!has_lines[m])
             continue;
         uint64_t period_events = 0;
-        if (meter_infos[m].meter == ROLLUP_STORAGE_BYTE_SECONDS) {
+        if (x->sealed && at_close_kept) {
+            period_events = x->billed.meter_events[meter_infos[m].meter];
+        } else if (meter_infos[m].meter == ROLLUP_STORAGE_BYTE_SECONDS) {
             period_events =
                 row_events(x->month_rows, x->month_count, ROLLUP_STORAGE_BYTE_SECONDS, "");
         } else {
@@ -672,8 +734,11 @@ static int explain_lines(struct explanation *x, size_t line_number, json_t *resu
             has_lines[meter - meter_infos] = true;
         }
     }
-    if (line_number == 0)
+    if (line_number == 0) {
         json_object_set_new(result, "events_check", events_check_json(x, line_events, has_lines));
+        json_object_set_new(result, "events_check_of",
+                            json_string(x->sealed ? "at close" : "now"));
+    }
     return HM_OK;
 }
 
@@ -692,12 +757,14 @@ static void explain_header(struct explanation *x, json_t *invoice, json_t *resul
     json_object_set_new(result, "total",
                         json_string(string_of(json_object_get(invoice, "total"), "amount")));
     json_object_set_new(result, "sliced", json_boolean(x->sliced));
-    json_t *sealed = json_object_get(invoice, "event_count");
-    uint64_t now = 0;
-    if (json_is_integer(sealed) &&
-        billing_event_count(x->ledger, x->tenant, x->period, &now) == HM_OK)
+    if (x->sealed && x->events_now > x->events_at_close) {
+        json_t *late = late_billing_json(x);
+        json_object_set_new(late, "events",
+                            json_integer((json_int_t)(x->events_now - x->events_at_close)));
         json_object_set_new(result, "late_events",
-                            json_integer((json_int_t)now - json_integer_value(sealed)));
+                            json_integer((json_int_t)(x->events_now - x->events_at_close)));
+        json_object_set_new(result, "late_since_close", late);
+    }
 }
 
 /* Fills the parts of the explanation that come from the invoice text and the month's rollups. */
@@ -720,6 +787,27 @@ static int explanation_start(struct explanation *x, json_t *invoice, size_t line
                  line_number, x->tenant->name, x->period_text, line_count,
                  line_count == 1 ? "" : "s", line_count);
         return HM_ERR_INVALID;
+    }
+    json_t *event_count = json_object_get(invoice, "event_count");
+    x->sealed = string_of(invoice, "sha256")[0] != '\0' && json_is_integer(event_count);
+    if (x->sealed) {
+        x->events_at_close = (uint64_t)json_integer_value(event_count);
+        int rc = billing_event_count(x->ledger, x->tenant, x->period, &x->events_now);
+        if (rc == HM_OK)
+            rc = ledger_billed_get(x->ledger, x->tenant->id, x->period, &x->billed);
+        if (rc == HM_OK) {
+            x->has_billed = true;
+            /* A void record of another number describes another revision. */
+            const char *number = string_of(invoice, "number");
+            if (number[0] != '\0' && strcmp(number, x->billed.number) != 0) {
+                ledger_billed_free(&x->billed);
+                x->has_billed = false;
+            }
+        } else if (rc != HM_ERR_NOT_FOUND) {
+            snprintf(x->error, x->error_size, "cannot read the billed state of tenant %s for "
+                     "%s: %s", x->tenant->name, x->period_text, hm_status_str(rc));
+            return rc;
+        }
     }
     int rc = book_load(x, invoice);
     if (rc == HM_OK)
@@ -773,6 +861,29 @@ int explain_invoice_build(struct ledger *ledger, const struct tenant *tenant, ui
 
 /* ---- Printing an explanation ---- */
 
+/* Prints "N late events since the close, billed by DOC" or "..., pending: ...". */
+static void late_billing_print(json_t *late, FILE *out)
+{
+    fprintf(out, "%" JSON_INTEGER_FORMAT " late event%s since the close",
+            json_integer_value(json_object_get(late, "events")),
+            json_integer_value(json_object_get(late, "events")) == 1 ? "" : "s");
+    json_t *documents = json_object_get(late, "billed_by");
+    size_t index;
+    json_t *number;
+    if (json_is_true(json_object_get(late, "pending"))) {
+        fprintf(out, ", pending: billed on the next close");
+        if (json_array_size(documents) > 0)
+            fprintf(out, " (earlier ones billed by");
+    } else {
+        fprintf(out, ", billed by");
+    }
+    json_array_foreach(documents, index, number)
+        fprintf(out, "%s%s", index ? ", " : " ", json_string_value(number));
+    if (json_is_true(json_object_get(late, "pending")) && json_array_size(documents) > 0)
+        fputc(')', out);
+    fputc('\n', out);
+}
+
 static void print_usage_detail(json_t *item, FILE *out)
 {
     json_t *rollup = json_object_get(item, "rollup");
@@ -780,11 +891,26 @@ static void print_usage_detail(json_t *item, FILE *out)
     if (json_object_get(rollup, "slice_start") != NULL)
         fprintf(out, "      slice %s to %s\n", string_of(rollup, "slice_start"),
                 string_of(rollup, "slice_end"));
-    fprintf(out, "      quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; on the line %s %s\n",
+    json_t *at_close = json_object_get(item, "at_close");
+    if (at_close == NULL) {
+        fprintf(out, "      quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; on the line %s %s\n",
+                string_of(rollup, "quantity"), string_of(rollup, "meter"),
+                json_integer_value(json_object_get(rollup, "events")),
+                json_object_get(rollup, "events_are") ? " (storage samples)" : "",
+                string_of(item, "line_quantity"), string_of(item, "line_unit"));
+        return;
+    }
+    fprintf(out, "      at close (the sealed line): quantity %s %s, events %" JSON_INTEGER_FORMAT
+            "\n", string_of(at_close, "quantity"), string_of(at_close, "unit"),
+            json_integer_value(json_object_get(at_close, "events")));
+    json_t *late = json_object_get(item, "late_since_close");
+    if (late == NULL)
+        return;
+    fprintf(out, "      now: quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; ",
             string_of(rollup, "quantity"), string_of(rollup, "meter"),
             json_integer_value(json_object_get(rollup, "events")),
-            json_object_get(rollup, "events_are") ? " (storage samples)" : "",
-            string_of(item, "line_quantity"), string_of(item, "line_unit"));
+            json_object_get(rollup, "events_are") ? " (storage samples)" : "");
+    late_billing_print(late, out);
 }
 
 static void print_detail(json_t *item, FILE *out)
@@ -814,6 +940,12 @@ static void print_detail(json_t *item, FILE *out)
                 string_of(part, "driver"), string_of(part, "driver_quantity"),
                 string_of(part, "driver_unit"), string_of(part, "driver_raw_quantity"),
                 string_of(part, "driver_meter"));
+        json_t *tier;
+        fprintf(out, "      tiers:");
+        json_array_foreach(json_object_get(part, "tiers"), index, tier)
+            fprintf(out, "%s above %s %s: %s %%", index ? "," : "", string_of(tier, "above"),
+                    string_of(part, "driver_unit"), string_of(tier, "percent"));
+        fputc('\n', out);
     } else if ((part = json_object_get(item, "adjustment")) != NULL) {
         json_t *late = json_object_get(part, "late_events");
         json_t *late_now = json_object_get(part, "late_events_now");
@@ -852,8 +984,13 @@ static void explanation_print(json_t *result, FILE *out)
         print_detail(item, out);
     }
     json_t *checks = json_object_get(result, "events_check");
+    bool at_close = strcmp(string_of(result, "events_check_of"), "at close") == 0;
+    if (json_is_null(checks))
+        fprintf(out, "\nThe events per meter at close were not kept for this invoice, and "
+                "events came later, so the lines are not checked against the period's events\n");
     if (json_array_size(checks) > 0) {
-        fprintf(out, "\n%-22s %12s %14s\n", "events of meter", "on lines", "in period");
+        fprintf(out, "\n%-22s %12s %14s\n", "events of meter", "on lines",
+                at_close ? "at close" : "in period");
         json_array_foreach(checks, index, item)
         {
             fprintf(out, "%-22s %12" JSON_INTEGER_FORMAT " %14" JSON_INTEGER_FORMAT "  %s\n",
@@ -865,12 +1002,11 @@ static void explanation_print(json_t *result, FILE *out)
                         : "DIFFER: events of zero quantity make no line");
         }
     }
-    json_t *late = json_object_get(result, "late_events");
-    if (json_integer_value(late) > 0)
-        fprintf(out,
-                "\nNOTE: %" JSON_INTEGER_FORMAT " events of the period arrived after the "
-                "close; the quantities and events above include them, the sealed lines do not\n",
-                json_integer_value(late));
+    json_t *late = json_object_get(result, "late_since_close");
+    if (late != NULL) {
+        fprintf(out, "\nLate events: ");
+        late_billing_print(late, out);
+    }
 }
 
 /*
@@ -1018,24 +1154,13 @@ static struct pricebook *rerate_book_load(const char *path)
 }
 
 /*
- * Reads a tenant's current total and currency: the finalized invoice's when
- * the period is closed for it, else the draft's. Returns HM_OK, 1 when the
- * tenant gets no invoice for the period (as at close), or a negative error
- * with the message in error.
- */
-/*
  * What an invoice charges for its own period: subtotal minus discounts,
  * without the late usage of earlier periods and before credits, which
  * re-rating under another book leaves alone.
  */
 static int64_t invoice_usage_charges(const struct invoice *invoice)
 {
-    int64_t amount = invoice->subtotal.minor - invoice->discount_total.minor;
-    for (size_t i = 0; i < invoice->line_count; i++) {
-        if (invoice->lines[i].kind == INVOICE_LINE_ADJUSTMENT)
-            amount -= invoice->lines[i].amount.minor;
-    }
-    return amount;
+    return billing_usage_net_minor(invoice);
 }
 
 /* The same as invoice_usage_charges, for a sealed invoice's JSON. */
@@ -1061,6 +1186,13 @@ static int stored_usage_charges(json_t *invoice, int64_t *out)
     return HM_OK;
 }
 
+/*
+ * Reads what a tenant's period has billed for its own usage, and its
+ * currency: for a finalized period the sealed invoice's usage charges plus
+ * the late usage billed since its close, else the draft's usage charges.
+ * Returns HM_OK, 1 when the tenant gets no invoice for the period (as at
+ * close), or a negative error with the message in error.
+ */
 static int rerate_current(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                           struct rerate_row *row, char currency[4], char *error, size_t error_size)
 {
@@ -1082,14 +1214,30 @@ static int rerate_current(struct ledger *ledger, const struct tenant *tenant, ui
                      "amount_minor");
         }
         json_decref(invoice);
+        /* Late usage billed since the close (adjustments, late usage credit notes) counts too. */
+        struct billed_period billed;
+        int billed_rc = rc == HM_OK ? ledger_billed_get(ledger, tenant->id, period, &billed)
+                                    : HM_ERR_NOT_FOUND;
+        if (billed_rc == HM_OK) {
+            for (size_t i = 0; i < billed.change_count; i++) {
+                if (billed.changes[i].late_usage)
+                    row->current_minor += billed.changes[i].amount_minor;
+            }
+            ledger_billed_free(&billed);
+        } else if (billed_rc != HM_ERR_NOT_FOUND) {
+            snprintf(error, error_size, "cannot read the billed state of the period: %s",
+                     hm_status_str(billed_rc));
+            rc = billed_rc;
+        }
         return rc;
     }
     if (rc != HM_ERR_NOT_FOUND) {
         snprintf(error, error_size, "cannot read the sealed invoice: %s", hm_status_str(rc));
         return rc;
     }
+    /* Credits do not change usage charges, so a problem with a grant cannot stop this. */
     struct invoice invoice;
-    rc = billing_draft(ledger, tenant, period, &invoice, NULL, error, error_size);
+    rc = billing_draft_without_credits(ledger, tenant, period, &invoice, error, error_size);
     if (rc != HM_OK)
         return rc;
     bool no_invoice = tenant->service_start_s >= period_end_s_of(period) && invoice.line_count == 0;
