@@ -68,9 +68,11 @@ static const char usage_text[] =
     "  invoice show NUMBER [--json] | invoice show TENANT --period YYYY-MM [--json]\n"
     "  invoice list [--tenant TENANT] [--period YYYY-MM]\n"
     "                               list invoices and credit notes\n"
-    "  invoice void NUMBER --reason TEXT\n"
-    "                               void a finalized invoice, give back its credits and reopen\n"
-    "                               its period; the next close issues the next revision\n"
+    "  invoice void NUMBER --reason TEXT [--with-credit-notes]\n"
+    "                               void a finalized invoice and its late usage credit notes,\n"
+    "                               give back its credits and reopen its period; the next close\n"
+    "                               issues the next revision. --with-credit-notes: void its\n"
+    "                               manual credit notes too (else such an invoice is refused)\n"
     "  invoice credit-note NUMBER --amount X --reason TEXT\n"
     "                               issue a credit note of X (invoice currency) against an invoice\n"
     "  invoice explain TENANT --period YYYY-MM [--line N] [--json]\n"
@@ -99,7 +101,8 @@ static const char usage_text[] =
     "                               DSN: a libpq connection string or URI, else $METER_PG_DSN\n"
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
-    "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n";
+    "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n"
+    "TEXT (--reason, --note) is at most 500 bytes of UTF-8 without control characters.\n";
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -814,8 +817,9 @@ static int credit_grant(struct ledger *ledger, int argc, char **argv)
     if (expires != NULL && grant.expires_s <= grant.granted_s)
         return fail("invalid --expires \"%s\": the date has passed; give a later date", expires);
     const char *note = option_value(argc, argv, "--note");
-    if (note != NULL && strlen(note) > CREDIT_NOTE_MAX)
-        return fail("--note is %zu bytes; at most %d fit", strlen(note), CREDIT_NOTE_MAX);
+    if (note != NULL && billing_text_check("--note", note, CREDIT_NOTE_MAX, error,
+                                           sizeof error) != HM_OK)
+        return fail("%s", error);
     snprintf(grant.note, sizeof grant.note, "%s", note ? note : "");
     memcpy(grant.tenant_id, tenant.id, UUID_SIZE);
     snprintf(grant.currency, sizeof grant.currency, "%s", currency->code);
@@ -859,8 +863,11 @@ static int credit_list(struct ledger *ledger, int argc, char **argv)
         amount_text(grant->balance_minor, grant->currency, balance, sizeof balance);
         date_format(grant->granted_s, on, sizeof on);
         date_format(grant->expires_s, expires, sizeof expires);
+        /* Notes stored before they were checked may hold control characters. */
+        char note[6 * CREDIT_NOTE_MAX + 16];
+        billing_text_printable(grant->note, note, sizeof note);
         printf("%-6" PRIu64 " %-8s %16s %16s  %-10s  %-10s  %s\n", grant->id, grant->currency,
-               amount, balance, on, grant->expires_s ? expires : "never", grant->note);
+               amount, balance, on, grant->expires_s ? expires : "never", note);
         for (size_t j = 0; j < grant->use_count; j++) {
             const struct credit_use *use = &grant->uses[j];
             char change[MONEY_TEXT_SIZE];
@@ -876,8 +883,9 @@ static int credit_list(struct ledger *ledger, int argc, char **argv)
             date_format(grant->revoked_s, revoked_on, sizeof revoked_on);
             amount_text(grant->revoked_balance_minor, grant->currency, forfeited,
                         sizeof forfeited);
-            printf("       revoked  %s on %s: %s\n", forfeited, revoked_on,
-                   grant->revoke_reason);
+            char reason[6 * CREDIT_NOTE_MAX + 16];
+            billing_text_printable(grant->revoke_reason, reason, sizeof reason);
+            printf("       revoked  %s on %s: %s\n", forfeited, revoked_on, reason);
         }
     }
     ledger_credit_grants_free(grants, count);
@@ -903,8 +911,9 @@ static int credit_revoke(struct ledger *ledger, int argc, char **argv)
     const char *reason = option_value(argc, argv, "--reason");
     if (reason == NULL || reason[0] == '\0')
         return fail("missing --reason TEXT: a revocation is recorded with its reason");
-    if (strlen(reason) > CREDIT_NOTE_MAX)
-        return fail("--reason is %zu bytes; at most %d fit", strlen(reason), CREDIT_NOTE_MAX);
+    char error[512];
+    if (billing_text_check("--reason", reason, CREDIT_NOTE_MAX, error, sizeof error) != HM_OK)
+        return fail("%s", error);
     struct credit_grant grant;
     int rc = ledger_credit_revoke(ledger, id, reason, (int64_t)time(NULL), &grant);
     if (rc == HM_ERR_NOT_FOUND)
@@ -1250,8 +1259,11 @@ static int invoice_list(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
-/* Writes the document files after a void or a credit note; the ledger stays the record. */
-static void document_files_update(struct ledger *ledger, const char *data_dir, const char *number)
+/*
+ * Writes the document files after a void or a credit note; the ledger stays
+ * the record. Returns 1 after reporting a file that could not be written.
+ */
+static int document_files_update(struct ledger *ledger, const char *data_dir, const char *number)
 {
     char invoices_dir[4096];
     snprintf(invoices_dir, sizeof invoices_dir, "%s/invoices", data_dir);
@@ -1268,24 +1280,35 @@ static void document_files_update(struct ledger *ledger, const char *data_dir, c
         json_decref(document);
         free(text);
     }
-    billing_files_write(ledger, period, invoices_dir);
+    if (billing_files_write(ledger, period, invoices_dir) == HM_OK)
+        return 0;
+    return fail("%s is stored in the ledger, which stays the record, but its files under %s "
+                "were not written (see above); fix the cause, and the next `meterctl close` "
+                "writes them", number, invoices_dir);
 }
 
 static int invoice_void(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     static const char *const with_value[] = { "--reason", NULL };
-    if (argc < 3 || check_options(argc, argv, 3, with_value, NULL))
-        return argc < 3 ? fail("usage: meterctl invoice void NUMBER --reason TEXT") : 1;
+    static const char *const flags[] = { "--with-credit-notes", NULL };
+    if (argc < 3 || check_options(argc, argv, 3, with_value, flags))
+        return argc < 3 ? fail("usage: meterctl invoice void NUMBER --reason TEXT "
+                               "[--with-credit-notes]")
+                        : 1;
     const char *reason = option_value(argc, argv, "--reason");
     if (reason == NULL || reason[0] == '\0')
         return fail("missing --reason TEXT: a void is recorded with its reason");
-    char error[512] = "";
-    if (billing_void(ledger, argv[2], reason, (int64_t)time(NULL), error, sizeof error) != HM_OK)
+    char error[1024] = "", notes[512] = "";
+    if (billing_text_check("--reason", reason, BILLING_TEXT_MAX, error, sizeof error) != HM_OK)
         return fail("%s", error);
-    document_files_update(ledger, data_dir, argv[2]);
+    if (billing_void(ledger, argv[2], reason, has_flag(argc, argv, "--with-credit-notes"),
+                     (int64_t)time(NULL), notes, sizeof notes, error, sizeof error) != HM_OK)
+        return fail("%s", error);
     printf("invoice %s is void; its period is open again, and the next close issues the next "
            "revision\n", argv[2]);
-    return 0;
+    if (notes[0] != '\0')
+        printf("credit notes voided with it: %s\n", notes);
+    return document_files_update(ledger, data_dir, argv[2]);
 }
 
 static int invoice_credit_note(struct ledger *ledger, const char *data_dir, int argc,
@@ -1303,12 +1326,13 @@ static int invoice_credit_note(struct ledger *ledger, const char *data_dir, int 
     if (reason == NULL || reason[0] == '\0')
         return fail("missing --reason TEXT: a credit note states its reason");
     char error[512] = "", number[DOCUMENT_NUMBER_MAX] = "";
+    if (billing_text_check("--reason", reason, BILLING_TEXT_MAX, error, sizeof error) != HM_OK)
+        return fail("%s", error);
     if (billing_credit_note(ledger, argv[2], amount, reason, (int64_t)time(NULL), number, error,
                             sizeof error) != HM_OK)
         return fail("%s", error);
-    document_files_update(ledger, data_dir, number);
     printf("credit note %s issued against %s\n", number, argv[2]);
-    return 0;
+    return document_files_update(ledger, data_dir, number);
 }
 
 static int invoice_command(struct ledger *ledger, const char *data_dir, int argc, char **argv)

@@ -47,14 +47,14 @@ int money_decimal_parse(const char *text, __int128 *pico_out, char *error, size_
     __int128 integer = 0;
     int integer_digits = 0;
     while (*p >= '0' && *p <= '9') {
+        /* Every digit counts, leading zeros too, so the limit of 18 integer digits is literal. */
         if (integer_digits == MONEY_DECIMAL_INTEGER_DIGITS_MAX) {
             set_error(error, error_size,
-                      "decimal \"%s\" is too large: at most 18 digits before the point", text);
+                      "decimal \"%s\" is too large: at most 18 digits before the point, "
+                      "leading zeros included", text);
             return HM_ERR_OVERFLOW;
         }
-        /* Leading zeros do not count towards the limit. */
-        if (integer != 0 || *p != '0')
-            integer_digits++;
+        integer_digits++;
         integer = integer * 10 + (*p - '0');
         p++;
     }

@@ -103,13 +103,18 @@ static void path_child(char *out, const char *parent, const char *key)
         return;
     }
 
+    /* Bytes outside printable ASCII are shown as \xNN, so that a key cannot forge the message. */
     char quoted[PATH_SIZE];
     size_t at = 0;
-    for (const char *p = key; *p != '\0' && at + 3 < sizeof(quoted); p++) {
+    for (const char *p = key; *p != '\0' && at + 5 < sizeof(quoted); p++) {
         unsigned char c = (unsigned char)*p;
+        if (c < 0x20 || c >= 0x7f) {
+            at += (size_t)snprintf(quoted + at, sizeof(quoted) - at, "\\x%02x", c);
+            continue;
+        }
         if (c == '"' || c == '\\')
             quoted[at++] = '\\';
-        quoted[at++] = c < 0x20 ? '?' : (char)c;
+        quoted[at++] = (char)c;
     }
     quoted[at] = '\0';
     mark_cut_path(out, snprintf(out, PATH_SIZE, "%s[\"%s\"]", parent, quoted));
@@ -198,8 +203,32 @@ static bool expect_object(const json_t *value, const char *path, const char *exa
 }
 
 /*
- * Copies a name of 1 to PRICEBOOK_NAME_MAX printable bytes into out. Names are
- * printed on invoices and in terminals, where control characters would forge text.
+ * Returns the first control character (U+0000 to U+001F, U+007F to U+009F)
+ * or bidirectional control (U+202A to U+202E, U+2066 to U+2069) of a UTF-8
+ * text, which jansson has checked, or 0 when it has none.
+ */
+static uint32_t name_forbidden_char(const char *name)
+{
+    const unsigned char *c = (const unsigned char *)name;
+    for (size_t i = 0; c[i] != '\0'; i++) {
+        if (c[i] < 0x20 || c[i] == 0x7f)
+            return c[i];
+        /* U+0080 to U+009F are C2 80 to C2 9F in UTF-8. */
+        if (c[i] == 0xc2 && c[i + 1] >= 0x80 && c[i + 1] <= 0x9f)
+            return 0x80u + (c[i + 1] - 0x80u);
+        /* U+202A to U+202E are E2 80 AA to E2 80 AE, U+2066 to U+2069 E2 81 A6 to E2 81 A9. */
+        if (c[i] == 0xe2 && c[i + 1] == 0x80 && c[i + 2] >= 0xaa && c[i + 2] <= 0xae)
+            return 0x2000u + c[i + 2] - 0x80u;
+        if (c[i] == 0xe2 && c[i + 1] == 0x81 && c[i + 2] >= 0xa6 && c[i + 2] <= 0xa9)
+            return 0x2040u + c[i + 2] - 0x80u;
+    }
+    return 0;
+}
+
+/*
+ * Copies a name of 1 to PRICEBOOK_NAME_MAX bytes into out. Names are printed
+ * on invoices and in terminals, where control characters would forge text
+ * and bidirectional controls would reorder it.
  */
 static void parse_name(const json_t *value, const char *path, const char *example, char *out,
                        size_t out_size, struct error_list *errors)
@@ -214,19 +243,30 @@ static void parse_name(const json_t *value, const char *path, const char *exampl
         add_error(errors, path, "name must be 1 to %d bytes long", PRICEBOOK_NAME_MAX);
         return;
     }
-    for (const unsigned char *c = (const unsigned char *)name; *c != '\0'; c++) {
-        if (*c < 0x20 || *c == 0x7f) {
-            add_error(errors, path,
-                      "name contains the control character 0x%02x; use printable "
-                      "characters only",
-                      *c);
-            return;
-        }
+    uint32_t forbidden = name_forbidden_char(name);
+    if (forbidden >= 0x2000) {
+        add_error(errors, path,
+                  "name contains the bidirectional control U+%04X, which reorders the text "
+                  "around it on invoices; remove it",
+                  (unsigned)forbidden);
+        return;
+    }
+    if (forbidden != 0) {
+        add_error(errors, path,
+                  "name contains the control character 0x%02x; use printable "
+                  "characters only",
+                  (unsigned)forbidden);
+        return;
     }
     snprintf(out, out_size, "%s", name);
 }
 
-/* Checks a GPU type or model name used as a key; returns true when it fits a usage dimension. */
+/*
+ * Checks a GPU type or model name used as a key; returns true when it fits a
+ * usage dimension. The wire format carries these names as 1 to 64 bytes of
+ * printable ASCII without spaces (0x21 to 0x7e), so a key with any other
+ * byte could never match usage.
+ */
 static bool check_dimension_key(const char *key, const char *path, const char *what,
                                 struct error_list *errors)
 {
@@ -238,6 +278,17 @@ static bool check_dimension_key(const char *key, const char *path, const char *w
         add_error(errors, path, "%s name is longer than %d bytes; usage cannot report it", what,
                   USAGE_DIMENSION_MAX);
         return false;
+    }
+    for (const unsigned char *c = (const unsigned char *)key; *c != '\0'; c++) {
+        if (*c < 0x21 || *c > 0x7e) {
+            add_error(errors, path,
+                      "%s name has the byte 0x%02x at offset %zu%s; usage reports %s names as "
+                      "printable ASCII without spaces (0x21 to 0x7e), so this price would never "
+                      "apply: write the name exactly as the sender reports it",
+                      what, *c, (size_t)(c - (const unsigned char *)key),
+                      *c == ' ' ? " (a space)" : "", what);
+            return false;
+        }
     }
     return true;
 }

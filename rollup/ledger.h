@@ -411,7 +411,8 @@ int ledger_book_snapshot_put(struct ledger_txn *txn, const char *json);
 
 /* ---- Prepaid credit grants ---- */
 
-#define CREDIT_NOTE_MAX 128
+/* Bytes of a grant's note and of a revocation's reason, as of every reason on a document. */
+#define CREDIT_NOTE_MAX 500
 
 /* One change of a grant's balance: taken by an invoice (< 0) or given back by its void (> 0). */
 struct credit_use {
@@ -436,7 +437,10 @@ struct credit_grant {
     struct credit_use *uses; /* owned; freed by ledger_credit_grants_free */
 };
 
-/* Stores a new grant with its balance equal to its amount and sets grant->id. */
+/*
+ * Stores a new grant with its balance equal to its amount and sets grant->id.
+ * HM_ERR_INVALID when the note is not UTF-8.
+ */
 int ledger_credit_grant(struct ledger *ledger, struct credit_grant *grant);
 
 /* Lists a tenant's grants by id; free them with ledger_credit_grants_free. */
@@ -448,7 +452,8 @@ void ledger_credit_grants_free(struct credit_grant *grants, size_t count);
  * Revokes a grant by id: records the time and the reason and sets its
  * balance to 0, keeping the uses recorded so far. The grant as revoked,
  * without its uses (use_count 0), goes to *grant_out when that is not NULL.
- * HM_ERR_NOT_FOUND for an unknown id, HM_ERR_STATE when already revoked.
+ * HM_ERR_NOT_FOUND for an unknown id, HM_ERR_STATE when already revoked,
+ * HM_ERR_INVALID when the reason is not UTF-8.
  */
 int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *reason,
                          int64_t now_s, struct credit_grant *grant_out);
@@ -505,6 +510,14 @@ struct billed_period {
      */
     int has_meter_events;
     uint64_t meter_events[ROLLUP_EVENTS + 1];
+    /*
+     * SHA-256 (hex) of the usage input that the amounts account for: every
+     * usage item's meter, dimension, slice and quantity (storage included).
+     * A later close re-rates the period when the digest of its usage now
+     * differs. Empty in records written before it was kept (versions 1 and
+     * 2): such a period is re-rated when its event count changes.
+     */
+    char usage_sha256[BOOK_SHA256_HEX_SIZE];
     size_t change_count;
     struct billed_change *changes; /* owned; freed by ledger_billed_free */
 };

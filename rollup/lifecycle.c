@@ -17,8 +17,11 @@
 #include <time.h>
 
 #define RECORD_VERSION 1
-/* Billed periods: version 2 adds "billed_with", the tenant settings a period was rated with. */
-#define BILLED_RECORD_VERSION 2
+/*
+ * Billed periods: version 2 adds "billed_with", the tenant settings a period
+ * was rated with, and version 3 "usage_sha256", the digest of its rated usage.
+ */
+#define BILLED_RECORD_VERSION 3
 
 /* ---- JSON records ---- */
 
@@ -696,6 +699,14 @@ static void credit_key(uint8_t key[UUID_SIZE + 8], const uint8_t tenant_id[UUID_
     store_be64(key + UUID_SIZE, id);
 }
 
+/* Returns 1 when jansson takes the text as a JSON string, that is, when it is UTF-8. */
+static int text_is_utf8(const char *text)
+{
+    json_t *string = json_string(text);
+    json_decref(string);
+    return string != NULL;
+}
+
 static json_t *credit_to_json(const struct credit_grant *grant)
 {
     json_t *uses = json_array();
@@ -767,6 +778,9 @@ int ledger_credit_grant(struct ledger *ledger, struct credit_grant *grant)
     if (mdb_rc != 0)
         return write_end(txn, status_of(mdb_rc, "write grant id"));
 
+    /* A note that is not UTF-8 would fail as JSON and read as out of memory. */
+    if (!text_is_utf8(grant->note))
+        return write_end(txn, HM_ERR_INVALID);
     grant->id = seq;
     grant->balance_minor = grant->amount_minor;
     grant->use_count = 0;
@@ -914,6 +928,8 @@ int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *r
     json_decref(json);
     if (rc == HM_OK && grant.revoked_s != 0)
         rc = HM_ERR_STATE;
+    if (rc == HM_OK && !text_is_utf8(reason))
+        rc = HM_ERR_INVALID;
     if (rc == HM_OK) {
         grant.revoked_s = now_s;
         grant.revoked_balance_minor = grant.balance_minor;
@@ -966,6 +982,7 @@ static int billed_from_json(json_t *json, uint32_t period, struct billed_period 
         for (size_t i = 0; i <= ROLLUP_EVENTS; i++)
             out->meter_events[i] = (uint64_t)json_integer_value(json_array_get(meter_events, i));
     }
+    copy_string(json, "usage_sha256", out->usage_sha256, sizeof out->usage_sha256);
     json_t *changes = json_object_get(json, "changes");
     out->changes = calloc(json_array_size(changes) + 1, sizeof *out->changes);
     if (out->changes == NULL)
@@ -1101,6 +1118,8 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
                                   json_integer((json_int_t)billed->meter_events[i]));
         json_object_set_new(json, "meter_events", meter_events);
     }
+    if (json != NULL && billed->usage_sha256[0] != '\0')
+        json_object_set_new(json, "usage_sha256", json_string(billed->usage_sha256));
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, billed->period);
     MDB_val key = { sizeof key_bytes, key_bytes };

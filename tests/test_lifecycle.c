@@ -289,7 +289,8 @@ Test(lifecycle, credit_notes_and_limit)
     cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-CN-000001 --reason x"), 1);
     cr_assert_not_null(strstr(out, "is a credit note"), "%s", out);
     cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason x"), 1);
-    cr_assert_not_null(strstr(out, "corrected by HM-CN-000001"), "%s", out);
+    cr_assert_not_null(strstr(out, "manual credit notes HM-CN-000001, HM-CN-000002"), "%s", out);
+    cr_assert_not_null(strstr(out, "add --with-credit-notes"), "%s", out);
     cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-999999 --reason x"), 1);
     cr_assert_not_null(strstr(out, "\"HM-999999\" not found"), "%s", out);
 }
@@ -1012,4 +1013,220 @@ Test(lifecycle, service_dates_against_finalized_months)
                  out);
     cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-start 2024-02-01"), 0,
                  "%s", out);
+}
+
+/* GB-month storage at 1.00 USD, so that a storage level shows in whole amounts. */
+static const char storage_book_json[] =
+    "{\"name\": \"storage\", \"currency\": \"USD\", \"storage_gb_month\": \"1.00\"}";
+
+static void send_storage(const struct test_tenant *tenant, int64_t at_s, uint64_t bytes)
+{
+    struct event event = { .kind = EVENT_STORAGE, .timestamp_us = at_s * 1000000 };
+    event.u.storage.bytes_stored = bytes;
+    send_event(tenant, &event);
+}
+
+/* A late storage sample carries its level into the closed months after it, which are re-rated. */
+Test(lifecycle, late_storage_sample_rerates_later_months)
+{
+    char out[16384];
+    load_book(storage_book_json, "alpha");
+    send_storage(&tenant_a, day_s(2024, 5, 1), 0);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    json_t *june = period_invoice(tenant_a.id, 202406);
+    cr_assert_eq(minor_of(june, "total"), 0);
+    json_decref(june);
+
+    /* 100 GB held from the last second of May: June has no late event of its own. */
+    send_storage(&tenant_a, day_s(2024, 6, 1) - 1, 100000000000);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-07"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "100.00 USD  an adjustment line"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    json_t *july = period_invoice(tenant_a.id, 202407);
+    json_t *adjustment = line_of_kind(july, "adjustment");
+    cr_assert_not_null(adjustment, "no adjustment for June on the July invoice");
+    cr_assert_str_eq(text_of(adjustment, "period"), "2024-06");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 10000);
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "events")), 0);
+    cr_assert_str_eq(text_of(adjustment, "description"),
+                     "Late usage for 2024-06: storage level from late earlier samples");
+    /* July's own storage line and June's adjustment: 100.00 each. */
+    cr_assert_eq(minor_of(july, "total"), 20000);
+    json_decref(july);
+
+    /* The billed record keeps the digest of June's usage now, so nothing is billed twice. */
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-08"), 0, "%s", out);
+    json_t *august = period_invoice(tenant_a.id, 202408);
+    cr_assert_null(line_of_kind(august, "adjustment"), "June or July billed again");
+    cr_assert_eq(minor_of(august, "total"), 10000);
+    json_decref(august);
+}
+
+/* Late usage of a month whose invoice carried an earlier month's adjustment is billed exactly. */
+Test(lifecycle, late_usage_after_adjustment_billed_exactly)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 5, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 5, 20), 3600);
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    json_t *june = period_invoice(tenant_a.id, 202406);
+    cr_assert_eq(minor_of(june, "total"), 400);
+    json_decref(june);
+
+    /* Three late GPU-hours of June: 6.00 on July, however June's invoice was made up. */
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    json_t *july = period_invoice(tenant_a.id, 202407);
+    json_t *adjustment = line_of_kind(july, "adjustment");
+    cr_assert_not_null(adjustment, "no adjustment for June on the July invoice");
+    cr_assert_str_eq(text_of(adjustment, "period"), "2024-06");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 600);
+    cr_assert_str_eq(text_of(adjustment, "description"), "Late usage for 2024-06: 1 events");
+    cr_assert_eq(minor_of(july, "total"), 600);
+    json_decref(july);
+
+    /* A late GPU-second rounds to 0.00 on June's line, so it gives no correction at all. */
+    send_gpu(&tenant_a, day_s(2024, 6, 26), 1);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-08"), 0, "%s", out);
+    json_t *august = period_invoice(tenant_a.id, 202408);
+    cr_assert_null(line_of_kind(august, "adjustment"), "a 0.00 late event was billed");
+    json_decref(august);
+    struct ledger *ledger = NULL;
+    char *text = NULL;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_document_get(ledger, "HM-CN-000001", &text), HM_ERR_NOT_FOUND);
+    ledger_close(ledger);
+}
+
+/* A manually credited invoice is voided with its credit notes only when asked to. */
+Test(lifecycle, void_with_manual_credit_notes)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice credit-note HM-000001 --amount 0.50 "
+                          "--reason outage"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason 'wrong meter'"), 1,
+                 "%s", out);
+    cr_assert_not_null(strstr(out, "manual credit note HM-CN-000001; add --with-credit-notes"),
+                       "%s", out);
+    json_t *invoice = document("HM-000001");
+    cr_assert_str_eq(text_of(invoice, "status"), "finalized");
+    json_decref(invoice);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason 'wrong meter' "
+                          "--with-credit-notes"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "credit notes voided with it: HM-CN-000001"), "%s", out);
+    json_t *note = document("HM-CN-000001");
+    cr_assert_str_eq(text_of(note, "status"), "void");
+    cr_assert_str_eq(text_of(note, "voided_with"), "HM-000001");
+    cr_assert_str_eq(text_of(note, "void_reason"), "wrong meter");
+    assert_sealed(note);
+    json_decref(note);
+
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    json_t *reissued = period_invoice(tenant_a.id, 202403);
+    cr_assert_eq(json_integer_value(json_object_get(reissued, "revision")), 2);
+    cr_assert_eq(minor_of(reissued, "total"), 200);
+    json_decref(reissued);
+}
+
+/* An invoice whose late usage a later invoice billed is voided after that one, with true counts. */
+Test(lifecycle, void_after_later_invoice_with_late_usage)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 5, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 5, 20), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    json_t *may = period_invoice(tenant_a.id, 202405);
+    json_t *june = period_invoice(tenant_a.id, 202406);
+    char may_number[DOCUMENT_NUMBER_MAX], june_number[DOCUMENT_NUMBER_MAX];
+    snprintf(may_number, sizeof may_number, "%s", text_of(may, "number"));
+    snprintf(june_number, sizeof june_number, "%s", text_of(june, "number"));
+    json_decref(may);
+    json_decref(june);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void %s --reason x", may_number), 1, "%s",
+                 out);
+    char expected[200];
+    snprintf(expected, sizeof expected, "billed on invoice %s", june_number);
+    cr_assert_not_null(strstr(out, expected), "%s", out);
+    cr_assert_not_null(strstr(out, "void that invoice first"), "%s", out);
+
+    /* Voiding June first makes May's late event unbilled again, and its count stays true. */
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void %s --reason x", june_number), 0, "%s",
+                 out);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-06"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "2024-05  "), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    json_t *reissued = period_invoice(tenant_a.id, 202406);
+    json_t *adjustment = line_of_kind(reissued, "adjustment");
+    cr_assert_not_null(adjustment, "the re-issue does not bill May's late usage");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 200);
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "events")), 1);
+    cr_assert_str_eq(text_of(adjustment, "description"), "Late usage for 2024-05: 1 events");
+    json_decref(reissued);
+}
+
+/* Rating takes at most 256 grants: a tenant with more closes, burning the first in order. */
+Test(lifecycle, close_with_more_grants_than_rating_takes)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 2 * 3600);
+    struct ledger *ledger = NULL;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    for (int i = 0; i < 300; i++) {
+        struct credit_grant grant = { .amount_minor = 1, .granted_s = day_s(2024, 1, 1) };
+        memcpy(grant.tenant_id, tenant_a.id, UUID_SIZE);
+        snprintf(grant.currency, sizeof grant.currency, "USD");
+        cr_assert_eq(ledger_credit_grant(ledger, &grant), HM_OK);
+    }
+    ledger_close(ledger);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    json_t *march = period_invoice(tenant_a.id, 202403);
+    cr_assert_eq(json_array_size(json_object_get(march, "credits")), 256);
+    cr_assert_eq(minor_of(march, "credits_applied"), 256);
+    cr_assert_eq(minor_of(march, "total"), 400 - 256);
+    json_t *first = json_array_get(json_object_get(march, "credits"), 0);
+    cr_assert_str_eq(text_of(first, "id"), "1");
+    json_decref(march);
+}
+
+Test(lifecycle, free_text_check)
+{
+    char error[256];
+    cr_assert_eq(billing_text_check("--reason", "outage credit, 5 € – “ok”", 500, error,
+                                    sizeof error), HM_OK);
+    cr_assert_eq(billing_text_check("--reason", "two\nlines", 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    cr_assert_not_null(strstr(error, "control character U+000A at offset 3"), "%s", error);
+    cr_assert_eq(billing_text_check("--reason", "del\x7f", 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    cr_assert_eq(billing_text_check("--reason", "c1 \xc2\x9b", 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    cr_assert_not_null(strstr(error, "U+009B"), "%s", error);
+    cr_assert_eq(billing_text_check("--reason", "bad \xff", 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    cr_assert_not_null(strstr(error, "not valid UTF-8 (byte 0xff at offset 4)"), "%s", error);
+    /* An overlong encoding of '/' and a UTF-16 surrogate are not UTF-8 either. */
+    cr_assert_eq(billing_text_check("x", "\xc0\xaf", 500, error, sizeof error), HM_ERR_INVALID);
+    cr_assert_eq(billing_text_check("x", "\xed\xa0\x80", 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    char long_text[502];
+    memset(long_text, 'a', 501);
+    long_text[501] = '\0';
+    cr_assert_eq(billing_text_check("--note", long_text, 500, error, sizeof error),
+                 HM_ERR_INVALID);
+    cr_assert_not_null(strstr(error, "--note is 501 bytes, more than the 500 allowed"), "%s",
+                       error);
+    long_text[500] = '\0';
+    cr_assert_eq(billing_text_check("--note", long_text, 500, error, sizeof error), HM_OK);
+
+    char shown[64];
+    billing_text_printable("a\nb\xff\xe2\x80\xae", shown, sizeof shown);
+    cr_assert_str_eq(shown, "a\\u000ab\\xff\\u202e");
 }

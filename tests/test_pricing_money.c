@@ -79,9 +79,11 @@ Test(money_parse, negative)
     cr_assert(eq(i64, (int64_t)parse_ok("-373.47"), INT64_C(-373470000000000)));
 }
 
-Test(money_parse, leading_zeros_not_counted)
+Test(money_parse, leading_zeros_counted)
 {
-    cr_assert(eq(i64, (int64_t)(parse_ok("0000000000000000000001") / MONEY_DECIMAL_SCALE), 1));
+    cr_assert(eq(i64, (int64_t)(parse_ok("000000000000000001") / MONEY_DECIMAL_SCALE), 1));
+    parse_rejected("0000000000000000001", HM_ERR_OVERFLOW);
+    parse_rejected("000000000000000000000001", HM_ERR_OVERFLOW);
 }
 
 Test(money_parse, eighteen_integer_digits)

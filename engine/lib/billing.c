@@ -123,6 +123,7 @@ struct rating_input {
     struct tenant_settings settings;
     struct usage_totals usage;
     uint64_t events;
+    char usage_sha256[BOOK_SHA256_HEX_SIZE]; /* see billing_usage_digest */
     struct usage_credit *credits;
     struct billing_late *late; /* every earlier period whose billed state changes */
     size_t late_count;
@@ -141,7 +142,27 @@ static void rating_input_free(struct rating_input *input)
     memset(input, 0, sizeof *input);
 }
 
-/* Passes the tenant's grants that still have a balance to rating, which picks the ones that apply. */
+/* Burn order of rating: earliest expiry (never expiring last), earliest grant, lowest id. */
+static int credit_burn_compare(const void *a, const void *b)
+{
+    const struct usage_credit *left = a, *right = b;
+    if (left->expires_s != right->expires_s) {
+        if (left->expires_s == 0 || right->expires_s == 0)
+            return left->expires_s == 0 ? 1 : -1;
+        return left->expires_s < right->expires_s ? -1 : 1;
+    }
+    if (left->granted_s != right->granted_s)
+        return left->granted_s < right->granted_s ? -1 : 1;
+    return left->id < right->id ? -1 : left->id > right->id;
+}
+
+/*
+ * Passes the tenant's grants that apply to the period (a balance, the book's
+ * currency, not expired at the period's start) to rating. Rating takes at
+ * most USAGE_CREDITS_MAX grants, so a tenant with more passes the first ones
+ * in burn order: they are the ones rating burns first, and the others wait
+ * for a later close.
+ */
 static int credits_load(struct ledger *ledger, const struct tenant *tenant,
                         struct rating_input *input, char *error, size_t error_size)
 {
@@ -163,20 +184,17 @@ static int credits_load(struct ledger *ledger, const struct tenant *tenant,
         if (grants[i].balance_minor <= 0)
             continue;
         /* Rating leaves such a grant alone, so a warning keeps its balance from going unnoticed. */
-        if (strcmp(grants[i].currency, input->book->currency->code) != 0)
+        if (strcmp(grants[i].currency, input->book->currency->code) != 0) {
             fprintf(stderr, "meterctl: warning: tenant %s: credit grant %llu is in %s, but price "
                     "book \"%s\" bills in %s, so the grant is not used; revoke it with "
                     "`meterctl credit revoke %llu --reason TEXT` and grant the credit in %s\n",
                     tenant->name, (unsigned long long)grants[i].id, grants[i].currency,
                     input->book->name, input->book->currency->code,
                     (unsigned long long)grants[i].id, input->book->currency->code);
-        if (used == USAGE_CREDITS_MAX) {
-            snprintf(error, error_size, "tenant %s has more than %d credit grants with a balance; "
-                     "rating takes at most %d", tenant->name, USAGE_CREDITS_MAX,
-                     USAGE_CREDITS_MAX);
-            ledger_credit_grants_free(grants, count);
-            return HM_ERR_INVALID;
+            continue;
         }
+        if (grants[i].expires_s != 0 && grants[i].expires_s <= input->usage.period_start_s)
+            continue;
         struct usage_credit *credit = &input->credits[used++];
         credit->id = grants[i].id;
         memcpy(credit->currency, grants[i].currency, sizeof credit->currency);
@@ -184,10 +202,33 @@ static int credits_load(struct ledger *ledger, const struct tenant *tenant,
         credit->granted_s = grants[i].granted_s;
         credit->expires_s = grants[i].expires_s;
     }
+    ledger_credit_grants_free(grants, count);
+    if (used > USAGE_CREDITS_MAX) {
+        qsort(input->credits, used, sizeof *input->credits, credit_burn_compare);
+        used = USAGE_CREDITS_MAX;
+    }
     input->usage.credits = input->credits;
     input->usage.credit_count = used;
-    ledger_credit_grants_free(grants, count);
     return HM_OK;
+}
+
+/*
+ * Describes a late usage correction of an earlier period. A period can change
+ * without late events of its own: a late storage sample of an earlier month
+ * carries its level into the months after it.
+ */
+static void late_description(const struct billing_late *late, char *out, size_t size)
+{
+    uint64_t events = late->events_now - late->events_billed;
+    if (events > 0)
+        snprintf(out, size, "Late usage for %04u-%02u: %llu events", late->period / 100,
+                 late->period % 100, (unsigned long long)events);
+    else if (late->has_storage)
+        snprintf(out, size, "Late usage for %04u-%02u: storage level from late earlier samples",
+                 late->period / 100, late->period % 100);
+    else
+        snprintf(out, size, "Late usage for %04u-%02u: re-rated, no late events",
+                 late->period / 100, late->period % 100);
 }
 
 /* Turns the late usage that raised an earlier period's amount into adjustments of this invoice. */
@@ -217,9 +258,7 @@ static int adjustments_build(const struct tenant *tenant, struct rating_input *i
         adjustment->period = late->period;
         adjustment->amount_minor = late->difference_minor;
         adjustment->event_count = late->events_now - late->events_billed;
-        snprintf(adjustment->description, sizeof adjustment->description,
-                 "Late usage for %04u-%02u: %llu events", late->period / 100, late->period % 100,
-                 (unsigned long long)adjustment->event_count);
+        late_description(late, adjustment->description, sizeof adjustment->description);
     }
     input->usage.adjustments = input->adjustments;
     input->usage.adjustment_count = input->adjustment_count;
@@ -244,6 +283,8 @@ static int rating_input_build(struct ledger *ledger, const struct tenant *tenant
         rc = billing_usage_totals_with(ledger, tenant, &input->settings, period, input->book,
                                        &input->usage, &input->events, error, error_size);
     }
+    if (rc == HM_OK)
+        rc = billing_usage_digest(&input->usage, input->usage_sha256);
     if (rc == HM_OK && with_credits)
         rc = credits_load(ledger, tenant, input, error, error_size);
     if (rc == HM_OK)
@@ -326,11 +367,52 @@ int64_t billing_billed_usage_minor(const struct billed_period *billed)
     return amount;
 }
 
-/* Re-rates a billed period with the snapshot it was billed with, without credits. */
-static int late_rate(struct ledger *ledger, const struct tenant *tenant,
-                     const struct billed_period *billed, struct billing_late *late, char *error,
-                     size_t error_size)
+int billing_usage_digest(const struct usage_totals *usage, char hex_out[BOOK_SHA256_HEX_SIZE])
 {
+    /*
+     * One line per item, in the item order of usage_input_build: meter,
+     * dimension length and bytes, slice start and quantity, so that no two
+     * inputs give the same text. Event counts stay out: they price nothing.
+     */
+    EVP_MD_CTX *context = EVP_MD_CTX_new();
+    int ok = context != NULL && EVP_DigestInit_ex(context, EVP_sha256(), NULL);
+    for (size_t i = 0; ok && i < usage->item_count; i++) {
+        const struct usage_item *item = &usage->items[i];
+        char quantity[MONEY_TEXT_SIZE];
+        if (money_int128_format((__int128)item->quantity, quantity, sizeof quantity) != HM_OK)
+            ok = 0;
+        char line[256];
+        int size = snprintf(line, sizeof line, "%d %zu:%s %lld %s\n", (int)item->meter,
+                            strlen(item->dimension), item->dimension, (long long)item->start_s,
+                            quantity);
+        ok = ok && size > 0 && (size_t)size < sizeof line &&
+             EVP_DigestUpdate(context, line, (size_t)size);
+    }
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_size = 0;
+    ok = ok && EVP_DigestFinal_ex(context, digest, &digest_size) && digest_size == 32;
+    EVP_MD_CTX_free(context);
+    if (!ok)
+        return HM_ERR_NOMEM;
+    hex_encode(digest, 32, hex_out);
+    return HM_OK;
+}
+
+/* The price book snapshots that billing_late_usage parsed, by SHA-256: months share a book. */
+struct book_cache {
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    struct pricebook *book;
+};
+
+/* Returns the parsed snapshot of a billed period from the cache, parsing it on first use. */
+static int book_cache_get(struct ledger *ledger, const struct tenant *tenant,
+                          const struct billed_period *billed, struct book_cache *cache,
+                          const struct pricebook **book_out, char *error, size_t error_size)
+{
+    if (cache->book != NULL && strcmp(cache->sha256, billed->book_sha256) == 0) {
+        *book_out = cache->book;
+        return HM_OK;
+    }
     char *text = NULL;
     int rc = ledger_book_snapshot_get(ledger, billed->book_sha256, &text);
     if (rc != HM_OK) {
@@ -345,42 +427,73 @@ static int late_rate(struct ledger *ledger, const struct tenant *tenant,
     free(text);
     if (rc != HM_OK)
         return rc;
+    pricebook_free(cache->book);
+    cache->book = book;
+    snprintf(cache->sha256, sizeof cache->sha256, "%s", billed->book_sha256);
+    *book_out = book;
+    return HM_OK;
+}
+
+/*
+ * Reads a billed period's usage now, with the snapshot and the tenant
+ * settings it was billed with, and compares it with what was billed: its
+ * usage digest (records that keep one), its event count, or a recheck after
+ * a void. A changed period is re-rated without credits into *late, and
+ * *changed_out is set to 1.
+ */
+static int late_compare(struct ledger *ledger, const struct tenant *tenant,
+                        const struct billed_period *billed, struct book_cache *cache,
+                        struct billing_late *late, int *changed_out, char *error,
+                        size_t error_size)
+{
+    *changed_out = 0;
+    const struct pricebook *book = NULL;
+    int rc = book_cache_get(ledger, tenant, billed, cache, &book, error, error_size);
+    if (rc != HM_OK)
+        return rc;
     /* The period is priced with the settings it was billed with, when its record keeps them. */
     struct tenant billed_tenant = *tenant;
     struct tenant_settings settings;
     rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
-    if (rc == HM_OK && billed->has_billed_with) {
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the settings of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
+        return rc;
+    }
+    if (billed->has_billed_with) {
         billed_tenant.service_start_s = billed->service_start_s;
         snprintf(settings.support_tier, sizeof settings.support_tier, "%s", billed->support_tier);
         settings.service_end_s = billed->service_end_s;
     }
     struct usage_totals usage;
-    if (rc == HM_OK)
-        rc = billing_usage_totals_with(ledger, &billed_tenant, &settings, billed->period, book,
-                                       &usage, &late->events_now, error, error_size);
-    else
-        snprintf(error, error_size, "cannot read the settings of tenant %s: %s", tenant->name,
-                 hm_status_str(rc));
+    rc = billing_usage_totals_with(ledger, &billed_tenant, &settings, billed->period, book,
+                                   &usage, &late->events_now, error, error_size);
+    if (rc != HM_OK)
+        return rc;
+    rc = billing_usage_digest(&usage, late->usage_sha256);
+    int changed = billed->recheck || late->events_now != billed->events ||
+                  (billed->usage_sha256[0] != '\0' &&
+                   strcmp(billed->usage_sha256, late->usage_sha256) != 0);
+    for (size_t i = 0; i < usage.item_count; i++)
+        late->has_storage |= usage.items[i].meter == METER_STORAGE_BYTE_SECONDS;
     struct invoice invoice;
-    if (rc == HM_OK) {
+    if (rc == HM_OK && changed)
         rc = pricing_rate(&usage, book, &invoice, error, error_size);
-        usage_input_free(&usage);
-    }
-    if (rc == HM_OK) {
-        int64_t net = invoice.subtotal.minor - invoice.discount_total.minor;
-        late->difference_minor = net - billing_billed_usage_minor(billed);
-        late->currency = invoice.currency;
-        invoice_free(&invoice);
-    }
-    pricebook_free(book);
-    return rc;
+    usage_input_free(&usage);
+    if (rc != HM_OK || !changed)
+        return rc;
+    int64_t net = invoice.subtotal.minor - invoice.discount_total.minor;
+    late->difference_minor = net - billing_billed_usage_minor(billed);
+    late->currency = invoice.currency;
+    invoice_free(&invoice);
+    *changed_out = 1;
+    return HM_OK;
 }
 
 int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint32_t before_period,
                        struct billing_late **late_out, size_t *count_out, char *error,
                        size_t error_size)
 {
-    /* NOTE: periods closed before billed states were stored have none, so they are never re-rated. */
     struct billed_period *periods = NULL;
     size_t count = 0;
     int rc = ledger_billed_list(ledger, tenant->id, &periods, &count);
@@ -391,27 +504,30 @@ int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint3
     }
     struct billing_late *late = calloc(count + 1, sizeof *late);
     size_t late_count = 0;
+    struct book_cache cache = { .book = NULL };
     rc = late ? HM_OK : HM_ERR_NOMEM;
     for (size_t i = 0; rc == HM_OK && i < count; i++) {
         const struct billed_period *billed = &periods[i];
         if (before_period != 0 && billed->period >= before_period)
             continue;
-        uint64_t events_now = 0;
-        rc = billing_event_count(ledger, tenant, billed->period, &events_now);
-        if (rc != HM_OK || (events_now == billed->events && !billed->recheck))
+        /* NOTE: a period billed before book snapshots were kept has none and is never re-rated. */
+        if (billed->book_sha256[0] == '\0')
             continue;
         struct billing_late *entry = &late[late_count];
+        memset(entry, 0, sizeof *entry);
         entry->period = billed->period;
         snprintf(entry->number, sizeof entry->number, "%s", billed->number);
         snprintf(entry->issuer, sizeof entry->issuer, "%s", billed->issuer);
         entry->events_billed = billed->events;
-        rc = late_rate(ledger, tenant, billed, entry, error, error_size);
+        int changed = 0;
+        rc = late_compare(ledger, tenant, billed, &cache, entry, &changed, error, error_size);
         /* A void can leave events_billed above the count it compares again. */
         if (entry->events_now < entry->events_billed)
             entry->events_billed = entry->events_now;
-        if (rc == HM_OK)
+        if (rc == HM_OK && changed)
             late_count++;
     }
+    pricebook_free(cache.book);
     for (size_t i = 0; i < count; i++)
         ledger_billed_free(&periods[i]);
     free(periods);
@@ -496,26 +612,49 @@ static int invoice_seal(struct closing *closing, int revision, const char *repla
 }
 
 /*
- * Writes a file atomically: a temporary file in the same directory, synced,
+ * Writes a file atomically: a temporary file of its own in the same
+ * directory (mkstemp, so that concurrent writers never share one), synced,
  * then renamed over the target, so that a crash leaves the old file or the
- * new one, never a part.
+ * new one, never a part. The temporary name is hidden (".NAME.XXXXXX"), so
+ * that one left by a killed process does not match "*.json". On failure
+ * errno is set to the cause.
  */
 static int file_write_atomic(const char *path, const char *text)
 {
     char temporary[4200];
-    snprintf(temporary, sizeof temporary, "%s.tmp", path);
-    /* Invoices are customer billing data: readable by the owner only, like the ledger. */
-    int fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const char *slash = strrchr(path, '/');
+    int directory_size = slash != NULL ? (int)(slash - path + 1) : 0;
+    if ((size_t)snprintf(temporary, sizeof temporary, "%.*s.%s.XXXXXX", directory_size, path,
+                         path + directory_size) >= sizeof temporary) {
+        errno = ENAMETOOLONG;
+        return HM_ERR_IO;
+    }
+    /* Invoices are customer billing data: mkstemp creates the file readable by the owner only. */
+    int fd = mkstemp(temporary);
     FILE *file = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (file == NULL) {
-        if (fd >= 0)
+        int saved = errno;
+        if (fd >= 0) {
             close(fd);
+            unlink(temporary);
+        }
+        errno = saved;
         return HM_ERR_IO;
     }
     int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF && fflush(file) == 0 &&
                   fsync(fileno(file)) == 0;
-    if (fclose(file) != 0 || !written || rename(temporary, path) != 0) {
+    int saved = errno;
+    if (fclose(file) != 0 && written) {
+        written = 0;
+        saved = errno;
+    }
+    if (written && rename(temporary, path) != 0) {
+        written = 0;
+        saved = errno;
+    }
+    if (!written) {
         unlink(temporary);
+        errno = saved;
         return HM_ERR_IO;
     }
     return HM_OK;
@@ -575,6 +714,7 @@ static int document_file_write(void *context, const char *number, const char *te
         fprintf(stderr, "meterctl: writing %s failed: %s; the document is stored in the "
                 "ledger, and `meterctl invoice show %s` prints it\n", path, strerror(errno),
                 number);
+        /* One failure in a directory is likely all of them: one message is enough. */
         files->failed = 1;
     }
     return HM_OK;
@@ -588,22 +728,29 @@ static int document_file_write(void *context, const char *number, const char *te
  * invoices_dir/YYYY-MM/<tenant name>.json. A directory is made only for a
  * file to write.
  */
-void billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
+int billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
 {
     struct document_files files = { .failed = 0 };
     snprintf(files.dir, sizeof files.dir, "%s/documents", invoices_dir);
     int has_documents = 0;
     ledger_document_each(ledger, document_has_number, &has_documents);
-    if (has_documents && directory_make(invoices_dir) == HM_OK &&
-        directory_make(files.dir) == HM_OK)
-        ledger_document_each(ledger, document_file_write, &files);
+    if (has_documents) {
+        if (directory_make(invoices_dir) == HM_OK && directory_make(files.dir) == HM_OK)
+            ledger_document_each(ledger, document_file_write, &files);
+        else
+            files.failed = 1;
+    }
     if (period == 0)
-        return;
+        return files.failed ? HM_ERR_IO : HM_OK;
 
     struct tenant *tenants = NULL;
     size_t count = 0;
-    if (ledger_tenant_list(ledger, &tenants, &count) != HM_OK)
-        return;
+    if (ledger_tenant_list(ledger, &tenants, &count) != HM_OK) {
+        fprintf(stderr, "meterctl: cannot list the tenants to write the invoice files of "
+                "%04u-%02u; the invoices are stored in the ledger\n", period / 100,
+                period % 100);
+        return HM_ERR_IO;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
     int period_dir_made = 0;
@@ -614,17 +761,32 @@ void billing_files_write(struct ledger *ledger, uint32_t period, const char *inv
         if (!period_dir_made &&
             (directory_make(invoices_dir) != HM_OK || directory_make(path) != HM_OK)) {
             free(text);
+            files.failed = 1;
             break;
         }
         period_dir_made = 1;
         char file[4200];
         snprintf(file, sizeof file, "%s/%s.json", path, tenants[i].name);
-        if (file_write_changed(file, text) != HM_OK)
+        if (file_write_changed(file, text) != HM_OK) {
             fprintf(stderr, "meterctl: writing %s failed: %s; the invoice is stored in the "
                     "ledger, and `meterctl invoice show` prints it\n", file, strerror(errno));
+            files.failed = 1;
+        }
         free(text);
     }
     free(tenants);
+    return files.failed ? HM_ERR_IO : HM_OK;
+}
+
+/* Reports invoice files that a command could not write after its commit. */
+static int files_failed_report(uint32_t period, const char *invoices_dir)
+{
+    fprintf(stderr, "meterctl: period %04u-%02u is closed and its documents are sealed in the "
+            "ledger, which stays the record, but some files under %s were not written (see "
+            "above); fix the cause and run `meterctl close --period %04u-%02u` again, which "
+            "writes the missing files\n", period / 100, period % 100, invoices_dir,
+            period / 100, period % 100);
+    return HM_ERR_IO;
 }
 
 static void summary_print(FILE *out, uint32_t period, struct closing *closings, size_t count,
@@ -909,9 +1071,7 @@ static int late_store(struct ledger_txn *txn, struct closing *closing,
                     late->period / 100, late->period % 100, (long long)-difference,
                     (long long)room, billed.number);
         char reason[USAGE_ADJUSTMENT_TEXT_MAX + 1];
-        snprintf(reason, sizeof reason, "Late usage for %04u-%02u: %llu events",
-                 late->period / 100, late->period % 100,
-                 (unsigned long long)(late->events_now - late->events_billed));
+        late_description(late, reason, sizeof reason);
         char number[DOCUMENT_NUMBER_MAX] = "";
         if (rc == HM_OK && amount > 0)
             rc = credit_note_issue(txn, invoice, &billed, amount, reason, 1, late->events_now,
@@ -922,6 +1082,7 @@ static int late_store(struct ledger_txn *txn, struct closing *closing,
                     tenant->name, billed.number, late->period / 100, late->period % 100, reason);
     }
     billed.events = late->events_now;
+    snprintf(billed.usage_sha256, sizeof billed.usage_sha256, "%s", late->usage_sha256);
     billed.recheck = 0;
     if (rc == HM_OK)
         rc = ledger_billed_put(txn, tenant->id, &billed);
@@ -1020,6 +1181,7 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     billed.service_end_s = closing->input.settings.service_end_s;
     billed.has_meter_events = 1;
     memcpy(billed.meter_events, closing->meter_events, sizeof billed.meter_events);
+    snprintf(billed.usage_sha256, sizeof billed.usage_sha256, "%s", closing->input.usage_sha256);
     if (rc == HM_OK)
         rc = ledger_billed_put(txn, tenant->id, &billed);
     for (size_t i = 0; rc == HM_OK && i < invoice->credit_count; i++)
@@ -1058,17 +1220,17 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     if (count == 0) {
         ledger_abort(txn);
         closings_free(closings, count);
-        if (invoices_dir != NULL)
-            billing_files_write(ledger, period, invoices_dir);
+        int files_rc = invoices_dir != NULL ? billing_files_write(ledger, period, invoices_dir)
+                                            : HM_OK;
         if (failures == 0 && sealed == 0) {
             fprintf(out, "no tenant was in service in %04u-%02u; nothing to close\n",
                     period / 100, period % 100);
-            return HM_OK;
+            return files_rc == HM_OK ? HM_OK : files_failed_report(period, invoices_dir);
         }
         if (failures == 0) {
             fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
                     "already sealed\n", period / 100, period % 100);
-            return HM_OK;
+            return files_rc == HM_OK ? HM_OK : files_failed_report(period, invoices_dir);
         }
         return close_failures_report(period, failures);
     }
@@ -1088,11 +1250,15 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return rc;
     }
 
-    if (invoices_dir != NULL)
-        billing_files_write(ledger, period, invoices_dir);
+    int files_rc = invoices_dir != NULL ? billing_files_write(ledger, period, invoices_dir)
+                                        : HM_OK;
     summary_print(out, period, closings, count, failures);
     closings_free(closings, count);
-    return failures ? close_failures_report(period, failures) : HM_OK;
+    if (files_rc != HM_OK)
+        files_failed_report(period, invoices_dir);
+    if (failures)
+        return close_failures_report(period, failures);
+    return files_rc;
 }
 
 int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s, char *error,
@@ -1203,6 +1369,105 @@ int billing_close_order_check(struct ledger *ledger, uint32_t period, char *erro
              "or pass --allow-gaps to close %04u-%02u anyway", period / 100, period % 100, found,
              found == 1 ? " is" : "s are", list, period / 100, period % 100);
     return HM_ERR_STATE;
+}
+
+/* ---- Free text ---- */
+
+/*
+ * Decodes one UTF-8 character at text (strict: no overlong forms, no
+ * surrogates, nothing above U+10FFFF) into *code_point. Returns its length
+ * in bytes, or 0 when the bytes there are not valid UTF-8.
+ */
+static size_t utf8_decode(const unsigned char *text, uint32_t *code_point)
+{
+    unsigned char first = text[0];
+    if (first < 0x80) {
+        *code_point = first;
+        return 1;
+    }
+    size_t length;
+    uint32_t value, minimum;
+    if (first >= 0xc2 && first <= 0xdf) {
+        length = 2, value = first & 0x1fu, minimum = 0x80;
+    } else if (first >= 0xe0 && first <= 0xef) {
+        length = 3, value = first & 0x0fu, minimum = 0x800;
+    } else if (first >= 0xf0 && first <= 0xf4) {
+        length = 4, value = first & 0x07u, minimum = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < length; i++) {
+        if ((text[i] & 0xc0) != 0x80)
+            return 0;
+        value = value << 6 | (text[i] & 0x3fu);
+    }
+    if (value < minimum || value > 0x10ffff || (value >= 0xd800 && value <= 0xdfff))
+        return 0;
+    *code_point = value;
+    return length;
+}
+
+static int is_control(uint32_t code_point)
+{
+    return code_point < 0x20 || (code_point >= 0x7f && code_point <= 0x9f);
+}
+
+/* Bidirectional embeddings, overrides and isolates, which reorder the text around them. */
+static int is_bidi_control(uint32_t code_point)
+{
+    return (code_point >= 0x202a && code_point <= 0x202e) ||
+           (code_point >= 0x2066 && code_point <= 0x2069);
+}
+
+int billing_text_check(const char *what, const char *text, size_t max_bytes, char *error,
+                       size_t error_size)
+{
+    size_t size = strlen(text);
+    if (size > max_bytes) {
+        snprintf(error, error_size, "%s is %zu bytes, more than the %zu allowed; shorten it",
+                 what, size, max_bytes);
+        return HM_ERR_INVALID;
+    }
+    const unsigned char *bytes = (const unsigned char *)text;
+    for (size_t at = 0; at < size;) {
+        uint32_t code_point = 0;
+        size_t length = utf8_decode(bytes + at, &code_point);
+        if (length == 0) {
+            snprintf(error, error_size, "%s is not valid UTF-8 (byte 0x%02x at offset %zu); "
+                     "write the text in UTF-8", what, bytes[at], at);
+            return HM_ERR_INVALID;
+        }
+        if (is_control(code_point)) {
+            snprintf(error, error_size, "%s contains the control character U+%04X at offset "
+                     "%zu; write it on one line without control characters (tabs and line "
+                     "breaks included)", what, (unsigned)code_point, at);
+            return HM_ERR_INVALID;
+        }
+        at += length;
+    }
+    return HM_OK;
+}
+
+void billing_text_printable(const char *text, char *out, size_t size)
+{
+    const unsigned char *bytes = (const unsigned char *)text;
+    size_t used = 0;
+    for (size_t at = 0; bytes[at] != '\0' && used + 11 < size;) {
+        uint32_t code_point = 0;
+        size_t length = utf8_decode(bytes + at, &code_point);
+        if (length == 0) {
+            used += (size_t)snprintf(out + used, size - used, "\\x%02x", bytes[at]);
+            at++;
+        } else if (is_control(code_point) || is_bidi_control(code_point)) {
+            used += (size_t)snprintf(out + used, size - used, "\\u%04x", (unsigned)code_point);
+            at += length;
+        } else {
+            memcpy(out + used, bytes + at, length);
+            used += length;
+            at += length;
+        }
+    }
+    out[used] = '\0';
 }
 
 /* ---- Void and credit notes ---- */
@@ -1327,6 +1592,34 @@ static int credits_restore(struct ledger_txn *txn, json_t *invoice,
     return HM_OK;
 }
 
+/*
+ * Returns the events that a billed period's amounts account for after some
+ * of its changes were dropped: those of its last remaining late usage
+ * change, else those sealed on its invoice.
+ */
+static uint64_t billed_events_kept(struct ledger_txn *txn, const struct billed_period *billed)
+{
+    uint64_t events = 0;
+    int has_change = 0;
+    for (size_t i = 0; i < billed->change_count; i++) {
+        if (billed->changes[i].late_usage && billed->changes[i].events_after >= events) {
+            events = billed->changes[i].events_after;
+            has_change = 1;
+        }
+    }
+    if (has_change)
+        return events;
+    char *text = NULL;
+    if (ledger_document_get_txn(txn, billed->number, &text) != HM_OK)
+        return 0;
+    json_t *invoice = json_loads(text, 0, NULL);
+    free(text);
+    json_t *sealed = json_object_get(invoice, "event_count");
+    events = json_is_integer(sealed) ? (uint64_t)json_integer_value(sealed) : 0;
+    json_decref(invoice);
+    return events;
+}
+
 /* Drops the late usage that a voided invoice billed for earlier periods, which compare again. */
 static int adjustments_revert(struct ledger *ledger, struct ledger_txn *txn,
                               const uint8_t tenant_id[UUID_SIZE], const char *number)
@@ -1344,6 +1637,10 @@ static int adjustments_revert(struct ledger *ledger, struct ledger_txn *txn,
         if (kept == billed->change_count)
             continue;
         billed->change_count = kept;
+        /* The dropped changes leave their late events unbilled, so the next close counts them. */
+        uint64_t events = billed_events_kept(txn, billed);
+        if (events < billed->events)
+            billed->events = events;
         billed->recheck = 1;
         rc = ledger_billed_put(txn, tenant_id, billed);
     }
@@ -1353,10 +1650,88 @@ static int adjustments_revert(struct ledger *ledger, struct ledger_txn *txn,
     return rc;
 }
 
-static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *invoice,
-                      const char *number, const char *reason, int64_t now_s, char *error,
-                      size_t error_size)
+/* Appends ", text" (or "text" first) to a list, cut at its size. */
+static void list_append(char *list, size_t size, const char *text)
 {
+    size_t used = strlen(list);
+    if (used < size)
+        snprintf(list + used, size - used, "%s%s", used ? ", " : "", text);
+}
+
+/*
+ * Checks that the corrections of an invoice let it be voided. Late usage of
+ * its period billed on a later invoice would be billed twice by the next
+ * revision, so that invoice must be voided first. Manual credit notes are
+ * voided with it only on request, because they may have to be issued
+ * again against the next revision.
+ */
+static int void_corrections_check(const struct billed_period *billed, const char *number,
+                                  int with_credit_notes, char *error, size_t error_size)
+{
+    char later[256] = "", manual[256] = "";
+    for (size_t i = 0; i < billed->change_count; i++) {
+        const struct billed_change *change = &billed->changes[i];
+        if (change->amount_minor > 0)
+            list_append(later, sizeof later, change->number);
+        else if (!change->late_usage)
+            list_append(manual, sizeof manual, change->number);
+    }
+    if (later[0] != '\0') {
+        snprintf(error, error_size, "invoice %s cannot be voided yet: late usage of its period is "
+                 "billed on invoice %s, which the next revision would bill again; void that "
+                 "invoice first (`meterctl invoice void NUMBER --reason TEXT`), then %s", number,
+                 later, number);
+        return HM_ERR_STATE;
+    }
+    if (manual[0] != '\0' && !with_credit_notes) {
+        snprintf(error, error_size, "invoice %s has the manual credit note%s %s; add "
+                 "--with-credit-notes to void the invoice with %s, then issue what still "
+                 "applies against the next revision with `meterctl invoice credit-note`", number,
+                 strchr(manual, ',') ? "s" : "", manual, strchr(manual, ',') ? "them" : "it");
+        return HM_ERR_STATE;
+    }
+    return HM_OK;
+}
+
+/* Re-seals a credit note of a voided invoice with status "void". */
+static int credit_note_void(struct ledger_txn *txn, const char *note_number,
+                            const char *invoice_number, const char *voided, const char *reason)
+{
+    char *text = NULL;
+    int rc = ledger_document_get_txn(txn, note_number, &text);
+    if (rc != HM_OK)
+        return rc;
+    json_t *note = json_loads(text, 0, NULL);
+    free(text);
+    if (note == NULL)
+        return HM_ERR_STORAGE;
+    json_object_set_new(note, "status", json_string("void"));
+    json_object_set_new(note, "voided_at", json_string(voided));
+    json_object_set_new(note, "void_reason", json_string(reason));
+    json_object_set_new(note, "voided_with", json_string(invoice_number));
+    rc = billing_document_seal(note);
+    text = rc == HM_OK ? json_dumps(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(note);
+    if (text == NULL)
+        return HM_ERR_NOMEM;
+    rc = ledger_document_replace(txn, note_number, text);
+    free(text);
+    return rc;
+}
+
+struct void_request {
+    const char *number;
+    const char *reason;
+    int with_credit_notes;
+    int64_t now_s;
+    char *voided_notes;
+    size_t notes_size;
+};
+
+static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *invoice,
+                      const struct void_request *request, char *error, size_t error_size)
+{
+    const char *number = request->number;
     uint8_t tenant_id[UUID_SIZE];
     uint32_t period = 0;
     int rc = invoice_check_finalized(invoice, number, "voided", tenant_id, &period, error,
@@ -1371,25 +1746,34 @@ static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *inv
         return HM_ERR_STATE;
     }
 
-    /* A later document that corrected this invoice would be counted twice after a re-issue. */
     struct billed_period billed;
     rc = billed_for_invoice(txn, invoice, number, tenant_id, period, &billed);
     if (rc != HM_OK)
         return rc;
-    if (billed.change_count > 0) {
-        snprintf(error, error_size, "invoice %s was corrected by %s%s; void a later invoice that "
-                 "carries late usage first, since a credit note stays as issued", number,
-                 billed.changes[0].number, billed.change_count > 1 ? " and others" : "");
+    rc = void_corrections_check(&billed, number, request->with_credit_notes, error, error_size);
+    if (rc != HM_OK) {
         ledger_billed_free(&billed);
-        return HM_ERR_STATE;
+        return rc;
     }
-    ledger_billed_free(&billed);
 
     char voided[32];
-    timestamp_format(now_s, voided, sizeof voided);
+    timestamp_format(request->now_s, voided, sizeof voided);
+    /* The period's credit notes go with it: the next revision is rated from scratch. */
+    for (size_t i = 0; rc == HM_OK && i < billed.change_count; i++) {
+        rc = credit_note_void(txn, billed.changes[i].number, number, voided, request->reason);
+        if (rc == HM_OK)
+            list_append(request->voided_notes, request->notes_size, billed.changes[i].number);
+    }
+    ledger_billed_free(&billed);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot void the credit notes of invoice %s: %s", number,
+                 hm_status_str(rc));
+        return rc;
+    }
+
     json_object_set_new(invoice, "status", json_string("void"));
     json_object_set_new(invoice, "voided_at", json_string(voided));
-    json_object_set_new(invoice, "void_reason", json_string(reason));
+    json_object_set_new(invoice, "void_reason", json_string(request->reason));
     rc = billing_document_seal(invoice);
     char *text = rc == HM_OK ? json_dumps(invoice, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (text == NULL)
@@ -1403,7 +1787,7 @@ static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *inv
     }
     free(text);
     if (rc == HM_OK)
-        rc = credits_restore(txn, invoice, tenant_id, number, now_s);
+        rc = credits_restore(txn, invoice, tenant_id, number, request->now_s);
     if (rc == HM_OK)
         rc = ledger_period_reopen(txn, tenant_id, period);
     if (rc == HM_OK)
@@ -1415,23 +1799,33 @@ static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *inv
     return rc;
 }
 
-int billing_void(struct ledger *ledger, const char *number, const char *reason, int64_t now_s,
+int billing_void(struct ledger *ledger, const char *number, const char *reason,
+                 int with_credit_notes, int64_t now_s, char *voided_notes, size_t notes_size,
                  char *error, size_t error_size)
 {
     error[0] = '\0';
+    if (notes_size > 0)
+        voided_notes[0] = '\0';
+    int rc = billing_text_check("the void reason", reason, BILLING_TEXT_MAX, error, error_size);
+    if (rc != HM_OK)
+        return rc;
     struct ledger_txn *txn = NULL;
-    int rc = ledger_begin(ledger, &txn);
+    rc = ledger_begin(ledger, &txn);
     if (rc != HM_OK) {
         snprintf(error, error_size, "cannot void invoice %s: %s", number, hm_status_str(rc));
         return rc;
     }
+    struct void_request request = { number, reason, with_credit_notes, now_s, voided_notes,
+                                    notes_size };
     json_t *invoice = NULL;
     rc = document_load(txn, number, &invoice, error, error_size);
     if (rc == HM_OK)
-        rc = void_store(ledger, txn, invoice, number, reason, now_s, error, error_size);
+        rc = void_store(ledger, txn, invoice, &request, error, error_size);
     json_decref(invoice);
     if (rc != HM_OK) {
         ledger_abort(txn);
+        if (notes_size > 0)
+            voided_notes[0] = '\0';
         return rc;
     }
     rc = ledger_commit(txn);
@@ -1494,8 +1888,12 @@ int billing_credit_note(struct ledger *ledger, const char *number, const char *a
                         size_t error_size)
 {
     error[0] = '\0';
+    int rc = billing_text_check("the credit note reason", reason, BILLING_TEXT_MAX, error,
+                                error_size);
+    if (rc != HM_OK)
+        return rc;
     struct ledger_txn *txn = NULL;
-    int rc = ledger_begin(ledger, &txn);
+    rc = ledger_begin(ledger, &txn);
     if (rc != HM_OK) {
         snprintf(error, error_size, "cannot issue a credit note: %s", hm_status_str(rc));
         return rc;
@@ -1533,14 +1931,32 @@ static void negated(const char *amount, char *out, size_t size)
         snprintf(out, size, "-%s", amount);
 }
 
+/* Room for a stored text of BILLING_TEXT_MAX bytes with every byte escaped. */
+#define SHOWN_TEXT_SIZE (6 * BILLING_TEXT_MAX + 16)
+
+/*
+ * Returns a member's text as billing_text_printable shows it, in `out`:
+ * documents stored before free texts were checked may hold control characters.
+ */
+static const char *shown_of(json_t *object, const char *key, char *out, size_t size)
+{
+    billing_text_printable(string_of(object, key), out, size);
+    return out;
+}
+
 static void credit_note_print(json_t *note, FILE *out)
 {
+    char shown[SHOWN_TEXT_SIZE];
     fprintf(out, "Credit note %s  issuer %s  against invoice %s\n", string_of(note, "number"),
             string_of(note, "issuer"), string_of(note, "credited_invoice"));
     fprintf(out, "tenant %s (%s)  period %s  status %s  issued %s\n",
             string_of(note, "tenant_name"), string_of(note, "tenant_id"),
             string_of(note, "period"), string_of(note, "status"), string_of(note, "issued_at"));
-    fprintf(out, "reason: %s\n", string_of(note, "reason"));
+    if (strcmp(string_of(note, "status"), "void") == 0)
+        fprintf(out, "voided %s with invoice %s: %s\n", string_of(note, "voided_at"),
+                string_of(note, "voided_with"), shown_of(note, "void_reason", shown,
+                                                         sizeof shown));
+    fprintf(out, "reason: %s\n", shown_of(note, "reason", shown, sizeof shown));
     fprintf(out, "amount %s %s\n", string_of(json_object_get(note, "amount"), "amount"),
             string_of(note, "currency"));
     fprintf(out, "sealed sha256 %s\n", string_of(note, "sha256"));
@@ -1569,10 +1985,12 @@ int billing_invoice_print(const char *invoice_json, FILE *out)
                 (long long)json_integer_value(json_object_get(invoice, "revision")),
                 json_object_get(invoice, "replaces") ? "  replaces " : "",
                 string_of(invoice, "replaces"));
+    char shown[SHOWN_TEXT_SIZE];
     if (strcmp(status, "void") == 0)
         fprintf(out, "voided %s: %s\n", string_of(invoice, "voided_at"),
-                string_of(invoice, "void_reason"));
-    fprintf(out, "Price book %s, currency %s\n\n", string_of(invoice, "price_book"), currency);
+                shown_of(invoice, "void_reason", shown, sizeof shown));
+    fprintf(out, "Price book %s, currency %s\n\n",
+            shown_of(invoice, "price_book", shown, sizeof shown), currency);
 
     /* The description column is as wide as the longest description. */
     json_t *lines = json_object_get(invoice, "lines");
@@ -1580,13 +1998,14 @@ int billing_invoice_print(const char *invoice_json, FILE *out)
     size_t index;
     json_t *line;
     json_array_foreach(lines, index, line) {
-        int size = (int)strlen(string_of(line, "description"));
+        int size = (int)strlen(shown_of(line, "description", shown, sizeof shown));
         width = size > width ? size : width;
     }
     fprintf(out, "%-*s %22s %-10s %18s %-18s %14s\n", width, "line", "quantity", "unit",
             "unit price", "", "amount");
     json_array_foreach(lines, index, line) {
-        fprintf(out, "%-*s %22s %-10s %18s %-18s %14s\n", width, string_of(line, "description"),
+        fprintf(out, "%-*s %22s %-10s %18s %-18s %14s\n", width,
+                shown_of(line, "description", shown, sizeof shown),
                 string_of(line, "quantity"), string_of(line, "unit"),
                 string_of(line, "unit_price"), string_of(line, "price_unit"),
                 string_of(line, "amount"));

@@ -83,7 +83,8 @@ int64_t billing_billed_usage_minor(const struct billed_period *billed);
  * service or used anything closes nothing, and the summary reports that.
  * A tenant that cannot be rated (a missing price, an overflow) stays open
  * and makes the result HM_ERR_INVALID, so that one tenant's usage never
- * holds back the others.
+ * holds back the others. Files that cannot be written after the commit make
+ * it HM_ERR_IO (the ledger stays the record; a rerun writes them).
  * Errors are printed to stderr.
  */
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
@@ -94,10 +95,11 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
  * `invoices_dir`/documents/NUMBER.json (a void invoice keeps its number, so
  * the file of each revision stays), and when period is not 0 each tenant's
  * current invoice of the period as `invoices_dir`/YYYY-MM/<tenant name>.json.
- * Files are mode 0600 and replaced atomically, only when they differ.
- * Failures are reported on stderr.
+ * Files are mode 0600 and replaced atomically (a temporary file of their own,
+ * then a rename), only when they differ, so concurrent writers do not clash.
+ * Failures are reported on stderr and return HM_ERR_IO.
  */
-void billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir);
+int billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir);
 
 /*
  * Prints a stored document as a readable table: an invoice (draft,
@@ -147,34 +149,75 @@ struct billing_late {
     uint64_t events_now;
     int64_t difference_minor; /* > 0 billed on the next invoice, < 0 a credit note, or 0 */
     const struct money_currency *currency;
+    char usage_sha256[BOOK_SHA256_HEX_SIZE]; /* the digest of the usage re-rated */
+    int has_storage; /* 1 when the usage re-rated has storage */
 };
 
 /*
+ * Computes the SHA-256 (64 hex digits) of a rating's usage input: the meter,
+ * dimension, slice start and quantity of every item, in item order. Storage
+ * is an item, so a storage level that an earlier month's late sample carries
+ * into a period changes its digest. HM_ERR_NOMEM when hashing fails.
+ */
+int billing_usage_digest(const struct usage_totals *usage, char hex_out[BOOK_SHA256_HEX_SIZE]);
+
+/*
  * Finds the finalized periods of a tenant before `before_period` (all when
- * 0) whose events changed since they were billed or that a void marked for
- * a new comparison, and re-rates each. *late_out is allocated (free()).
- * Errors name the period and the fix in `error`.
+ * 0) whose billed input changed: the digest of their usage (records that
+ * keep one), their event count, or a void that marked them for a new
+ * comparison. Each such period is re-rated with the book snapshot and
+ * settings it was billed with. Periods billed before book snapshots existed
+ * are skipped. *late_out is allocated (free()). Errors name the period and
+ * the fix in `error`.
  */
 int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint32_t before_period,
                        struct billing_late **late_out, size_t *count_out, char *error,
                        size_t error_size);
 
+/* Bytes of a free text on a document or record: a void or credit note reason, a grant note. */
+#define BILLING_TEXT_MAX CREDIT_NOTE_MAX
+
+/*
+ * Checks a free text that goes into a sealed document or a record: at most
+ * max_bytes, valid UTF-8, and no control character (U+0000 to U+001F, U+007F
+ * to U+009F). Then any JSON writer reproduces the seal, with the escapes
+ * \" and \\ only. Returns HM_OK, or HM_ERR_INVALID with `what` (such as
+ * "--reason"), the offending byte and the fix in `error`.
+ */
+int billing_text_check(const char *what, const char *text, size_t max_bytes, char *error,
+                       size_t error_size);
+
+/*
+ * Copies stored text for a terminal: control characters and bidirectional
+ * controls become \uXXXX and bytes that are not UTF-8 \xNN, so that text
+ * stored before billing_text_check existed cannot forge output. Cuts the
+ * text where `out` is full.
+ */
+void billing_text_printable(const char *text, char *out, size_t size);
+
 /*
  * Voids a finalized invoice: re-seals it with status "void", voided_at and
  * the reason, gives the credits it took back to their grants, drops what it
  * billed for earlier periods and reopens its period, all in one
- * transaction. Returns HM_ERR_NOT_FOUND, HM_ERR_INVALID (a credit note) or
- * HM_ERR_STATE (already void, or corrected by other documents) with the
- * reason in `error`.
+ * transaction. Its credit notes are voided with it: a late usage credit
+ * note always (the next revision rates the late usage again), a manual one
+ * only when with_credit_notes is 1. Their numbers go to voided_notes
+ * (comma separated, cut at notes_size). Returns HM_ERR_NOT_FOUND,
+ * HM_ERR_INVALID (a credit note, or an invalid reason) or HM_ERR_STATE
+ * (already void, late usage billed on a later invoice that must be voided
+ * first, or manual credit notes without with_credit_notes) with the reason
+ * and the fix in `error`.
  */
-int billing_void(struct ledger *ledger, const char *number, const char *reason, int64_t now_s,
+int billing_void(struct ledger *ledger, const char *number, const char *reason,
+                 int with_credit_notes, int64_t now_s, char *voided_notes, size_t notes_size,
                  char *error, size_t error_size);
 
 /*
  * Issues a credit note of `amount_text` (a decimal in the invoice currency,
  * exact to its minor unit, > 0) against a finalized invoice, numbered in the
  * invoice's issuer. The credit notes of an invoice never total more than
- * its total. The new number goes to number_out (DOCUMENT_NUMBER_MAX bytes).
+ * its total. The reason must pass billing_text_check. The new number goes
+ * to number_out (DOCUMENT_NUMBER_MAX bytes).
  */
 int billing_credit_note(struct ledger *ledger, const char *number, const char *amount_text,
                         const char *reason, int64_t now_s, char *number_out, char *error,

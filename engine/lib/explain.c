@@ -968,19 +968,23 @@ static void print_detail(json_t *item, FILE *out)
 static void explanation_print(json_t *result, FILE *out)
 {
     const char *number = string_of(result, "invoice_number");
+    /* Documents stored before free texts were checked may hold control characters. */
+    char shown[6 * BILLING_TEXT_MAX + 16];
+    billing_text_printable(string_of(result, "price_book"), shown, sizeof shown);
     fprintf(out, "Invoice %s of tenant %s (%s), period %s, %s, price book %s, total %s %s\n\n",
             number[0] ? number : "(draft)", string_of(result, "tenant_name"),
             string_of(result, "tenant_id"), string_of(result, "period"),
-            string_of(result, "status"), string_of(result, "price_book"),
-            string_of(result, "total"), string_of(result, "currency"));
+            string_of(result, "status"), shown, string_of(result, "total"),
+            string_of(result, "currency"));
     fprintf(out, "%4s  %-20s %14s  %s\n", "line", "kind", "amount", "description");
     size_t index;
     json_t *item;
     json_array_foreach(json_object_get(result, "lines"), index, item)
     {
+        billing_text_printable(string_of(item, "description"), shown, sizeof shown);
         fprintf(out, "%4" JSON_INTEGER_FORMAT "  %-20s %14s  %s\n",
                 json_integer_value(json_object_get(item, "line")), string_of(item, "kind"),
-                string_of(item, "amount"), string_of(item, "description"));
+                string_of(item, "amount"), shown);
         print_detail(item, out);
     }
     json_t *checks = json_object_get(result, "events_check");
