@@ -4,6 +4,8 @@
 #include "engine/lib/billing.h"
 #include "engine/lib/date.h"
 #include "engine/lib/explain.h"
+#include "engine/lib/export_stripe.h"
+#include "engine/lib/postgres_cli.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
 
@@ -22,12 +24,13 @@ static const char usage_text[] =
     "usage: meterctl [--data DIR] COMMAND ...\n"
     "\n"
     "  tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] [TENANT OPTIONS]\n"
-    "                               create a tenant (prints its id); the base fee is\n"
+    "                               create a tenant (prints \"ID NAME\"); the base fee is\n"
     "                               charged from the service start (default: now), prorated\n"
     "  tenant set TENANT [--service-start YYYY-MM-DD] [TENANT OPTIONS]\n"
     "                               change a tenant's service dates, support tier or issuer\n"
     "      TENANT OPTIONS: --service-end YYYY-MM-DD|none (service ends at that midnight UTC)\n"
     "                      --support-tier none|basic|pro|enterprise   --issuer NAME\n"
+    "                      --stripe-customer cus_...|none (the tenant's Stripe customer)\n"
     "  tenant list                  list tenants with their settings\n"
     "  issuer add NAME --prefix PREFIX\n"
     "                               add an issuer; its invoices are PREFIX-000001, ... and its\n"
@@ -35,8 +38,12 @@ static const char usage_text[] =
     "  issuer list                  list issuers (\"default\", prefix HM, always exists)\n"
     "  credit grant TENANT AMOUNT [--currency CODE] [--expires YYYY-MM-DD] [--note TEXT]\n"
     "                               grant prepaid credit (AMOUNT as 100.00; currency default:\n"
-    "                               the tenant's price book), used by the next closes\n"
+    "                               the tenant's price book, and required to match it), used\n"
+    "                               by the next closes; --expires: the grant stops at 00:00 UTC\n"
+    "                               of that date\n"
     "  credit list TENANT           list a tenant's grants, balances and what invoices took\n"
+    "  credit revoke GRANT_ID --reason TEXT\n"
+    "                               set a grant's balance to 0; what invoices took stays\n"
     "  settings show                show the ledger settings\n"
     "  settings set close-grace-hours N\n"
     "                               wait N hours (0 to 2208) after a month ends before it can\n"
@@ -55,9 +62,11 @@ static const char usage_text[] =
     "                               show a tenant's usage and its draft invoice\n"
     "  verify TENANT --period YYYY-MM\n"
     "                               recount the period from the ledger and compare rollups\n"
-    "  close --period YYYY-MM [--invoices DIR]\n"
+    "  close --period YYYY-MM [--invoices DIR] [--allow-gaps]\n"
     "                               close the period for every tenant and seal the invoices\n"
-    "                               (files under DIR, default DATA/invoices)\n"
+    "                               (files under DIR, default DATA/invoices); refused while a\n"
+    "                               tenant has an earlier open month with service or events,\n"
+    "                               unless --allow-gaps\n"
     "  invoice show NUMBER [--json] | invoice show TENANT --period YYYY-MM [--json]\n"
     "  invoice list [--tenant TENANT] [--period YYYY-MM]\n"
     "                               list invoices and credit notes\n"
@@ -73,6 +82,23 @@ static const char usage_text[] =
     "                               price the period under the book FILE and print each\n"
     "                               tenant's current total, re-rated total and difference;\n"
     "                               changes nothing\n"
+    "  export stripe [--tenant TENANT] [--check] [--api-base URL] [--ca-file FILE]\n"
+    "                [--api-key-file FILE] [--rate N] [--timeout SECONDS] [--max-retries N]\n"
+    "                [--debug]\n"
+    "                               send finalized invoices not yet exported to Stripe, and\n"
+    "                               void there what was voided here; --check compares the\n"
+    "                               exported invoices with Stripe's and exits 1 on a\n"
+    "                               difference. The key comes from $STRIPE_API_KEY or\n"
+    "                               --api-key-file (mode 0600); --rate: requests per second\n"
+    "                               (default 20), --timeout: seconds per request (default 30)\n"
+    "  db migrate [--dsn DSN] [--migrations DIR]\n"
+    "                               apply the PostgreSQL migrations (sql/NNN_name.sql) that the\n"
+    "                               database lacks, each in its own transaction\n"
+    "  export postgres [--dsn DSN] [--tenant TENANT] [--batch-rows N]\n"
+    "                               copy tenants, key hashes, invoices, credit notes and new\n"
+    "                               usage events to PostgreSQL; a rerun copies only what\n"
+    "                               changed (N: events per transaction, default 10000)\n"
+    "                               DSN: a libpq connection string or URI, else $METER_PG_DSN\n"
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
     "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n";
@@ -238,13 +264,30 @@ static int tenant_options(struct ledger *ledger, int argc, char **argv, struct t
             return fail("cannot read issuer \"%s\": %s", issuer, hm_status_str(rc));
         snprintf(settings->issuer, sizeof settings->issuer, "%s", issuer);
     }
+    const char *customer = option_value(argc, argv, "--stripe-customer");
+    if (customer != NULL && strcmp(customer, "none") == 0) {
+        settings->stripe_customer[0] = '\0';
+    } else if (customer != NULL) {
+        /* Stripe ids are a prefix and letters and digits; "cus_" names a customer. */
+        size_t size = strlen(customer);
+        if (size <= 4 || size > STRIPE_CUSTOMER_ID_MAX || strncmp(customer, "cus_", 4) != 0 ||
+            strspn(customer + 4, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") !=
+                size - 4) {
+            char shown[4 * STRIPE_CUSTOMER_ID_MAX + 8];
+            escape_for_terminal(customer, shown, sizeof shown);
+            return fail("invalid --stripe-customer \"%s\": expected a Stripe customer id such as "
+                        "cus_NffrFeUfNV2Hib (cus_ and letters or digits), or none", shown);
+        }
+        snprintf(settings->stripe_customer, sizeof settings->stripe_customer, "%s", customer);
+    }
     return 0;
 }
 
 static int tenant_create(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--id", "--service-start", "--service-end",
-                                              "--support-tier", "--issuer", NULL };
+                                              "--support-tier", "--issuer", "--stripe-customer",
+                                              NULL };
     if (argc < 3)
         return fail("usage: meterctl tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] "
                     "[--service-end YYYY-MM-DD] [--support-tier TIER] [--issuer NAME]");
@@ -284,10 +327,69 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
+/*
+ * Rejects new service dates that take service away from a finalized month:
+ * an end before the month's end, or a start after the month's start. Such a
+ * month keeps its invoice until it is voided. Returns 0, or 1 after printing.
+ */
+static int service_dates_check(struct ledger *ledger, const struct tenant *tenant,
+                               const struct tenant_settings *settings, int64_t old_start_s,
+                               int64_t old_end_s)
+{
+    int64_t end_s = settings->service_end_s, start_s = tenant->service_start_s;
+    int end_earlier = end_s != 0 && end_s != old_end_s;
+    int start_later = start_s > old_start_s;
+    if (!end_earlier && !start_later)
+        return 0;
+    struct billed_period *periods = NULL;
+    size_t count = 0;
+    int rc = ledger_billed_list(ledger, tenant->id, &periods, &count);
+    if (rc != HM_OK)
+        return fail("cannot read the finalized months of tenant %s: %s", tenant->name,
+                    hm_status_str(rc));
+    int status = 0;
+    for (size_t i = 0; i < count && status == 0; i++) {
+        const struct billed_period *billed = &periods[i];
+        /* The service the month was billed for, when its record keeps the dates. */
+        int64_t billed_start_s = period_start_us(billed->period) / 1000000;
+        int64_t billed_end_s = period_start_us(period_next(billed->period)) / 1000000;
+        if (billed->has_billed_with && billed->service_start_s > billed_start_s)
+            billed_start_s = billed->service_start_s;
+        if (billed->has_billed_with && billed->service_end_s != 0 &&
+            billed->service_end_s < billed_end_s)
+            billed_end_s = billed->service_end_s;
+        /* A month billed for usage outside the service has no fee that the dates change. */
+        if (billed_start_s >= billed_end_s)
+            continue;
+        char date[16];
+        if (end_earlier && end_s < billed_end_s) {
+            date_format(end_s, date, sizeof date);
+            status = fail("invalid --service-end %s: tenant %s has the finalized invoice %s for "
+                          "%04u-%02u, which bills service after that date; void it first "
+                          "(`meterctl invoice void %s --reason TEXT`), together with every "
+                          "later finalized month", date, tenant->name, billed->number,
+                          billed->period / 100, billed->period % 100, billed->number);
+        } else if (start_later && start_s > billed_start_s) {
+            date_format(start_s, date, sizeof date);
+            status = fail("invalid --service-start %s: tenant %s has the finalized invoice %s "
+                          "for %04u-%02u, which bills service before that date; void it first "
+                          "(`meterctl invoice void %s --reason TEXT`), together with every "
+                          "earlier finalized month after the new start", date, tenant->name,
+                          billed->number, billed->period / 100, billed->period % 100,
+                          billed->number);
+        }
+    }
+    for (size_t i = 0; i < count; i++)
+        ledger_billed_free(&periods[i]);
+    free(periods);
+    return status;
+}
+
 static int tenant_set(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--service-start", "--service-end",
-                                              "--support-tier", "--issuer", NULL };
+                                              "--support-tier", "--issuer", "--stripe-customer",
+                                              NULL };
     if (argc < 4)
         return fail("usage: meterctl tenant set TENANT [--service-start YYYY-MM-DD] "
                     "[--service-end YYYY-MM-DD|none] [--support-tier TIER] [--issuer NAME]");
@@ -298,7 +400,9 @@ static int tenant_set(struct ledger *ledger, int argc, char **argv)
     int rc = ledger_tenant_settings_get(ledger, tenant.id, &settings);
     if (rc != HM_OK)
         return fail("cannot read the settings of tenant %s: %s", tenant.name, hm_status_str(rc));
-    if (tenant_options(ledger, argc, argv, &tenant, &settings))
+    int64_t old_start_s = tenant.service_start_s, old_end_s = settings.service_end_s;
+    if (tenant_options(ledger, argc, argv, &tenant, &settings) ||
+        service_dates_check(ledger, &tenant, &settings, old_start_s, old_end_s))
         return 1;
     rc = ledger_tenant_update(ledger, &tenant, &settings);
     if (rc != HM_OK)
@@ -501,11 +605,49 @@ static char *file_read(const char *path, size_t *size_out)
     return text;
 }
 
+/* Reads a price book file and prints every error; returns its text (free()), or NULL. */
+static char *pricebook_file_checked(const char *path, size_t *size_out)
+{
+    char *text = file_read(path, size_out);
+    if (text == NULL) {
+        fail("cannot read price book %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char errors[8192];
+    size_t error_count = 0;
+    if (pricebook_check(text, *size_out, errors, sizeof errors, &error_count) != HM_OK) {
+        size_t errors_size = strlen(errors);
+        fprintf(stderr, "%s: %zu error%s\n%s%s", path, error_count, error_count == 1 ? "" : "s",
+                errors, errors_size > 0 && errors[errors_size - 1] != '\n' ? "\n" : "");
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Runs `pricebook check FILE`, which reads no ledger, so it works before one exists. */
+static int pricebook_check_command(int argc, char **argv)
+{
+    if (argc < 3)
+        return fail("usage: meterctl pricebook check FILE");
+    if (check_options(argc, argv, 3, (const char *const[]){ NULL }, NULL))
+        return 1;
+    size_t size = 0;
+    char *text = pricebook_file_checked(argv[2], &size);
+    if (text == NULL)
+        return 1;
+    printf("%s: valid\n", argv[2]);
+    free(text);
+    return 0;
+}
+
 static int pricebook_command(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--tenant", NULL };
     if (argc < 2)
         return fail("usage: meterctl pricebook check|load|show ...");
+    if (strcmp(argv[1], "check") == 0)
+        return pricebook_check_command(argc, argv);
     const char *tenant_name = option_value(argc, argv, "--tenant");
     char scope[UUID_TEXT_SIZE] = "default";
     if (tenant_name) {
@@ -532,38 +674,21 @@ static int pricebook_command(struct ledger *ledger, int argc, char **argv)
         free(json);
         return 0;
     }
+    if (strcmp(argv[1], "load") != 0)
+        return fail("unknown pricebook command \"%s\": use check, load or show", argv[1]);
     if (argc < 3)
-        return fail("usage: meterctl pricebook %s FILE", argv[1]);
+        return fail("usage: meterctl pricebook load FILE [--tenant TENANT]");
     if (check_options(argc, argv, 3, with_value, NULL))
         return 1;
     size_t size = 0;
-    char *text = file_read(argv[2], &size);
+    char *text = pricebook_file_checked(argv[2], &size);
     if (text == NULL)
-        return fail("cannot read price book %s: %s", argv[2], strerror(errno));
-    char errors[8192];
-    size_t error_count = 0;
-    int rc = pricebook_check(text, size, errors, sizeof errors, &error_count);
-    if (rc != HM_OK) {
-        size_t errors_size = strlen(errors);
-        fprintf(stderr, "%s: %zu error%s\n%s%s", argv[2], error_count, error_count == 1 ? "" : "s",
-                errors, errors_size > 0 && errors[errors_size - 1] != '\n' ? "\n" : "");
-        free(text);
         return 1;
-    }
-    if (strcmp(argv[1], "check") == 0) {
-        printf("%s: valid\n", argv[2]);
-    } else if (strcmp(argv[1], "load") == 0) {
-        rc = ledger_pricebook_put(ledger, scope, text);
-        if (rc != HM_OK) {
-            free(text);
-            return fail("cannot store the price book: %s", hm_status_str(rc));
-        }
-        printf("price book %s loaded as %s\n", argv[2], tenant_name ? tenant_name : "default");
-    } else {
-        free(text);
-        return fail("unknown pricebook command \"%s\": use check, load or show", argv[1]);
-    }
+    int rc = ledger_pricebook_put(ledger, scope, text);
     free(text);
+    if (rc != HM_OK)
+        return fail("cannot store the price book: %s", hm_status_str(rc));
+    printf("price book %s loaded as %s\n", argv[2], tenant_name ? tenant_name : "default");
     return 0;
 }
 
@@ -646,16 +771,25 @@ static int credit_grant(struct ledger *ledger, int argc, char **argv)
     if (code != NULL && money_currency_find(code, &currency) != HM_OK)
         return fail("unknown currency \"%s\": use an ISO 4217 code in upper case, such as USD",
                     code);
-    if (code == NULL) {
-        struct pricebook *book = NULL;
-        char error[512] = "";
-        if (billing_pricebook_for(ledger, &tenant, &book, error, sizeof error) != HM_OK)
-            return fail("%s; or give the grant's currency with --currency CODE", error);
-        currency = book->currency;
-        pricebook_free(book);
-    }
-    struct credit_grant grant = { .granted_s = (int64_t)time(NULL) };
+    /* A grant pays only invoices in its currency, so it must be the currency of the book. */
+    struct pricebook *book = NULL;
     char error[512] = "";
+    int book_rc = billing_pricebook_for(ledger, &tenant, &book, error, sizeof error);
+    if (book_rc != HM_OK && (code == NULL || book_rc != HM_ERR_NOT_FOUND))
+        return fail("%s; or give the grant's currency with --currency CODE", error);
+    if (book != NULL && currency != NULL && currency != book->currency) {
+        fail("credit grant in %s for tenant %s: its price book \"%s\" bills in %s, so the grant "
+             "would never be used; omit --currency to grant %s, or load a price book in %s "
+             "first with `meterctl pricebook load FILE --tenant %s`", currency->code, tenant.name,
+             book->name, book->currency->code, book->currency->code, currency->code,
+             tenant.name);
+        pricebook_free(book);
+        return 1;
+    }
+    if (currency == NULL)
+        currency = book->currency;
+    pricebook_free(book);
+    struct credit_grant grant = { .granted_s = (int64_t)time(NULL) };
     if (billing_amount_parse(argv[3], currency, &grant.amount_minor, error, sizeof error) !=
         HM_OK)
         return fail("%s", error);
@@ -714,13 +848,62 @@ static int credit_list(struct ledger *ledger, int argc, char **argv)
         printf("%-6" PRIu64 " %-8s %16s %16s  %-10s  %-10s  %s\n", grant->id, grant->currency,
                amount, balance, on, grant->expires_s ? expires : "never", grant->note);
         for (size_t j = 0; j < grant->use_count; j++) {
+            const struct credit_use *use = &grant->uses[j];
             char change[MONEY_TEXT_SIZE];
-            amount_text(grant->uses[j].change_minor, grant->currency, change, sizeof change);
-            printf("       %s %s by %s\n", grant->uses[j].change_minor < 0 ? "taken   " : "restored",
-                   change, grant->uses[j].number);
+            amount_text(use->change_minor, grant->currency, change, sizeof change);
+            /* A void after the revocation gives back nothing: the revocation keeps it. */
+            int forfeited = use->change_minor > 0 && grant->revoked_s != 0 &&
+                            use->at_s >= grant->revoked_s;
+            printf("       %s %s by %s%s\n", use->change_minor < 0 ? "taken   " : "restored",
+                   change, use->number, forfeited ? " (not restored: the grant is revoked)" : "");
+        }
+        if (grant->revoked_s != 0) {
+            char revoked_on[16], forfeited[MONEY_TEXT_SIZE];
+            date_format(grant->revoked_s, revoked_on, sizeof revoked_on);
+            amount_text(grant->revoked_balance_minor, grant->currency, forfeited,
+                        sizeof forfeited);
+            printf("       revoked  %s on %s: %s\n", forfeited, revoked_on,
+                   grant->revoke_reason);
         }
     }
     ledger_credit_grants_free(grants, count);
+    return 0;
+}
+
+static int credit_revoke(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--reason", NULL };
+    if (argc < 3 || argv[2][0] == '-')
+        return fail("usage: meterctl credit revoke GRANT_ID --reason TEXT");
+    if (check_options(argc, argv, 3, with_value, NULL))
+        return 1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long id = strtoull(argv[2], &end, 10);
+    if (argv[2][0] < '1' || argv[2][0] > '9' || *end != '\0' || errno != 0) {
+        char shown[256];
+        escape_for_terminal(argv[2], shown, sizeof shown);
+        return fail("invalid grant id \"%s\": give the number that `meterctl credit list "
+                    "TENANT` shows", shown);
+    }
+    const char *reason = option_value(argc, argv, "--reason");
+    if (reason == NULL || reason[0] == '\0')
+        return fail("missing --reason TEXT: a revocation is recorded with its reason");
+    if (strlen(reason) > CREDIT_NOTE_MAX)
+        return fail("--reason is %zu bytes; at most %d fit", strlen(reason), CREDIT_NOTE_MAX);
+    struct credit_grant grant;
+    int rc = ledger_credit_revoke(ledger, id, reason, (int64_t)time(NULL), &grant);
+    if (rc == HM_ERR_NOT_FOUND)
+        return fail("credit grant %llu not found; `meterctl credit list TENANT` shows a "
+                    "tenant's grants", id);
+    if (rc == HM_ERR_STATE)
+        return fail("credit grant %llu is already revoked", id);
+    if (rc != HM_OK)
+        return fail("cannot revoke credit grant %llu: %s", id, hm_status_str(rc));
+    char balance[MONEY_TEXT_SIZE];
+    amount_text(grant.revoked_balance_minor, grant.currency, balance, sizeof balance);
+    printf("credit grant %llu revoked; its balance of %s %s is no longer available\n", id,
+           balance, grant.currency);
     return 0;
 }
 
@@ -731,7 +914,10 @@ static int credit_command(struct ledger *ledger, int argc, char **argv)
         return credit_grant(ledger, argc, argv);
     if (strcmp(sub, "list") == 0)
         return credit_list(ledger, argc, argv);
-    return fail("unknown credit command \"%s\": use credit grant or credit list", sub);
+    if (strcmp(sub, "revoke") == 0)
+        return credit_revoke(ledger, argc, argv);
+    return fail("unknown credit command \"%s\": use credit grant, credit list or credit revoke",
+                sub);
 }
 
 /* ---- settings ---- */
@@ -916,11 +1102,15 @@ static int verify_command(struct ledger *ledger, int argc, char **argv)
 static int close_command(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     static const char *const with_value[] = { "--period", "--invoices", NULL };
+    static const char *const flags[] = { "--allow-gaps", NULL };
     uint32_t period;
-    if (check_options(argc, argv, 1, with_value, NULL) || period_option(argc, argv, &period))
+    if (check_options(argc, argv, 1, with_value, flags) || period_option(argc, argv, &period))
         return 1;
-    char error[512] = "";
+    char error[1536] = "";
     if (billing_close_allowed(ledger, period, (int64_t)time(NULL), error, sizeof error) != HM_OK)
+        return fail("%s", error);
+    if (!has_flag(argc, argv, "--allow-gaps") &&
+        billing_close_order_check(ledger, period, error, sizeof error) != HM_OK)
         return fail("%s", error);
     char default_dir[4096];
     snprintf(default_dir, sizeof default_dir, "%s/invoices", data_dir);
@@ -1046,7 +1236,28 @@ static int invoice_list(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
-static int invoice_void(struct ledger *ledger, int argc, char **argv)
+/* Writes the document files after a void or a credit note; the ledger stays the record. */
+static void document_files_update(struct ledger *ledger, const char *data_dir, const char *number)
+{
+    char invoices_dir[4096];
+    snprintf(invoices_dir, sizeof invoices_dir, "%s/invoices", data_dir);
+    /* A void changes the period's current invoice, so its period file is written again. */
+    uint32_t period = 0;
+    char *text = NULL;
+    if (ledger_document_get(ledger, number, &text) == HM_OK) {
+        json_t *document = json_loads(text, 0, NULL);
+        const char *type = json_string_value(json_object_get(document, "document_type"));
+        const char *period_text = json_string_value(json_object_get(document, "period"));
+        if (period_text != NULL && (type == NULL || strcmp(type, "invoice") == 0) &&
+            period_parse(period_text, &period) != HM_OK)
+            period = 0;
+        json_decref(document);
+        free(text);
+    }
+    billing_files_write(ledger, period, invoices_dir);
+}
+
+static int invoice_void(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     static const char *const with_value[] = { "--reason", NULL };
     if (argc < 3 || check_options(argc, argv, 3, with_value, NULL))
@@ -1057,12 +1268,14 @@ static int invoice_void(struct ledger *ledger, int argc, char **argv)
     char error[512] = "";
     if (billing_void(ledger, argv[2], reason, (int64_t)time(NULL), error, sizeof error) != HM_OK)
         return fail("%s", error);
+    document_files_update(ledger, data_dir, argv[2]);
     printf("invoice %s is void; its period is open again, and the next close issues the next "
            "revision\n", argv[2]);
     return 0;
 }
 
-static int invoice_credit_note(struct ledger *ledger, int argc, char **argv)
+static int invoice_credit_note(struct ledger *ledger, const char *data_dir, int argc,
+                               char **argv)
 {
     static const char *const with_value[] = { "--amount", "--reason", NULL };
     if (argc < 3 || check_options(argc, argv, 3, with_value, NULL))
@@ -1079,11 +1292,12 @@ static int invoice_credit_note(struct ledger *ledger, int argc, char **argv)
     if (billing_credit_note(ledger, argv[2], amount, reason, (int64_t)time(NULL), number, error,
                             sizeof error) != HM_OK)
         return fail("%s", error);
+    document_files_update(ledger, data_dir, number);
     printf("credit note %s issued against %s\n", number, argv[2]);
     return 0;
 }
 
-static int invoice_command(struct ledger *ledger, int argc, char **argv)
+static int invoice_command(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
     if (strcmp(sub, "show") == 0)
@@ -1091,9 +1305,9 @@ static int invoice_command(struct ledger *ledger, int argc, char **argv)
     if (strcmp(sub, "list") == 0)
         return invoice_list(ledger, argc, argv);
     if (strcmp(sub, "void") == 0)
-        return invoice_void(ledger, argc, argv);
+        return invoice_void(ledger, data_dir, argc, argv);
     if (strcmp(sub, "credit-note") == 0)
-        return invoice_credit_note(ledger, argc, argv);
+        return invoice_credit_note(ledger, data_dir, argc, argv);
     return fail("unknown invoice command \"%s\": use show, list, void, credit-note or explain",
                 sub);
 }
@@ -1131,9 +1345,15 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
     if (strcmp(command, "invoice") == 0 && strcmp(sub, "explain") == 0)
         return explain_invoice_command(ledger, argc, argv, stdout);
     if (strcmp(command, "invoice") == 0)
-        return invoice_command(ledger, argc, argv);
+        return invoice_command(ledger, data_dir, argc, argv);
     if (strcmp(command, "rerate") == 0)
         return explain_rerate_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0 && strcmp(sub, "postgres") == 0)
+        return postgres_export_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0 && strcmp(sub, "stripe") == 0)
+        return export_stripe_command(ledger, argc, argv, stdout);
+    if (strcmp(command, "export") == 0)
+        return fail("unknown export target \"%s\": use export postgres or export stripe", sub);
     if (strcmp(command, "tenant") == 0)
         return fail("unknown tenant command \"%s\": use tenant create, tenant set or tenant "
                     "list", sub);
@@ -1169,6 +1389,12 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return 0;
     }
+    /* db migrate works on PostgreSQL only. */
+    if (strcmp(argv[first], "db") == 0)
+        return postgres_db_command(argc - first, argv + first, stdout);
+    if (argc - first >= 2 && strcmp(argv[first], "pricebook") == 0 &&
+        strcmp(argv[first + 1], "check") == 0)
+        return pricebook_check_command(argc - first, argv + first);
 
     /* Only `tenant create` starts a new ledger, so that a mistyped directory is an error. */
     char data_file[4096];

@@ -330,11 +330,11 @@ static int add_fee_line(struct rating *rating, enum invoice_line_kind kind, cons
     if (line == NULL)
         return HM_ERR_OVERFLOW;
     format_ratio(share, 0, line->quantity, sizeof(line->quantity), &line->quantity_exact);
-    line->unit = "month";
+    snprintf(line->unit, sizeof(line->unit), "month");
     money_decimal_format(fee.pico, rating->book->currency->exponent, line->unit_price,
                          sizeof(line->unit_price));
     line->unit_price_exact = true;
-    line->price_unit = "per month";
+    snprintf(line->price_unit, sizeof(line->price_unit), "per month");
     line->slice_start_s = rating->slice_count > 1 ? slice->start_s : 0;
     return HM_OK;
 }
@@ -663,17 +663,26 @@ static int graduated_delta(const struct rating *rating, const struct pricebook_c
     return HM_OK;
 }
 
+/* Display facts of a usage line besides its amount: the packages charged, or the volume tier. */
+struct slice_display {
+    __int128 packages; /* package charges: packages started inside the slice */
+    size_t tier;       /* volume charges: the index of the tier of the whole period */
+};
+
 /*
  * Computes the exact amount in minor units of one slice: quantity q in
  * (before, before + q] of the period's running total, whole the period's
- * total. Writes the display unit price (per billing unit, in currency units)
- * to unit_price. Returns 0, HM_ERR_INVALID for a charge that no parsed book
- * has (no tiers, package size <= 0), or HM_ERR_OVERFLOW.
+ * total. Writes the average price (per billing unit, in currency units) to
+ * unit_price, and the packages or the tier to display. Returns 0,
+ * HM_ERR_INVALID for a charge that no parsed book has (no tiers, package
+ * size <= 0), or HM_ERR_OVERFLOW.
  */
 static int slice_exact(const struct rating *rating, const struct pricebook_charge *charge,
                        struct money_ratio before, struct money_ratio q, struct money_ratio whole,
-                       struct money_ratio *exact, struct money_ratio *unit_price)
+                       struct money_ratio *exact, struct money_ratio *unit_price,
+                       struct slice_display *display)
 {
+    memset(display, 0, sizeof(*display));
     struct money_ratio after;
     struct money_ratio price;
     bool tiered =
@@ -706,6 +715,7 @@ static int slice_exact(const struct rating *rating, const struct pricebook_charg
             status = price_minor(rating, charge->price, &price);
         if (status == HM_OK) {
             __int128 count = money_ratio_ceil(packages_after) - money_ratio_ceil(packages_before);
+            display->packages = count;
             status = money_ratio_mul(price, (struct money_ratio){count, 1}, exact);
         }
         break;
@@ -719,6 +729,7 @@ static int slice_exact(const struct rating *rating, const struct pricebook_charg
         size_t tier = 0;
         if (status == HM_OK)
             status = volume_tier(charge, whole, &tier);
+        display->tier = tier;
         if (status == HM_OK)
             status = price_minor(rating, charge->tiers[tier].price, &price);
         if (status == HM_OK)
@@ -728,7 +739,7 @@ static int slice_exact(const struct rating *rating, const struct pricebook_charg
     default: return HM_ERR_INVALID;
     }
 
-    /* The display price is the line's exact amount per billing unit, in currency units. */
+    /* The average price is the line's exact amount per billing unit, in currency units. */
     if (status == HM_OK)
         status = money_ratio_div(*exact, q, unit_price);
     if (status == HM_OK)
@@ -746,6 +757,58 @@ static const char *charge_model_name(enum pricebook_charge_model model)
     case PRICEBOOK_CHARGE_VOLUME: return "volume";
     }
     return "unknown";
+}
+
+/*
+ * Fills what a usage line shows. A package line shows the packages charged
+ * at the package price, so that quantity times price is the amount. The
+ * other lines show the quantity in its display unit and the average price
+ * per billing unit. For a graduated charge that average mixes the tiers'
+ * prices. For a volume charge it is the price of the tier named in the
+ * price unit.
+ */
+static void usage_line_display(const struct rating *rating, const struct meter_units *units,
+                               const struct pricebook_charge *charge, unsigned __int128 raw,
+                               struct money_ratio unit_price, const struct slice_display *display,
+                               struct invoice_line *line)
+{
+    const char *billing_unit = units->price_unit + strlen("per ");
+    int exponent = rating->book->currency->exponent;
+
+    if (charge->model == PRICEBOOK_CHARGE_PACKAGE) {
+        char size[MONEY_TEXT_SIZE];
+        money_decimal_format(charge->package_size_pico, 0, size, sizeof(size));
+        /* "1M tokens" reads as "package of 0.5M tokens"; other units follow the size. */
+        bool per_million = strncmp(billing_unit, "1M ", 3) == 0;
+        const char *unit_name = per_million ? billing_unit + 1 : billing_unit;
+        int size_text = snprintf(line->unit, sizeof(line->unit), "package of %s%s%s", size,
+                                 per_million ? "" : " ", unit_name);
+        /* NOTE: a package size too long for the unit column shows as "package" alone. */
+        if (size_text < 0 || (size_t)size_text >= sizeof(line->unit))
+            snprintf(line->unit, sizeof(line->unit), "package");
+        money_int128_format(display->packages, line->quantity, sizeof(line->quantity));
+        line->quantity_exact = true;
+        money_decimal_format(charge->price.pico, exponent, line->unit_price,
+                             sizeof(line->unit_price));
+        line->unit_price_exact = true;
+        snprintf(line->price_unit, sizeof(line->price_unit), "per package");
+        return;
+    }
+
+    struct money_ratio shown;
+    int status = ratio_of((__int128)raw, units->display_divisor, &shown);
+    PRICING_CHECK(status == HM_OK);
+    format_ratio(shown, 0, line->quantity, sizeof(line->quantity), &line->quantity_exact);
+    snprintf(line->unit, sizeof(line->unit), "%s", units->unit);
+    format_ratio(unit_price, exponent, line->unit_price, sizeof(line->unit_price),
+                 &line->unit_price_exact);
+    if (charge->model == PRICEBOOK_CHARGE_GRADUATED)
+        snprintf(line->price_unit, sizeof(line->price_unit), "average %s", units->price_unit);
+    else if (charge->model == PRICEBOOK_CHARGE_VOLUME)
+        snprintf(line->price_unit, sizeof(line->price_unit), "%s, tier %zu", units->price_unit,
+                 display->tier + 1);
+    else
+        snprintf(line->price_unit, sizeof(line->price_unit), "%s", units->price_unit);
 }
 
 /* Reports an overflow in a usage line with its quantities and charge. */
@@ -830,10 +893,11 @@ static int rate_group(struct rating *rating, const struct aggregate *group, size
         struct money_ratio q;
         struct money_ratio exact;
         struct money_ratio unit_price;
+        struct slice_display display;
         struct money_amount amount;
         status = ratio_of((__int128)aggregate->quantity, units.billing_divisor, &q);
         PRICING_CHECK(status == HM_OK);
-        status = slice_exact(rating, charge, before, q, whole, &exact, &unit_price);
+        status = slice_exact(rating, charge, before, q, whole, &exact, &unit_price, &display);
         if (status == HM_ERR_INVALID) {
             rating_error(rating, "invalid %s charge for \"%s\" in price book \"%s\"",
                          charge_model_name(charge->model), description, rating->book->name);
@@ -853,14 +917,8 @@ static int rate_group(struct rating *rating, const struct aggregate *group, size
         rating->kind_minor[kind] += amount.minor;
 
         snprintf(line->dimension, sizeof(line->dimension), "%s", aggregate->dimension);
-        struct money_ratio shown;
-        status = ratio_of((__int128)aggregate->quantity, units.display_divisor, &shown);
-        PRICING_CHECK(status == HM_OK);
-        format_ratio(shown, 0, line->quantity, sizeof(line->quantity), &line->quantity_exact);
-        line->unit = units.unit;
-        format_ratio(unit_price, rating->book->currency->exponent, line->unit_price,
-                     sizeof(line->unit_price), &line->unit_price_exact);
-        line->price_unit = units.price_unit;
+        usage_line_display(rating, &units, charge, aggregate->quantity, unit_price, &display,
+                           line);
         line->slice_start_s = rating->slice_count > 1 ? slice->start_s : 0;
         line->event_count = aggregate->event_count;
 
@@ -952,10 +1010,10 @@ static int add_discount_line(struct rating *rating, const struct pricebook_disco
     status = ratio_of(base_minor, rating->minor_per_unit, &base);
     PRICING_CHECK(status == HM_OK);
     format_ratio(base, 0, line->quantity, sizeof(line->quantity), &line->quantity_exact);
-    line->unit = book->currency->code;
+    snprintf(line->unit, sizeof(line->unit), "%s", book->currency->code);
     format_ratio(result.percent, 0, line->unit_price, sizeof(line->unit_price),
                  &line->unit_price_exact);
-    line->price_unit = "percent";
+    snprintf(line->price_unit, sizeof(line->price_unit), "percent");
     return HM_OK;
 }
 
@@ -1042,11 +1100,11 @@ static int rate_commitment(struct rating *rating)
     if (line == NULL)
         return HM_ERR_OVERFLOW;
     format_ratio(share, 0, line->quantity, sizeof(line->quantity), &line->quantity_exact);
-    line->unit = "month";
+    snprintf(line->unit, sizeof(line->unit), "month");
     money_decimal_format(version->commitment_per_month.pico, rating->book->currency->exponent,
                          line->unit_price, sizeof(line->unit_price));
     line->unit_price_exact = true;
-    line->price_unit = "minimum per month";
+    snprintf(line->price_unit, sizeof(line->price_unit), "minimum per month");
     return HM_OK;
 }
 
@@ -1081,10 +1139,10 @@ static int rate_adjustments(struct rating *rating)
             return HM_ERR_OVERFLOW;
         snprintf(line->quantity, sizeof(line->quantity), "1");
         line->quantity_exact = true;
-        line->unit = "adjustment";
+        snprintf(line->unit, sizeof(line->unit), "adjustment");
         format_amount(rating, adjustment->amount_minor, line->unit_price, sizeof(line->unit_price));
         line->unit_price_exact = true;
-        line->price_unit = "per adjustment";
+        snprintf(line->price_unit, sizeof(line->price_unit), "per adjustment");
         line->adjusted_period = adjustment->period;
         line->event_count = adjustment->event_count;
     }
@@ -1115,15 +1173,6 @@ static int apply_credits(struct rating *rating)
 
     for (size_t i = 0; i < usage->credit_count; i++) {
         const struct usage_credit *credit = &usage->credits[i];
-        if (strncmp(credit->currency, rating->book->currency->code, sizeof(credit->currency)) !=
-            0) {
-            rating_error(rating,
-                         "credit grant %llu is in %.3s but price book \"%s\" bills in %s; grant "
-                         "credits in %s",
-                         (unsigned long long)credit->id, credit->currency, rating->book->name,
-                         rating->book->currency->code, rating->book->currency->code);
-            return HM_ERR_INVALID;
-        }
         for (size_t j = 0; j < i; j++) {
             if (usage->credits[j].id == credit->id) {
                 rating_error(rating, "credit grant id %llu appears twice; grant ids are unique",
@@ -1142,7 +1191,10 @@ static int apply_credits(struct rating *rating)
          * window); only a grant that expired before the period began is kept.
          */
         bool in_time = credit->expires_s == 0 || credit->expires_s > usage->period_start_s;
-        if (!in_time || credit->balance_minor == 0)
+        /* A grant in another currency cannot pay this invoice; the engine reports it unused. */
+        bool same_currency = strncmp(credit->currency, rating->book->currency->code,
+                                     sizeof(credit->currency)) == 0;
+        if (!in_time || !same_currency || credit->balance_minor == 0)
             continue;
 
         /* Insertion sort: at most USAGE_CREDITS_MAX grants. */

@@ -32,6 +32,8 @@
 
 /* Maximum length of a line description in bytes, with room for a 64-byte model name. */
 #define INVOICE_DESCRIPTION_MAX 127
+/* Maximum length of a line's unit and price unit: the PostgreSQL export stores VARCHAR(40). */
+#define INVOICE_UNIT_MAX 39
 /*
  * Usage items per pricing_rate call. The engine sends one item per meter and
  * dimension, so 256 GPU types and 3 x 256 models fit with room to spare. The
@@ -66,14 +68,20 @@ struct invoice_line {
     char dimension[USAGE_DIMENSION_MAX + 1]; /* GPU type or model; empty for the others */
     char quantity[MONEY_TEXT_SIZE];          /* in unit: "493.78" GPU-hours, "4500000000" tokens */
     bool quantity_exact;
-    const char *unit;                 /* static: "month", "GPU-hour", "token", "call", ... */
+    /* "month", "GPU-hour", "token", "call", ..., or "package of 0.5M tokens" */
+    char unit[INVOICE_UNIT_MAX + 1];
     char unit_price[MONEY_TEXT_SIZE]; /* decimal, per price_unit */
     bool unit_price_exact;
-    const char *price_unit;     /* static: "per GPU-hour", "per 1M tokens", ... */
+    /*
+     * "per GPU-hour", "per 1M tokens", ...; "per package" for a package
+     * charge, "average per ..." for a graduated one and "per ..., tier N"
+     * for a volume one.
+     */
+    char price_unit[INVOICE_UNIT_MAX + 1];
     struct money_amount amount; /* negative for a discount */
     int64_t slice_start_s;      /* the slice of a usage or fee line; 0 when the period has one */
     uint32_t adjusted_period;   /* adjustment lines: the earlier period; else 0 */
-    uint64_t event_count;       /* usage lines: events behind the quantity; else 0 */
+    uint64_t event_count;       /* usage and adjustment lines: events behind it; else 0 */
 };
 
 /* The amount rating took from one credit grant, and the balance it left. */
@@ -128,8 +136,9 @@ struct invoice {
  * - HM_ERR_INVALID for inconsistent input (period_end_s <= period_start_s,
  *   an unknown meter, a dimension on a meter that has none, an item whose
  *   start_s is not a slice start, more than INVOICE_USAGE_ITEMS_MAX items,
- *   an adjustment <= 0, a credit grant in another currency, a negative
- *   balance or a repeated grant id);
+ *   an adjustment <= 0, a negative credit balance or a repeated grant id);
+ *   a credit grant in another currency than the book's is no error: it
+ *   does not apply;
  * - HM_ERR_NOMEM.
  * On error *out contains no lines and needs no invoice_free. usage and book are
  * borrowed for the call only. Thread-safe: it touches no shared state.
@@ -142,9 +151,9 @@ int pricing_rate(const struct usage_totals *usage, const struct pricebook *book,
  * ("2024-06"), price_book, currency, lines, subtotal, discount,
  * credits_applied, credits and total (after credits), every amount as a
  * decimal string ("amount") with its integer "amount_minor". Fee and usage
- * lines carry "slice_start" when the period has several slices, usage lines
- * carry "events", adjustment lines carry "period". Keys come out in a fixed
- * order, so equal invoices give equal text.
+ * lines carry "slice_start" when the period has several slices. Usage and
+ * adjustment lines carry "events", and adjustment lines carry "period". Keys
+ * come out in a fixed order, so equal invoices give equal text.
  * Returns 0 and a new reference in *out that the caller releases with
  * json_decref, or HM_ERR_NOMEM.
  */

@@ -70,7 +70,7 @@ static json_t *line_json(const struct invoice *invoice, const struct invoice_lin
     ok = ok && set_new(object, "amount_minor", json_integer(line->amount.minor));
     if (sliced && invoice->slice_count > 1)
         ok = ok && set_new(object, "slice_start", timestamp_json(line->slice_start_s));
-    if (is_usage_kind(line->kind))
+    if (is_usage_kind(line->kind) || line->kind == INVOICE_LINE_ADJUSTMENT)
         ok = ok && set_new(object, "events", json_integer((json_int_t)line->event_count));
     if (line->kind == INVOICE_LINE_ADJUSTMENT) {
         char period[16];

@@ -50,13 +50,14 @@ struct usage_item {
 
 /*
  * A prepaid credit grant with its balance before this rating. Rating burns
- * the grants that apply (those not expired at the period's start, however
- * late they were granted) in order: earliest expiry first, grants without
- * expiry last, then earliest granted_s, then lowest id.
+ * the grants that apply (in the book's currency, and not expired at the
+ * period's start, however late they were granted) in order: earliest expiry
+ * first, grants without expiry last, then earliest granted_s, then lowest
+ * id. A grant in another currency does not apply and is left as it is.
  */
 struct usage_credit {
     uint64_t id;
-    char currency[4];     /* ISO 4217; must equal the book's currency */
+    char currency[4];     /* ISO 4217; applies only when it equals the book's currency */
     int64_t balance_minor; /* >= 0, in the currency's minor unit */
     int64_t granted_s;
     int64_t expires_s; /* 0: never expires */

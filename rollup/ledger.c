@@ -21,6 +21,8 @@ static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
     "keys",   "pricebooks", "periods", "invoices", "meta",
     "tenant_settings", "issuers", "documents", "book_snapshots", "billed", "credits",
+    "exports",
+    "arrivals",
 };
 
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
@@ -69,11 +71,16 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     if (rc != 0)
         goto fail_open;
     for (int i = 0; i < TABLE_COUNT; i++) {
-        unsigned table_flags = options && options->read_only ? 0 : MDB_CREATE;
-        rc = mdb_dbi_open(txn, table_names[i], table_flags, &ledger->tables[i]);
-        if (rc == MDB_NOTFOUND)
-            log_error("ledger", "the ledger in %s has no table \"%s\" yet; open it once "
-                      "read-write (any meterctl command) to add it", dir, table_names[i]);
+        int read_only = options && options->read_only;
+        rc = mdb_dbi_open(txn, table_names[i], read_only ? 0 : MDB_CREATE, &ledger->tables[i]);
+        /* A read-only open cannot add a table that an older ledger lacks: it reads as empty. */
+        if (rc == MDB_NOTFOUND && read_only) {
+            log_debug("ledger", "the ledger in %s has no table \"%s\"; it reads as empty",
+                      dir, table_names[i]);
+            ledger->table_missing[i] = 1;
+            rc = 0;
+            continue;
+        }
         if (rc != 0) {
             mdb_txn_abort(txn);
             goto fail_open;
@@ -82,6 +89,11 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     rc = mdb_txn_commit(txn);
     if (rc != 0)
         goto fail_open;
+    if (!(options && options->read_only) && (rc = arrivals_backfill(ledger)) != HM_OK) {
+        mdb_env_close(ledger->env);
+        free(ledger);
+        return rc;
+    }
     *out = ledger;
     return HM_OK;
 
@@ -114,6 +126,7 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
         return status_of(rc, "begin write transaction");
     }
     txn->ledger = ledger;
+    txn->arrival_next = 0;
     *out = txn;
     return HM_OK;
 }
@@ -242,11 +255,7 @@ static int rollup_add(MDB_txn *txn, MDB_dbi dbi, const uint8_t tenant_id[UUID_SI
     return rc == 0 ? HM_OK : status_of(rc, "write rollup");
 }
 
-/* The rollup changes of one event, shared by ledger_append and ledger_verify. */
-typedef int (*rollup_sink)(void *context, enum rollup_meter meter, const char *dimension,
-                           uint64_t quantity);
-
-static int event_rollups(const struct event *event, rollup_sink sink, void *context)
+int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context)
 {
     int rc = sink(context, ROLLUP_EVENTS, event_kind_name(event->kind), 1);
     if (rc != HM_OK)
@@ -324,6 +333,8 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     if (rc != 0)
         return status_of(rc, "append event");
 
+    if ((rc = arrival_append(txn, event->tenant_id, event->event_id)) != HM_OK)
+        return rc;
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
     /*
@@ -333,20 +344,14 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
      * difference (engine/lib/billing.c, billing_late_usage).
      */
     struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
-    rc = event_rollups(event, append_sink, &context);
+    rc = ledger_event_rollups(event, append_sink, &context);
     return rc == HM_OK ? APPEND_STORED : rc;
 }
 
 /* ---- Reading rollups ---- */
 
-struct row_list {
-    struct rollup_row *rows;
-    size_t count;
-    size_t capacity;
-};
-
-static struct rollup_row *row_list_find(struct row_list *list, enum rollup_meter meter,
-                                        const char *dimension)
+struct rollup_row *ledger_row_list_find(struct row_list *list, enum rollup_meter meter,
+                                       const char *dimension)
 {
     for (size_t i = 0; i < list->count; i++) {
         if (list->rows[i].meter == meter && strcmp(list->rows[i].dimension, dimension) == 0)
@@ -367,12 +372,12 @@ static struct rollup_row *row_list_find(struct row_list *list, enum rollup_meter
     return row;
 }
 
-static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
-                                const uint8_t tenant_id[UUID_SIZE], int64_t start_s,
-                                int64_t end_s, unsigned __int128 *out)
+int ledger_storage_integrate(struct ledger *ledger, MDB_txn *txn,
+                             const uint8_t tenant_id[UUID_SIZE], int64_t start_s, int64_t end_s,
+                             unsigned __int128 *out)
 {
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_STORAGE], &cursor);
+    int rc = table_cursor_open(txn, ledger, TABLE_STORAGE, &cursor);
     if (rc != 0)
         return status_of(rc, "open storage cursor");
 
@@ -382,17 +387,17 @@ static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
     store_be64(seek + UUID_SIZE, biased_time(start_s * 1000000));
     MDB_val key = { sizeof seek, seek }, value;
     uint64_t level = 0;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    int have_previous = rc == 0 ? mdb_cursor_get(cursor, &key, &value, MDB_PREV) == 0
-                                : mdb_cursor_get(cursor, &key, &value, MDB_LAST) == 0;
-    if (have_previous && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0)
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    int have_previous = rc == 0 ? cursor_get(cursor, &key, &value, MDB_PREV) == 0
+                                : cursor_get(cursor, &key, &value, MDB_LAST) == 0;
+    if (have_previous && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0 && value.mv_size == 8)
         memcpy(&level, value.mv_data, 8);
 
     unsigned __int128 total = 0;
     int64_t at = start_s;
     key.mv_size = sizeof seek;
     key.mv_data = seek;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         int64_t sample_us = (int64_t)(load_be64((const uint8_t *)key.mv_data + UUID_SIZE) ^
                                       (UINT64_C(1) << 63));
@@ -400,12 +405,13 @@ static int storage_byte_seconds(struct ledger *ledger, MDB_txn *txn,
         if (sample_s >= end_s)
             break;
         total += (unsigned __int128)level * (uint64_t)(sample_s - at);
-        memcpy(&level, value.mv_data, 8);
+        if (value.mv_size == 8)
+            memcpy(&level, value.mv_data, 8);
         at = sample_s;
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
     total += (unsigned __int128)level * (uint64_t)(end_s - at);
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     *out = total;
     return HM_OK;
 }
@@ -417,7 +423,7 @@ int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[U
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    rc = storage_byte_seconds(ledger, txn, tenant_id, start_s, end_s, out);
+    rc = ledger_storage_integrate(ledger, txn, tenant_id, start_s, end_s, out);
     mdb_txn_abort(txn);
     return rc;
 }
@@ -426,7 +432,7 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
                         uint32_t period, struct row_list *list)
 {
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_ROLLUPS], &cursor);
+    int rc = table_cursor_open(txn, ledger, TABLE_ROLLUPS, &cursor);
     if (rc != 0)
         return status_of(rc, "open rollup cursor");
     uint8_t prefix[UUID_SIZE + 4];
@@ -434,7 +440,7 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
     store_be32(prefix + UUID_SIZE, period);
     MDB_val key = { sizeof prefix, prefix }, value;
     int status = HM_OK;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (rc == 0 && key.mv_size > sizeof prefix &&
            memcmp(key.mv_data, prefix, sizeof prefix) == 0) {
         const uint8_t *bytes = key.mv_data;
@@ -447,16 +453,16 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
         }
         memcpy(dimension, bytes + sizeof prefix + 1, dimension_size);
         dimension[dimension_size] = '\0';
-        struct rollup_row *row = row_list_find(list, (enum rollup_meter)bytes[sizeof prefix],
+        struct rollup_row *row = ledger_row_list_find(list, (enum rollup_meter)bytes[sizeof prefix],
                                                dimension);
         if (row == NULL) {
             status = HM_ERR_NOMEM;
             break;
         }
         rollup_value_decode(value.mv_data, &row->quantity, &row->event_count);
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     return status;
 }
 
@@ -472,10 +478,10 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
 
     unsigned __int128 byte_seconds = 0;
     if (rc == HM_OK)
-        rc = storage_byte_seconds(ledger, txn, tenant_id, period_start_us(period) / 1000000,
+        rc = ledger_storage_integrate(ledger, txn, tenant_id, period_start_us(period) / 1000000,
                                   period_start_us(period_next(period)) / 1000000, &byte_seconds);
     if (rc == HM_OK && byte_seconds > 0) {
-        struct rollup_row *row = row_list_find(&list, ROLLUP_STORAGE_BYTE_SECONDS, "");
+        struct rollup_row *row = ledger_row_list_find(&list, ROLLUP_STORAGE_BYTE_SECONDS, "");
         if (row == NULL)
             rc = HM_ERR_NOMEM;
         else
@@ -501,7 +507,7 @@ static int recount_sink(void *context, enum rollup_meter meter, const char *dime
                         uint64_t quantity)
 {
     struct recount_context *recount = context;
-    struct rollup_row *row = row_list_find(recount->list, meter, dimension);
+    struct rollup_row *row = ledger_row_list_find(recount->list, meter, dimension);
     if (row == NULL)
         return HM_ERR_NOMEM;
     row->quantity += quantity;
@@ -509,19 +515,18 @@ static int recount_sink(void *context, enum rollup_meter meter, const char *dime
     return HM_OK;
 }
 
-static int recount_period(struct ledger *ledger, MDB_txn *txn,
-                          const uint8_t tenant_id[UUID_SIZE], uint32_t period,
-                          struct row_list *list)
+int ledger_events_recount(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                          int64_t start_us, int64_t end_us, struct row_list *list)
 {
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor);
+    int rc = table_cursor_open(txn, ledger, TABLE_EVENTS, &cursor);
     if (rc != 0)
         return status_of(rc, "open event cursor");
     MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
     struct recount_context context = { list };
     int status = HM_OK;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (rc == 0 && key.mv_size >= UUID_SIZE && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         struct event event;
         size_t offset = 0;
         const char *reason = NULL;
@@ -530,12 +535,14 @@ static int recount_period(struct ledger *ledger, MDB_txn *txn,
             status = HM_ERR_STORAGE;
             break;
         }
-        if (event_period_of(event.timestamp_us) == period &&
-            (status = event_rollups(&event, recount_sink, &context)) != HM_OK)
+        if (event.timestamp_us >= start_us && event.timestamp_us < end_us &&
+            (status = ledger_event_rollups(&event, recount_sink, &context)) != HM_OK)
             break;
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    mdb_cursor_close(cursor);
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read events");
+    cursor_close(cursor);
     return status;
 }
 
@@ -548,7 +555,8 @@ int ledger_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uin
     struct row_list stored = { 0 }, recounted = { 0 };
     rc = rollups_read(ledger, txn, tenant_id, period, &stored);
     if (rc == HM_OK)
-        rc = recount_period(ledger, txn, tenant_id, period, &recounted);
+        rc = ledger_events_recount(ledger, txn, tenant_id, period_start_us(period),
+                                   period_start_us(period_next(period)), &recounted);
     mdb_txn_abort(txn);
 
     if (rc == HM_OK && stored.count != recounted.count) {
@@ -584,19 +592,19 @@ int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     if (rc != HM_OK)
         return rc;
     MDB_cursor *cursor;
-    rc = mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor);
+    rc = table_cursor_open(txn, ledger, TABLE_EVENTS, &cursor);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "open event cursor");
     }
     MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
     uint64_t count = 0;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         count++;
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     mdb_txn_abort(txn);
     *count_out = count;
     return HM_OK;

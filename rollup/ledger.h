@@ -68,6 +68,43 @@ enum append_outcome {
 int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
                   size_t record_size);
 
+/* ---- Arrival order ---- */
+
+/*
+ * Every stored event also gets the next number of its tenant's arrival
+ * sequence (1, 2, ...), written by ledger_append in the same write
+ * transaction as the event. Readers see committed transactions only, and
+ * LMDB has one writer at a time, so the numbers a reader sees for a tenant
+ * are 1..N without gaps, and an event committed later always gets a higher
+ * number. An exporter that remembers the last number it copied finds every
+ * later event, whatever its UUID. Ledgers written before the sequence
+ * existed are numbered in (tenant, event id) order when first opened
+ * read-write.
+ */
+
+/* Reads the highest arrival number of a tenant into *seq_out (0 when it has no events). */
+int ledger_arrival_last(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                        uint64_t *seq_out);
+
+/*
+ * Calls visit(context, seq, event) for the tenant's events with arrival
+ * numbers after_seq + 1, after_seq + 2, ... in order, at most `limit` of
+ * them (0: no limit), from one consistent snapshot. A nonzero return of
+ * visit stops the walk and is returned. HM_ERR_STORAGE when a number points
+ * at a missing or undecodable event.
+ */
+int ledger_arrivals_each(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t after_seq, uint64_t limit,
+                         int (*visit)(void *context, uint64_t seq, const struct event *event),
+                         void *context);
+
+/*
+ * Checks a tenant's arrival sequence against its stored events: numbers
+ * 1..N without gaps, each naming a stored event, and N equal to the event
+ * count. Returns HM_OK, or HM_ERR_CONFLICT with each difference logged.
+ */
+int ledger_arrivals_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]);
+
 /* ---- Rollups ---- */
 
 /* Metered quantities kept per tenant, period and dimension. */
@@ -115,6 +152,14 @@ int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[U
  * HM_ERR_CONFLICT when not (each difference logged).
  */
 int ledger_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period);
+
+/*
+ * Lists the periods (yyyymm, ascending) before `before_period` in which a
+ * tenant has rollups, that is stored events or storage samples.
+ * *periods_out is allocated (free()).
+ */
+int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t before_period, uint32_t **periods_out, size_t *count_out);
 
 /* Counts the stored events of a tenant (all periods). */
 int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
@@ -219,6 +264,8 @@ int ledger_invoice_get(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
 #define SUPPORT_TIER_NAME_MAX 15
 /* Room for PREFIX-CN-nnnnnn with a counter up to 2^64 - 1. */
 #define DOCUMENT_NUMBER_MAX 40
+/* Stripe object ids are at most 255 characters (Stripe's API reference, "Object IDs"). */
+#define STRIPE_CUSTOMER_ID_MAX 255
 
 /*
  * Settings of a tenant beside its record. They live in their own table as
@@ -229,6 +276,7 @@ struct tenant_settings {
     char support_tier[SUPPORT_TIER_NAME_MAX + 1]; /* "none", "basic", "pro" or "enterprise" */
     char issuer[ISSUER_NAME_MAX + 1];             /* issuer of its documents */
     int64_t service_end_s;                        /* end of service (exclusive); 0 for none */
+    char stripe_customer[STRIPE_CUSTOMER_ID_MAX + 1]; /* "cus_..." or empty: not billed in Stripe */
 };
 
 /* Fills the defaults: support tier "none", issuer "default", no service end. */
@@ -388,6 +436,9 @@ struct credit_grant {
     int64_t granted_s;
     int64_t expires_s; /* 0: never */
     char note[CREDIT_NOTE_MAX + 1];
+    int64_t revoked_s; /* 0: not revoked; else the balance is 0 from then on */
+    int64_t revoked_balance_minor; /* the balance that the revocation took */
+    char revoke_reason[CREDIT_NOTE_MAX + 1];
     size_t use_count;
     struct credit_use *uses; /* owned; freed by ledger_credit_grants_free */
 };
@@ -401,9 +452,20 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
 void ledger_credit_grants_free(struct credit_grant *grants, size_t count);
 
 /*
+ * Revokes a grant by id: records the time and the reason and sets its
+ * balance to 0, keeping the uses recorded so far. The grant as revoked,
+ * without its uses (use_count 0), goes to *grant_out when that is not NULL.
+ * HM_ERR_NOT_FOUND for an unknown id, HM_ERR_STATE when already revoked.
+ */
+int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *reason,
+                         int64_t now_s, struct credit_grant *grant_out);
+
+/*
  * Within a write transaction: changes a grant's balance by change_minor on
- * behalf of document `number`, and records the change. HM_ERR_NOT_FOUND for
- * an unknown grant, HM_ERR_INVALID when the balance would leave 0..amount.
+ * behalf of document `number`, and records the change. A revoked grant
+ * records a give-back (change_minor > 0, from a void) but keeps its balance
+ * at 0. HM_ERR_NOT_FOUND for an unknown grant, HM_ERR_INVALID when the
+ * balance would leave 0..amount.
  */
 int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                          uint64_t grant_id, int64_t change_minor, const char *number,
@@ -433,6 +495,23 @@ struct billed_period {
     int64_t net_minor;     /* invoice subtotal - discount when it was finalized */
     int64_t total_minor;   /* invoice total (after credits) when it was finalized */
     int recheck;           /* 1: compare again at the next close, even with the same events */
+    /*
+     * The tenant's settings that the period was rated with, so that late
+     * usage re-rates it the same way after the tenant changes them. 0 in
+     * records written before they were kept (record version 1): such a
+     * period re-rates with the tenant's current settings.
+     */
+    int has_billed_with;
+    char support_tier[SUPPORT_TIER_NAME_MAX + 1];
+    int64_t service_start_s;
+    int64_t service_end_s; /* 0 for none */
+    /*
+     * Events per meter at the close, indexed by enum rollup_meter (storage:
+     * the storage events), for comparing the sealed lines with like counts.
+     * has_meter_events is 0 in records written before they were kept.
+     */
+    int has_meter_events;
+    uint64_t meter_events[ROLLUP_EVENTS + 1];
     size_t change_count;
     struct billed_change *changes; /* owned; freed by ledger_billed_free */
 };
@@ -455,5 +534,20 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
 /* Within a write transaction: removes it (HM_OK when there was none). */
 int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                          uint32_t period);
+
+/* ---- Export state ---- */
+
+/*
+ * What an exporter has done with a document in an outside system, stored
+ * under a key such as "stripe/HM-000001" as JSON text that the exporter
+ * defines. Each put is its own synced write transaction, so that an
+ * exporter killed between two steps finds every step it finished.
+ */
+
+/* Reads the state under `key`; *json_out is allocated (free()). HM_ERR_NOT_FOUND when none. */
+int ledger_export_get(struct ledger *ledger, const char *key, char **json_out);
+
+/* Stores (or replaces) the state under `key` and commits. HM_ERR_INVALID for an empty key. */
+int ledger_export_put(struct ledger *ledger, const char *key, const char *json);
 
 #endif

@@ -27,20 +27,34 @@ enum table {
     TABLE_ISSUERS,    /* issuer name -> issuer JSON {"version": 1, ...} */
     TABLE_DOCUMENTS,  /* document number -> sealed invoice or credit note JSON */
     TABLE_BOOK_SNAPSHOTS, /* SHA-256 hex of a price book's text -> the text */
-    TABLE_BILLED,     /* tenant(16) period(4, BE) -> billed state JSON {"version": 1, ...} */
+    TABLE_BILLED,     /* tenant(16) period(4, BE) -> billed state JSON {"version": 2, ...} */
     TABLE_CREDITS,    /* tenant(16) grant id(8, BE) -> credit grant JSON {"version": 1, ...} */
+    TABLE_EXPORTS,    /* "stripe/" document number -> export state JSON {"version": 1, ...} */
+    TABLE_ARRIVALS,   /* tenant(16) arrival number(8, BE) -> event id(16); see ledger.h */
     TABLE_COUNT,
 };
 
 struct ledger {
     MDB_env *env;
     MDB_dbi tables[TABLE_COUNT];
+    /*
+     * 1 for a table that a read-only open did not find, because the ledger
+     * was made before the table existed. It reads as empty (table_get,
+     * table_cursor_open). A read-only ledger never writes to it.
+     */
+    uint8_t table_missing[TABLE_COUNT];
     MDB_txn *lookup_txn; /* reused read transaction of ledger_read_begin */
 };
 
 struct ledger_txn {
     struct ledger *ledger;
     MDB_txn *txn;
+    /*
+     * The next arrival number of the tenant that ledger_append saw last, so
+     * that a frame's events (one tenant) cost one lookup, not one each.
+     */
+    uint8_t arrival_tenant[UUID_SIZE];
+    uint64_t arrival_next; /* 0: not looked up in this transaction */
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
@@ -120,7 +134,97 @@ static inline int read_begin(struct ledger *ledger, MDB_txn **txn)
     return rc == 0 ? HM_OK : status_of(rc, "begin read transaction");
 }
 
+/* Reads a value as mdb_get does; MDB_NOTFOUND also when the table is missing. */
+static inline int table_get(MDB_txn *txn, const struct ledger *ledger, enum table table,
+                            MDB_val *key, MDB_val *value)
+{
+    if (ledger->table_missing[table])
+        return MDB_NOTFOUND;
+    return mdb_get(txn, ledger->tables[table], key, value);
+}
+
+/*
+ * Opens a cursor on a table as mdb_cursor_open does. A missing table gets a
+ * NULL cursor, on which cursor_get returns MDB_NOTFOUND, so it reads as empty.
+ * Use cursor_get and cursor_close on the result.
+ */
+static inline int table_cursor_open(MDB_txn *txn, const struct ledger *ledger, enum table table,
+                                    MDB_cursor **cursor)
+{
+    if (ledger->table_missing[table]) {
+        *cursor = NULL;
+        return 0;
+    }
+    return mdb_cursor_open(txn, ledger->tables[table], cursor);
+}
+
+static inline int cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *value, MDB_cursor_op op)
+{
+    return cursor != NULL ? mdb_cursor_get(cursor, key, value, op) : MDB_NOTFOUND;
+}
+
+static inline void cursor_close(MDB_cursor *cursor)
+{
+    if (cursor != NULL)
+        mdb_cursor_close(cursor);
+}
+
+/* Within ledger_append: gives a newly stored event the next arrival number of its tenant. */
+int arrival_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                   const uint8_t event_id[UUID_SIZE]);
+
+/*
+ * Called by ledger_open (read-write): numbers the events of a ledger written
+ * before the arrival sequence existed, in write transactions of a bounded
+ * size that a later open resumes, and marks the work done in the meta table.
+ */
+int arrivals_backfill(struct ledger *ledger);
+
 /* Returns 1 when a price book scope's value names a snapshot by its hash, 0 for inline text. */
 int ledger_pricebook_is_reference(const MDB_val *value);
+
+/* ---- Rollups of events, shared by ledger.c (append, verify) and range.c (ranges) ---- */
+
+/* Rollup rows under construction, found by meter and dimension. */
+struct row_list {
+    struct rollup_row *rows;
+    size_t count;
+    size_t capacity;
+};
+
+/*
+ * Finds the row of a meter and dimension, adding an empty one when missing.
+ * Returns NULL when out of memory.
+ */
+struct rollup_row *ledger_row_list_find(struct row_list *list, enum rollup_meter meter,
+                                        const char *dimension);
+
+/* Receives one rollup change of an event. */
+typedef int (*rollup_sink)(void *context, enum rollup_meter meter, const char *dimension,
+                           uint64_t quantity);
+
+/*
+ * Maps one event to its rollup changes: one ROLLUP_EVENTS count under its
+ * kind, then its metered quantities. Returns the first error of sink, or
+ * HM_ERR_INVALID for an unknown event kind.
+ */
+int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context);
+
+/*
+ * Recounts into list the rollup rows of a tenant's stored events whose
+ * timestamp lies in [start_us, end_us), inside the caller's transaction.
+ * Scans every event of the tenant. HM_ERR_STORAGE for an event that cannot
+ * be decoded or an LMDB error, HM_ERR_NOMEM.
+ */
+int ledger_events_recount(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                          int64_t start_us, int64_t end_us, struct row_list *list);
+
+/*
+ * Integrates the tenant's storage level over [start_s, end_s) inside the
+ * caller's transaction; see ledger_storage_byte_seconds for the rule.
+ */
+int ledger_storage_integrate(struct ledger *ledger, MDB_txn *txn,
+                             const uint8_t tenant_id[UUID_SIZE], int64_t start_s, int64_t end_s,
+                             unsigned __int128 *out);
 
 #endif

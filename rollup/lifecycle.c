@@ -17,14 +17,17 @@
 #include <time.h>
 
 #define RECORD_VERSION 1
+/* Billed periods: version 2 adds "billed_with", the tenant settings a period was rated with. */
+#define BILLED_RECORD_VERSION 2
 
 /* ---- JSON records ---- */
 
-/* Reads a versioned JSON record; HM_ERR_NOT_FOUND when absent, HM_ERR_STORAGE when unreadable. */
-static int record_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, const char *what, json_t **out)
+/* Reads a JSON record of version 1 to version_max, as record_get does. */
+static int record_get_versioned(MDB_txn *txn, const struct ledger *ledger, enum table table,
+                                MDB_val *key, const char *what, int version_max, json_t **out)
 {
     MDB_val value;
-    int rc = mdb_get(txn, dbi, key, &value);
+    int rc = table_get(txn, ledger, table, key, &value);
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
     if (rc != 0)
@@ -32,10 +35,10 @@ static int record_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, const char *what,
     json_error_t error;
     json_t *json = json_loadb(value.mv_data, value.mv_size, 0, &error);
     json_int_t version = json_integer_value(json_object_get(json, "version"));
-    if (json == NULL || version != RECORD_VERSION) {
-        log_error("ledger", "%s record is %s (version %lld); this meterctl reads version %d",
+    if (json == NULL || version < 1 || version > version_max) {
+        log_error("ledger", "%s record is %s (version %lld); this meterctl reads versions 1 to %d",
                   what, json ? "of another version" : "not JSON", (long long)version,
-                  RECORD_VERSION);
+                  version_max);
         json_decref(json);
         return HM_ERR_STORAGE;
     }
@@ -43,13 +46,20 @@ static int record_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, const char *what,
     return HM_OK;
 }
 
-/* Stores a JSON record and takes the reference; flags as for mdb_put. */
-static int record_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, json_t *json, unsigned flags,
-                      const char *operation)
+/* Reads a versioned JSON record; HM_ERR_NOT_FOUND when absent, HM_ERR_STORAGE when unreadable. */
+static int record_get(MDB_txn *txn, const struct ledger *ledger, enum table table, MDB_val *key,
+                      const char *what, json_t **out)
+{
+    return record_get_versioned(txn, ledger, table, key, what, RECORD_VERSION, out);
+}
+
+/* Stores a JSON record as `version` and takes the reference; flags as for mdb_put. */
+static int record_put_versioned(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, json_t *json,
+                                int version, unsigned flags, const char *operation)
 {
     if (json == NULL)
         return HM_ERR_NOMEM;
-    json_object_set_new(json, "version", json_integer(RECORD_VERSION));
+    json_object_set_new(json, "version", json_integer(version));
     char *text = json_dumps(json, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(json);
     if (text == NULL)
@@ -60,6 +70,13 @@ static int record_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, json_t *json, uns
     if (rc == MDB_KEYEXIST)
         return HM_ERR_EXISTS;
     return rc == 0 ? HM_OK : status_of(rc, operation);
+}
+
+/* Stores a JSON record of RECORD_VERSION and takes the reference; flags as for mdb_put. */
+static int record_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, json_t *json, unsigned flags,
+                      const char *operation)
+{
+    return record_put_versioned(txn, dbi, key, json, RECORD_VERSION, flags, operation);
 }
 
 static void copy_string(json_t *object, const char *key, char *out, size_t size)
@@ -112,8 +129,7 @@ static int settings_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
     ledger_tenant_settings_default(out);
     MDB_val key = { UUID_SIZE, (void *)tenant_id };
     json_t *json = NULL;
-    int rc = record_get(txn, ledger->tables[TABLE_TENANT_SETTINGS], &key, "tenant settings",
-                        &json);
+    int rc = record_get(txn, ledger, TABLE_TENANT_SETTINGS, &key, "tenant settings", &json);
     if (rc == HM_ERR_NOT_FOUND)
         return HM_OK;
     if (rc != HM_OK)
@@ -121,6 +137,7 @@ static int settings_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
     copy_string(json, "support_tier", out->support_tier, sizeof out->support_tier);
     copy_string(json, "issuer", out->issuer, sizeof out->issuer);
     out->service_end_s = integer_of(json, "service_end_s");
+    copy_string(json, "stripe_customer", out->stripe_customer, sizeof out->stripe_customer);
     json_decref(json);
     return HM_OK;
 }
@@ -148,6 +165,9 @@ static int settings_write(struct ledger *ledger, MDB_txn *txn, const uint8_t ten
         return rc;
     json_t *json = json_pack("{s:s, s:s, s:I}", "support_tier", settings->support_tier, "issuer",
                              settings->issuer, "service_end_s", (json_int_t)settings->service_end_s);
+    /* Written only when set, so that settings without it read the same in older versions. */
+    if (json != NULL && settings->stripe_customer[0] != '\0')
+        json_object_set_new(json, "stripe_customer", json_string(settings->stripe_customer));
     MDB_val key = { UUID_SIZE, (void *)tenant_id };
     return record_put(txn, ledger->tables[TABLE_TENANT_SETTINGS], &key, json, 0,
                       "store tenant settings");
@@ -181,7 +201,7 @@ int ledger_tenant_update(struct ledger *ledger, const struct tenant *tenant,
     if (rc != HM_OK)
         return rc;
     MDB_val id = { UUID_SIZE, (void *)tenant->id }, value;
-    int mdb_rc = mdb_get(txn, ledger->tables[TABLE_TENANTS], &id, &value);
+    int mdb_rc = table_get(txn, ledger, TABLE_TENANTS, &id, &value);
     if (mdb_rc == MDB_NOTFOUND)
         rc = HM_ERR_NOT_FOUND;
     else if (mdb_rc != 0)
@@ -216,7 +236,7 @@ int ledger_setting_get(struct ledger *ledger, const char *name, int64_t fallback
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    int mdb_rc = mdb_get(txn, ledger->tables[TABLE_META], &key, &value);
+    int mdb_rc = table_get(txn, ledger, TABLE_META, &key, &value);
     *value_out = fallback;
     if (mdb_rc == 0 && value.mv_size == sizeof *value_out)
         memcpy(value_out, value.mv_data, sizeof *value_out);
@@ -258,7 +278,7 @@ static int issuer_read(struct ledger *ledger, MDB_txn *txn, const char *name, st
     }
     MDB_val key = { strlen(name), (void *)name };
     json_t *json = NULL;
-    int rc = record_get(txn, ledger->tables[TABLE_ISSUERS], &key, "issuer", &json);
+    int rc = record_get(txn, ledger, TABLE_ISSUERS, &key, "issuer", &json);
     if (rc != HM_OK)
         return rc;
     memset(out, 0, sizeof *out);
@@ -284,7 +304,7 @@ static int issuers_read(struct ledger *ledger, MDB_txn *txn, struct issuer **iss
                         size_t *count_out)
 {
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_ISSUERS], &cursor);
+    int rc = table_cursor_open(txn, ledger, TABLE_ISSUERS, &cursor);
     if (rc != 0)
         return status_of(rc, "open issuer cursor");
     size_t count = 1, capacity = 8;
@@ -294,7 +314,7 @@ static int issuers_read(struct ledger *ledger, MDB_txn *txn, struct issuer **iss
         issuer_default(&issuers[0]);
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (status == HM_OK && mdb_cursor_get(cursor, &key, &value, op) == 0) {
+    while (status == HM_OK && cursor_get(cursor, &key, &value, op) == 0) {
         op = MDB_NEXT;
         if (count == capacity) {
             capacity *= 2;
@@ -310,7 +330,7 @@ static int issuers_read(struct ledger *ledger, MDB_txn *txn, struct issuer **iss
         status = issuer_read(ledger, txn, name, &issuers[count]);
         count++;
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     if (status != HM_OK) {
         free(issuers);
         return status;
@@ -379,7 +399,7 @@ int ledger_number_next(struct ledger_txn *txn, const char *issuer_name, enum doc
                  kind == DOCUMENT_INVOICE ? "invoice" : "credit_note", issuer_name);
     MDB_val key = { strlen(name), name }, value;
     uint64_t seq = 0;
-    int mdb_rc = mdb_get(txn->txn, ledger->tables[TABLE_META], &key, &value);
+    int mdb_rc = table_get(txn->txn, ledger, TABLE_META, &key, &value);
     if (mdb_rc == 0 && value.mv_size == sizeof seq)
         memcpy(&seq, value.mv_data, sizeof seq);
     else if (mdb_rc != MDB_NOTFOUND)
@@ -410,7 +430,7 @@ int ledger_document_put(struct ledger_txn *txn, const char *number, const char *
 int ledger_document_replace(struct ledger_txn *txn, const char *number, const char *json)
 {
     MDB_val key = { strlen(number), (void *)number }, value;
-    int rc = mdb_get(txn->txn, txn->ledger->tables[TABLE_DOCUMENTS], &key, &value);
+    int rc = table_get(txn->txn, txn->ledger, TABLE_DOCUMENTS, &key, &value);
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
     value.mv_size = strlen(json);
@@ -446,17 +466,17 @@ static int legacy_invoice_has_number(const MDB_val *value, const char *number)
 static int document_read(struct ledger *ledger, MDB_txn *txn, const char *number, char **json_out)
 {
     MDB_val key = { strlen(number), (void *)number }, value;
-    int rc = mdb_get(txn, ledger->tables[TABLE_DOCUMENTS], &key, &value);
+    int rc = table_get(txn, ledger, TABLE_DOCUMENTS, &key, &value);
     if (rc == MDB_NOTFOUND) {
         /* An invoice sealed before documents had their own table is found by its period. */
         MDB_cursor *cursor;
-        if ((rc = mdb_cursor_open(txn, ledger->tables[TABLE_INVOICES], &cursor)) != 0)
+        if ((rc = table_cursor_open(txn, ledger, TABLE_INVOICES, &cursor)) != 0)
             return status_of(rc, "open invoice cursor");
         MDB_cursor_op op = MDB_FIRST;
-        while ((rc = mdb_cursor_get(cursor, &key, &value, op)) == 0 &&
+        while ((rc = cursor_get(cursor, &key, &value, op)) == 0 &&
                !legacy_invoice_has_number(&value, number))
             op = MDB_NEXT;
-        mdb_cursor_close(cursor);
+        cursor_close(cursor);
     }
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
@@ -482,18 +502,19 @@ int ledger_document_get_txn(struct ledger_txn *txn, const char *number, char **j
     return document_read(txn->ledger, txn->txn, number, json_out);
 }
 
-static int table_each(MDB_txn *txn, MDB_dbi dbi, int legacy_only,
+static int table_each(MDB_txn *txn, const struct ledger *ledger, enum table table,
+                      int legacy_only,
                       int (*visit)(void *context, const char *number, const char *json),
                       void *context)
 {
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, dbi, &cursor);
+    int rc = table_cursor_open(txn, ledger, table, &cursor);
     if (rc != 0)
         return status_of(rc, "open document cursor");
     int status = HM_OK;
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (status == HM_OK && mdb_cursor_get(cursor, &key, &value, op) == 0) {
+    while (status == HM_OK && cursor_get(cursor, &key, &value, op) == 0) {
         op = MDB_NEXT;
         if (legacy_only && (value.mv_size == 0 || ((const char *)value.mv_data)[0] != '{'))
             continue;
@@ -506,7 +527,7 @@ static int table_each(MDB_txn *txn, MDB_dbi dbi, int legacy_only,
         free(number);
         free(json);
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     return status;
 }
 
@@ -518,9 +539,9 @@ int ledger_document_each(struct ledger *ledger,
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    rc = table_each(txn, ledger->tables[TABLE_DOCUMENTS], 0, visit, context);
+    rc = table_each(txn, ledger, TABLE_DOCUMENTS, 0, visit, context);
     if (rc == HM_OK)
-        rc = table_each(txn, ledger->tables[TABLE_INVOICES], 1, visit, context);
+        rc = table_each(txn, ledger, TABLE_INVOICES, 1, visit, context);
     mdb_txn_abort(txn);
     return rc;
 }
@@ -575,7 +596,7 @@ int ledger_invoice_number_txn(struct ledger_txn *txn, const uint8_t tenant_id[UU
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, period);
     MDB_val key = { sizeof key_bytes, key_bytes }, value;
-    int rc = mdb_get(txn->txn, txn->ledger->tables[TABLE_INVOICES], &key, &value);
+    int rc = table_get(txn->txn, txn->ledger, TABLE_INVOICES, &key, &value);
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
     if (rc != 0)
@@ -614,11 +635,11 @@ int ledger_pricebook_get_snapshot(struct ledger *ledger, const char *scope, char
     if (rc != HM_OK)
         return rc;
     MDB_val key = { strlen(scope), (void *)scope }, value;
-    int mdb_rc = mdb_get(txn, ledger->tables[TABLE_PRICEBOOKS], &key, &value);
+    int mdb_rc = table_get(txn, ledger, TABLE_PRICEBOOKS, &key, &value);
     if (mdb_rc == 0 && ledger_pricebook_is_reference(&value)) {
         snprintf(sha256_out, BOOK_SHA256_HEX_SIZE, "%.64s", (const char *)value.mv_data);
         MDB_val hash = value;
-        mdb_rc = mdb_get(txn, ledger->tables[TABLE_BOOK_SNAPSHOTS], &hash, &value);
+        mdb_rc = table_get(txn, ledger, TABLE_BOOK_SNAPSHOTS, &hash, &value);
         if (mdb_rc == MDB_NOTFOUND) {
             log_error("ledger", "price book scope %s names snapshot %s, which is not stored",
                       scope, sha256_out);
@@ -645,7 +666,7 @@ int ledger_book_snapshot_get(struct ledger *ledger, const char *sha256_hex, char
     if (rc != HM_OK)
         return rc;
     MDB_val key = { strlen(sha256_hex), (void *)sha256_hex }, value;
-    int mdb_rc = mdb_get(txn, ledger->tables[TABLE_BOOK_SNAPSHOTS], &key, &value);
+    int mdb_rc = table_get(txn, ledger, TABLE_BOOK_SNAPSHOTS, &key, &value);
     if (mdb_rc == 0) {
         *json_out = text_copy(&value);
         rc = *json_out ? HM_OK : HM_ERR_NOMEM;
@@ -683,11 +704,18 @@ static json_t *credit_to_json(const struct credit_grant *grant)
                                               "change_minor",
                                               (json_int_t)grant->uses[i].change_minor, "at_s",
                                               (json_int_t)grant->uses[i].at_s));
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:o}", "currency", grant->currency,
-                     "amount_minor", (json_int_t)grant->amount_minor, "balance_minor",
-                     (json_int_t)grant->balance_minor, "granted_s", (json_int_t)grant->granted_s,
-                     "expires_s", (json_int_t)grant->expires_s, "note", grant->note, "uses",
-                     uses);
+    json_t *json = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:o}", "currency", grant->currency,
+                             "amount_minor", (json_int_t)grant->amount_minor, "balance_minor",
+                             (json_int_t)grant->balance_minor, "granted_s",
+                             (json_int_t)grant->granted_s, "expires_s",
+                             (json_int_t)grant->expires_s, "note", grant->note, "uses", uses);
+    /* Written only when revoked; older versions read such a grant as one with balance 0. */
+    if (json != NULL && grant->revoked_s != 0)
+        json_object_set_new(json, "revoked",
+                            json_pack("{s:I, s:I, s:s}", "at_s", (json_int_t)grant->revoked_s,
+                                      "balance_minor", (json_int_t)grant->revoked_balance_minor,
+                                      "reason", grant->revoke_reason));
+    return json;
 }
 
 static int credit_from_json(json_t *json, struct credit_grant *out)
@@ -698,6 +726,10 @@ static int credit_from_json(json_t *json, struct credit_grant *out)
     out->granted_s = integer_of(json, "granted_s");
     out->expires_s = integer_of(json, "expires_s");
     copy_string(json, "note", out->note, sizeof out->note);
+    json_t *revoked = json_object_get(json, "revoked");
+    out->revoked_s = integer_of(revoked, "at_s");
+    out->revoked_balance_minor = integer_of(revoked, "balance_minor");
+    copy_string(revoked, "reason", out->revoke_reason, sizeof out->revoke_reason);
     json_t *uses = json_object_get(json, "uses");
     out->use_count = 0;
     out->uses = calloc(json_array_size(uses) + 1, sizeof *out->uses);
@@ -723,7 +755,7 @@ int ledger_credit_grant(struct ledger *ledger, struct credit_grant *grant)
     static const char name[] = "credit_seq";
     MDB_val key = { sizeof name - 1, (void *)name }, value;
     uint64_t seq = 0;
-    int mdb_rc = mdb_get(txn, ledger->tables[TABLE_META], &key, &value);
+    int mdb_rc = table_get(txn, ledger, TABLE_META, &key, &value);
     if (mdb_rc == 0 && value.mv_size == sizeof seq)
         memcpy(&seq, value.mv_data, sizeof seq);
     else if (mdb_rc != MDB_NOTFOUND)
@@ -762,7 +794,7 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     if (rc != HM_OK)
         return rc;
     MDB_cursor *cursor;
-    if ((rc = mdb_cursor_open(txn, ledger->tables[TABLE_CREDITS], &cursor)) != 0) {
+    if ((rc = table_cursor_open(txn, ledger, TABLE_CREDITS, &cursor)) != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "open credit cursor");
     }
@@ -770,7 +802,7 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     size_t count = 0, capacity = 0;
     int status = HM_OK;
     MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (status == HM_OK && rc == 0 && key.mv_size == UUID_SIZE + 8 &&
            memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         if (count == capacity) {
@@ -787,15 +819,15 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
         grant->id = load_be64((const uint8_t *)key.mv_data + UUID_SIZE);
         memcpy(grant->tenant_id, tenant_id, UUID_SIZE);
         json_t *json = NULL;
-        status = record_get(txn, ledger->tables[TABLE_CREDITS], &key, "credit grant", &json);
+        status = record_get(txn, ledger, TABLE_CREDITS, &key, "credit grant", &json);
         if (status == HM_OK) {
             status = credit_from_json(json, grant);
             count++;
         }
         json_decref(json);
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         ledger_credit_grants_free(grants, count);
@@ -815,7 +847,7 @@ int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     credit_key(key_bytes, tenant_id, grant_id);
     MDB_val key = { sizeof key_bytes, key_bytes };
     json_t *json = NULL;
-    int rc = record_get(txn->txn, ledger->tables[TABLE_CREDITS], &key, "credit grant", &json);
+    int rc = record_get(txn->txn, ledger, TABLE_CREDITS, &key, "credit grant", &json);
     if (rc != HM_OK)
         return rc;
     struct credit_grant grant = { .id = grant_id };
@@ -826,6 +858,9 @@ int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     if (rc == HM_OK && (__builtin_add_overflow(grant.balance_minor, change_minor, &balance) ||
                         balance < 0 || balance > grant.amount_minor))
         rc = HM_ERR_INVALID;
+    /* What a void gives back to a revoked grant is recorded, but the revocation keeps it. */
+    if (rc == HM_OK && grant.revoked_s != 0 && change_minor > 0)
+        balance = grant.balance_minor;
     if (rc == HM_OK) {
         grant.balance_minor = balance;
         struct credit_use *use = &grant.uses[grant.use_count++];
@@ -837,6 +872,62 @@ int ledger_credit_change(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     }
     free(grant.uses);
     return rc;
+}
+
+int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *reason,
+                         int64_t now_s, struct credit_grant *grant_out)
+{
+    MDB_txn *txn;
+    int rc = write_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    MDB_cursor *cursor;
+    int mdb_rc = table_cursor_open(txn, ledger, TABLE_CREDITS, &cursor);
+    if (mdb_rc != 0)
+        return write_end(txn, status_of(mdb_rc, "open credit cursor"));
+
+    /* Grants are keyed by tenant first, so the id is found by a scan. */
+    uint8_t key_bytes[UUID_SIZE + 8];
+    MDB_val key, value;
+    rc = HM_ERR_NOT_FOUND;
+    mdb_rc = cursor_get(cursor, &key, &value, MDB_FIRST);
+    while (mdb_rc == 0 && rc == HM_ERR_NOT_FOUND) {
+        if (key.mv_size == sizeof key_bytes &&
+            load_be64((const uint8_t *)key.mv_data + UUID_SIZE) == grant_id) {
+            memcpy(key_bytes, key.mv_data, sizeof key_bytes);
+            rc = HM_OK;
+        }
+        mdb_rc = cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    cursor_close(cursor);
+    if (rc != HM_OK)
+        return write_end(txn, rc);
+
+    key.mv_size = sizeof key_bytes;
+    key.mv_data = key_bytes;
+    json_t *json = NULL;
+    rc = record_get(txn, ledger, TABLE_CREDITS, &key, "credit grant", &json);
+    struct credit_grant grant = { .id = grant_id };
+    memcpy(grant.tenant_id, key_bytes, UUID_SIZE);
+    if (rc == HM_OK)
+        rc = credit_from_json(json, &grant);
+    json_decref(json);
+    if (rc == HM_OK && grant.revoked_s != 0)
+        rc = HM_ERR_STATE;
+    if (rc == HM_OK) {
+        grant.revoked_s = now_s;
+        grant.revoked_balance_minor = grant.balance_minor;
+        snprintf(grant.revoke_reason, sizeof grant.revoke_reason, "%s", reason);
+        grant.balance_minor = 0;
+        rc = record_put(txn, ledger->tables[TABLE_CREDITS], &key, credit_to_json(&grant), 0,
+                        "revoke credit grant");
+    }
+    free(grant.uses);
+    grant.uses = NULL;
+    grant.use_count = 0;
+    if (rc == HM_OK && grant_out != NULL)
+        *grant_out = grant;
+    return write_end(txn, rc);
 }
 
 /* ---- Billed state ---- */
@@ -862,6 +953,19 @@ static int billed_from_json(json_t *json, uint32_t period, struct billed_period 
     out->net_minor = integer_of(json, "net_minor");
     out->total_minor = integer_of(json, "total_minor");
     out->recheck = json_is_true(json_object_get(json, "recheck"));
+    json_t *billed_with = json_object_get(json, "billed_with");
+    if (json_is_object(billed_with)) {
+        out->has_billed_with = 1;
+        copy_string(billed_with, "support_tier", out->support_tier, sizeof out->support_tier);
+        out->service_start_s = integer_of(billed_with, "service_start_s");
+        out->service_end_s = integer_of(billed_with, "service_end_s");
+    }
+    json_t *meter_events = json_object_get(json, "meter_events");
+    if (json_is_array(meter_events) && json_array_size(meter_events) == ROLLUP_EVENTS + 1) {
+        out->has_meter_events = 1;
+        for (size_t i = 0; i <= ROLLUP_EVENTS; i++)
+            out->meter_events[i] = (uint64_t)json_integer_value(json_array_get(meter_events, i));
+    }
     json_t *changes = json_object_get(json, "changes");
     out->changes = calloc(json_array_size(changes) + 1, sizeof *out->changes);
     if (out->changes == NULL)
@@ -885,7 +989,8 @@ static int billed_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant
     period_key(key_bytes, tenant_id, period);
     MDB_val key = { sizeof key_bytes, key_bytes };
     json_t *json = NULL;
-    int rc = record_get(txn, ledger->tables[TABLE_BILLED], &key, "billed period", &json);
+    int rc = record_get_versioned(txn, ledger, TABLE_BILLED, &key, "billed period",
+                                  BILLED_RECORD_VERSION, &json);
     if (rc != HM_OK)
         return rc;
     rc = billed_from_json(json, period, out);
@@ -919,7 +1024,7 @@ int ledger_billed_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     if (rc != HM_OK)
         return rc;
     MDB_cursor *cursor;
-    if ((rc = mdb_cursor_open(txn, ledger->tables[TABLE_BILLED], &cursor)) != 0) {
+    if ((rc = table_cursor_open(txn, ledger, TABLE_BILLED, &cursor)) != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "open billed cursor");
     }
@@ -927,7 +1032,7 @@ int ledger_billed_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     size_t count = 0, capacity = 0;
     int status = HM_OK;
     MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (status == HM_OK && rc == 0 && key.mv_size == UUID_SIZE + 4 &&
            memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         if (count == capacity) {
@@ -943,15 +1048,16 @@ int ledger_billed_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
         uint32_t period = (uint32_t)bytes[16] << 24 | (uint32_t)bytes[17] << 16 |
                           (uint32_t)bytes[18] << 8 | bytes[19];
         json_t *json = NULL;
-        status = record_get(txn, ledger->tables[TABLE_BILLED], &key, "billed period", &json);
+        status = record_get_versioned(txn, ledger, TABLE_BILLED, &key, "billed period",
+                                      BILLED_RECORD_VERSION, &json);
         if (status == HM_OK)
             status = billed_from_json(json, period, &periods[count]);
         if (status == HM_OK)
             count++;
         json_decref(json);
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         for (size_t i = 0; i < count; i++)
@@ -982,11 +1088,24 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
                              (json_int_t)billed->net_minor, "total_minor",
                              (json_int_t)billed->total_minor, "recheck", billed->recheck,
                              "changes", changes);
+    if (json != NULL && billed->has_billed_with)
+        json_object_set_new(json, "billed_with",
+                            json_pack("{s:s, s:I, s:I}", "support_tier", billed->support_tier,
+                                      "service_start_s", (json_int_t)billed->service_start_s,
+                                      "service_end_s", (json_int_t)billed->service_end_s));
+    /* Written only when known; older versions ignore it. */
+    if (json != NULL && billed->has_meter_events) {
+        json_t *meter_events = json_array();
+        for (size_t i = 0; meter_events != NULL && i <= ROLLUP_EVENTS; i++)
+            json_array_append_new(meter_events,
+                                  json_integer((json_int_t)billed->meter_events[i]));
+        json_object_set_new(json, "meter_events", meter_events);
+    }
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, billed->period);
     MDB_val key = { sizeof key_bytes, key_bytes };
-    return record_put(txn->txn, txn->ledger->tables[TABLE_BILLED], &key, json, 0,
-                      "store billed period");
+    return record_put_versioned(txn->txn, txn->ledger->tables[TABLE_BILLED], &key, json,
+                                BILLED_RECORD_VERSION, 0, "store billed period");
 }
 
 int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
@@ -997,4 +1116,62 @@ int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
     MDB_val key = { sizeof key_bytes, key_bytes };
     int rc = mdb_del(txn->txn, txn->ledger->tables[TABLE_BILLED], &key, NULL);
     return rc == 0 || rc == MDB_NOTFOUND ? HM_OK : status_of(rc, "delete billed period");
+}
+
+/* ---- Periods with events ---- */
+
+int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                         uint32_t before_period, uint32_t **periods_out, size_t *count_out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    MDB_cursor *cursor;
+    int mdb_rc = table_cursor_open(txn, ledger, TABLE_ROLLUPS, &cursor);
+    if (mdb_rc != 0) {
+        mdb_txn_abort(txn);
+        return status_of(mdb_rc, "open rollup cursor");
+    }
+    uint32_t *periods = NULL;
+    size_t count = 0, capacity = 0;
+    int status = HM_OK;
+    uint8_t seek[UUID_SIZE + 4];
+    period_key(seek, tenant_id, 0);
+    MDB_val key = { sizeof seek, seek }, value;
+    mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    while (status == HM_OK && mdb_rc == 0 && key.mv_size >= UUID_SIZE + 4 &&
+           memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+        const uint8_t *bytes = (const uint8_t *)key.mv_data + UUID_SIZE;
+        uint32_t period = (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+                          (uint32_t)bytes[2] << 8 | bytes[3];
+        if (period >= before_period)
+            break;
+        if (count == capacity) {
+            capacity = capacity ? 2 * capacity : 16;
+            uint32_t *grown = realloc(periods, capacity * sizeof *grown);
+            if (grown == NULL) {
+                status = HM_ERR_NOMEM;
+                break;
+            }
+            periods = grown;
+        }
+        periods[count++] = period;
+        /* Skips the period's other rows: the next key is at or after the next period number. */
+        period_key(seek, tenant_id, period + 1);
+        key.mv_size = sizeof seek;
+        key.mv_data = seek;
+        mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+    }
+    cursor_close(cursor);
+    mdb_txn_abort(txn);
+    if (status == HM_OK && mdb_rc != 0 && mdb_rc != MDB_NOTFOUND)
+        status = status_of(mdb_rc, "read rollups");
+    if (status != HM_OK) {
+        free(periods);
+        return status;
+    }
+    *periods_out = periods;
+    *count_out = count;
+    return HM_OK;
 }

@@ -28,7 +28,7 @@ static int get_fixed(struct ledger *ledger, MDB_txn *txn, enum table table, MDB_
                      void *out, size_t size)
 {
     MDB_val value;
-    int rc = mdb_get(txn, ledger->tables[table], key, &value);
+    int rc = table_get(txn, ledger, table, key, &value);
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
     if (rc != 0)
@@ -49,7 +49,7 @@ static int get_text(struct ledger *ledger, enum table table, MDB_val *key, char 
     if (rc != HM_OK)
         return rc;
     MDB_val value;
-    rc = mdb_get(txn, ledger->tables[table], key, &value);
+    rc = table_get(txn, ledger, table, key, &value);
     if (rc == 0) {
         char *text = malloc(value.mv_size + 1);
         if (text != NULL) {
@@ -121,7 +121,7 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
     if (rc != HM_OK)
         return rc;
     MDB_cursor *cursor;
-    rc = mdb_cursor_open(txn, ledger->tables[TABLE_NAMES], &cursor);
+    rc = table_cursor_open(txn, ledger, TABLE_NAMES, &cursor);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "open tenant cursor");
@@ -130,7 +130,7 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
     size_t count = 0, capacity = 0;
     int status = HM_OK;
     MDB_val key, value;
-    while ((rc = mdb_cursor_get(cursor, &key, &value, count ? MDB_NEXT : MDB_FIRST)) == 0) {
+    while ((rc = cursor_get(cursor, &key, &value, count ? MDB_NEXT : MDB_FIRST)) == 0) {
         if (count == capacity) {
             capacity = capacity ? 2 * capacity : 16;
             struct tenant *grown = realloc(tenants, capacity * sizeof *grown);
@@ -145,7 +145,7 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
             break;
         count++;
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         free(tenants);
@@ -187,7 +187,7 @@ static int key_read(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
     uint8_t id[8];
     store_be64(id, key_id);
     MDB_val key = { sizeof id, id }, value;
-    int rc = mdb_get(txn, ledger->tables[TABLE_KEYS], &key, &value);
+    int rc = table_get(txn, ledger, TABLE_KEYS, &key, &value);
     if (rc == MDB_NOTFOUND)
         return HM_ERR_NOT_FOUND;
     if (rc != 0)
@@ -258,7 +258,7 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
     if (rc != HM_OK)
         return rc;
     MDB_cursor *cursor;
-    rc = mdb_cursor_open(txn, ledger->tables[TABLE_KEYS], &cursor);
+    rc = table_cursor_open(txn, ledger, TABLE_KEYS, &cursor);
     if (rc != 0) {
         mdb_txn_abort(txn);
         return status_of(rc, "open key cursor");
@@ -268,7 +268,7 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
     int status = HM_OK;
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (mdb_cursor_get(cursor, &key, &value, op) == 0) {
+    while (cursor_get(cursor, &key, &value, op) == 0) {
         op = MDB_NEXT;
         struct key_record record;
         if (key_decode(&value, &record) != HM_OK ||
@@ -285,7 +285,7 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
         }
         keys[count++] = record;
     }
-    mdb_cursor_close(cursor);
+    cursor_close(cursor);
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         free(keys);
@@ -383,7 +383,7 @@ int ledger_period_closed(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, period);
     MDB_val key = { sizeof key_bytes, key_bytes }, value;
-    rc = mdb_get(txn, ledger->tables[TABLE_PERIODS], &key, &value);
+    rc = table_get(txn, ledger, TABLE_PERIODS, &key, &value);
     mdb_txn_abort(txn);
     if (rc == MDB_NOTFOUND)
         return 0;
@@ -414,7 +414,7 @@ int ledger_next_invoice_seq(struct ledger_txn *txn, uint64_t *seq_out)
     static const char name[] = "invoice_seq";
     MDB_val key = { sizeof name - 1, (void *)name }, value;
     uint64_t seq = 0;
-    int rc = mdb_get(txn->txn, txn->ledger->tables[TABLE_META], &key, &value);
+    int rc = table_get(txn->txn, txn->ledger, TABLE_META, &key, &value);
     if (rc == 0 && value.mv_size == sizeof seq)
         memcpy(&seq, value.mv_data, sizeof seq);
     else if (rc != MDB_NOTFOUND)

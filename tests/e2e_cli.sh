@@ -108,17 +108,23 @@ else
   failures=$((failures + 1))
 fi
 
+# other-co is in service from 2023-11, so a close of 2024-01 first leaves a gap.
+expect_error "close with an earlier open month" "tenant other-co: 2023-11 (in service)" \
+  $meterctl close --period 2024-01
+expect_error "close with an earlier open month names the flag" "--allow-gaps" \
+  $meterctl close --period 2024-01
 # A close without any price book fails for every tenant and closes nothing.
-expect_error "close without a price book" "meterctl pricebook load" $meterctl close --period 2024-01
+expect_error "close without a price book" "meterctl pricebook load" \
+  $meterctl close --period 2024-01 --allow-gaps
 $meterctl pricebook load "$source_dir/data/pricebooks/default.json" >/dev/null
-if $meterctl close --period 2024-01 >/dev/null; then
+if $meterctl close --period 2024-01 --allow-gaps >/dev/null; then
   echo "ok   close after loading a price book"
 else
   echo "FAIL close after loading a price book"
   failures=$((failures + 1))
 fi
 expect_error "invoice of an open period" "the period is open" $meterctl invoice show acme --period 2024-02
-if $meterctl close --period 2024-01 | grep -q "nothing to close"; then
+if $meterctl close --period 2024-01 --allow-gaps | grep -q "nothing to close"; then
   echo "ok   second close of a period reports nothing to close"
 else
   echo "FAIL second close of a period"
@@ -265,6 +271,17 @@ if [ -s "$METER_DATA/invoices/2023-11/beta.json" ] &&
   echo "ok   a missing invoice file is written again from the ledger"
 else
   echo "FAIL a missing invoice file was not written again"
+  failures=$((failures + 1))
+fi
+
+# README lists every command exactly as `meterctl --help` prints it, between two markers.
+readme_help=$(sed -n '/^<!-- meterctl --help -->$/,/^<!-- end of meterctl --help -->$/p' \
+  "$source_dir/README.md" | sed '1,2d;$d' | sed '$d')
+if [ -n "$readme_help" ] && [ "$readme_help" = "$($meterctl --help)" ]; then
+  echo "ok   README lists the commands of meterctl --help"
+else
+  echo "FAIL README's command list differs from meterctl --help:"
+  diff <(echo "$readme_help") <($meterctl --help) || true
   failures=$((failures + 1))
 fi
 

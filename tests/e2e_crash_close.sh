@@ -32,7 +32,7 @@ check() { "$build/tests/crash_check" close "$work/data" 2024-04 "$1"; }
 # A ledger with usage in April 2024 for 8 tenants, 4 of them with credit.
 pristine=$work/pristine
 for i in 0 1 2 3 4 5 6 7; do
-  "$build/meterctl" --data "$pristine" tenant create "close-$i" --service-start 2024-01-01 \
+  "$build/meterctl" --data "$pristine" tenant create "close-$i" --service-start 2024-04-01 \
     >/dev/null
   "$build/meterctl" --data "$pristine" key create "close-$i" --keys-file "$work/keys.txt" \
     >/dev/null

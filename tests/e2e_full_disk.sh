@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A full disk under meterd: the ledger lives on a 4 MiB tmpfs that a ballast
+# A full disk under meterd: the ledger lives on a 16 MiB tmpfs that a ballast
 # file fills while TCP and UDP senders run. meterd must stop acknowledging, so
 # the senders keep their frames. It must count the UDP frames it drops, log
 # one "ledger full" error with the fix and keep serving reads (meterctl usage).
@@ -17,7 +17,7 @@ fi
 work=$(mktemp -d /tmp/hm-full-disk-XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt" "$work/load"
-if ! mount -t tmpfs -o size=4m,mode=0700 tmpfs "$mnt"; then
+if ! mount -t tmpfs -o size=16m,mode=0700 tmpfs "$mnt"; then
   rmdir "$mnt"
   rm -rf "$work"
   echo "e2e_full_disk: skipped: mounting a tmpfs failed although running as root" \

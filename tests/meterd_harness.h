@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +215,28 @@ static inline struct frame_ack harness_send_frame(struct harness *harness, const
     cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack received");
     close(fd);
     return ack;
+}
+
+/*
+ * Runs meterctl with arguments made from format and args on the ledger in
+ * dir. Returns its exit status, and its stdout and stderr in out.
+ */
+static inline int harness_meterctl_v(const char *dir, char *out, size_t out_size,
+                                     const char *format, va_list args)
+{
+    char arguments[2048], command[3072];
+    vsnprintf(arguments, sizeof arguments, format, args);
+    snprintf(command, sizeof command, "METER_DATA='%s' '%s/meterctl' %s 2>&1", dir,
+             HM_BINARY_DIR, arguments);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe);
+    size_t used = 0;
+    size_t got;
+    while (used + 1 < out_size && (got = fread(out + used, 1, out_size - used - 1, pipe)) > 0)
+        used += got;
+    out[used] = '\0';
+    int status = pclose(pipe);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
 /* 2024-06-10T12:00:00Z */

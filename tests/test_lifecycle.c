@@ -6,7 +6,9 @@
 #include "meterd_harness.h"
 
 #include <jansson.h>
+#include <lmdb.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 
 #include "engine/lib/billing.h"
 
@@ -26,22 +28,11 @@ static const char unpriced_book_json[] =
 /* Runs meterctl on the harness's ledger; returns its exit status and its output in out. */
 static int meterctl(char *out, size_t out_size, const char *format, ...)
 {
-    char arguments[2048], command[3072];
     va_list args;
     va_start(args, format);
-    vsnprintf(arguments, sizeof arguments, format, args);
+    int status = harness_meterctl_v(harness.dir, out, out_size, format, args);
     va_end(args);
-    snprintf(command, sizeof command, "METER_DATA='%s' '%s/meterctl' %s 2>&1", harness.dir,
-             HM_BINARY_DIR, arguments);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe);
-    size_t used = 0;
-    size_t got;
-    while (used + 1 < out_size && (got = fread(out + used, 1, out_size - used - 1, pipe)) > 0)
-        used += got;
-    out[used] = '\0';
-    int status = pclose(pipe);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return status;
 }
 
 static void write_file(const char *path, const char *text)
@@ -69,22 +60,34 @@ static int64_t day_s(int year, int month, int day)
     return (int64_t)timegm(&tm);
 }
 
-/* Sends one H100 allocation of `seconds` at `at_s` through meterd and checks that it was stored. */
-static void send_gpu(const struct test_tenant *tenant, int64_t at_s, uint32_t seconds)
+/* Gives an event the next event id, sends it through meterd and checks that it was stored. */
+static void send_event(const struct test_tenant *tenant, struct event *event)
 {
-    struct event event = { .kind = EVENT_GPU_ALLOCATION, .timestamp_us = at_s * 1000000 };
     uint32_t id = next_event_id++;
-    memcpy(event.event_id, &id, sizeof id);
-    event.event_id[15] = 0x4c;
-    snprintf(event.u.gpu.allocation_id, sizeof event.u.gpu.allocation_id, "alloc-%u", id);
-    snprintf(event.u.gpu.pool_id, sizeof event.u.gpu.pool_id, "pool-1");
-    snprintf(event.u.gpu.gpu_type, sizeof event.u.gpu.gpu_type, "H100");
-    event.u.gpu.duration_s = seconds;
+    memcpy(event->event_id, &id, sizeof id);
+    event->event_id[15] = 0x4c;
     uint8_t frame[FRAME_BODY_MAX + 256];
-    size_t size = harness_frame(frame, tenant, id, &event, 1);
+    size_t size = harness_frame(frame, tenant, id, event, 1);
     struct frame_ack ack = harness_send_frame(&harness, frame, size);
     cr_assert_eq(ack.status, FRAME_ACCEPTED);
     cr_assert_eq(ack.stored, 1);
+}
+
+/* Sends one H100 allocation of `seconds` at `at_us` through meterd. */
+static void send_gpu_us(const struct test_tenant *tenant, int64_t at_us, uint32_t seconds)
+{
+    struct event event = { .kind = EVENT_GPU_ALLOCATION, .timestamp_us = at_us };
+    snprintf(event.u.gpu.allocation_id, sizeof event.u.gpu.allocation_id, "alloc-%u",
+             next_event_id);
+    snprintf(event.u.gpu.pool_id, sizeof event.u.gpu.pool_id, "pool-1");
+    snprintf(event.u.gpu.gpu_type, sizeof event.u.gpu.gpu_type, "H100");
+    event.u.gpu.duration_s = seconds;
+    send_event(tenant, &event);
+}
+
+static void send_gpu(const struct test_tenant *tenant, int64_t at_s, uint32_t seconds)
+{
+    send_gpu_us(tenant, at_s * 1000000, seconds);
 }
 
 /* Reads a document by number from the ledger as JSON. */
@@ -490,4 +493,523 @@ Test(lifecycle, older_ledger_records_still_read)
     cr_assert_str_eq(settings.support_tier, "pro");
     cr_assert_eq(settings.service_end_s, day_s(2030, 1, 1));
     cr_assert_str_eq(settings.issuer, "default");
+}
+
+/* USD 2.00 per H100 hour, with support fees per month for the pro and enterprise tiers. */
+static const char support_book_json[] =
+    "{\"name\": \"support\", \"currency\": \"USD\", \"gpu_hour\": {\"H100\": \"2.00\"},"
+    " \"support_fee\": {\"pro\": \"30.00\", \"enterprise\": \"100.00\"}}";
+
+static json_t *line_of_kind(json_t *invoice, const char *kind)
+{
+    size_t index;
+    json_t *line;
+    json_array_foreach(json_object_get(invoice, "lines"), index, line) {
+        if (strcmp(text_of(line, "kind"), kind) == 0)
+            return line;
+    }
+    return NULL;
+}
+
+Test(lifecycle, late_rerate_uses_billed_settings)
+{
+    char out[16384];
+    load_book(support_book_json, "alpha");
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set alpha --support-tier pro"), 0, "%s", out);
+    /* June: pro support 30.00 + 2 GPU-hours x 2.00 = 34.00. */
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    json_t *june = document("HM-000001");
+    cr_assert_str_eq(text_of(june, "tenant_name"), "alpha");
+    cr_assert_eq(minor_of(june, "total"), 3400);
+    json_decref(june);
+
+    struct ledger *ledger = NULL;
+    struct billed_period billed;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_billed_get(ledger, tenant_a.id, 202406, &billed), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(billed.has_billed_with, 1);
+    cr_assert_str_eq(billed.support_tier, "pro");
+    cr_assert_eq(billed.service_end_s, 0);
+    ledger_billed_free(&billed);
+
+    /* The tier changes after the close, then one late GPU-hour of June arrives. */
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set alpha --support-tier enterprise"), 0, "%s",
+                 out);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-07"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, " 2.00 USD  an adjustment line"), "%s", out);
+
+    /* July: enterprise support 100.00 + 1 GPU-hour 2.00 + the late hour of June 2.00 = 104.00. */
+    send_gpu(&tenant_a, day_s(2024, 7, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    json_t *july = document("HM-000004");
+    cr_assert_str_eq(text_of(july, "tenant_name"), "alpha");
+    json_t *adjustment = line_of_kind(july, "adjustment");
+    cr_assert_not_null(adjustment, "no adjustment line on the July invoice");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 200);
+    cr_assert_str_eq(text_of(adjustment, "period"), "2024-06");
+    json_t *support = line_of_kind(july, "support_fee");
+    cr_assert_not_null(support);
+    cr_assert_eq(json_integer_value(json_object_get(support, "amount_minor")), 10000);
+    cr_assert_eq(minor_of(july, "total"), 10400);
+    json_decref(july);
+}
+
+/* A billed state of record version 1 has no settings: it still reads, and re-rates as before. */
+Test(lifecycle, billed_record_version_1_reads)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    harness_stop(&harness);
+
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 32), 0);
+    cr_assert_eq(mdb_env_open(env, harness.dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "billed", 0, &dbi), 0);
+    /* The key is the tenant id and the period 202406 as 4 bytes, big-endian. */
+    uint8_t key_bytes[UUID_SIZE + 4];
+    memcpy(key_bytes, tenant_a.id, UUID_SIZE);
+    for (int i = 0; i < 4; i++)
+        key_bytes[UUID_SIZE + i] = (uint8_t)(202406u >> (24 - 8 * i));
+    json_t *june = document("HM-000001");
+    char record[512];
+    snprintf(record, sizeof record,
+             "{\"changes\":[],\"currency\":\"USD\",\"events\":1,\"issuer\":\"default\","
+             "\"net_minor\":400,\"number\":\"HM-000001\",\"price_book_sha256\":\"%s\","
+             "\"recheck\":false,\"total_minor\":400,\"version\":1}",
+             text_of(june, "price_book_sha256"));
+    json_decref(june);
+    MDB_val key = { sizeof key_bytes, key_bytes }, value = { strlen(record), record };
+    cr_assert_eq(mdb_put(txn, dbi, &key, &value, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    struct ledger *ledger = NULL;
+    struct billed_period billed;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_billed_get(ledger, tenant_a.id, 202406, &billed), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(billed.has_billed_with, 0);
+    cr_assert_eq(billed.net_minor, 400);
+    ledger_billed_free(&billed);
+
+    harness_start(&harness);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-07"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, " 2.00 USD  an adjustment line"), "%s", out);
+}
+
+/*
+ * alpha's own book for June 2024: a version from the beginning of time and
+ * one from 2024-06-16T07:00:00Z, which cuts June into two slices. H100 hours
+ * are graduated in both: the first 10 hours at 2.00, then 1.00; from the
+ * change at 3.00, then 1.50. Input tokens cost 1.00, then 1.50 per million.
+ */
+static const char versioned_book_json[] =
+    "{\"name\": \"acme-2024\", \"currency\": \"USD\", \"versions\": ["
+    " {\"base_fee\": \"30.00\","
+    "  \"gpu_hour\": {\"H100\": {\"model\": \"graduated\", \"tiers\": ["
+    "   {\"up_to\": \"10\", \"price\": \"2.00\"}, {\"price\": \"1.00\"}]}},"
+    "  \"tokens_per_million\": {\"*\": {\"input\": \"1.00\"}}},"
+    " {\"effective_from\": \"2024-06-16T07:00:00Z\", \"base_fee\": \"60.00\","
+    "  \"gpu_hour\": {\"H100\": {\"model\": \"graduated\", \"tiers\": ["
+    "   {\"up_to\": \"10\", \"price\": \"3.00\"}, {\"price\": \"1.50\"}]}},"
+    "  \"tokens_per_million\": {\"*\": {\"input\": \"1.50\"}}}]}";
+
+static void send_inference_us(const struct test_tenant *tenant, int64_t at_us,
+                              uint64_t input_tokens)
+{
+    struct event event = { .kind = EVENT_INFERENCE, .timestamp_us = at_us };
+    snprintf(event.u.inference.model, sizeof event.u.inference.model, "m-chat");
+    event.u.inference.input_tokens = input_tokens;
+    send_event(tenant, &event);
+}
+
+/* Reads the current invoice of a tenant's period from the ledger as JSON. */
+static json_t *period_invoice(const uint8_t tenant_id[UUID_SIZE], uint32_t period)
+{
+    struct ledger *ledger = NULL;
+    char *text = NULL;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_invoice_get(ledger, tenant_id, period, &text), HM_OK);
+    ledger_close(ledger);
+    json_error_t error;
+    json_t *json = json_loads(text, 0, &error);
+    free(text);
+    cr_assert_not_null(json);
+    return json;
+}
+
+/* Checks one invoice line: kind, dimension (NULL: none), slice_start (NULL: none), amount. */
+static void assert_line(json_t *invoice, size_t index, const char *kind, const char *dimension,
+                        const char *slice_start, json_int_t amount_minor, json_int_t events)
+{
+    json_t *line = json_array_get(json_object_get(invoice, "lines"), index);
+    cr_assert_not_null(line, "no line %zu", index + 1);
+    cr_assert_str_eq(text_of(line, "kind"), kind, "line %zu", index + 1);
+    if (dimension != NULL)
+        cr_assert_str_eq(text_of(line, "dimension"), dimension, "line %zu", index + 1);
+    if (slice_start != NULL)
+        cr_assert_str_eq(text_of(line, "slice_start"), slice_start, "line %zu", index + 1);
+    else
+        cr_assert_null(json_object_get(line, "slice_start"), "line %zu", index + 1);
+    cr_assert_eq(json_integer_value(json_object_get(line, "amount_minor")), amount_minor,
+                 "line %zu", index + 1);
+    if (events >= 0)
+        cr_assert_eq(json_integer_value(json_object_get(line, "events")), events, "line %zu",
+                     index + 1);
+}
+
+/* Checks the rollup of an explained usage line: its slice, quantity and events. */
+static void assert_explained(json_t *explained, size_t index, const char *slice_start,
+                             const char *slice_end, const char *quantity, json_int_t events)
+{
+    json_t *rollup = json_object_get(json_array_get(json_object_get(explained, "lines"), index),
+                                     "rollup");
+    cr_assert_not_null(rollup, "line %zu has no rollup", index + 1);
+    cr_assert_str_eq(text_of(rollup, "slice_start"), slice_start, "line %zu", index + 1);
+    cr_assert_str_eq(text_of(rollup, "slice_end"), slice_end, "line %zu", index + 1);
+    cr_assert_str_eq(text_of(rollup, "quantity"), quantity, "line %zu", index + 1);
+    cr_assert_eq(json_integer_value(json_object_get(rollup, "events")), events, "line %zu",
+                 index + 1);
+}
+
+Test(lifecycle, price_change_mid_june_through_meterd)
+{
+    char out[65536];
+    load_book(versioned_book_json, "alpha");
+    const int64_t change_us = (day_s(2024, 6, 16) + 7 * 3600) * 1000000;
+
+    /* alpha: GPU 14,400 s and 9,000 s (the last microsecond before the change), then 15,001 s. */
+    send_gpu(&tenant_a, day_s(2024, 6, 3), 14400);
+    send_gpu_us(&tenant_a, change_us - 1, 9000);
+    send_gpu_us(&tenant_a, change_us, 15001);
+    send_inference_us(&tenant_a, day_s(2024, 6, 5) * 1000000, 1000000);
+    send_inference_us(&tenant_a, day_s(2024, 6, 10) * 1000000, 234567);
+    send_inference_us(&tenant_a, day_s(2024, 6, 20) * 1000000, 765433);
+    /* beta, on the default book: 36,000 s before the change and 3,601 s after it. */
+    send_gpu(&tenant_b, day_s(2024, 6, 5), 36000);
+    send_gpu(&tenant_b, day_s(2024, 6, 20), 3601);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+
+    /*
+     * Expected amounts, computed with Python fractions.Fraction and rounded
+     * half up to cents. June has 2,592,000 s; slice 1 is 1,321,200 s (June 1
+     * to June 16 07:00), slice 2 is 1,270,800 s.
+     *   base fee 1: 30 * 1321200/2592000 = 367/24 = 15.2916... -> 15.29 (1529)
+     *   base fee 2: 60 * 1270800/2592000 = 353/12 = 29.4166... -> 29.42 (2942)
+     *   H100 slice 1: q1 = 23400/3600 = 13/2 h; F1(13/2) - F1(0) = 13/2 * 2.00 = 13.00 (1300)
+     *   H100 slice 2: q2 = 15001/3600 h, Q2 = 13/2 + q2 = 38401/3600 h (past the 10 h tier);
+     *     F2(Q2) - F2(13/2) = (10 - 13/2) * 3.00 + (38401/3600 - 10) * 1.50
+     *     = 27601/2400 = 11.5004... -> 11.50 (1150). Without the carried tier position
+     *     it would be F2(q2) = 12.50.
+     *   input slice 1: 1234567/10^6 * 1.00 = 1.234567 -> 1.23 (123)
+     *   input slice 2: 765433/10^6 * 1.50 = 2296299/2000000 = 1.1481495 -> 1.15 (115)
+     *   total 15.29 + 29.42 + 13.00 + 11.50 + 1.23 + 1.15 = 71.59 (7159)
+     */
+    json_t *alpha = period_invoice(tenant_a.id, 202406);
+    cr_assert_str_eq(text_of(alpha, "price_book"), "acme-2024");
+    cr_assert_eq(json_array_size(json_object_get(alpha, "lines")), 6);
+    assert_line(alpha, 0, "base_fee", NULL, "2024-06-01T00:00:00Z", 1529, -1);
+    assert_line(alpha, 1, "base_fee", NULL, "2024-06-16T07:00:00Z", 2942, -1);
+    assert_line(alpha, 2, "gpu", "H100", "2024-06-01T00:00:00Z", 1300, 2);
+    assert_line(alpha, 3, "gpu", "H100", "2024-06-16T07:00:00Z", 1150, 1);
+    assert_line(alpha, 4, "input_tokens", "m-chat", "2024-06-01T00:00:00Z", 123, 2);
+    assert_line(alpha, 5, "input_tokens", "m-chat", "2024-06-16T07:00:00Z", 115, 1);
+    cr_assert_eq(minor_of(alpha, "total"), 7159);
+
+    /*
+     * beta is priced by the default book, which has no versions: one slice,
+     * no slice_start. 39601/3600 h * 2.00 = 39601/1800 = 22.0005... -> 22.00;
+     * above 10 h the volume discount takes 50 %: 11.00; total 11.00 (1100).
+     */
+    json_t *beta = period_invoice(tenant_b.id, 202406);
+    cr_assert_str_eq(text_of(beta, "price_book"), "lifecycle");
+    cr_assert_eq(json_array_size(json_object_get(beta, "lines")), 2);
+    assert_line(beta, 0, "gpu", "H100", NULL, 2200, 2);
+    assert_line(beta, 1, "discount", NULL, NULL, -1100, -1);
+    cr_assert_eq(minor_of(beta, "total"), 1100);
+
+    /* Each invoice names the snapshot of the book it was rated with. */
+    struct ledger *ledger = NULL;
+    char *text = NULL, sha256[BOOK_SHA256_HEX_SIZE], scope[UUID_TEXT_SIZE];
+    uuid_format(tenant_a.id, scope);
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_pricebook_get_snapshot(ledger, scope, &text, sha256), HM_OK);
+    cr_assert_str_eq(text_of(alpha, "price_book_sha256"), sha256);
+    free(text);
+    cr_assert_eq(ledger_pricebook_get_snapshot(ledger, "default", &text, sha256), HM_OK);
+    cr_assert_str_eq(text_of(beta, "price_book_sha256"), sha256);
+    free(text);
+    ledger_close(ledger);
+    json_decref(alpha);
+    json_decref(beta);
+
+    /* The explanation recounts each slice from the events, and they add up to the month. */
+    cr_assert_eq(meterctl(out, sizeof out, "invoice explain alpha --period 2024-06 --json"), 0,
+                 "%s", out);
+    json_error_t error;
+    json_t *explained = json_loads(out, 0, &error);
+    cr_assert_not_null(explained, "%s", out);
+    cr_assert(json_is_true(json_object_get(explained, "sliced")));
+    json_t *fee = json_object_get(json_array_get(json_object_get(explained, "lines"), 0), "fee");
+    cr_assert_eq(json_integer_value(json_object_get(fee, "service_seconds")), 1321200);
+    fee = json_object_get(json_array_get(json_object_get(explained, "lines"), 1), "fee");
+    cr_assert_eq(json_integer_value(json_object_get(fee, "service_seconds")), 1270800);
+    assert_explained(explained, 2, "2024-06-01T00:00:00Z", "2024-06-16T07:00:00Z", "23400", 2);
+    assert_explained(explained, 3, "2024-06-16T07:00:00Z", "2024-07-01T00:00:00Z", "15001", 1);
+    assert_explained(explained, 4, "2024-06-01T00:00:00Z", "2024-06-16T07:00:00Z", "1234567", 2);
+    assert_explained(explained, 5, "2024-06-16T07:00:00Z", "2024-07-01T00:00:00Z", "765433", 1);
+    cr_assert_eq(harness_quantity(&harness, tenant_a.id, ROLLUP_GPU_SECONDS, "H100"),
+                 23400 + 15001);
+    cr_assert_eq(harness_quantity(&harness, tenant_a.id, ROLLUP_INPUT_TOKENS, "m-chat"),
+                 1234567 + 765433);
+    json_t *checks = json_object_get(explained, "events_check");
+    cr_assert_eq(json_array_size(checks), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *check = json_array_get(checks, i);
+        cr_assert(json_is_true(json_object_get(check, "match")), "%s", text_of(check, "meter"));
+        cr_assert_eq(json_integer_value(json_object_get(check, "line_events")), 3);
+        cr_assert_eq(json_integer_value(json_object_get(check, "period_events")), 3);
+    }
+    json_decref(explained);
+}
+
+/* Reads a file into out; returns 0, or -1 when it cannot be read. */
+static int file_text(const char *path, char *out, size_t size)
+{
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return -1;
+    size_t got = fread(out, 1, size - 1, file);
+    out[got] = '\0';
+    fclose(file);
+    return 0;
+}
+
+/* A grant in another currency pays nothing, is named at close, and can be revoked. */
+Test(lifecycle, credit_other_currency_warned_and_revoked)
+{
+    char out[16384];
+    cr_assert_eq(meterctl(out, sizeof out, "credit grant alpha 10.00 --currency EUR"), 1, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "bills in USD"), "%s", out);
+    cr_assert_not_null(strstr(out, "omit --currency"), "%s", out);
+
+    /* A EUR grant made before the check existed. */
+    struct ledger *ledger = NULL;
+    struct credit_grant grant = { .amount_minor = 1000, .granted_s = day_s(2024, 1, 1) };
+    memcpy(grant.tenant_id, tenant_a.id, UUID_SIZE);
+    snprintf(grant.currency, sizeof grant.currency, "EUR");
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_credit_grant(ledger, &grant), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(meterctl(out, sizeof out, "credit grant alpha 1.00"), 0, "%s", out);
+
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "usage alpha --period 2024-06"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "credit grant 1 is in EUR"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "warning: tenant alpha: credit grant 1 is in EUR"), "%s", out);
+    json_t *june = document("HM-000001");
+    cr_assert_eq(minor_of(june, "credits_applied"), 100);
+    cr_assert_eq(minor_of(june, "total"), 300);
+    json_decref(june);
+
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "missing --reason"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke x1 --reason y"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "\"x1\""), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 99 --reason y"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "credit grant 99 not found"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1 --reason 'wrong currency'"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 1 --reason again"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "already revoked"), "%s", out);
+    /* A used grant keeps its history when revoked; a later void gives it nothing back. */
+    cr_assert_eq(meterctl(out, sizeof out, "credit revoke 2 --reason 'contract ended'"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason test"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "credit list alpha"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "revoked  10.00 on"), "%s", out);
+    cr_assert_not_null(strstr(out, "wrong currency"), "%s", out);
+    cr_assert_not_null(strstr(out, "taken    -1.00 by HM-000001"), "%s", out);
+    cr_assert_not_null(strstr(out, "(not restored: the grant is revoked)"), "%s", out);
+    cr_assert_not_null(strstr(out, "revoked  0.00 on"), "%s", out);
+
+    struct credit_grant *grants = NULL;
+    size_t count = 0;
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    cr_assert_eq(ledger_credit_list(ledger, tenant_a.id, &grants, &count), HM_OK);
+    ledger_close(ledger);
+    cr_assert_eq(count, 2);
+    cr_assert_eq(grants[0].balance_minor, 0);
+    cr_assert_eq(grants[1].balance_minor, 0);
+    cr_assert_neq(grants[1].revoked_s, 0);
+    ledger_credit_grants_free(grants, count);
+}
+
+/* A month closes only after the earlier months with service or events, unless gaps are allowed. */
+Test(lifecycle, close_out_of_order_refused)
+{
+    char out[16384];
+    cr_assert_eq(meterctl(out, sizeof out, "tenant create delta --service-start 2024-02-01"), 0,
+                 "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 3600);
+    send_gpu(&tenant_a, day_s(2024, 5, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "tenant alpha: 2024-03 (has events)"), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant delta: 2024-02 (in service)"), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant delta: 2024-04 (in service)"), "%s", out);
+    cr_assert_not_null(strstr(out, "--allow-gaps"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice show alpha --period 2024-05"), 1, "%s", out);
+
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-02"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05"), 1, "%s", out);
+    cr_assert_null(strstr(out, "tenant alpha"), "%s", out);
+    cr_assert_not_null(strstr(out, "1 earlier month is still open"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-05 --allow-gaps"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice show alpha --period 2024-05"), 0, "%s", out);
+}
+
+/* A month in which no tenant was in service closes nothing and leaves no folder. */
+Test(lifecycle, close_with_no_tenant_in_service)
+{
+    char out[8192];
+    const char *names[] = { "alpha", "beta", "gamma" };
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(meterctl(out, sizeof out, "tenant set %s --service-start 2030-01-01",
+                              names[i]), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-02"), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "no tenant was in service in 2024-02; nothing to close"), "%s",
+                       out);
+    char path[400];
+    snprintf(path, sizeof path, "%s/invoices/2024-02", harness.dir);
+    cr_assert_neq(access(path, F_OK), 0, "%s exists", path);
+}
+
+/* Every document gets a file by number; the period file is the current invoice. */
+Test(lifecycle, document_files_by_number)
+{
+    char out[16384], text[16384], path[400];
+    send_gpu(&tenant_a, day_s(2024, 3, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/invoices/documents/HM-000001.json", harness.dir);
+    struct stat info;
+    cr_assert_eq(stat(path, &info), 0, "%s is missing", path);
+    cr_assert_eq(info.st_mode & 0777, 0600);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice void HM-000001 --reason test"), 0, "%s", out);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"status\": \"void\""), "%s", text);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"status\": \"void\""), "%s", text);
+    snprintf(path, sizeof path, "%s/invoices/2024-03/alpha.json", harness.dir);
+    cr_assert_eq(file_text(path, text, sizeof text), 0);
+    cr_assert_not_null(strstr(text, "\"replaces\": \"HM-000001\""), "%s", text);
+    json_t *current = json_loads(text, 0, NULL);
+    cr_assert_not_null(current);
+    char number[DOCUMENT_NUMBER_MAX];
+    snprintf(number, sizeof number, "%s", text_of(current, "number"));
+    json_decref(current);
+    snprintf(path, sizeof path, "%s/invoices/documents/%s.json", harness.dir, number);
+    cr_assert_eq(access(path, F_OK), 0, "%s is missing", path);
+
+    cr_assert_eq(meterctl(out, sizeof out, "invoice credit-note %s --amount 0.50 --reason x",
+                          number), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/invoices/documents/HM-CN-000001.json", harness.dir);
+    cr_assert_eq(file_text(path, text, sizeof text), 0, "%s is missing", path);
+    cr_assert_not_null(strstr(text, "\"credit_note\""), "%s", text);
+}
+
+/* Re-rates alpha's period under the book it was billed with and looks for the expected row. */
+static void assert_rerate_row(const char *period, const char *row)
+{
+    char out[8192], path[300];
+    snprintf(path, sizeof path, "%s/same-book.json", harness.dir);
+    write_file(path, book_json);
+    cr_assert_eq(meterctl(out, sizeof out, "rerate --period %s --book %s --tenant alpha",
+                          period, path), 0, "%s", out);
+    cr_assert_not_null(strstr(out, row), "expected \"%s\" in %s", row, out);
+}
+
+/* Late usage billed on later invoices counts as billed; re-rating the same book changes nothing. */
+Test(lifecycle, rerate_after_late_usage_billed)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 2 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    send_gpu(&tenant_a, day_s(2024, 7, 5), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    assert_rerate_row("2024-06",
+                      "finalized                6.00               6.00               0.00");
+
+    /* July carries June's adjustment; a late July event is still billed as July's own usage. */
+    send_gpu(&tenant_a, day_s(2024, 7, 20), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-08"), 0, "%s", out);
+    json_t *august = period_invoice(tenant_a.id, 202408);
+    json_t *adjustment = line_of_kind(august, "adjustment");
+    cr_assert_not_null(adjustment, "no adjustment for July on the August invoice");
+    cr_assert_str_eq(text_of(adjustment, "period"), "2024-07");
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "amount_minor")), 200);
+    cr_assert_eq(json_integer_value(json_object_get(adjustment, "events")), 1);
+    json_decref(august);
+    assert_rerate_row("2024-07",
+                      "finalized                4.00               4.00               0.00");
+}
+
+/* A sealed invoice is explained as it was at close, with the late events and their document. */
+Test(lifecycle, explain_sealed_invoice_with_late_events)
+{
+    char out[16384];
+    send_gpu(&tenant_a, day_s(2024, 6, 5), 12 * 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-06"), 0, "%s", out);
+    send_gpu(&tenant_a, day_s(2024, 6, 25), 3600);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice explain alpha --period 2024-06"), 0, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "at close (the sealed line): quantity 12 GPU-hour, events 1"),
+                       "%s", out);
+    cr_assert_not_null(strstr(out, "now: quantity 46800 gpu_seconds, events 2; 1 late event "
+                                   "since the close, pending: billed on the next close"),
+                       "%s", out);
+    cr_assert_not_null(strstr(out, "tiers: above 10 GPU-hour: 50 %"), "%s", out);
+    cr_assert_not_null(strstr(out, "gpu_seconds                       1              1  match"),
+                       "%s", out);
+    cr_assert_null(strstr(out, "DIFFER"), "%s", out);
+
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-07"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "invoice explain alpha --period 2024-06"), 0, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "1 late event since the close, billed by HM-"), "%s", out);
+    cr_assert_null(strstr(out, "pending"), "%s", out);
+}
+
+/* Service dates cannot take service away from a finalized month. */
+Test(lifecycle, service_dates_against_finalized_months)
+{
+    char out[8192];
+    cr_assert_eq(meterctl(out, sizeof out, "tenant create delta --service-start 2024-03-01"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2024-03"), 0, "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-end 2024-03-15"), 1, "%s",
+                 out);
+    cr_assert_not_null(strstr(out, "invalid --service-end 2024-03-15"), "%s", out);
+    cr_assert_not_null(strstr(out, "meterctl invoice void HM-"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-start 2024-03-10"), 1,
+                 "%s", out);
+    cr_assert_not_null(strstr(out, "invalid --service-start 2024-03-10"), "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-end 2024-04-01"), 0, "%s",
+                 out);
+    cr_assert_eq(meterctl(out, sizeof out, "tenant set delta --service-start 2024-02-01"), 0,
+                 "%s", out);
 }

@@ -53,14 +53,18 @@ static void parse_rejected(const char *text, char *error, size_t error_size)
 static void fields_rejected(const char *fields, char *error, size_t error_size)
 {
     char text[8192];
-    snprintf(text, sizeof(text), "{\"name\": \"x\", \"currency\": \"USD\", %s}", fields);
+    int length = snprintf(text, sizeof(text), "{\"name\": \"x\", \"currency\": \"USD\", %s}",
+                          fields);
+    cr_assert(length > 0 && (size_t)length < sizeof(text), "book text of %d bytes", length);
     parse_rejected(text, error, error_size);
 }
 
 static struct pricebook *fields_accepted(const char *fields)
 {
     char text[8192];
-    snprintf(text, sizeof(text), "{\"name\": \"x\", \"currency\": \"USD\", %s}", fields);
+    int length = snprintf(text, sizeof(text), "{\"name\": \"x\", \"currency\": \"USD\", %s}",
+                          fields);
+    cr_assert(length > 0 && (size_t)length < sizeof(text), "book text of %d bytes", length);
     return parse_accepted(text);
 }
 

@@ -969,23 +969,26 @@ Test(pricing_credits, expired_grant_ignored_later_grant_used)
     pricebook_free(book);
 }
 
-Test(pricing_credits, currency_mismatch_is_error)
+/* A grant in another currency does not apply; a grant in the book's currency still pays. */
+Test(pricing_credits, other_currency_does_not_apply)
 {
     struct pricebook *book = load_book(PB1_PATH);
     struct fixture fixture;
     struct invoice invoice;
-    char error[512] = "";
 
     usage_begin(&fixture, 202406, JUN_2024_START, JUL_2024_START);
+    usage_add(&fixture, METER_GPU_SECONDS, "H100", 4 * HOUR_S);
     credit_add(&fixture, 12, 5000, JAN_2024_START, 0);
     snprintf(fixture.credits[0].currency, sizeof(fixture.credits[0].currency), "EUR");
-    int status = pricing_rate(&fixture.usage, book, &invoice, error, sizeof(error));
+    credit_add(&fixture, 13, 300, FEB_2024_START, 0);
+    rate_ok(&fixture, book, &invoice);
 
-    cr_assert(eq(int, status, HM_ERR_INVALID));
-    assert_contains(error, "tenant acme");
-    assert_contains(error, "credit grant 12 is in EUR but price book \"pb-1\" bills in USD");
-    cr_assert(eq(ptr, invoice.lines, NULL));
-    cr_assert(eq(ptr, invoice.credits, NULL));
+    cr_assert(eq(i64, invoice.subtotal.minor, 11000));
+    cr_assert(eq(sz, invoice.credit_count, 1));
+    cr_assert(eq(u64, invoice.credits[0].id, 13));
+    cr_assert(eq(i64, invoice.credits_applied.minor, 300));
+    cr_assert(eq(i64, invoice.total.minor, 10700));
+    invoice_free(&invoice);
     pricebook_free(book);
 }
 
@@ -1106,10 +1109,17 @@ Test(pricing_charge, token_graduated_and_package)
     const struct invoice_line *input = line_of(&invoice, INVOICE_LINE_INPUT_TOKENS, "m-tier");
     cr_assert(eq(i64, input->amount.minor, 450));
     cr_assert(eq(str, (char *)input->quantity, "2500000"));
-    /* The shown price is the line's average: 4.50 / 2.5M tokens. */
+    /* The shown price of a graduated line is its average: 4.50 / 2.5M tokens. */
     cr_assert(eq(str, (char *)input->unit_price, "1.80"));
-    cr_assert(eq(str, (char *)input->price_unit, "per 1M tokens"));
-    cr_assert(eq(i64, line_of(&invoice, INVOICE_LINE_OUTPUT_TOKENS, "m-tier")->amount.minor, 4500));
+    cr_assert(eq(str, (char *)input->price_unit, "average per 1M tokens"));
+    /* A package line shows the packages charged at the package price: 3 x 15.00. */
+    const struct invoice_line *output = line_of(&invoice, INVOICE_LINE_OUTPUT_TOKENS, "m-tier");
+    cr_assert(eq(i64, output->amount.minor, 4500));
+    cr_assert(eq(str, (char *)output->quantity, "3"));
+    cr_assert(eq(int, output->quantity_exact, true));
+    cr_assert(eq(str, (char *)output->unit, "package of 1M tokens"));
+    cr_assert(eq(str, (char *)output->unit_price, "15.00"));
+    cr_assert(eq(str, (char *)output->price_unit, "per package"));
     invoice_free(&invoice);
     pricebook_free(book);
 }
@@ -1299,6 +1309,9 @@ Test(pricing_slices, volume_tier_of_whole_period)
     cr_assert(eq(i64, invoice.lines[2].amount.minor, 16000)); /* 80 x 2.00 */
     cr_assert(eq(i64, invoice.lines[3].amount.minor, 7500));  /* 50 x 1.50 */
     cr_assert(eq(str, invoice.lines[3].unit_price, "1.50"));
+    /* 130 h in all is in the second tier of both versions. */
+    cr_assert(eq(str, invoice.lines[2].price_unit, "per GPU-hour, tier 2"));
+    cr_assert(eq(str, invoice.lines[3].price_unit, "per GPU-hour, tier 2"));
     invoice_free(&invoice);
     pricebook_free(book);
 }

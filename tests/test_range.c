@@ -424,7 +424,26 @@ Test(usage_input, invalid_slices_rejected)
 
 /* ---- explain_invoice_build on invoices that the current rater does not make ---- */
 
-TestSuite(explain, .init = setup, .fini = teardown);
+/*
+ * The tenants' book for the invoices below: a version from the beginning of
+ * time and one from June 11, 2024, which cuts June into two slices; the
+ * second has the GPU volume discount.
+ */
+static const char sliced_book[] =
+    "{\"name\": \"b\", \"currency\": \"USD\", \"versions\": ["
+    " {\"base_fee\": \"30.00\", \"gpu_hour\": {\"*\": \"2.00\"}, \"api_calls_per_million\": \"0\"},"
+    " {\"effective_from\": \"2024-06-11T00:00:00Z\", \"base_fee\": \"60.00\","
+    "  \"gpu_hour\": {\"*\": \"3.00\"}, \"api_calls_per_million\": \"0\","
+    "  \"gpu_volume_discount\": {\"mode\": \"volume\","
+    "   \"tiers\": [{\"above_hours\": \"0\", \"percent\": \"10\"}]}}]}";
+
+static void explain_setup(void)
+{
+    setup();
+    cr_assert_eq(ledger_pricebook_put(ledger, "default", sliced_book), HM_OK);
+}
+
+TestSuite(explain, .init = explain_setup, .fini = teardown);
 
 static json_t *explained_line(json_t *result, size_t number)
 {
@@ -637,4 +656,120 @@ Test(explain, slice_outside_period_rejected)
         explain_invoice_build(ledger, &tenant, 202406, invoice, 0, &result, error, sizeof error),
         HM_ERR_INVALID);
     cr_expect_not_null(strstr(error, "2024-07-02T00:00:00Z"), "%s", error);
+}
+
+/*
+ * A book with a token discount driven by GPU-hours: 5 % off the token lines
+ * for the GPU-hours up to 1, 20 % above.
+ */
+static const char token_book[] =
+    "{\"name\": \"tokens\", \"currency\": \"USD\", \"gpu_hour\": {\"*\": \"2.00\"},"
+    " \"tokens_per_million\": {\"*\": {\"input\": \"1.00\", \"output\": \"2.00\"}},"
+    " \"discounts\": [{\"name\": \"Token discount\","
+    "  \"applies_to\": [\"input_tokens\", \"output_tokens\"], \"driver\": \"gpu\","
+    "  \"mode\": \"graduated\", \"tiers\": [{\"above\": \"0\", \"percent\": \"5\"},"
+    "  {\"above\": \"1\", \"percent\": \"20\"}]}]}";
+
+/* Stores the token book as a snapshot and returns an invoice of June that names it. */
+static char *token_invoice(const char *discount_name)
+{
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_book_snapshot_put(txn, token_book), HM_OK);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    ledger_book_sha256(token_book, sha256);
+    char *invoice = malloc(4096);
+    cr_assert_not_null(invoice);
+    snprintf(invoice, 4096,
+             "{\"tenant_name\": \"a\", \"period\": \"2024-06\", \"currency\": \"USD\","
+             " \"status\": \"finalized\", \"price_book\": \"tokens\","
+             " \"price_book_sha256\": \"%s\","
+             " \"total\": {\"amount\": \"3.87\", \"amount_minor\": 387}, \"lines\": ["
+             "  {\"kind\": \"gpu\", \"dimension\": \"A100\", \"amount_minor\": 40},"
+             "  {\"kind\": \"gpu\", \"dimension\": \"H100\", \"amount_minor\": 300},"
+             "  {\"kind\": \"input_tokens\", \"dimension\": \"m-large\", \"amount_minor\": 0},"
+             "  {\"kind\": \"input_tokens\", \"dimension\": \"m-small\", \"amount_minor\": 0},"
+             "  {\"kind\": \"output_tokens\", \"dimension\": \"m-large\", \"amount_minor\": 1},"
+             "  {\"kind\": \"discount\", \"description\": \"%s\", \"amount_minor\": -1}"
+             " ]}",
+             sha256, discount_name);
+    return invoice;
+}
+
+/* The discount comes from the invoice's snapshot, not from the tenant's book now. */
+Test(explain, token_discount_driven_by_gpu_hours)
+{
+    june_fixture();
+    struct tenant tenant = tenant_record(tenant_a, "a");
+    char *invoice = token_invoice("Token discount");
+    json_t *result = NULL;
+    char error[512] = "";
+    cr_assert_eq(explain_invoice_build(ledger, &tenant, 202406, invoice, 0, &result, error,
+                                       sizeof error),
+                 HM_OK, "%s", error);
+    free(invoice);
+    cr_expect(json_is_false(json_object_get(result, "sliced")));
+    json_t *discount = json_object_get(explained_line(result, 6), "discount");
+    cr_assert_not_null(discount);
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "name")), "Token discount");
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "mode")), "graduated");
+    json_t *kinds = json_object_get(discount, "applies_to");
+    cr_assert_eq(json_array_size(kinds), 2);
+    cr_expect_str_eq(json_string_value(json_array_get(kinds, 0)), "input_tokens");
+    cr_expect_str_eq(json_string_value(json_array_get(kinds, 1)), "output_tokens");
+    json_t *numbers = json_object_get(discount, "applies_to_lines");
+    cr_assert_eq(json_array_size(numbers), 3);
+    cr_expect_eq(json_integer_value(json_array_get(numbers, 0)), 3);
+    cr_expect_eq(json_integer_value(json_array_get(numbers, 1)), 4);
+    cr_expect_eq(json_integer_value(json_array_get(numbers, 2)), 5);
+    cr_expect_eq(json_integer_value(json_object_get(discount, "base_minor")), 1);
+    /* The driver is the GPU, not the tokens: 3600 + 1800 + 600 + 60 = 6060 GPU-seconds. */
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "driver")), "gpu");
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "driver_meter")), "gpu_seconds");
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "driver_raw_quantity")), "6060");
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "driver_quantity")),
+                     "1.683333333333");
+    cr_expect_str_eq(json_string_value(json_object_get(discount, "driver_unit")), "GPU-hour");
+    json_decref(result);
+}
+
+Test(explain, discount_not_in_book_rejected)
+{
+    struct tenant tenant = tenant_record(tenant_a, "a");
+    char *invoice = token_invoice("Loyalty discount");
+    json_t *result = NULL;
+    char error[512] = "";
+    cr_expect_eq(explain_invoice_build(ledger, &tenant, 202406, invoice, 0, &result, error,
+                                       sizeof error),
+                 HM_ERR_INVALID);
+    free(invoice);
+    cr_expect_not_null(strstr(error, "\"Loyalty discount\""), "%s", error);
+    cr_expect_not_null(strstr(error, "\"tokens\""), "%s", error);
+}
+
+Test(explain, missing_snapshot_rejected)
+{
+    struct tenant tenant = tenant_record(tenant_a, "a");
+    const char *invoice = "{\"currency\": \"USD\", \"price_book_sha256\": \"00ff\", \"lines\": []}";
+    json_t *result = NULL;
+    char error[512] = "";
+    cr_expect_eq(
+        explain_invoice_build(ledger, &tenant, 202406, invoice, 0, &result, error, sizeof error),
+        HM_ERR_STORAGE);
+    cr_expect_not_null(strstr(error, "snapshot 00ff"), "%s", error);
+}
+
+/* A slice_start that is no slice of the book: here June 20, while the book cuts June at June 11. */
+Test(explain, slice_not_in_book_rejected)
+{
+    struct tenant tenant = tenant_record(tenant_a, "a");
+    const char *invoice = "{\"currency\": \"USD\", \"lines\": [{\"kind\": \"gpu\","
+                          " \"dimension\": \"H100\", \"slice_start\": \"2024-06-20T00:00:00Z\"}]}";
+    json_t *result = NULL;
+    char error[512] = "";
+    cr_expect_eq(
+        explain_invoice_build(ledger, &tenant, 202406, invoice, 0, &result, error, sizeof error),
+        HM_ERR_INVALID);
+    cr_expect_not_null(strstr(error, "2024-06-20T00:00:00Z"), "%s", error);
 }

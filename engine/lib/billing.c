@@ -36,18 +36,27 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                  hm_status_str(rc));
         return rc;
     }
+    return billing_usage_totals_with(ledger, tenant, &settings, period, book, usage,
+                                     event_count_out, error, error_size);
+}
+
+int billing_usage_totals_with(struct ledger *ledger, const struct tenant *tenant,
+                              const struct tenant_settings *settings, uint32_t period,
+                              const struct pricebook *book, struct usage_totals *usage,
+                              uint64_t *event_count_out, char *error, size_t error_size)
+{
     enum support_tier tier = SUPPORT_NONE;
-    if (support_tier_parse(settings.support_tier, &tier) != HM_OK) {
+    if (support_tier_parse(settings->support_tier, &tier) != HM_OK) {
         snprintf(error, error_size, "tenant %s has the unknown support tier \"%s\"; set one with "
                  "`meterctl tenant set %s --support-tier none|basic|pro|enterprise`",
-                 tenant->name, settings.support_tier, tenant->name);
+                 tenant->name, settings->support_tier, tenant->name);
         return HM_ERR_STORAGE;
     }
     int64_t start_s = period_start_us(period) / 1000000;
     int64_t end_s = period_start_us(period_next(period)) / 1000000;
     int64_t starts[USAGE_INPUT_SLICES_MAX];
     size_t slice_count = 0;
-    rc = pricebook_slices(book, start_s, end_s, starts, USAGE_INPUT_SLICES_MAX, &slice_count);
+    int rc = pricebook_slices(book, start_s, end_s, starts, USAGE_INPUT_SLICES_MAX, &slice_count);
     if (rc == HM_ERR_NOT_FOUND) {
         snprintf(error, error_size, "tenant %s: price book \"%s\" has no version in effect at "
                  "the start of %04u-%02u; give its first version an earlier effective_from",
@@ -64,7 +73,7 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                            error, error_size);
     if (rc != HM_OK)
         return rc;
-    usage->service_end_s = settings.service_end_s;
+    usage->service_end_s = settings->service_end_s;
     usage->support_tier = tier;
     return HM_OK;
 }
@@ -154,6 +163,14 @@ static int credits_load(struct ledger *ledger, const struct tenant *tenant,
     for (size_t i = 0; i < count; i++) {
         if (grants[i].balance_minor <= 0)
             continue;
+        /* Rating leaves such a grant alone, so a warning keeps its balance from going unnoticed. */
+        if (strcmp(grants[i].currency, input->book->currency->code) != 0)
+            fprintf(stderr, "meterctl: warning: tenant %s: credit grant %llu is in %s, but price "
+                    "book \"%s\" bills in %s, so the grant is not used; revoke it with "
+                    "`meterctl credit revoke %llu --reason TEXT` and grant the credit in %s\n",
+                    tenant->name, (unsigned long long)grants[i].id, grants[i].currency,
+                    input->book->name, input->book->currency->code,
+                    (unsigned long long)grants[i].id, input->book->currency->code);
         if (used == USAGE_CREDITS_MAX) {
             snprintf(error, error_size, "tenant %s has more than %d credit grants with a balance; "
                      "rating takes at most %d", tenant->name, USAGE_CREDITS_MAX,
@@ -212,11 +229,12 @@ static int adjustments_build(const struct tenant *tenant, struct rating_input *i
 
 /*
  * Gathers the rating input of a tenant's period: settings, the book with its
- * snapshot hash, usage, credit grants and the late usage of earlier periods.
+ * snapshot hash, usage, credit grants (unless with_credits is 0) and the
+ * late usage of earlier periods.
  */
 static int rating_input_build(struct ledger *ledger, const struct tenant *tenant,
-                              uint32_t period, struct rating_input *input, char *error,
-                              size_t error_size)
+                              uint32_t period, int with_credits, struct rating_input *input,
+                              char *error, size_t error_size)
 {
     memset(input, 0, sizeof *input);
     int rc = pricebook_snapshot_for(ledger, tenant, &input->book, &input->book_text,
@@ -224,10 +242,10 @@ static int rating_input_build(struct ledger *ledger, const struct tenant *tenant
     if (rc == HM_OK)
         rc = ledger_tenant_settings_get(ledger, tenant->id, &input->settings);
     if (rc == HM_OK) {
-        rc = billing_usage_totals(ledger, tenant, period, input->book, &input->usage,
-                                  &input->events, error, error_size);
+        rc = billing_usage_totals_with(ledger, tenant, &input->settings, period, input->book,
+                                       &input->usage, &input->events, error, error_size);
     }
-    if (rc == HM_OK)
+    if (rc == HM_OK && with_credits)
         rc = credits_load(ledger, tenant, input, error, error_size);
     if (rc == HM_OK)
         rc = billing_late_usage(ledger, tenant, period, &input->late, &input->late_count, error,
@@ -239,12 +257,13 @@ static int rating_input_build(struct ledger *ledger, const struct tenant *tenant
     return rc;
 }
 
-int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
-                  struct invoice *invoice, uint64_t *event_count_out, char *error,
-                  size_t error_size)
+/* Rates a draft, with or without the tenant's credit grants. */
+static int draft_rate(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                      int with_credits, struct invoice *invoice, uint64_t *event_count_out,
+                      char *error, size_t error_size)
 {
     struct rating_input input;
-    int rc = rating_input_build(ledger, tenant, period, &input, error, error_size);
+    int rc = rating_input_build(ledger, tenant, period, with_credits, &input, error, error_size);
     if (rc != HM_OK)
         return rc;
     rc = pricing_rate(&input.usage, input.book, invoice, error, error_size);
@@ -252,6 +271,30 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
         *event_count_out = input.events;
     rating_input_free(&input);
     return rc;
+}
+
+int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                  struct invoice *invoice, uint64_t *event_count_out, char *error,
+                  size_t error_size)
+{
+    return draft_rate(ledger, tenant, period, 1, invoice, event_count_out, error, error_size);
+}
+
+int billing_draft_without_credits(struct ledger *ledger, const struct tenant *tenant,
+                                  uint32_t period, struct invoice *invoice, char *error,
+                                  size_t error_size)
+{
+    return draft_rate(ledger, tenant, period, 0, invoice, NULL, error, error_size);
+}
+
+int64_t billing_usage_net_minor(const struct invoice *invoice)
+{
+    int64_t amount = invoice->subtotal.minor - invoice->discount_total.minor;
+    for (size_t i = 0; i < invoice->line_count; i++) {
+        if (invoice->lines[i].kind == INVOICE_LINE_ADJUSTMENT)
+            amount -= invoice->lines[i].amount.minor;
+    }
+    return amount;
 }
 
 int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
@@ -274,8 +317,7 @@ int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint
 
 /* ---- Late usage of earlier periods ---- */
 
-/* What a period has billed for its usage: its net plus every late usage correction since. */
-static int64_t billed_usage_minor(const struct billed_period *billed)
+int64_t billing_billed_usage_minor(const struct billed_period *billed)
 {
     int64_t amount = billed->net_minor;
     for (size_t i = 0; i < billed->change_count; i++) {
@@ -304,9 +346,22 @@ static int late_rate(struct ledger *ledger, const struct tenant *tenant,
     free(text);
     if (rc != HM_OK)
         return rc;
+    /* The period is priced with the settings it was billed with, when its record keeps them. */
+    struct tenant billed_tenant = *tenant;
+    struct tenant_settings settings;
+    rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
+    if (rc == HM_OK && billed->has_billed_with) {
+        billed_tenant.service_start_s = billed->service_start_s;
+        snprintf(settings.support_tier, sizeof settings.support_tier, "%s", billed->support_tier);
+        settings.service_end_s = billed->service_end_s;
+    }
     struct usage_totals usage;
-    rc = billing_usage_totals(ledger, tenant, billed->period, book, &usage, &late->events_now,
-                              error, error_size);
+    if (rc == HM_OK)
+        rc = billing_usage_totals_with(ledger, &billed_tenant, &settings, billed->period, book,
+                                       &usage, &late->events_now, error, error_size);
+    else
+        snprintf(error, error_size, "cannot read the settings of tenant %s: %s", tenant->name,
+                 hm_status_str(rc));
     struct invoice invoice;
     if (rc == HM_OK) {
         rc = pricing_rate(&usage, book, &invoice, error, error_size);
@@ -314,7 +369,7 @@ static int late_rate(struct ledger *ledger, const struct tenant *tenant,
     }
     if (rc == HM_OK) {
         int64_t net = invoice.subtotal.minor - invoice.discount_total.minor;
-        late->difference_minor = net - billed_usage_minor(billed);
+        late->difference_minor = net - billing_billed_usage_minor(billed);
         late->currency = invoice.currency;
         invoice_free(&invoice);
     }
@@ -378,7 +433,11 @@ struct closing {
     struct invoice invoice;
     json_t *json;
     char number[DOCUMENT_NUMBER_MAX];
+    uint64_t meter_events[ROLLUP_EVENTS + 1]; /* see meter_events_read */
 };
+
+static int meter_events_read(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                             uint64_t meter_events[ROLLUP_EVENTS + 1]);
 
 static void timestamp_format(int64_t seconds, char *out, size_t size)
 {
@@ -463,34 +522,107 @@ static int file_write_atomic(const char *path, const char *text)
     return HM_OK;
 }
 
-/*
- * Writes the file of every sealed invoice of the period from the ledger,
- * which stays the record: a close interrupted after its commit gets its
- * files on the next run.
- */
-static void invoice_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
+/* Stops the walk at the first document stored by number. */
+static int document_has_number(void *context, const char *number, const char *text)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
-    if ((mkdir(invoices_dir, 0700) != 0 && errno != EEXIST) ||
-        (mkdir(path, 0700) != 0 && errno != EEXIST)) {
-        fprintf(stderr, "meterctl: cannot create %s: %s; the invoices are stored in the ledger, "
-                "and `meterctl invoice show` prints them\n", path, strerror(errno));
-        return;
+    (void)text;
+    if (number == NULL)
+        return HM_OK;
+    *(int *)context = 1;
+    return 1;
+}
+
+/* Writes a file unless it already contains `text` and a newline, as file_write_atomic writes. */
+static int file_write_changed(const char *path, const char *text)
+{
+    FILE *file = fopen(path, "rb");
+    if (file != NULL) {
+        size_t size = strlen(text);
+        char *stored = malloc(size + 2);
+        size_t got = stored ? fread(stored, 1, size + 2, file) : 0;
+        fclose(file);
+        int same = stored != NULL && got == size + 1 && memcmp(stored, text, size) == 0 &&
+                   stored[size] == '\n';
+        free(stored);
+        if (same)
+            return HM_OK;
     }
+    return file_write_atomic(path, text);
+}
+
+/* Creates a directory unless it exists; reports a failure on stderr. */
+static int directory_make(const char *path)
+{
+    if (mkdir(path, 0700) == 0 || errno == EEXIST)
+        return HM_OK;
+    fprintf(stderr, "meterctl: cannot create %s: %s; the documents are stored in the ledger, "
+            "and `meterctl invoice show` prints them\n", path, strerror(errno));
+    return HM_ERR_IO;
+}
+
+struct document_files {
+    char dir[4096];
+    int failed;
+};
+
+static int document_file_write(void *context, const char *number, const char *text)
+{
+    struct document_files *files = context;
+    if (number == NULL || files->failed)
+        return HM_OK;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s.json", files->dir, number);
+    if (file_write_changed(path, text) != HM_OK) {
+        fprintf(stderr, "meterctl: writing %s failed: %s; the document is stored in the "
+                "ledger, and `meterctl invoice show %s` prints it\n", path, strerror(errno),
+                number);
+        files->failed = 1;
+    }
+    return HM_OK;
+}
+
+/*
+ * Writes the files of the documents from the ledger, which stays the record,
+ * so that a command interrupted after its commit gets its files on the next
+ * run: every document by number under invoices_dir/documents, and when
+ * period is not 0 the current invoice of each tenant for the period under
+ * invoices_dir/YYYY-MM/<tenant name>.json. A directory is made only for a
+ * file to write.
+ */
+void billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
+{
+    struct document_files files = { .failed = 0 };
+    snprintf(files.dir, sizeof files.dir, "%s/documents", invoices_dir);
+    int has_documents = 0;
+    ledger_document_each(ledger, document_has_number, &has_documents);
+    if (has_documents && directory_make(invoices_dir) == HM_OK &&
+        directory_make(files.dir) == HM_OK)
+        ledger_document_each(ledger, document_file_write, &files);
+    if (period == 0)
+        return;
+
     struct tenant *tenants = NULL;
     size_t count = 0;
     if (ledger_tenant_list(ledger, &tenants, &count) != HM_OK)
         return;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
+    int period_dir_made = 0;
     for (size_t i = 0; i < count; i++) {
         char *text = NULL;
         if (ledger_invoice_get(ledger, tenants[i].id, period, &text) != HM_OK)
             continue;
-        snprintf(path, sizeof path, "%s/%04u-%02u/%s.json", invoices_dir, period / 100,
-                 period % 100, tenants[i].name);
-        if (file_write_atomic(path, text) != HM_OK)
+        if (!period_dir_made &&
+            (directory_make(invoices_dir) != HM_OK || directory_make(path) != HM_OK)) {
+            free(text);
+            break;
+        }
+        period_dir_made = 1;
+        char file[4200];
+        snprintf(file, sizeof file, "%s/%s.json", path, tenants[i].name);
+        if (file_write_changed(file, text) != HM_OK)
             fprintf(stderr, "meterctl: writing %s failed: %s; the invoice is stored in the "
-                    "ledger, and `meterctl invoice show` prints it\n", path, strerror(errno));
+                    "ledger, and `meterctl invoice show` prints it\n", file, strerror(errno));
         free(text);
     }
     free(tenants);
@@ -537,7 +669,7 @@ static void closings_free(struct closing *closings, size_t count)
 static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing *closing,
                           char *error, size_t error_size)
 {
-    int rc = rating_input_build(ledger, &closing->tenant, period, &closing->input, error,
+    int rc = rating_input_build(ledger, &closing->tenant, period, 1, &closing->input, error,
                                 error_size);
     if (rc != HM_OK)
         return rc;
@@ -558,7 +690,9 @@ static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing
         rating_input_free(&closing->input);
         return 1;
     }
-    rc = invoice_to_json(&closing->invoice, &closing->json);
+    rc = meter_events_read(ledger, &closing->tenant, period, closing->meter_events);
+    if (rc == HM_OK)
+        rc = invoice_to_json(&closing->invoice, &closing->json);
     if (rc != HM_OK) {
         invoice_free(&closing->invoice);
         rating_input_free(&closing->input);
@@ -572,7 +706,7 @@ static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing
  * stays open while the others close.
  */
 static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing **out,
-                          size_t *count_out, int *failures_out)
+                          size_t *count_out, int *failures_out, size_t *sealed_out)
 {
     struct tenant *tenants = NULL;
     size_t tenant_count = 0;
@@ -584,10 +718,12 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
         free(tenants);
         return HM_ERR_NOMEM;
     }
-    size_t count = 0;
+    size_t count = 0, sealed = 0;
     int failures = 0;
     for (size_t i = 0; i < tenant_count; i++) {
         int closed = ledger_period_closed(ledger, tenants[i].id, period);
+        if (closed > 0)
+            sealed++;
         if (closed != 0) {
             if (closed > 0)
                 fprintf(stderr, "meterctl: tenant %s: period %04u-%02u is already closed; "
@@ -616,6 +752,7 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
     *out = closings;
     *count_out = count;
     *failures_out = failures;
+    *sealed_out = sealed;
     return HM_OK;
 }
 
@@ -794,6 +931,32 @@ static int late_store(struct ledger_txn *txn, struct closing *closing,
 }
 
 /*
+ * Counts the period's events per meter as `invoice explain` compares them
+ * with the lines: the events of each meter's rollups, and for storage the
+ * storage events. Kept at close, so that later events do not blur the check.
+ */
+static int meter_events_read(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
+                             uint64_t meter_events[ROLLUP_EVENTS + 1])
+{
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    if (rc != HM_OK)
+        return rc;
+    memset(meter_events, 0, (ROLLUP_EVENTS + 1) * sizeof *meter_events);
+    for (size_t i = 0; i < count; i++) {
+        const struct rollup_row *row = &rows[i];
+        if (row->meter == ROLLUP_EVENTS &&
+            strcmp(row->dimension, event_kind_name(EVENT_STORAGE)) == 0)
+            meter_events[ROLLUP_STORAGE_BYTE_SECONDS] += (uint64_t)row->quantity;
+        else if (row->meter != ROLLUP_EVENTS && row->meter != ROLLUP_STORAGE_BYTE_SECONDS)
+            meter_events[row->meter] += row->event_count;
+    }
+    free(rows);
+    return HM_OK;
+}
+
+/*
  * Stores one closing in the close's transaction: takes the issuer's next
  * number, seals and stores the invoice, points the period at it, keeps the
  * book snapshot and the billed state, burns the credits and settles the
@@ -838,16 +1001,26 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     if (rc == HM_OK)
         rc = ledger_book_snapshot_put(txn, closing->input.book_text);
 
+    /*
+     * The net kept is what the period's own usage costs: the adjustments of
+     * earlier periods on this invoice are accounted for in their own records.
+     */
     const struct invoice *invoice = &closing->invoice;
     struct billed_period billed = { .period = period,
                                     .events = closing->input.events,
-                                    .net_minor = invoice->subtotal.minor -
-                                                 invoice->discount_total.minor,
+                                    .net_minor = billing_usage_net_minor(invoice),
                                     .total_minor = invoice->total.minor };
     snprintf(billed.number, sizeof billed.number, "%s", closing->number);
     snprintf(billed.issuer, sizeof billed.issuer, "%s", closing->input.settings.issuer);
     snprintf(billed.currency, sizeof billed.currency, "%s", invoice->currency->code);
     snprintf(billed.book_sha256, sizeof billed.book_sha256, "%s", closing->input.book_sha256);
+    billed.has_billed_with = 1;
+    snprintf(billed.support_tier, sizeof billed.support_tier, "%s",
+             closing->input.settings.support_tier);
+    billed.service_start_s = tenant->service_start_s;
+    billed.service_end_s = closing->input.settings.service_end_s;
+    billed.has_meter_events = 1;
+    memcpy(billed.meter_events, closing->meter_events, sizeof billed.meter_events);
     if (rc == HM_OK)
         rc = ledger_billed_put(txn, tenant->id, &billed);
     for (size_t i = 0; rc == HM_OK && i < invoice->credit_count; i++)
@@ -896,9 +1069,9 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return rc;
     }
     struct closing *closings = NULL;
-    size_t count = 0;
+    size_t count = 0, sealed = 0;
     int failures = 0;
-    rc = close_rate_all(ledger, period, &closings, &count, &failures);
+    rc = close_rate_all(ledger, period, &closings, &count, &failures, &sealed);
     if (rc != HM_OK) {
         ledger_abort(txn);
         fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
@@ -909,7 +1082,12 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         ledger_abort(txn);
         closings_free(closings, count);
         if (invoices_dir != NULL)
-            invoice_files_write(ledger, period, invoices_dir);
+            billing_files_write(ledger, period, invoices_dir);
+        if (failures == 0 && sealed == 0) {
+            fprintf(out, "no tenant was in service in %04u-%02u; nothing to close\n",
+                    period / 100, period % 100);
+            return HM_OK;
+        }
         if (failures == 0) {
             fprintf(out, "Period %04u-%02u: nothing to close; every tenant's invoice for it is "
                     "already sealed\n", period / 100, period % 100);
@@ -940,7 +1118,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
 
     crash_point("close-after-commit");
     if (invoices_dir != NULL)
-        invoice_files_write(ledger, period, invoices_dir);
+        billing_files_write(ledger, period, invoices_dir);
     summary_print(out, period, closings, count, failures);
     closings_free(closings, count);
     return failures ? close_failures_report(period, failures) : HM_OK;
@@ -972,6 +1150,87 @@ int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s,
                  "the close grace window of %lld hours waits for late events; wait, or change "
                  "it with `meterctl settings set %s N`", period / 100, period % 100, allowed,
                  end, (long long)grace_hours, BILLING_GRACE_SETTING);
+    return HM_ERR_STATE;
+}
+
+/* Appends "tenant T: YYYY-MM (reason)" to a list of open months, up to the buffer's end. */
+static void open_month_append(char *list, size_t size, const char *tenant, uint32_t period,
+                              const char *reason)
+{
+    size_t used = strlen(list);
+    if (used < size)
+        snprintf(list + used, size - used, "%stenant %s: %04u-%02u (%s)", used ? ", " : "",
+                 tenant, period / 100, period % 100, reason);
+}
+
+/*
+ * Checks one tenant for open months before `period` in which it was in
+ * service or has events. Returns the number found, appended to `list`.
+ */
+static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant,
+                              uint32_t period, char *list, size_t list_size, int *error_rc)
+{
+    struct tenant_settings settings;
+    uint32_t *event_periods = NULL;
+    size_t event_count = 0;
+    int rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
+    if (rc == HM_OK)
+        rc = ledger_event_periods(ledger, tenant->id, period, &event_periods, &event_count);
+    if (rc != HM_OK) {
+        *error_rc = rc;
+        return 0;
+    }
+    int found = 0;
+    /* A tenant without a service start (0) is checked by its events only. */
+    uint32_t month = tenant->service_start_s > 0
+                         ? event_period_of(tenant->service_start_s * 1000000)
+                         : period;
+    if (event_count > 0 && event_periods[0] < month)
+        month = event_periods[0];
+    for (; month < period; month = period_next(month)) {
+        int64_t start_s = period_start_us(month) / 1000000;
+        int64_t end_s = period_start_us(period_next(month)) / 1000000;
+        int in_service = tenant->service_start_s > 0 && tenant->service_start_s < end_s &&
+                         (settings.service_end_s == 0 || settings.service_end_s > start_s);
+        int has_events = 0;
+        for (size_t i = 0; i < event_count; i++)
+            has_events |= event_periods[i] == month;
+        if ((!in_service && !has_events) || ledger_period_closed(ledger, tenant->id, month) != 0)
+            continue;
+        open_month_append(list, list_size, tenant->name, month,
+                          has_events ? "has events" : "in service");
+        found++;
+    }
+    free(event_periods);
+    return found;
+}
+
+int billing_close_order_check(struct ledger *ledger, uint32_t period, char *error,
+                              size_t error_size)
+{
+    struct tenant *tenants = NULL;
+    size_t count = 0;
+    int rc = ledger_tenant_list(ledger, &tenants, &count);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot list the tenants: %s", hm_status_str(rc));
+        return rc;
+    }
+    char list[1024] = "";
+    int found = 0;
+    for (size_t i = 0; i < count && rc == HM_OK; i++)
+        found += tenant_open_months(ledger, &tenants[i], period, list, sizeof list, &rc);
+    free(tenants);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "cannot read the open months of the tenants: %s",
+                 hm_status_str(rc));
+        return rc;
+    }
+    if (found == 0)
+        return HM_OK;
+    snprintf(error, error_size, "period %04u-%02u not closed: %d earlier month%s still open, "
+             "so its invoices would be numbered before theirs: %s; close those months first, "
+             "or pass --allow-gaps to close %04u-%02u anyway", period / 100, period % 100, found,
+             found == 1 ? " is" : "s are", list, period / 100, period % 100);
     return HM_ERR_STATE;
 }
 

@@ -23,6 +23,16 @@ int billing_usage_totals(struct ledger *ledger, const struct tenant *tenant, uin
                          const struct pricebook *book, struct usage_totals *usage,
                          uint64_t *event_count_out, char *error, size_t error_size);
 
+/*
+ * The same as billing_usage_totals with the tenant's settings given, for a
+ * rating with the settings a period was billed with rather than the current
+ * ones. The service start is tenant->service_start_s.
+ */
+int billing_usage_totals_with(struct ledger *ledger, const struct tenant *tenant,
+                              const struct tenant_settings *settings, uint32_t period,
+                              const struct pricebook *book, struct usage_totals *usage,
+                              uint64_t *event_count_out, char *error, size_t error_size);
+
 /* Counts the events stored for a tenant's period, of every kind. */
 int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                         uint64_t *count_out);
@@ -43,16 +53,51 @@ int billing_draft(struct ledger *ledger, const struct tenant *tenant, uint32_t p
                   size_t error_size);
 
 /*
+ * Rates a tenant's draft like billing_draft, without its credit grants, so
+ * that a problem with a grant cannot stop a comparison of usage charges.
+ */
+int billing_draft_without_credits(struct ledger *ledger, const struct tenant *tenant,
+                                  uint32_t period, struct invoice *invoice, char *error,
+                                  size_t error_size);
+
+/*
+ * Returns what an invoice charges for its own period's usage: subtotal minus
+ * discounts, without the adjustment lines of earlier periods, before credits.
+ */
+int64_t billing_usage_net_minor(const struct invoice *invoice);
+
+/*
+ * Returns what a finalized period has billed for its own usage: the net at
+ * its close (without adjustments of earlier periods) plus every late usage
+ * change billed since (adjustment lines on later invoices, late usage credit
+ * notes). Manual credit notes are not usage changes and stay out.
+ */
+int64_t billing_billed_usage_minor(const struct billed_period *billed);
+
+/*
  * Closes a period for every tenant that has not closed it: rates all of
  * them first, then stores the sealed invoices and closes the period for
- * every tenant that rated cleanly, in one transaction. Then writes each
- * invoice as JSON to `invoices_dir`/YYYY-MM/<tenant name>.json (when not
- * NULL) and prints a summary table to `out`. A tenant that cannot be rated
- * (a missing price, an overflow) stays open and makes the result
- * HM_ERR_INVALID, so that one tenant's usage never holds back the others.
+ * every tenant that rated cleanly, in one transaction. Then, when
+ * `invoices_dir` is not NULL, writes the files of billing_files_write and
+ * prints a summary table to `out`. A period in which no tenant was in
+ * service or used anything closes nothing, and the summary reports that.
+ * A tenant that cannot be rated (a missing price, an overflow) stays open
+ * and makes the result HM_ERR_INVALID, so that one tenant's usage never
+ * holds back the others.
  * Errors are printed to stderr.
  */
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
+
+/*
+ * Writes the files of the documents from the ledger, which stays the record:
+ * every invoice and credit note by number as
+ * `invoices_dir`/documents/NUMBER.json (a void invoice keeps its number, so
+ * the file of each revision stays), and when period is not 0 each tenant's
+ * current invoice of the period as `invoices_dir`/YYYY-MM/<tenant name>.json.
+ * Files are mode 0600 and replaced atomically, only when they differ.
+ * Failures are reported on stderr.
+ */
+void billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir);
 
 /*
  * Prints a stored document as a readable table: an invoice (draft,
@@ -68,6 +113,15 @@ int billing_invoice_print(const char *invoice_json, FILE *out);
  */
 int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s, char *error,
                           size_t error_size);
+
+/*
+ * Checks that closing `period` keeps invoice numbers in time order: no
+ * tenant has an open month before it in which the tenant was in service
+ * (from its service start, when it has one) or has events. Returns HM_OK,
+ * or HM_ERR_STATE with every such tenant and month and the fix in `error`.
+ */
+int billing_close_order_check(struct ledger *ledger, uint32_t period, char *error,
+                              size_t error_size);
 
 #define BILLING_GRACE_SETTING "close-grace-hours"
 /* Upper bound of the grace window: a quarter of a year. */

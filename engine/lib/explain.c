@@ -178,6 +178,8 @@ struct explanation {
     char period_text[8];
     const struct money_currency *currency;
     json_t *invoice_lines; /* borrowed from the parsed invoice */
+    struct pricebook *book; /* the invoice's book snapshot, else the tenant's book now */
+    const struct pricebook_version *last_version; /* in effect in the last slice */
     bool sliced;
     size_t slice_count;
     int64_t slice_starts[USAGE_INPUT_SLICES_MAX + 1];
@@ -186,65 +188,90 @@ struct explanation {
     struct rollup_row *slice_rows[USAGE_INPUT_SLICES_MAX + 1]; /* read on first use */
     size_t slice_row_counts[USAGE_INPUT_SLICES_MAX + 1];
     bool slice_read[USAGE_INPUT_SLICES_MAX + 1];
+    /* A sealed invoice: its lines are as at close, the rollups as now. */
+    bool sealed;
+    uint64_t events_at_close; /* the invoice's event_count */
+    uint64_t events_now;
+    bool has_billed; /* the billed record of the period, when the ledger keeps one */
+    struct billed_period billed;
     char *error;
     size_t error_size;
 };
 
 static void explanation_free(struct explanation *x)
 {
+    pricebook_free(x->book);
     free(x->month_rows);
     for (size_t i = 0; i < x->slice_count; i++)
         free(x->slice_rows[i]);
-}
-
-static int slice_start_add(struct explanation *x, int64_t start_s)
-{
-    size_t at = 0;
-    while (at < x->slice_count && x->slice_starts[at] < start_s)
-        at++;
-    if (at < x->slice_count && x->slice_starts[at] == start_s)
-        return HM_OK;
-    if (x->slice_count > USAGE_INPUT_SLICES_MAX)
-        return HM_ERR_INVALID;
-    memmove(&x->slice_starts[at + 1], &x->slice_starts[at],
-            (x->slice_count - at) * sizeof x->slice_starts[0]);
-    x->slice_starts[at] = start_s;
-    x->slice_count++;
-    return HM_OK;
+    if (x->has_billed)
+        ledger_billed_free(&x->billed);
 }
 
 /*
- * Collects the slices from the lines' slice_start. NOTE: the invoice names
- * only slices that have a line. A slice without any line had no billed
- * usage, so merging it into the slice before leaves every line's quantity
- * as it is, but events of zero quantity in it count toward that slice.
+ * Describes how the period's late events were billed: by the documents
+ * that its billed record lists as late usage changes, or not yet.
  */
-static int slices_collect(struct explanation *x)
+static json_t *late_billing_json(const struct explanation *x)
 {
-    x->slice_count = 1;
-    x->slice_starts[0] = x->period_start_s;
-    size_t index;
-    json_t *line;
-    json_array_foreach(x->invoice_lines, index, line)
-    {
-        const char *text = json_string_value(json_object_get(line, "slice_start"));
-        if (text == NULL)
-            continue;
-        int64_t start_s = 0;
-        if (time_parse(text, &start_s) != HM_OK || start_s < x->period_start_s ||
-            start_s >= x->period_end_s) {
-            snprintf(x->error, x->error_size,
-                     "line %zu has slice_start \"%s\", which is not a time inside %s", index + 1,
-                     text, x->period_text);
-            return HM_ERR_INVALID;
-        }
-        x->sliced = true;
-        if (slice_start_add(x, start_s) != HM_OK) {
-            snprintf(x->error, x->error_size, "the invoice names more than %d slices",
-                     USAGE_INPUT_SLICES_MAX);
-            return HM_ERR_INVALID;
+    json_t *late = json_object();
+    json_t *documents = json_array();
+    if (x->has_billed) {
+        for (size_t i = 0; i < x->billed.change_count; i++) {
+            if (x->billed.changes[i].late_usage)
+                json_array_append_new(documents, json_string(x->billed.changes[i].number));
         }
     }
+    /* The record counts the events that its amounts account for, late ones billed included. */
+    bool pending = !x->has_billed || x->billed.events < x->events_now;
+    json_object_set_new(late, "billed_by", documents);
+    json_object_set_new(late, "pending", json_boolean(pending));
+    return late;
+}
+
+/*
+ * Loads the book the invoice was rated with: the snapshot named by its
+ * price_book_sha256, else (a draft, or an invoice sealed before snapshots)
+ * the tenant's book as it is now.
+ */
+static int book_load(struct explanation *x, json_t *invoice)
+{
+    const char *sha256 = string_of(invoice, "price_book_sha256");
+    if (sha256[0] == '\0')
+        return billing_pricebook_for(x->ledger, x->tenant, &x->book, x->error, x->error_size);
+    char *text = NULL;
+    int rc = ledger_book_snapshot_get(x->ledger, sha256, &text);
+    if (rc != HM_OK) {
+        snprintf(x->error, x->error_size,
+                 "the price book snapshot %s of the invoice of tenant %s for %s cannot be read: "
+                 "%s",
+                 sha256, x->tenant->name, x->period_text, hm_status_str(rc));
+        return rc == HM_ERR_NOT_FOUND ? HM_ERR_STORAGE : rc;
+    }
+    char error[512];
+    rc = pricebook_parse(text, strlen(text), &x->book, error, sizeof error);
+    free(text);
+    if (rc != HM_OK)
+        snprintf(x->error, x->error_size, "the price book snapshot %s cannot be parsed: %s",
+                 sha256, error);
+    return rc;
+}
+
+/* Cuts the period into the slices of the book's versions, as rating does. */
+static int slices_collect(struct explanation *x)
+{
+    int rc = pricebook_slices(x->book, x->period_start_s, x->period_end_s, x->slice_starts,
+                              USAGE_INPUT_SLICES_MAX, &x->slice_count);
+    if (rc != HM_OK) {
+        snprintf(x->error, x->error_size,
+                 "price book \"%s\" has no version in effect at the start of %s, so the "
+                 "invoice of tenant %s cannot be cut into slices; give its first version an "
+                 "earlier effective_from",
+                 x->book->name, x->period_text, x->tenant->name);
+        return rc == HM_ERR_NOT_FOUND ? HM_ERR_INVALID : rc;
+    }
+    x->sliced = x->slice_count > 1;
+    x->last_version = pricebook_version_at(x->book, x->slice_starts[x->slice_count - 1]);
     return HM_OK;
 }
 
@@ -260,6 +287,31 @@ static size_t slice_index_of(const struct explanation *x, int64_t start_s)
 static int64_t slice_end_of(const struct explanation *x, size_t slice)
 {
     return slice + 1 < x->slice_count ? x->slice_starts[slice + 1] : x->period_end_s;
+}
+
+/* Checks that every line's slice_start is the start of a slice of the book. */
+static int line_slices_check(struct explanation *x)
+{
+    size_t index;
+    json_t *line;
+    json_array_foreach(x->invoice_lines, index, line)
+    {
+        const char *text = json_string_value(json_object_get(line, "slice_start"));
+        int64_t start_s = 0;
+        if (text == NULL)
+            continue;
+        bool known = time_parse(text, &start_s) == HM_OK;
+        for (size_t i = 0; known && i < x->slice_count && x->slice_starts[i] != start_s; i++)
+            known = i + 1 < x->slice_count;
+        if (!known) {
+            snprintf(x->error, x->error_size,
+                     "line %zu has slice_start \"%s\", which is not where a version of price "
+                     "book \"%s\" starts a slice of %s; the invoice does not match its book",
+                     index + 1, text, x->book->name, x->period_text);
+            return HM_ERR_INVALID;
+        }
+    }
+    return HM_OK;
 }
 
 /* The slice of a line: its slice_start, else the first slice. */
@@ -381,9 +433,24 @@ static int explain_usage(struct explanation *x, const struct meter_info *meter, 
     json_object_set_new(item, "rollup", rollup);
     json_object_set_new(item, "line_quantity", json_string(string_of(line, "quantity")));
     json_object_set_new(item, "line_unit", json_string(string_of(line, "unit")));
-    if (json_is_integer(json_object_get(line, "events")))
-        json_object_set_new(item, "invoice_events", json_incref(json_object_get(line, "events")));
+    json_t *line_events = json_object_get(line, "events");
+    if (json_is_integer(line_events))
+        json_object_set_new(item, "invoice_events", json_incref(line_events));
     *events_out = events;
+    /* A sealed line is the usage at close; the rollup above may hold events that came later. */
+    if (x->sealed && json_is_integer(line_events)) {
+        *events_out = (uint64_t)json_integer_value(line_events);
+        json_t *at_close = json_object();
+        json_object_set_new(at_close, "quantity", json_string(string_of(line, "quantity")));
+        json_object_set_new(at_close, "unit", json_string(string_of(line, "unit")));
+        json_object_set_new(at_close, "events", json_incref(line_events));
+        json_object_set_new(item, "at_close", at_close);
+        if (events > *events_out) {
+            json_t *late = late_billing_json(x);
+            json_object_set_new(late, "events", json_integer((json_int_t)(events - *events_out)));
+            json_object_set_new(item, "late_since_close", late);
+        }
+    }
     return HM_OK;
 }
 
@@ -408,17 +475,30 @@ static void explain_fee(struct explanation *x, json_t *line, json_t *item)
 }
 
 /*
- * The line kinds a discount applies to and its driver. TODO: the price
- * book in use has one discount, the GPU volume discount, which applies to
- * the GPU lines and is driven by GPU-hours. Once books carry named
- * discounts with applies_to and driver, look the line's description up
- * among the discounts of the last slice's version.
+ * Finds the discount of a discount line in the version of the last slice.
+ * Rating adds discount lines in book order and leaves out those of amount
+ * 0, so the discount lines before it are matched by name in the same order.
+ * Returns NULL when no discount of that version has the line's description.
  */
-static void discount_scope(json_t *line, const char **applies_to, const char **driver)
+static const struct pricebook_discount *discount_of_line(const struct explanation *x,
+                                                         size_t line_index)
 {
-    (void)line;
-    *applies_to = "gpu";
-    *driver = "gpu";
+    const struct pricebook_version *version = x->last_version;
+    size_t next = 0;
+    const struct pricebook_discount *found = NULL;
+    for (size_t i = 0; i <= line_index && version != NULL; i++) {
+        json_t *line = json_array_get(x->invoice_lines, i);
+        if (strcmp(string_of(line, "kind"), "discount") != 0)
+            continue;
+        found = NULL;
+        const char *name = string_of(line, "description");
+        while (next < version->discount_count && found == NULL) {
+            if (strcmp(version->discounts[next].name, name) == 0)
+                found = &version->discounts[next];
+            next++;
+        }
+    }
+    return found;
 }
 
 /* Sums the whole period's quantity of a meter, all dimensions, in raw units. */
@@ -449,25 +529,39 @@ static json_t *billing_quantity_json(const struct explanation *x, const struct m
     return json_string(text);
 }
 
-static void explain_discount(struct explanation *x, json_t *line, json_t *item)
+static int explain_discount(struct explanation *x, size_t line_index, json_t *line, json_t *item)
 {
-    const char *applies_to = NULL, *driver_kind = NULL;
-    discount_scope(line, &applies_to, &driver_kind);
-    const struct meter_info *driver = meter_of_kind(driver_kind);
+    const struct pricebook_discount *found = discount_of_line(x, line_index);
+    if (found == NULL) {
+        snprintf(x->error, x->error_size,
+                 "line %zu is the discount \"%s\", which price book \"%s\" does not have in "
+                 "its version in effect at the end of %s; the invoice does not match its book",
+                 line_index + 1, string_of(line, "description"), x->book->name, x->period_text);
+        return HM_ERR_INVALID;
+    }
     json_t *discount = json_object();
     json_t *kinds = json_array();
-    json_array_append_new(kinds, json_string(applies_to));
+    for (size_t k = 0; k < PRICEBOOK_USAGE_KINDS; k++) {
+        if (found->applies_to[k])
+            json_array_append_new(kinds, json_string(meter_infos[k].line_kind));
+    }
     json_t *numbers = json_array();
     int64_t base_minor = 0;
     size_t index;
     json_t *other;
     json_array_foreach(x->invoice_lines, index, other)
     {
-        if (strcmp(string_of(other, "kind"), applies_to) != 0)
+        const struct meter_info *meter = meter_of_kind(string_of(other, "kind"));
+        if (meter == NULL || !found->applies_to[meter - meter_infos])
             continue;
         json_array_append_new(numbers, json_integer((json_int_t)index + 1));
         base_minor += json_integer_value(json_object_get(other, "amount_minor"));
     }
+    const struct meter_info *driver = &meter_infos[found->driver];
+    json_object_set_new(discount, "name", json_string(found->name));
+    json_object_set_new(discount, "mode", json_string(found->mode == PRICEBOOK_DISCOUNT_VOLUME
+                                                          ? "volume"
+                                                          : "graduated"));
     json_object_set_new(discount, "applies_to", kinds);
     json_object_set_new(discount, "applies_to_lines", numbers);
     json_object_set_new(discount, "base", amount_json(base_minor, x->currency));
@@ -478,7 +572,16 @@ static void explain_discount(struct explanation *x, json_t *line, json_t *item)
     json_object_set_new(discount, "driver_unit", json_string(driver->billing_unit));
     json_object_set_new(discount, "driver_raw_quantity", int128_json(raw));
     json_object_set_new(discount, "driver_meter", json_string(driver->meter_name));
+    json_t *tiers = json_array();
+    for (size_t i = 0; i < found->tier_count; i++) {
+        char above[MONEY_TEXT_SIZE], percent[MONEY_TEXT_SIZE];
+        money_decimal_format(found->tiers[i].above_pico, 0, above, sizeof above);
+        money_decimal_format(found->tiers[i].percent_pico, 0, percent, sizeof percent);
+        json_array_append_new(tiers, json_pack("{s:s, s:s}", "above", above, "percent", percent));
+    }
+    json_object_set_new(discount, "tiers", tiers);
     json_object_set_new(item, "discount", discount);
+    return HM_OK;
 }
 
 /* Explains an adjustment: the earlier period and its events that arrived after its close. */
@@ -553,7 +656,7 @@ static int explain_line(struct explanation *x, size_t index, json_t *line, json_
     else if (strcmp(kind, "base_fee") == 0 || strcmp(kind, "support_fee") == 0)
         explain_fee(x, line, item);
     else if (strcmp(kind, "discount") == 0)
-        explain_discount(x, line, item);
+        rc = explain_discount(x, index, line, item);
     else if (strcmp(kind, "adjustment") == 0)
         explain_adjustment(x, line, item);
     else if (strcmp(kind, "commitment_true_up") == 0)
@@ -573,12 +676,22 @@ static int explain_line(struct explanation *x, size_t index, json_t *line, json_
 static json_t *events_check_json(const struct explanation *x, const uint64_t *line_events,
                                  const bool *has_lines)
 {
+    /*
+     * Sealed lines are compared with the events at close: the counts the
+     * billed record kept, or the rollups when no event came after the close.
+     * Without either there is no like count, and the check is left out.
+     */
+    bool at_close_kept = x->has_billed && x->billed.has_meter_events;
+    if (x->sealed && !at_close_kept && x->events_now != x->events_at_close)
+        return json_null();
     json_t *checks = json_array();
     for (size_t m = 0; m < METER_INFO_COUNT; m++) {
         if (!has_lines[m])
             continue;
         uint64_t period_events = 0;
-        if (meter_infos[m].meter == ROLLUP_STORAGE_BYTE_SECONDS) {
+        if (x->sealed && at_close_kept) {
+            period_events = x->billed.meter_events[meter_infos[m].meter];
+        } else if (meter_infos[m].meter == ROLLUP_STORAGE_BYTE_SECONDS) {
             period_events =
                 row_events(x->month_rows, x->month_count, ROLLUP_STORAGE_BYTE_SECONDS, "");
         } else {
@@ -621,8 +734,11 @@ static int explain_lines(struct explanation *x, size_t line_number, json_t *resu
             has_lines[meter - meter_infos] = true;
         }
     }
-    if (line_number == 0)
+    if (line_number == 0) {
         json_object_set_new(result, "events_check", events_check_json(x, line_events, has_lines));
+        json_object_set_new(result, "events_check_of",
+                            json_string(x->sealed ? "at close" : "now"));
+    }
     return HM_OK;
 }
 
@@ -641,12 +757,14 @@ static void explain_header(struct explanation *x, json_t *invoice, json_t *resul
     json_object_set_new(result, "total",
                         json_string(string_of(json_object_get(invoice, "total"), "amount")));
     json_object_set_new(result, "sliced", json_boolean(x->sliced));
-    json_t *sealed = json_object_get(invoice, "event_count");
-    uint64_t now = 0;
-    if (json_is_integer(sealed) &&
-        billing_event_count(x->ledger, x->tenant, x->period, &now) == HM_OK)
+    if (x->sealed && x->events_now > x->events_at_close) {
+        json_t *late = late_billing_json(x);
+        json_object_set_new(late, "events",
+                            json_integer((json_int_t)(x->events_now - x->events_at_close)));
         json_object_set_new(result, "late_events",
-                            json_integer((json_int_t)now - json_integer_value(sealed)));
+                            json_integer((json_int_t)(x->events_now - x->events_at_close)));
+        json_object_set_new(result, "late_since_close", late);
+    }
 }
 
 /* Fills the parts of the explanation that come from the invoice text and the month's rollups. */
@@ -670,7 +788,32 @@ static int explanation_start(struct explanation *x, json_t *invoice, size_t line
                  line_count == 1 ? "" : "s", line_count);
         return HM_ERR_INVALID;
     }
-    int rc = slices_collect(x);
+    json_t *event_count = json_object_get(invoice, "event_count");
+    x->sealed = string_of(invoice, "sha256")[0] != '\0' && json_is_integer(event_count);
+    if (x->sealed) {
+        x->events_at_close = (uint64_t)json_integer_value(event_count);
+        int rc = billing_event_count(x->ledger, x->tenant, x->period, &x->events_now);
+        if (rc == HM_OK)
+            rc = ledger_billed_get(x->ledger, x->tenant->id, x->period, &x->billed);
+        if (rc == HM_OK) {
+            x->has_billed = true;
+            /* A void record of another number describes another revision. */
+            const char *number = string_of(invoice, "number");
+            if (number[0] != '\0' && strcmp(number, x->billed.number) != 0) {
+                ledger_billed_free(&x->billed);
+                x->has_billed = false;
+            }
+        } else if (rc != HM_ERR_NOT_FOUND) {
+            snprintf(x->error, x->error_size, "cannot read the billed state of tenant %s for "
+                     "%s: %s", x->tenant->name, x->period_text, hm_status_str(rc));
+            return rc;
+        }
+    }
+    int rc = book_load(x, invoice);
+    if (rc == HM_OK)
+        rc = slices_collect(x);
+    if (rc == HM_OK)
+        rc = line_slices_check(x);
     if (rc != HM_OK)
         return rc;
     rc = ledger_rollups(x->ledger, x->tenant->id, x->period, &x->month_rows, &x->month_count);
@@ -718,6 +861,29 @@ int explain_invoice_build(struct ledger *ledger, const struct tenant *tenant, ui
 
 /* ---- Printing an explanation ---- */
 
+/* Prints "N late events since the close, billed by DOC" or "..., pending: ...". */
+static void late_billing_print(json_t *late, FILE *out)
+{
+    fprintf(out, "%" JSON_INTEGER_FORMAT " late event%s since the close",
+            json_integer_value(json_object_get(late, "events")),
+            json_integer_value(json_object_get(late, "events")) == 1 ? "" : "s");
+    json_t *documents = json_object_get(late, "billed_by");
+    size_t index;
+    json_t *number;
+    if (json_is_true(json_object_get(late, "pending"))) {
+        fprintf(out, ", pending: billed on the next close");
+        if (json_array_size(documents) > 0)
+            fprintf(out, " (earlier ones billed by");
+    } else {
+        fprintf(out, ", billed by");
+    }
+    json_array_foreach(documents, index, number)
+        fprintf(out, "%s%s", index ? ", " : " ", json_string_value(number));
+    if (json_is_true(json_object_get(late, "pending")) && json_array_size(documents) > 0)
+        fputc(')', out);
+    fputc('\n', out);
+}
+
 static void print_usage_detail(json_t *item, FILE *out)
 {
     json_t *rollup = json_object_get(item, "rollup");
@@ -725,11 +891,26 @@ static void print_usage_detail(json_t *item, FILE *out)
     if (json_object_get(rollup, "slice_start") != NULL)
         fprintf(out, "      slice %s to %s\n", string_of(rollup, "slice_start"),
                 string_of(rollup, "slice_end"));
-    fprintf(out, "      quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; on the line %s %s\n",
+    json_t *at_close = json_object_get(item, "at_close");
+    if (at_close == NULL) {
+        fprintf(out, "      quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; on the line %s %s\n",
+                string_of(rollup, "quantity"), string_of(rollup, "meter"),
+                json_integer_value(json_object_get(rollup, "events")),
+                json_object_get(rollup, "events_are") ? " (storage samples)" : "",
+                string_of(item, "line_quantity"), string_of(item, "line_unit"));
+        return;
+    }
+    fprintf(out, "      at close (the sealed line): quantity %s %s, events %" JSON_INTEGER_FORMAT
+            "\n", string_of(at_close, "quantity"), string_of(at_close, "unit"),
+            json_integer_value(json_object_get(at_close, "events")));
+    json_t *late = json_object_get(item, "late_since_close");
+    if (late == NULL)
+        return;
+    fprintf(out, "      now: quantity %s %s, events %" JSON_INTEGER_FORMAT "%s; ",
             string_of(rollup, "quantity"), string_of(rollup, "meter"),
             json_integer_value(json_object_get(rollup, "events")),
-            json_object_get(rollup, "events_are") ? " (storage samples)" : "",
-            string_of(item, "line_quantity"), string_of(item, "line_unit"));
+            json_object_get(rollup, "events_are") ? " (storage samples)" : "");
+    late_billing_print(late, out);
 }
 
 static void print_detail(json_t *item, FILE *out)
@@ -746,17 +927,25 @@ static void print_detail(json_t *item, FILE *out)
                 json_integer_value(json_object_get(part, "period_seconds")),
                 string_of(part, "service_start"), string_of(part, "service_end"));
     } else if ((part = json_object_get(item, "discount")) != NULL) {
-        const char *kind =
-            json_string_value(json_array_get(json_object_get(part, "applies_to"), 0));
-        fprintf(out, "      applies to the %s lines", kind ? kind : "");
         size_t index;
-        json_t *number;
+        json_t *kind, *number;
+        fprintf(out, "      %s, %s: applies to the", string_of(part, "name"),
+                string_of(part, "mode"));
+        json_array_foreach(json_object_get(part, "applies_to"), index, kind)
+            fprintf(out, "%s%s", index ? ", " : " ", json_string_value(kind));
+        fprintf(out, " lines");
         json_array_foreach(json_object_get(part, "applies_to_lines"), index, number)
             fprintf(out, "%s%" JSON_INTEGER_FORMAT, index ? ", " : " ", json_integer_value(number));
         fprintf(out, " (sum %s); driver %s: %s %s (%s %s)\n", string_of(part, "base"),
                 string_of(part, "driver"), string_of(part, "driver_quantity"),
                 string_of(part, "driver_unit"), string_of(part, "driver_raw_quantity"),
                 string_of(part, "driver_meter"));
+        json_t *tier;
+        fprintf(out, "      tiers:");
+        json_array_foreach(json_object_get(part, "tiers"), index, tier)
+            fprintf(out, "%s above %s %s: %s %%", index ? "," : "", string_of(tier, "above"),
+                    string_of(part, "driver_unit"), string_of(tier, "percent"));
+        fputc('\n', out);
     } else if ((part = json_object_get(item, "adjustment")) != NULL) {
         json_t *late = json_object_get(part, "late_events");
         json_t *late_now = json_object_get(part, "late_events_now");
@@ -795,8 +984,13 @@ static void explanation_print(json_t *result, FILE *out)
         print_detail(item, out);
     }
     json_t *checks = json_object_get(result, "events_check");
+    bool at_close = strcmp(string_of(result, "events_check_of"), "at close") == 0;
+    if (json_is_null(checks))
+        fprintf(out, "\nThe events per meter at close were not kept for this invoice, and "
+                "events came later, so the lines are not checked against the period's events\n");
     if (json_array_size(checks) > 0) {
-        fprintf(out, "\n%-22s %12s %14s\n", "events of meter", "on lines", "in period");
+        fprintf(out, "\n%-22s %12s %14s\n", "events of meter", "on lines",
+                at_close ? "at close" : "in period");
         json_array_foreach(checks, index, item)
         {
             fprintf(out, "%-22s %12" JSON_INTEGER_FORMAT " %14" JSON_INTEGER_FORMAT "  %s\n",
@@ -808,12 +1002,11 @@ static void explanation_print(json_t *result, FILE *out)
                         : "DIFFER: events of zero quantity make no line");
         }
     }
-    json_t *late = json_object_get(result, "late_events");
-    if (json_integer_value(late) > 0)
-        fprintf(out,
-                "\nNOTE: %" JSON_INTEGER_FORMAT " events of the period arrived after the "
-                "close; the quantities and events above include them, the sealed lines do not\n",
-                json_integer_value(late));
+    json_t *late = json_object_get(result, "late_since_close");
+    if (late != NULL) {
+        fprintf(out, "\nLate events: ");
+        late_billing_print(late, out);
+    }
 }
 
 /*
@@ -961,24 +1154,13 @@ static struct pricebook *rerate_book_load(const char *path)
 }
 
 /*
- * Reads a tenant's current total and currency: the finalized invoice's when
- * the period is closed for it, else the draft's. Returns HM_OK, 1 when the
- * tenant gets no invoice for the period (as at close), or a negative error
- * with the message in error.
- */
-/*
  * What an invoice charges for its own period: subtotal minus discounts,
  * without the late usage of earlier periods and before credits, which
  * re-rating under another book leaves alone.
  */
 static int64_t invoice_usage_charges(const struct invoice *invoice)
 {
-    int64_t amount = invoice->subtotal.minor - invoice->discount_total.minor;
-    for (size_t i = 0; i < invoice->line_count; i++) {
-        if (invoice->lines[i].kind == INVOICE_LINE_ADJUSTMENT)
-            amount -= invoice->lines[i].amount.minor;
-    }
-    return amount;
+    return billing_usage_net_minor(invoice);
 }
 
 /* The same as invoice_usage_charges, for a sealed invoice's JSON. */
@@ -1004,6 +1186,13 @@ static int stored_usage_charges(json_t *invoice, int64_t *out)
     return HM_OK;
 }
 
+/*
+ * Reads what a tenant's period has billed for its own usage, and its
+ * currency: for a finalized period the sealed invoice's usage charges plus
+ * the late usage billed since its close, else the draft's usage charges.
+ * Returns HM_OK, 1 when the tenant gets no invoice for the period (as at
+ * close), or a negative error with the message in error.
+ */
 static int rerate_current(struct ledger *ledger, const struct tenant *tenant, uint32_t period,
                           struct rerate_row *row, char currency[4], char *error, size_t error_size)
 {
@@ -1025,14 +1214,30 @@ static int rerate_current(struct ledger *ledger, const struct tenant *tenant, ui
                      "amount_minor");
         }
         json_decref(invoice);
+        /* Late usage billed since the close (adjustments, late usage credit notes) counts too. */
+        struct billed_period billed;
+        int billed_rc = rc == HM_OK ? ledger_billed_get(ledger, tenant->id, period, &billed)
+                                    : HM_ERR_NOT_FOUND;
+        if (billed_rc == HM_OK) {
+            for (size_t i = 0; i < billed.change_count; i++) {
+                if (billed.changes[i].late_usage)
+                    row->current_minor += billed.changes[i].amount_minor;
+            }
+            ledger_billed_free(&billed);
+        } else if (billed_rc != HM_ERR_NOT_FOUND) {
+            snprintf(error, error_size, "cannot read the billed state of the period: %s",
+                     hm_status_str(billed_rc));
+            rc = billed_rc;
+        }
         return rc;
     }
     if (rc != HM_ERR_NOT_FOUND) {
         snprintf(error, error_size, "cannot read the sealed invoice: %s", hm_status_str(rc));
         return rc;
     }
+    /* Credits do not change usage charges, so a problem with a grant cannot stop this. */
     struct invoice invoice;
-    rc = billing_draft(ledger, tenant, period, &invoice, NULL, error, error_size);
+    rc = billing_draft_without_credits(ledger, tenant, period, &invoice, error, error_size);
     if (rc != HM_OK)
         return rc;
     bool no_invoice = tenant->service_start_s >= period_end_s_of(period) && invoice.line_count == 0;

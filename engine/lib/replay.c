@@ -744,6 +744,44 @@ static int transport_open(struct replay *replay)
     return rc;
 }
 
+/* The fix for frames that meterd rejected with a status, for the summary. */
+static const char *reject_fix(enum frame_status status)
+{
+    switch (status) {
+    case FRAME_UNKNOWN_KEY:
+        return "a key in --keys is not in meterd's ledger; check --keys and meterd --data";
+    case FRAME_REVOKED_KEY:
+        return "a key in --keys was revoked; create another with `meterctl key create TENANT "
+               "--keys-file FILE` and replay with it";
+    case FRAME_BAD_MAC:
+        return "a key's secret in --keys does not match the ledger; copy the key line again";
+    case FRAME_WRONG_TENANT:
+        return "a key in --keys belongs to another tenant; check the TENANT_ID of its line";
+    case FRAME_MALFORMED:
+        return "an event failed meterd's validation; meterd's log names the event";
+    default:
+        return "the frame does not fit meterd's protocol or limits; use meterctl and meterd of "
+               "the same version";
+    }
+}
+
+/* Prints how many frames were rejected, by status, with the fix of each; nothing when none. */
+static void rejects_report(const struct client_stats *stats)
+{
+    if (stats->frames_rejected == 0)
+        return;
+    fprintf(stderr, "replay: %" PRIu64 " frame%s rejected (%" PRIu64 " events), nothing of them "
+            "stored:\n", stats->frames_rejected, stats->frames_rejected == 1 ? "" : "s",
+            stats->events_rejected);
+    for (int status = 1; status < FRAME_STATUS_COUNT; status++) {
+        uint64_t count = stats->frames_rejected_by_status[status];
+        if (count > 0)
+            fprintf(stderr, "replay:   %s: %" PRIu64 " frame%s; %s\n",
+                    frame_status_name((enum frame_status)status), count, count == 1 ? "" : "s",
+                    reject_fix((enum frame_status)status));
+    }
+}
+
 /* Prints the summary line and returns the exit status that the counts call for. */
 static int report(struct replay *replay, int status)
 {
@@ -766,6 +804,7 @@ static int report(struct replay *replay, int status)
            stats.events_conflict, stats.events_rejected, seconds,
            seconds > 0 ? (double)replay->events / seconds : 0.0, replay->frames, undelivered);
     fflush(stdout);
+    rejects_report(&stats);
     if (status != REPLAY_EXIT_OK)
         return status;
     if (stats.events_rejected > 0 || stats.events_conflict > 0 || undelivered > 0)

@@ -451,9 +451,9 @@ def rate_parsed(currency, rounding, versions, book_name, usage, tracker):
     # Credits.
     grants = []
     for credit in usage.get("credits", []):
+        # A grant in another currency cannot pay this invoice, so it does not apply.
         if credit["currency"] != currency:
-            raise RatingError("invalid", f"grant {credit['id']} is in {credit['currency']}, "
-                                         f"the book in {currency}")
+            continue
         granted = parse_time(credit["granted"])
         expires = 0 if credit.get("expires") is None else parse_time(credit["expires"])
         balance = int(credit["balance_minor"])
@@ -607,6 +607,15 @@ def hand_cases():
             "total": 0, "credits": [{"id": 9, "applied": 50, "balance_after": 0},
                                     {"id": 1, "applied": 50, "balance_after": 0},
                                     {"id": 3, "applied": 20, "balance_after": 980}]})
+    other_currency = [{"id": "2", "currency": "EUR", "balance_minor": 500,
+                       "granted": "2024-01-01T00:00:00Z", "expires": None},
+                      {"id": "6", "currency": "USD", "balance_minor": 30,
+                       "granted": "2024-02-01T00:00:00Z", "expires": None}]
+    yield ("credit in another currency does not apply",
+           {"name": "fee", "currency": "USD", "base_fee": "1.20"},
+           usage_of("2024-06", [], credits=other_currency),
+           {"lines": [("base_fee", "", 120)], "subtotal": 120, "credits_applied": 30,
+            "total": 90, "credits": [{"id": 6, "applied": 30, "balance_after": 0}]})
     commitment = {"name": "minimum", "currency": "USD", "gpu_hour": {"*": "2"},
                   "commitment": {"minimum": "100"}}
     yield ("commitment prorated", commitment,
@@ -653,10 +662,7 @@ def self_test():
                usage_of("2024-06", [("output_tokens", "m-x", 5)]), "not_found"),
               ("item start not a slice", pb1(), usage_of("2024-06", [], items=[
                   {"meter": "api_calls", "quantity": "5", "start": "2024-06-02T00:00:00Z"}]),
-               "invalid"),
-              ("credit currency mismatch", pb1(), usage_of("2024-06", [], credits=[
-                  {"id": "1", "currency": "EUR", "balance_minor": 5,
-                   "granted": "2024-01-01T00:00:00Z", "expires": None}]), "invalid"))
+               "invalid"))
     for name, book, usage, kind in errors:
         count += 1
         result = rate(book, usage)

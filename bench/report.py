@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Write bench/RESULTS.md and bench/throughput.png from a meterbench results file.
+
+meterbench runs this at the end of a run. Only the standard library is needed
+for RESULTS.md; the plot needs matplotlib (Debian: python3-matplotlib) and is
+skipped with a warning when it is missing.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+TARGET_EPS = 3_000_000
+TARGET_PG_RATIO = 25
+TARGET_P99_MS = 5.0
+
+
+def machine_description():
+    """Return CPU model, logical CPUs and memory from /proc."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory_kib = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    memory_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} logical CPUs (nproc), "
+            f"{memory_kib / 1024 / 1024:.1f} GiB memory, Linux {platform.release()}")
+
+
+def git_commit(source_dir):
+    """Return the commit of the source tree, marked when files differ from it."""
+    try:
+        commit = subprocess.run(["git", "-C", source_dir, "rev-parse", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", source_dir, "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def number(value, digits=0):
+    return f"{value:,.{digits}f}"
+
+
+def open_at(peer, load):
+    for entry in peer["open"]:
+        if abs(entry["load"] - load) < 1e-9:
+            return entry
+    return None
+
+
+def latency_cells(peer, load):
+    entry = open_at(peer, load)
+    if entry is None or entry["samples"] == 0:
+        return "n/a", "n/a", "n/a"
+    mark = "*" if entry["incomplete"] else ""
+    return (f"{entry['p50_ms']:.2f}{mark}", f"{entry['p99_ms']:.2f}{mark}",
+            f"{entry['p999_ms']:.2f}{mark}")
+
+
+def check_cell(peer):
+    if not peer["ran"]:
+        return "skipped"
+    if peer["failed"]:
+        return "FAILED"
+    if peer["name"] == "meterd-udp" and peer["stored"] != peer["sent"]:
+        return f"{peer['stored']:,} of {peer['sent']:,} stored"
+    parts = ["count ok" if peer["count_ok"] else "COUNT DIFFERS"]
+    if peer["rollups_checked"]:
+        parts.append("rollups equal" if peer["rollup_differences"] == 0
+                     else f"{peer['rollup_differences']} ROLLUPS DIFFER")
+    return ", ".join(parts)
+
+
+def main_table(results, peers):
+    engine = next((p for p in peers if p["name"] == "meterd-tcp" and p["ran"]), None)
+    lines = ["| peer | what an ack means | events/s (closed loop) | meterd-tcp ÷ peer | "
+             "p50 ms at 50 % | p99 ms at 50 % | p99.9 ms at 50 % | CPU s per M events | "
+             "peak RSS MiB | check |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for peer in peers:
+        if not peer["ran"]:
+            lines.append(f"| {peer['name']} | {peer['durability']} | skipped: {peer['note']} "
+                         "| | | | | | | |")
+            continue
+        ratio = "n/a"
+        if engine and peer["closed_eps"] > 0:
+            ratio = f"{engine['closed_eps'] / peer['closed_eps']:.2f}"
+        cpu = peer["cpu_s"] * 1e6 / peer["closed_events"] if peer["closed_events"] else 0
+        p50, p99, p999 = latency_cells(peer, 0.5)
+        if peer["name"] == "meterd-udp":
+            p50 = p99 = p999 = "no acks"
+        lines.append(f"| {peer['name']} | {peer['durability']} | {number(peer['closed_eps'])} | "
+                     f"{ratio} | {p50} | {p99} | {p999} | {cpu:.2f} | "
+                     f"{peer['rss_kib'] / 1024:.1f} | {check_cell(peer)} |")
+    return lines
+
+
+def load_table(peers):
+    lines = ["| peer | load | offered events/s | achieved events/s | frames measured | "
+             "p50 ms | p99 ms | p99.9 ms | max ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for peer in peers:
+        for entry in peer["open"]:
+            mark = " (incomplete)" if entry["incomplete"] else ""
+            if entry["achieved_eps"] < 0.9 * entry["offered_eps"]:
+                mark += " (saturated)"
+            lines.append(f"| {peer['name']} | {entry['load']:.2f}{mark} | "
+                         f"{number(entry['offered_eps'])} | {number(entry['achieved_eps'])} | "
+                         f"{entry['samples']:,} | {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} | "
+                         f"{entry['p999_ms']:.2f} | {entry['max_ms']:.2f} |")
+    return lines
+
+
+def target_lines(peers):
+    by_name = {p["name"]: p for p in peers if p["ran"] and p["closed_eps"] > 0}
+    engine = by_name.get("meterd-tcp")
+    if engine is None:
+        return ["meterd-tcp did not run, so no target can be compared."]
+    eps = engine["closed_eps"]
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines.append(f"| at least {number(TARGET_EPS)} events/s, durable TCP, batched frames | "
+                 f"{number(eps)} events/s ({eps / TARGET_EPS:.3f} of the target) | "
+                 f"{'yes' if eps >= TARGET_EPS else 'no'} |")
+    postgres = by_name.get("postgres-copy")
+    if postgres:
+        ratio = eps / postgres["closed_eps"]
+        lines.append(f"| at least {TARGET_PG_RATIO}x PostgreSQL COPY | {ratio:.2f}x | "
+                     f"{'yes' if ratio >= TARGET_PG_RATIO else 'no'} |")
+    lmdb = by_name.get("lmdb-raw")
+    if lmdb:
+        ratio = eps / lmdb["closed_eps"]
+        lines.append(f"| at or above the raw LMDB per-event append ceiling | {ratio:.2f}x of it | "
+                     f"{'yes' if ratio >= 1 else 'no'} |")
+    half = open_at(engine, 0.5)
+    if half and half["samples"]:
+        lines.append(f"| p99 ack latency at most {TARGET_P99_MS:g} ms at half the maximum | "
+                     f"{half['p99_ms']:.2f} ms | "
+                     f"{'yes' if half['p99_ms'] <= TARGET_P99_MS else 'no'} |")
+    return lines
+
+
+def write_markdown(results, path, source_dir):
+    peers = results["peers"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = [
+        "# meterbench results",
+        "",
+        "Written by `meterbench` (bench/report.py). How each peer is set up, and why, is in "
+        "`bench/README.md`.",
+        "",
+        f"- command: `{results['command']}` (run from the build directory)",
+        f"- date: {now}",
+        f"- commit: {git_commit(source_dir)}",
+        f"- machine: {machine_description()}",
+        f"- events: {results['closed_events']:,} in the closed loop; the pool holds "
+        f"{results['pool_events']:,} events, {results['trace_events']:,} of them replayed "
+        "from the bundled traces and the rest drawn from them; "
+        f"{results['events_per_frame']} events per frame, {results['tenants']} tenants",
+        f"- open loop: Poisson arrivals of frames for {results['duration_s']:g} s per load; "
+        "latency from each frame's scheduled arrival to its acknowledgement",
+        f"- group commit of the embedded peers: {results['group_events']} events per commit "
+        "(meterd's own average in its closed loop)",
+        "",
+        "NOTE: the CPU was shared with other work during this run, so the numbers are noisy; "
+        "compare peers within this run, not across runs.",
+        "",
+        "## Side by side",
+        "",
+    ]
+    text += main_table(results, peers)
+    text += ["", "An asterisk marks a phase that did not complete (time cap or failure).",
+             "CPU is that of the server processes (PostgreSQL: the postmaster and its "
+             "backends; Redis, meterd, the socket sink: their process) during the closed loop; "
+             "for SQLite and LMDB, which run in meterbench, the CPU of the storage thread.", ""]
+    queries = [p for p in peers if p["rollup_query_s"] > 0]
+    if queries:
+        text += ["Rollups computed by GROUP BY after the closed loop, timed apart from the "
+                 "ingest:", ""]
+        for peer in queries:
+            text.append(f"- {peer['name']}: {peer['rollup_query_s']:.3f} s over "
+                        f"{peer['closed_events']:,} events")
+        text.append("")
+    text += ["## Targets of the engine", "", "Ratios against peers in this run; the targets "
+             "are not asserted by any test.", ""]
+    text += target_lines(peers)
+    text += ["", "## Latency at each offered load", "",
+             "A load marked saturated achieved less than 90 % of what was offered: the peer, "
+             "or the single sender thread, could not keep up, and the latency is mostly queueing.",
+             ""]
+    text += load_table(peers)
+    text += ["", "![throughput and p99 latency against offered load](throughput.png)", ""]
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("\n".join(text))
+
+
+def write_plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is missing (apt-get install python3-matplotlib); "
+              "no throughput.png written", file=sys.stderr)
+        return
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    for peer in results["peers"]:
+        points = [e for e in peer["open"] if e["samples"] > 0]
+        if not peer["ran"] or not points:
+            continue
+        offered = [e["offered_eps"] for e in points]
+        throughput.plot(offered, [e["achieved_eps"] for e in points], marker="o",
+                        label=peer["name"])
+        latency.plot(offered, [e["p99_ms"] for e in points], marker="o", label=peer["name"])
+    for axes in (throughput, latency):
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("offered load (events/s)")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    throughput.set_ylabel("achieved (events/s)")
+    throughput.set_title("throughput against offered load")
+    latency.set_ylabel("p99 acknowledgement latency (ms)")
+    latency.set_title("p99 latency against offered load")
+    latency.axhline(TARGET_P99_MS, color="grey", linestyle="--", linewidth=1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", required=True, help="results JSON written by meterbench")
+    parser.add_argument("--out", required=True, help="directory for RESULTS.md and throughput.png")
+    args = parser.parse_args()
+    with open(args.results, encoding="utf-8") as source:
+        results = json.load(source)
+    source_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.makedirs(args.out, exist_ok=True)
+    write_markdown(results, os.path.join(args.out, "RESULTS.md"), source_dir)
+    write_plot(results, os.path.join(args.out, "throughput.png"))
+    print(f"report: wrote {os.path.join(args.out, 'RESULTS.md')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

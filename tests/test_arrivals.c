@@ -1,0 +1,277 @@
+/* The ledger's arrival sequence: per tenant, the order in which events were stored. */
+#include <criterion/criterion.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "ingest/wire.h"
+#include "rollup/ledger.h"
+
+static char dir[256];
+static struct ledger *ledger;
+
+static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* 2024-06-10T12:00:00Z */
+#define JUNE_10_US (INT64_C(1718020800) * 1000000)
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/hm-test-arrivals-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+}
+
+static void teardown(void)
+{
+    ledger_close(ledger);
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", dir);
+    cr_assert_eq(system(command), 0);
+}
+
+TestSuite(arrivals, .init = setup, .fini = teardown);
+
+static struct event api_call(const uint8_t tenant[UUID_SIZE], uint8_t id_byte)
+{
+    struct event event = { .kind = EVENT_API_CALL, .timestamp_us = JUNE_10_US };
+    memcpy(event.tenant_id, tenant, UUID_SIZE);
+    memset(event.event_id, id_byte, UUID_SIZE);
+    snprintf(event.u.api.endpoint, sizeof event.u.api.endpoint, "/v1/models");
+    event.u.api.response_code = 200;
+    return event;
+}
+
+/* Appends events in one transaction; returns how many were stored (not duplicates). */
+static int append_all(const struct event *events, size_t count)
+{
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    int stored = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint8_t record[RECORD_SIZE_MAX];
+        int size = record_encode(&events[i], record);
+        cr_assert_gt(size, 0);
+        int outcome = ledger_append(txn, &events[i], record, (size_t)size);
+        cr_assert_geq(outcome, 0);
+        stored += outcome == APPEND_STORED;
+    }
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    return stored;
+}
+
+struct seen {
+    uint64_t seqs[64];
+    uint8_t first_bytes[64];
+    size_t count;
+};
+
+static int remember(void *context, uint64_t seq, const struct event *event)
+{
+    struct seen *seen = context;
+    cr_assert_lt(seen->count, 64);
+    seen->seqs[seen->count] = seq;
+    seen->first_bytes[seen->count] = event->event_id[0];
+    seen->count++;
+    return HM_OK;
+}
+
+Test(arrivals, numbers_in_store_order_not_uuid_order)
+{
+    /* Ids 0x90, 0x10, 0x50 arrive in that order; the table sorts them 0x10, 0x50, 0x90. */
+    struct event first[] = { api_call(tenant_a, 0x90), api_call(tenant_a, 0x10) };
+    struct event second[] = { api_call(tenant_a, 0x50) };
+    cr_assert_eq(append_all(first, 2), 2);
+    cr_assert_eq(append_all(second, 1), 1);
+
+    struct seen seen = { 0 };
+    cr_assert_eq(ledger_arrivals_each(ledger, tenant_a, 0, 0, remember, &seen), HM_OK);
+    cr_assert_eq(seen.count, 3);
+    cr_expect_eq(seen.first_bytes[0], 0x90);
+    cr_expect_eq(seen.first_bytes[1], 0x10);
+    cr_expect_eq(seen.first_bytes[2], 0x50);
+    cr_expect_eq(seen.seqs[0], 1);
+    cr_expect_eq(seen.seqs[2], 3);
+}
+
+Test(arrivals, resume_after_checkpoint_finds_smaller_uuid)
+{
+    struct event early[] = { api_call(tenant_a, 0x80) };
+    cr_assert_eq(append_all(early, 1), 1);
+    uint64_t checkpoint = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_a, &checkpoint), HM_OK);
+    cr_assert_eq(checkpoint, 1);
+
+    /* A later event with a smaller UUID: a checkpoint on the UUID would skip it. */
+    struct event late[] = { api_call(tenant_a, 0x01) };
+    cr_assert_eq(append_all(late, 1), 1);
+    struct seen seen = { 0 };
+    cr_assert_eq(ledger_arrivals_each(ledger, tenant_a, checkpoint, 0, remember, &seen), HM_OK);
+    cr_assert_eq(seen.count, 1);
+    cr_expect_eq(seen.first_bytes[0], 0x01);
+    cr_expect_eq(seen.seqs[0], 2);
+}
+
+Test(arrivals, tenants_interleaved_in_one_batch)
+{
+    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_b, 2), api_call(tenant_a, 3),
+                              api_call(tenant_b, 4), api_call(tenant_b, 5) };
+    cr_assert_eq(append_all(events, 5), 5);
+    uint64_t last_a = 0, last_b = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_a, &last_a), HM_OK);
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_b, &last_b), HM_OK);
+    cr_expect_eq(last_a, 2);
+    cr_expect_eq(last_b, 3);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    cr_expect_eq(ledger_verify(ledger, tenant_b, 202406), HM_OK);
+}
+
+Test(arrivals, duplicates_take_no_number)
+{
+    struct event events[] = { api_call(tenant_a, 7), api_call(tenant_a, 7) };
+    cr_assert_eq(append_all(events, 2), 1);
+    struct event again[] = { api_call(tenant_a, 7), api_call(tenant_a, 8) };
+    cr_assert_eq(append_all(again, 2), 1);
+    uint64_t last = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_a, &last), HM_OK);
+    cr_expect_eq(last, 2);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
+}
+
+Test(arrivals, aborted_batch_takes_no_number)
+{
+    struct event kept[] = { api_call(tenant_a, 1) };
+    cr_assert_eq(append_all(kept, 1), 1);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    struct event dropped = api_call(tenant_a, 2);
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(&dropped, record);
+    cr_assert_eq(ledger_append(txn, &dropped, record, (size_t)size), APPEND_STORED);
+    ledger_abort(txn);
+
+    struct event next[] = { api_call(tenant_a, 3) };
+    cr_assert_eq(append_all(next, 1), 1);
+    uint64_t last = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_a, &last), HM_OK);
+    cr_expect_eq(last, 2);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
+}
+
+Test(arrivals, walk_stops_at_limit)
+{
+    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_a, 2), api_call(tenant_a, 3),
+                              api_call(tenant_a, 4) };
+    cr_assert_eq(append_all(events, 4), 4);
+    struct seen seen = { 0 };
+    cr_assert_eq(ledger_arrivals_each(ledger, tenant_a, 1, 2, remember, &seen), HM_OK);
+    cr_assert_eq(seen.count, 2);
+    cr_expect_eq(seen.seqs[0], 2);
+    cr_expect_eq(seen.seqs[1], 3);
+}
+
+/*
+ * Empties the arrivals table and removes the backfill mark with LMDB
+ * directly, as in a ledger written before the sequence existed.
+ */
+static void forget_arrivals(void)
+{
+    ledger_close(ledger);
+    ledger = NULL;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi arrivals, meta;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "arrivals", 0, &arrivals), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    cr_assert_eq(mdb_drop(txn, arrivals, 0), 0);
+    MDB_val mark = { strlen("arrival_index"), "arrival_index" };
+    cr_assert_eq(mdb_del(txn, meta, &mark, NULL), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+Test(arrivals, older_ledger_numbered_on_open)
+{
+    struct event events[] = { api_call(tenant_b, 9), api_call(tenant_a, 5), api_call(tenant_a, 2),
+                              api_call(tenant_b, 1) };
+    cr_assert_eq(append_all(events, 4), 4);
+    forget_arrivals();
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+
+    /* Numbered in (tenant, event id) order: a's ids 2, 5 and b's ids 1, 9. */
+    struct seen seen = { 0 };
+    cr_assert_eq(ledger_arrivals_each(ledger, tenant_a, 0, 0, remember, &seen), HM_OK);
+    cr_assert_eq(seen.count, 2);
+    cr_expect_eq(seen.first_bytes[0], 2);
+    cr_expect_eq(seen.first_bytes[1], 5);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
+
+    /* New events continue each tenant's sequence. */
+    struct event later[] = { api_call(tenant_b, 0) };
+    cr_assert_eq(append_all(later, 1), 1);
+    uint64_t last = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_b, &last), HM_OK);
+    cr_expect_eq(last, 3);
+}
+
+Test(arrivals, verify_detects_missing_number)
+{
+    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_a, 2) };
+    cr_assert_eq(append_all(events, 2), 2);
+    ledger_close(ledger);
+    ledger = NULL;
+
+    /* Removes arrival 1 of tenant a behind the ledger's back. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi arrivals;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "arrivals", 0, &arrivals), 0);
+    uint8_t key_bytes[UUID_SIZE + 8] = { 0 };
+    memcpy(key_bytes, tenant_a, UUID_SIZE);
+    key_bytes[UUID_SIZE + 7] = 1;
+    MDB_val key = { sizeof key_bytes, key_bytes };
+    cr_assert_eq(mdb_del(txn, arrivals, &key, NULL), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_ERR_CONFLICT);
+}
+
+Test(arrivals, older_ledger_numbered_in_steps)
+{
+    /* More events than one numbering transaction takes (100,000), so the work resumes. */
+    enum { EVENT_COUNT = 150001 };
+    struct event *events = calloc(EVENT_COUNT, sizeof *events);
+    cr_assert_not_null(events);
+    for (uint32_t i = 0; i < EVENT_COUNT; i++) {
+        events[i] = api_call(i % 3 ? tenant_a : tenant_b, 0);
+        memcpy(events[i].event_id, &i, sizeof i);
+    }
+    cr_assert_eq(append_all(events, EVENT_COUNT), EVENT_COUNT);
+    free(events);
+    forget_arrivals();
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+
+    uint64_t last_a = 0, last_b = 0;
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_a, &last_a), HM_OK);
+    cr_assert_eq(ledger_arrival_last(ledger, tenant_b, &last_b), HM_OK);
+    cr_expect_eq(last_a, 100000);
+    cr_expect_eq(last_b, 50001);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
+}
