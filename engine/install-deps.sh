@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config liburing-dev liblmdb-dev libjansson-dev libssl-dev
-          libcriterion-dev python3 lmdb-utils
+          libcriterion-dev python3 lmdb-utils clang libclang-rt-14-dev faketime
           libcurl4-openssl-dev openssl libpq-dev postgresql
           libsqlite3-dev redis-server python3-matplotlib)
 

@@ -2,6 +2,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "engine/lib/billing.h"
+#include "engine/lib/date.h"
 #include "engine/lib/explain.h"
 #include "engine/lib/export_stripe.h"
 #include "engine/lib/postgres_cli.h"
@@ -47,9 +48,10 @@ static const char usage_text[] =
     "  settings set close-grace-hours N\n"
     "                               wait N hours (0 to 2208) after a month ends before it can\n"
     "                               be closed, for late events (default 0)\n"
-    "  key create TENANT [--keys-file FILE]\n"
+    "  key create TENANT [--keys-file FILE] [--expires YYYY-MM-DD]\n"
     "                               create an API key; the key is printed once, or appended\n"
-    "                               to FILE (mode 0600) as \"TENANT_ID NAME KEY\" instead\n"
+    "                               to FILE (mode 0600) as \"TENANT_ID NAME KEY\" instead;\n"
+    "                               frames signed with it are rejected from that midnight UTC\n"
     "  key revoke KEY_ID            revoke a key (16 hex digits)\n"
     "  key list TENANT              list a tenant's keys (ids and status, never secrets)\n"
     "  pricebook check FILE         validate a price book and print every error\n"
@@ -215,22 +217,6 @@ static int tenant_name_valid(const char *name)
     return 1;
 }
 
-/* Parses YYYY-MM-DD as midnight UTC; a day that the month does not have is invalid. */
-static int date_parse(const char *text, int64_t *seconds_out)
-{
-    struct tm tm = { 0 };
-    const char *end = strptime(text, "%Y-%m-%d", &tm);
-    if (end == NULL || *end != '\0')
-        return HM_ERR_INVALID;
-    int year = tm.tm_year, month = tm.tm_mon, day = tm.tm_mday;
-    time_t seconds = timegm(&tm);
-    /* timegm normalizes 2024-02-30 to 2024-03-01; a changed date means it did not exist. */
-    if (tm.tm_year != year || tm.tm_mon != month || tm.tm_mday != day)
-        return HM_ERR_INVALID;
-    *seconds_out = (int64_t)seconds;
-    return HM_OK;
-}
-
 /* ---- tenant ---- */
 
 /* Issuer names follow the rule of tenant names: [A-Za-z0-9._-], 1 to 64 bytes. */
@@ -342,18 +328,6 @@ static int tenant_create(struct ledger *ledger, int argc, char **argv)
     uuid_format(tenant.id, text);
     printf("%s %s\n", text, tenant.name);
     return 0;
-}
-
-static void date_format(int64_t seconds, char *out, size_t size)
-{
-    if (seconds == 0) {
-        snprintf(out, size, "-");
-        return;
-    }
-    time_t at = (time_t)seconds;
-    struct tm tm;
-    gmtime_r(&at, &tm);
-    strftime(out, size, "%Y-%m-%d", &tm);
 }
 
 /*
@@ -510,14 +484,21 @@ static int keys_file_append(int fd, const char *path, const struct tenant *tenan
 
 static int key_create(struct ledger *ledger, int argc, char **argv)
 {
-    static const char *const with_value[] = { "--keys-file", NULL };
+    static const char *const with_value[] = { "--keys-file", "--expires", NULL };
     if (argc < 3)
-        return fail("usage: meterctl key create TENANT [--keys-file FILE]");
+        return fail("usage: meterctl key create TENANT [--keys-file FILE] [--expires YYYY-MM-DD]");
     if (check_options(argc, argv, 3, with_value, NULL))
         return 1;
     struct tenant tenant;
     if (find_tenant(ledger, argv[2], &tenant))
         return 1;
+    int64_t now_s = (int64_t)time(NULL), expires_s = 0;
+    const char *expires = option_value(argc, argv, "--expires");
+    if (expires != NULL && date_parse(expires, &expires_s) != HM_OK)
+        return fail("invalid --expires \"%s\": expected a date that exists, as YYYY-MM-DD",
+                    expires);
+    if (expires != NULL && expires_s <= now_s)
+        return fail("invalid --expires \"%s\": the date has passed; give a later date", expires);
     const char *keys_file = option_value(argc, argv, "--keys-file");
     int keys_fd = keys_file ? keys_file_open(keys_file) : -1;
     if (keys_file && keys_fd < 0)
@@ -525,8 +506,8 @@ static int key_create(struct ledger *ledger, int argc, char **argv)
 
     struct apikey key;
     int rc = apikey_generate(&key);
-    struct key_record record = { .key_id = key.key_id, .status = KEY_ACTIVE,
-                                 .created_s = (int64_t)time(NULL) };
+    struct key_record record = { .key_id = key.key_id, .status = KEY_ACTIVE, .created_s = now_s,
+                                 .expires_s = expires_s };
     if (rc == HM_OK) {
         memcpy(record.tenant_id, tenant.id, UUID_SIZE);
         apikey_signing_key(key.secret, record.signing_key);
@@ -590,13 +571,18 @@ static int key_list(struct ledger *ledger, int argc, char **argv)
     int rc = ledger_key_list(ledger, tenant.id, &keys, &count);
     if (rc != HM_OK)
         return fail("cannot list keys: %s", hm_status_str(rc));
-    printf("%-16s  %-8s  %s\n", "key id", "status", "created");
+    printf("%-16s  %-8s  %-20s  %s\n", "key id", "status", "created", "expires");
+    int64_t now_s = (int64_t)time(NULL);
     for (size_t i = 0; i < count; i++) {
-        char created[32];
+        char created[32], expires[DATE_TEXT_SIZE] = "never";
         time_t at = (time_t)keys[i].created_s;
         strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&at));
-        printf("%016" PRIx64 "  %-8s  %s\n", keys[i].key_id,
-               keys[i].status == KEY_ACTIVE ? "active" : "revoked", created);
+        if (keys[i].expires_s != 0)
+            date_format(keys[i].expires_s, expires, sizeof expires);
+        const char *status = keys[i].status != KEY_ACTIVE          ? "revoked"
+                             : keys[i].expires_s != 0 && now_s >= keys[i].expires_s ? "expired"
+                                                                                   : "active";
+        printf("%016" PRIx64 "  %-8s  %-20s  %s\n", keys[i].key_id, status, created, expires);
     }
     free(keys);
     return 0;

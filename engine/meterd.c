@@ -33,6 +33,12 @@ static void usage(FILE *out)
             "  --frame-timeout-ms MS close a connection whose started frame has not arrived\n"
             "                        whole within MS milliseconds (default 10000)\n"
             "  --idle-timeout-ms MS  close a connection idle for MS milliseconds (default 60000)\n"
+            "  --max-event-age-days DAYS\n"
+            "                        reject events older than DAYS days, 1 to 36500, or none\n"
+            "                        (default none: late usage of closed months is billed later)\n"
+            "  --max-event-skew-seconds SECONDS\n"
+            "                        reject events dated more than SECONDS ahead of this\n"
+            "                        server's clock, 1 to 31622400, or none (default 900)\n"
             "  --log-level LEVEL     error, warn, info or debug (default info)\n"
             "  --help                show this text\n");
 }
@@ -47,6 +53,21 @@ static int parse_number(const char *option, const char *text, long long min, lon
     if (errno != 0 || end == text || *end != '\0' || value < min || value > max) {
         fprintf(stderr, "meterd: invalid %s \"%s\": expected an integer from %lld to %lld\n",
                 option, text, min, max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* Parses a limit of 1 to max, or prints an error that also names the word "none". */
+static int parse_limit(const char *option, const char *text, long long max, long long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < 1 || value > max) {
+        fprintf(stderr, "meterd: invalid %s \"%s\": expected an integer from 1 to %lld, or none "
+                "for no limit\n", option, text, max);
         return -1;
     }
     *out = value;
@@ -105,6 +126,8 @@ int main(int argc, char **argv)
         { "max-connections", required_argument, NULL, 'c' },
         { "frame-timeout-ms", required_argument, NULL, 'f' },
         { "idle-timeout-ms", required_argument, NULL, 'i' },
+        { "max-event-age-days", required_argument, NULL, 'a' },
+        { "max-event-skew-seconds", required_argument, NULL, 's' },
         { "log-level", required_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -145,6 +168,22 @@ int main(int argc, char **argv)
             if (parse_number("--idle-timeout-ms", optarg, 1, 86400000, &value))
                 return 2;
             options.idle_timeout_ms = (uint32_t)value;
+            break;
+        case 'a':
+            if (strcmp(optarg, "none") == 0)
+                options.max_event_age_s = 0;
+            else if (parse_limit("--max-event-age-days", optarg, 36500, &value))
+                return 2;
+            else
+                options.max_event_age_s = value * 86400;
+            break;
+        case 's':
+            if (strcmp(optarg, "none") == 0)
+                options.max_event_skew_s = -1;
+            else if (parse_limit("--max-event-skew-seconds", optarg, 31622400, &value))
+                return 2;
+            else
+                options.max_event_skew_s = value;
             break;
         case 'l':
             if (log_set_level(optarg) != 0) {

@@ -39,6 +39,13 @@
 #define STATS_TICKS 8
 /* A connection idle this long may be closed to make room for a new one at connections_max. */
 #define EVICT_IDLE_MS 1000
+/*
+ * While the ledger is full, the held batch is committed again after waits
+ * that double from the first to the last. A freed disk is then used within
+ * seconds, and a full map logs a few lines, not one per loop pass.
+ */
+#define FULL_RETRY_FIRST_MS 500
+#define FULL_RETRY_MAX_MS 8000
 
 _Static_assert(BATCH_ARENA_SIZE >= 4 * FRAME_BODY_MAX, "a batch must hold several large frames");
 
@@ -117,8 +124,18 @@ struct server {
     uint64_t ops_outstanding; /* submitted operations whose completion has not been seen */
     uint32_t frame_timeout_ms;
     uint32_t idle_timeout_ms;
+    struct verify_policy policy; /* now_us is set for each frame */
     struct log_limit reject_log;
     struct log_limit commit_log;
+    /*
+     * Set when a commit found the ledger map or the disk full: the batch is
+     * held unacknowledged, TCP reads pause, UDP frames are dropped and
+     * counted, and the commit is tried again at full_retry_ms.
+     */
+    int full;
+    int64_t full_since_ms;
+    int64_t full_retry_ms;
+    int64_t full_retry_wait_ms;
 };
 
 static int64_t monotonic_ms(void)
@@ -126,6 +143,13 @@ static int64_t monotonic_ms(void)
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static int64_t realtime_us(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
 }
 
 static size_t acks_pending(const struct connection *connection)
@@ -269,7 +293,7 @@ static void arm_timer(struct server *server)
 static void arm_recv(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
-    if (connection->recv_armed || connection->closing || server->stopping ||
+    if (connection->recv_armed || connection->closing || server->stopping || server->full ||
         acks_pending(connection) > ACK_BACKLOG_MAX)
         return;
     struct io_uring_sqe *sqe = sqe_get(server);
@@ -558,12 +582,20 @@ static void log_reject(struct server *server, const char *transport, const char 
 
 static void commit_batch(struct server *server);
 
+/*
+ * Returns a new entry at the end of the batch, committing the batch first
+ * when it has no room. Returns NULL when it still has no room because the
+ * ledger is full and the batch is held.
+ */
 static struct batch_entry *batch_entry_add(struct server *server, size_t body_size)
 {
     struct ingest_batch *batch = &server->batch;
     if (batch->entry_count == batch->entry_capacity ||
         batch->arena_size + body_size > batch->arena_capacity)
         commit_batch(server);
+    if (batch->entry_count == batch->entry_capacity ||
+        batch->arena_size + body_size > batch->arena_capacity)
+        return NULL;
     struct batch_entry *entry = &batch->entries[batch->entry_count++];
     memset(entry, 0, sizeof *entry);
     entry->connection = -1;
@@ -581,18 +613,44 @@ static void lookup_begin(struct server *server)
 static void frame_receive(struct server *server, int32_t connection_index, const uint8_t *frame,
                           size_t frame_size, const char *peer)
 {
+    /* Nothing acknowledges a UDP frame, so while the ledger is full it is dropped and counted. */
+    if (server->full && connection_index < 0) {
+        server->stats.udp_dropped_full++;
+        return;
+    }
     server->stats.frames_received++;
     struct frame_header header = { 0 };
     uint16_t detail = 0;
     const char *reason = NULL;
     lookup_begin(server);
+    server->policy.now_us = realtime_us();
     enum frame_status status = server->lookup_open
-                                   ? frame_verify(frame, frame_size, server->hooks, &header,
-                                                  &detail, &reason)
+                                   ? frame_verify(frame, frame_size, server->hooks,
+                                                  &server->policy, &header, &detail, &reason)
                                    : FRAME_STORE_FAILED;
     size_t body_size = status == FRAME_ACCEPTED ? header.body_size : 0;
 
     struct batch_entry *entry = batch_entry_add(server, body_size);
+    if (entry == NULL) {
+        /*
+         * The ledger is full and the held batch has no room. The frame gets
+         * no ack: a UDP frame is counted as dropped, and a TCP connection is
+         * closed, so that its sender resends every unacknowledged frame later.
+         */
+        if (connection_index < 0) {
+            server->stats.udp_dropped_full++;
+            return;
+        }
+        struct connection *connection = &server->connections[connection_index];
+        server->stats.frames_by_status[FRAME_STORE_FAILED]++;
+        log_warn("server", "connection closed peer=%s reason=ledger_full: the held batch has "
+                 "no room for its frame; the sender resends it", connection->peer);
+        /* connection_parse still reads `in`: the slot is released after it returns. */
+        connection->closing = 1;
+        connection->aborted = 1;
+        shutdown(connection->fd, SHUT_RDWR);
+        return;
+    }
     entry->connection = connection_index;
     if (connection_index >= 0) {
         entry->generation = server->connections[connection_index].generation;
@@ -648,8 +706,57 @@ static void ack_queue(struct server *server, const struct batch_entry *entry)
     arm_send(server, (uint32_t)entry->connection);
 }
 
-/* Commits the batch (one durable transaction), then queues every ack in frame order. */
-static void commit_batch(struct server *server)
+/*
+ * Enters the full state after a commit found the ledger map or the disk full:
+ * the batch stays held without acks and TCP reads pause, so senders keep
+ * their frames (backpressure) until a later commit of the batch succeeds.
+ */
+static void full_enter(struct server *server, int rc)
+{
+    int64_t now = monotonic_ms();
+    if (!server->full) {
+        server->full = 1;
+        server->stats.store_full = 1;
+        server->full_since_ms = now;
+        server->full_retry_wait_ms = FULL_RETRY_FIRST_MS;
+        log_error("server", "ledger full: a commit found the LMDB map or the disk full (%s). "
+                  "%zu frames wait unacknowledged, TCP reads are paused and UDP frames are "
+                  "dropped and counted; restart meterd with a larger --map-size, or free disk "
+                  "space where the data directory is. The commit is tried again every few "
+                  "seconds, and ingest resumes when it succeeds",
+                  hm_status_str(rc), server->batch.entry_count);
+    } else if (server->full_retry_wait_ms < FULL_RETRY_MAX_MS) {
+        server->full_retry_wait_ms *= 2;
+    }
+    server->full_retry_ms = now + server->full_retry_wait_ms;
+    /* The next attempt appends every event again, so the counts start from zero. */
+    for (size_t i = 0; i < server->batch.entry_count; i++) {
+        struct batch_entry *entry = &server->batch.entries[i];
+        entry->stored = entry->duplicates = entry->conflicts = 0;
+    }
+}
+
+/* Leaves the full state after the held batch was committed: reads resume. */
+static void full_leave(struct server *server)
+{
+    server->full = 0;
+    server->stats.store_full = 0;
+    log_info("server", "ledger full state ended after %lld ms: the held frames are "
+             "acknowledged and reads resume; UDP frames dropped while full so far: %llu",
+             (long long)(monotonic_ms() - server->full_since_ms),
+             (unsigned long long)server->stats.udp_dropped_full);
+    for (uint32_t i = 0; i < server->connections_max; i++) {
+        if (server->connections[i].in_use)
+            arm_recv(server, i);
+    }
+}
+
+/*
+ * Commits the batch (one durable transaction), then queues every ack in
+ * frame order. While the ledger is full it commits only when the retry is
+ * due, or when `force` is set (the last commit at a stop).
+ */
+static void commit_batch_now(struct server *server, int force)
 {
     struct ingest_batch *batch = &server->batch;
     if (batch->entry_count == 0)
@@ -658,6 +765,8 @@ static void commit_batch(struct server *server)
         server->hooks->lookup_end(server->hooks->context);
         server->lookup_open = 0;
     }
+    if (server->full && !force && monotonic_ms() < server->full_retry_ms)
+        return;
 
     int accepted = 0;
     for (size_t i = 0; i < batch->entry_count; i++)
@@ -665,6 +774,11 @@ static void commit_batch(struct server *server)
     if (accepted) {
         int rc = server->hooks->commit(server->hooks->context, batch);
         server->stats.commits++;
+        if (rc == HM_ERR_FULL) {
+            server->stats.commit_failures++;
+            full_enter(server, rc);
+            return;
+        }
         if (rc != HM_OK) {
             server->stats.commit_failures++;
             uint64_t suppressed = 0;
@@ -691,6 +805,8 @@ static void commit_batch(struct server *server)
     }
     batch->entry_count = 0;
     batch->arena_size = 0;
+    if (server->full)
+        full_leave(server);
 
     /* A closing connection whose last ack could not be queued has nothing left to wait for. */
     for (uint32_t i = 0; i < server->connections_max; i++) {
@@ -699,6 +815,34 @@ static void commit_batch(struct server *server)
             acks_pending(connection) == 0)
             connection_shutdown(server, i);
     }
+}
+
+static void commit_batch(struct server *server)
+{
+    commit_batch_now(server, 0);
+}
+
+/*
+ * At a stop while the ledger is still full: drops the held frames without
+ * acks, so that their connections can close. Their senders resend them.
+ */
+static void batch_drop_held(struct server *server)
+{
+    struct ingest_batch *batch = &server->batch;
+    log_warn("server", "stopping with the ledger full: %zu frames were not stored and get no "
+             "ack, so their senders resend them", batch->entry_count);
+    for (size_t i = 0; i < batch->entry_count; i++) {
+        const struct batch_entry *entry = &batch->entries[i];
+        server->stats.frames_by_status[entry->status == FRAME_ACCEPTED ? FRAME_STORE_FAILED
+                                                                       : entry->status]++;
+        if (entry->connection < 0)
+            continue;
+        struct connection *connection = &server->connections[entry->connection];
+        if (connection->in_use && connection->generation == entry->generation)
+            connection->frames_in_batch--;
+    }
+    batch->entry_count = 0;
+    batch->arena_size = 0;
 }
 
 /* ---- Completions ---- */
@@ -715,6 +859,13 @@ static void connection_parse(struct server *server, uint32_t index)
         if (status != FRAME_ACCEPTED) {
             /* The stream cannot be resynchronized, so send one reject ack and close. */
             struct batch_entry *entry = batch_entry_add(server, 0);
+            if (entry == NULL) {
+                /* The ledger is full and the held batch has no room, even for the reject ack. */
+                connection->closing = 1;
+                connection->aborted = 1;
+                shutdown(connection->fd, SHUT_RDWR);
+                break;
+            }
             entry->connection = (int32_t)index;
             entry->generation = connection->generation;
             connection->frames_in_batch++;
@@ -866,7 +1017,8 @@ static void stats_write(struct server *server)
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"connections_accepted\": %llu, "
             "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
-            "\"connections_evicted\": %llu, \"udp_dropped\": %llu, \"frames\": {",
+            "\"connections_evicted\": %llu, \"udp_dropped\": %llu, "
+            "\"udp_dropped_full\": %llu, \"store_full\": %llu, \"frames\": {",
             (unsigned long long)stats->frames_received, (unsigned long long)stats->events_stored,
             (unsigned long long)stats->events_duplicate,
             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
@@ -875,7 +1027,8 @@ static void stats_write(struct server *server)
             (unsigned long long)stats->connections_rejected,
             (unsigned long long)stats->connections_timed_out,
             (unsigned long long)stats->connections_evicted,
-            (unsigned long long)stats->udp_dropped);
+            (unsigned long long)stats->udp_dropped,
+            (unsigned long long)stats->udp_dropped_full, (unsigned long long)stats->store_full);
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
@@ -1023,8 +1176,17 @@ static int server_setup(struct server *server, sigset_t *signals)
     server->idle_timeout_ms = options->idle_timeout_ms ? options->idle_timeout_ms
                                                        : SERVER_IDLE_TIMEOUT_MS_DEFAULT;
 
-    log_info("server", "listening host=%s tcp=%u udp=%u connections_max=%u", host, tcp_port,
-             udp_port, server->connections_max);
+    server->policy.max_age_us = options->max_event_age_s > 0
+                                    ? options->max_event_age_s * 1000000
+                                    : 0;
+    int64_t skew_s = options->max_event_skew_s ? options->max_event_skew_s
+                                               : SERVER_EVENT_SKEW_S_DEFAULT;
+    server->policy.max_skew_us = skew_s > 0 ? skew_s * 1000000 : -1;
+
+    log_info("server", "listening host=%s tcp=%u udp=%u connections_max=%u "
+             "max_event_age_s=%lld max_event_skew_s=%lld", host, tcp_port, udp_port,
+             server->connections_max, (long long)options->max_event_age_s,
+             (long long)(skew_s > 0 ? skew_s : -1));
     if (options->port_file) {
         FILE *file = fopen(options->port_file, "w");
         if (file == NULL || fprintf(file, "tcp=%u udp=%u\n", tcp_port, udp_port) < 0 ||
@@ -1179,7 +1341,9 @@ int server_run(const struct server_options *options, const struct server_hooks *
         commit_batch(&server);
     }
 
-    commit_batch(&server);
+    commit_batch_now(&server, 1);
+    if (server.full)
+        batch_drop_held(&server);
     flush_acks(&server);
     stats_report(&server);
     log_info("server", "stopped frames=%llu stored=%llu",

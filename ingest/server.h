@@ -19,6 +19,7 @@ struct ingest_key {
     uint8_t tenant_id[UUID_SIZE];
     uint8_t signing_key[32];
     int revoked;
+    int64_t expires_s; /* frames are rejected from this Unix time on; 0: never expires */
 };
 
 /* One frame of a batch. Rejected frames stay in the batch so acks keep their order. */
@@ -69,6 +70,23 @@ struct server_options {
     uint32_t connections_max; /* 0 selects SERVER_CONNECTIONS_DEFAULT */
     uint32_t frame_timeout_ms; /* a started frame must arrive whole within this; 0: default */
     uint32_t idle_timeout_ms;  /* a connection with nothing in flight closes after this; 0: default */
+    int64_t max_event_age_s;   /* events older than this are rejected; 0: no limit */
+    /* events ahead of the server's clock by more than this are rejected; 0: default, < 0: no limit */
+    int64_t max_event_skew_s;
+};
+
+/*
+ * Senders stamp events with their own clock. 15 minutes covers a clock that
+ * NTP has not corrected yet, and rejects a sender whose clock is hours or
+ * months ahead.
+ */
+#define SERVER_EVENT_SKEW_S_DEFAULT 900
+
+/* Clock and limits that frame_verify checks key expiry and event times against. */
+struct verify_policy {
+    int64_t now_us;        /* the server's UTC clock, microseconds since the epoch */
+    int64_t max_age_us;    /* 0: no limit on the age of an event */
+    int64_t max_skew_us;   /* < 0: no limit on how far ahead of now_us an event may be */
 };
 
 /*
@@ -97,6 +115,8 @@ struct server_stats {
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */
     uint64_t connections_evicted;   /* idle, closed to make room at connections_max */
     uint64_t udp_dropped;           /* datagrams the kernel dropped for a full receive buffer */
+    uint64_t udp_dropped_full;      /* UDP frames dropped while the ledger was full */
+    uint64_t store_full;            /* 1 while the ledger is full and frames wait unacknowledged */
 };
 
 /*
@@ -109,12 +129,14 @@ int server_run(const struct server_options *options, const struct server_hooks *
                struct server_stats *stats_out);
 
 /*
- * Verifies one complete frame (header, key, tenant, MAC, every record) and
- * returns its status. On FRAME_MALFORMED, *detail_out is the index of the
- * first bad event and *reason_out describes it.
+ * Verifies one complete frame (header, key, MAC, key state, tenant, every
+ * record, the event time window) and returns its status. On FRAME_MALFORMED,
+ * FRAME_EVENT_TOO_OLD and FRAME_EVENT_IN_FUTURE, *detail_out is the index of
+ * the first bad event and *reason_out describes it.
  */
 enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,
-                               const struct server_hooks *hooks, struct frame_header *header,
+                               const struct server_hooks *hooks,
+                               const struct verify_policy *policy, struct frame_header *header,
                                uint16_t *detail_out, const char **reason_out);
 
 #endif

@@ -15,7 +15,8 @@ static const char *const status_names[FRAME_STATUS_COUNT] = {
     [FRAME_TRUNCATED] = "truncated",       [FRAME_UNKNOWN_KEY] = "unknown_key",
     [FRAME_REVOKED_KEY] = "revoked_key",   [FRAME_BAD_MAC] = "bad_mac",
     [FRAME_MALFORMED] = "malformed",       [FRAME_WRONG_TENANT] = "wrong_tenant",
-    [FRAME_STORE_FAILED] = "store_failed",
+    [FRAME_STORE_FAILED] = "store_failed",   [FRAME_EXPIRED_KEY] = "expired_key",
+    [FRAME_EVENT_TOO_OLD] = "event_too_old", [FRAME_EVENT_IN_FUTURE] = "event_in_future",
 };
 
 const char *frame_status_name(enum frame_status status)

@@ -49,7 +49,10 @@ enum frame_status {
     FRAME_MALFORMED = 8,     /* an event record is invalid; the ack detail is its index */
     FRAME_WRONG_TENANT = 9,  /* the key belongs to another tenant */
     FRAME_STORE_FAILED = 10, /* the ledger write failed; nothing of the frame was stored, resend */
-    FRAME_STATUS_COUNT = 11,
+    FRAME_EXPIRED_KEY = 11,  /* the key's expiry time has passed */
+    FRAME_EVENT_TOO_OLD = 12,  /* an event is older than the server's window; detail is its index */
+    FRAME_EVENT_IN_FUTURE = 13, /* an event is ahead of the server's clock by more than the skew */
+    FRAME_STATUS_COUNT = 14,
 };
 
 /* Returns the status's name as used in logs and metrics ("bad_mac", ...). */
@@ -69,7 +72,7 @@ struct frame_header {
 /* An acknowledgement, sent on TCP for every frame. */
 struct frame_ack {
     enum frame_status status;
-    uint16_t detail; /* for FRAME_MALFORMED, the index of the first bad event */
+    uint16_t detail; /* for FRAME_MALFORMED and the event window statuses, the event's index */
     uint64_t frame_id;
     uint16_t stored;     /* events newly stored */
     uint16_t duplicates; /* events already stored with the same content */

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 struct log_limit ledger_error_log = LOG_LIMIT_INIT(10, 10);
@@ -129,10 +131,75 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     return HM_OK;
 }
 
+/* Free space below which a failed write is blamed on a full disk. */
+#define DISK_FULL_BYTES (1024 * 1024)
+
+/*
+ * Returns 1 when the file system of the ledger has less than DISK_FULL_BYTES
+ * free. LMDB reports a write cut short by a full disk as EIO, not ENOSPC,
+ * and a full disk must hold frames back (HM_ERR_FULL) rather than fail them.
+ */
+static int disk_full(struct ledger *ledger)
+{
+    const char *dir = NULL;
+    struct statvfs space;
+    if (mdb_env_get_path(ledger->env, &dir) != 0 || statvfs(dir, &space) != 0)
+        return 0;
+    return (unsigned long long)space.f_bavail * space.f_frsize < DISK_FULL_BYTES;
+}
+
+#ifndef HM_NO_TEST_HOOKS
+/*
+ * Test hook for the failure paths of a commit, read from the environment at
+ * the first commit of the process: METER_TEST_FAIL_COMMITS=N makes the next N
+ * commits abort their transaction and return HM_ERR_STORAGE, as a failed
+ * disk write would, and METER_TEST_COMMIT_DELAY_MS=MS makes each of those
+ * failing commits take MS milliseconds first, so that a test can send while
+ * one runs. Building with -DHM_NO_TEST_HOOKS leaves the hook out.
+ */
+static int commit_fault_inject(MDB_txn *txn)
+{
+    static int loaded;
+    static long failures_left;
+    static long delay_ms;
+    if (!loaded) {
+        loaded = 1;
+        const char *failures = getenv("METER_TEST_FAIL_COMMITS");
+        const char *delay = getenv("METER_TEST_COMMIT_DELAY_MS");
+        failures_left = failures ? strtol(failures, NULL, 10) : 0;
+        delay_ms = delay ? strtol(delay, NULL, 10) : 0;
+        if (failures_left > 0)
+            log_warn("ledger", "test hook: the next %ld commits fail (METER_TEST_FAIL_COMMITS)",
+                     failures_left);
+    }
+    if (failures_left <= 0)
+        return 0;
+    failures_left--;
+    if (delay_ms > 0) {
+        struct timespec pause = { delay_ms / 1000, (delay_ms % 1000) * 1000000 };
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
+            continue;
+    }
+    mdb_txn_abort(txn);
+    log_error("ledger", "commit failed: injected by METER_TEST_FAIL_COMMITS (%ld more to fail)",
+              failures_left);
+    return 1;
+}
+#endif
+
 int ledger_commit(struct ledger_txn *txn)
 {
+#ifndef HM_NO_TEST_HOOKS
+    if (commit_fault_inject(txn->txn)) {
+        free(txn);
+        return HM_ERR_STORAGE;
+    }
+#endif
+    struct ledger *ledger = txn->ledger;
     int rc = mdb_txn_commit(txn->txn);
     free(txn);
+    if (rc == EIO && disk_full(ledger))
+        rc = ENOSPC;
     return rc == 0 ? HM_OK : status_of(rc, "commit");
 }
 

@@ -201,6 +201,13 @@ struct key_record {
     enum key_status status;
     int64_t created_s;
     int64_t revoked_s;
+    /*
+     * Frames signed with the key are rejected from this Unix time on; 0 for
+     * never. Added after the first release: a key without expiry is stored in
+     * the older, shorter layout that ends at revoked_s, so older builds still
+     * read it, and both layouts are read.
+     */
+    int64_t expires_s;
 };
 
 int ledger_key_put(struct ledger *ledger, const struct key_record *key);

@@ -1,11 +1,13 @@
 /*
  * Tenants, API keys, price books, closed periods and invoices in the ledger.
  * NOTE: tenants and keys are stored as the raw bytes of their C structs, with
- * no format version, so a change to either struct needs a migration.
+ * no format version, so a change to either struct needs a migration. Key
+ * records are distinguished by size, because the expiry was appended to the end.
  */
 #include "ledger.h"
 #include "ledger_private.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -156,6 +158,43 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
 
 /* ---- API keys ---- */
 
+/* Size of a key record without expires_s: the only layout that older ledgers hold. */
+#define KEY_RECORD_V1_SIZE offsetof(struct key_record, expires_s)
+_Static_assert(KEY_RECORD_V1_SIZE == 112, "the older key layout must keep its size");
+
+/* Returns the short layout's size for a key without expiry, so that older builds can read it. */
+static size_t key_value_size(const struct key_record *key)
+{
+    return key->expires_s != 0 ? sizeof *key : KEY_RECORD_V1_SIZE;
+}
+
+/* Reads a key record of either layout; the older one has no expiry. */
+static int key_decode(const MDB_val *value, struct key_record *out)
+{
+    if (value->mv_size != sizeof *out && value->mv_size != KEY_RECORD_V1_SIZE) {
+        log_error("ledger", "key record has size %zu, expected %zu or %zu", value->mv_size,
+                  (size_t)KEY_RECORD_V1_SIZE, sizeof *out);
+        return HM_ERR_STORAGE;
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(out, value->mv_data, value->mv_size);
+    return HM_OK;
+}
+
+static int key_read(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
+                    struct key_record *out)
+{
+    uint8_t id[8];
+    store_be64(id, key_id);
+    MDB_val key = { sizeof id, id }, value;
+    int rc = table_get(txn, ledger, TABLE_KEYS, &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return HM_ERR_NOT_FOUND;
+    if (rc != 0)
+        return status_of(rc, "read key");
+    return key_decode(&value, out);
+}
+
 int ledger_key_put(struct ledger *ledger, const struct key_record *key)
 {
     MDB_txn *txn;
@@ -164,7 +203,7 @@ int ledger_key_put(struct ledger *ledger, const struct key_record *key)
         return rc;
     uint8_t id[8];
     store_be64(id, key->key_id);
-    MDB_val key_val = { sizeof id, id }, value = { sizeof *key, (void *)key };
+    MDB_val key_val = { sizeof id, id }, value = { key_value_size(key), (void *)key };
     rc = mdb_put(txn, ledger->tables[TABLE_KEYS], &key_val, &value, MDB_NOOVERWRITE);
     if (rc != 0) {
         mdb_txn_abort(txn);
@@ -179,10 +218,7 @@ int ledger_key_get(struct ledger *ledger, uint64_t key_id, struct key_record *ou
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    uint8_t id[8];
-    store_be64(id, key_id);
-    MDB_val key = { sizeof id, id };
-    rc = get_fixed(ledger, txn, TABLE_KEYS, &key, out, sizeof *out);
+    rc = key_read(ledger, txn, key_id, out);
     mdb_txn_abort(txn);
     return rc;
 }
@@ -197,13 +233,13 @@ int ledger_key_revoke(struct ledger *ledger, uint64_t key_id, int64_t now_s)
     store_be64(id, key_id);
     MDB_val key = { sizeof id, id };
     struct key_record record;
-    rc = get_fixed(ledger, txn, TABLE_KEYS, &key, &record, sizeof record);
+    rc = key_read(ledger, txn, key_id, &record);
     if (rc == HM_OK && record.status == KEY_REVOKED)
         rc = HM_ERR_STATE;
     if (rc == HM_OK) {
         record.status = KEY_REVOKED;
         record.revoked_s = now_s;
-        MDB_val value = { sizeof record, &record };
+        MDB_val value = { key_value_size(&record), &record };
         int mdb_rc = mdb_put(txn, ledger->tables[TABLE_KEYS], &key, &value, 0);
         rc = mdb_rc == 0 ? HM_OK : status_of(mdb_rc, "revoke key");
     }
@@ -234,8 +270,9 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
     MDB_cursor_op op = MDB_FIRST;
     while (cursor_get(cursor, &key, &value, op) == 0) {
         op = MDB_NEXT;
-        if (value.mv_size != sizeof(struct key_record) ||
-            memcmp(((const struct key_record *)value.mv_data)->tenant_id, tenant_id, UUID_SIZE))
+        struct key_record record;
+        if (key_decode(&value, &record) != HM_OK ||
+            memcmp(record.tenant_id, tenant_id, UUID_SIZE) != 0)
             continue;
         if (count == capacity) {
             capacity = capacity ? 2 * capacity : 8;
@@ -246,7 +283,7 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
             }
             keys = grown;
         }
-        memcpy(&keys[count++], value.mv_data, sizeof *keys);
+        keys[count++] = record;
     }
     cursor_close(cursor);
     mdb_txn_abort(txn);
@@ -276,10 +313,7 @@ int ledger_read_begin(struct ledger *ledger)
 
 int ledger_key_lookup(struct ledger *ledger, uint64_t key_id, struct key_record *out)
 {
-    uint8_t id[8];
-    store_be64(id, key_id);
-    MDB_val key = { sizeof id, id };
-    return get_fixed(ledger, ledger->lookup_txn, TABLE_KEYS, &key, out, sizeof *out);
+    return key_read(ledger, ledger->lookup_txn, key_id, out);
 }
 
 void ledger_read_end(struct ledger *ledger)

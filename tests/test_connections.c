@@ -284,3 +284,77 @@ Test(connections, sigterm_under_load_exits_cleanly)
     }
     harness_start(&server);
 }
+
+/* Returns a counter from meterd's stats file, written every 2 s while counters change. */
+static long long stats_counter(const char *name)
+{
+    char path[300], text[4096], key[64];
+    snprintf(path, sizeof path, "%s/meterd-stats.json", server.dir);
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return -1;
+    size_t size = fread(text, 1, sizeof text - 1, file);
+    fclose(file);
+    text[size] = '\0';
+    snprintf(key, sizeof key, "\"%s\": ", name);
+    const char *at = strstr(text, key);
+    return at ? strtoll(at + strlen(key), NULL, 10) : -1;
+}
+
+Test(connections, flood_at_limit_keeps_busy_senders)
+{
+    /* Two senders active within the last second: neither may be evicted. */
+    int busy[2];
+    for (int i = 0; i < 2; i++) {
+        busy[i] = harness_connect(&server);
+        size_t size = one_event_frame((uint8_t)(0x40 + i));
+        harness_send_all(busy[i], frame, size);
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(busy[i], &ack), 0);
+        cr_assert_eq(ack.stored, 1);
+    }
+
+    /* 50 more connections at once: each is closed, none displaces a busy sender. */
+    enum { FLOOD = 50 };
+    int flood[FLOOD];
+    for (int i = 0; i < FLOOD; i++)
+        flood[i] = harness_connect(&server);
+    for (int i = 0; i < FLOOD; i++) {
+        cr_assert(closed_by_server(flood[i], 2000), "connection %d above the limit stayed open", i);
+        close(flood[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        size_t size = one_event_frame((uint8_t)(0x50 + i));
+        harness_send_all(busy[i], frame, size);
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(busy[i], &ack), 0, "busy sender %d lost its connection", i);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED);
+        cr_assert_eq(ack.stored, 1);
+        close(busy[i]);
+    }
+    long long rejected = -1;
+    for (int i = 0; i < 60 && rejected < FLOOD; i++) {
+        harness_sleep_ms(100);
+        rejected = stats_counter("connections_rejected");
+    }
+    cr_assert_eq(rejected, FLOOD, "connections_rejected is %lld", rejected);
+    cr_assert_eq(stats_counter("connections_evicted"), 0);
+}
+
+Test(connections, trickled_frame_within_timeout_stored)
+{
+    /* Four bytes every 5 ms: the frame of 148 bytes takes about 190 ms of the 400 ms limit. */
+    size_t size = one_event_frame(0x60);
+    int fd = harness_connect(&server);
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    for (size_t at = 0; at < size; at += 4) {
+        harness_send_all(fd, frame + at, size - at < 4 ? size - at : 4);
+        harness_sleep_ms(5);
+    }
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack for a frame sent in %zu pieces", (size + 3) / 4);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 1);
+    close(fd);
+}

@@ -1180,11 +1180,25 @@ Test(ack, rejects_unknown_status)
     cr_assert(eq(int, ack_decode(bytes, &decoded), HM_ERR_INVALID));
 }
 
+Test(ack, decodes_every_status)
+{
+    for (int status = 0; status < FRAME_STATUS_COUNT; status++) {
+        struct frame_ack ack = { (enum frame_status)status, 3, 9, 0, 0, 0 };
+        uint8_t bytes[ACK_SIZE];
+        ack_encode(&ack, bytes);
+        struct frame_ack decoded;
+        cr_assert(eq(int, ack_decode(bytes, &decoded), HM_OK), "status %d", status);
+        cr_assert(eq(int, decoded.status, status));
+        cr_assert(eq(u16, decoded.detail, 3));
+    }
+}
+
 Test(frame_status, names_match_protocol_doc)
 {
     static const char *const names[FRAME_STATUS_COUNT] = {
         "accepted",    "bad_magic", "bad_version", "too_large",    "truncated",    "unknown_key",
-        "revoked_key", "bad_mac",   "malformed",   "wrong_tenant", "store_failed",
+        "revoked_key", "bad_mac",   "malformed",   "wrong_tenant", "store_failed", "expired_key",
+        "event_too_old", "event_in_future",
     };
     char *doc = protocol_text();
     for (int status = 0; status < FRAME_STATUS_COUNT; status++) {

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1192,6 +1193,28 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     return rc;
 }
 
+#ifndef HM_NO_TEST_HOOKS
+/*
+ * Test hook for crash recovery: when METER_TEST_CRASH_AT names this point
+ * (close-after-rate, close-mid-store, close-before-commit, close-after-commit),
+ * the process kills itself with SIGKILL there, as a crash would. Building
+ * with -DHM_NO_TEST_HOOKS leaves the hook out.
+ */
+static void crash_point(const char *name)
+{
+    const char *at = getenv("METER_TEST_CRASH_AT");
+    if (at != NULL && strcmp(at, name) == 0) {
+        fflush(NULL);
+        raise(SIGKILL);
+    }
+}
+#else
+static void crash_point(const char *name)
+{
+    (void)name;
+}
+#endif
+
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out)
 {
     /*
@@ -1237,8 +1260,13 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
 
     /* Numbers are taken inside the transaction: a close that aborts takes none. */
     int64_t now_s = (int64_t)time(NULL);
-    for (size_t i = 0; rc == HM_OK && i < count; i++)
+    crash_point("close-after-rate");
+    for (size_t i = 0; rc == HM_OK && i < count; i++) {
         rc = close_store(txn, period, &closings[i], now_s, out);
+        if (i == 0)
+            crash_point("close-mid-store");
+    }
+    crash_point("close-before-commit");
     if (rc == HM_OK)
         rc = ledger_commit(txn);
     else
@@ -1250,6 +1278,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return rc;
     }
 
+    crash_point("close-after-commit");
     int files_rc = invoices_dir != NULL ? billing_files_write(ledger, period, invoices_dir)
                                         : HM_OK;
     summary_print(out, period, closings, count, failures);

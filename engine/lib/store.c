@@ -26,6 +26,7 @@ static int key_lookup(void *context, uint64_t key_id, struct ingest_key *out)
     memcpy(out->tenant_id, record.tenant_id, UUID_SIZE);
     memcpy(out->signing_key, record.signing_key, sizeof out->signing_key);
     out->revoked = record.status != KEY_ACTIVE;
+    out->expires_s = record.expires_s;
     return HM_OK;
 }
 
