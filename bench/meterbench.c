@@ -27,7 +27,8 @@ static const char usage_text[] =
     "Runs meterd and its peers on the same events in one run: meterd over TCP and UDP,\n"
     "PostgreSQL COPY, SQLite, Redis HINCRBY, raw LMDB appends and a loopback socket\n"
     "that only reads. Every server is started here on 127.0.0.1 with data under a\n"
-    "temporary directory, and stopped at the end. Writes RESULTS.md and throughput.png.\n"
+    "temporary directory, and stopped at the end. Writes RESULTS.md and throughput.png\n"
+    "into the --out directory.\n"
     "\n"
     "  --quick               a short run (under a minute): 100,000 events, loads 0.5,0.9\n"
     "  --smoke               a correctness check (a few thousand events per peer): every\n"
@@ -48,7 +49,8 @@ static const char usage_text[] =
     "  --pg-connections N    PostgreSQL sessions, 1 to 32 (default 4)\n"
     "  --redis-connections N Redis connections, 1 to 32 (default 2)\n"
     "  --traces DIR          the bundled traces (default SOURCE/data/traces)\n"
-    "  --out DIR             where RESULTS.md and throughput.png go (default SOURCE/bench)\n"
+    "  --out DIR             where RESULTS.md and throughput.png go (default\n"
+    "                        ./meterbench-results; SOURCE/bench holds the published report)\n"
     "  --keep-temp           keep the temporary directory (data, server logs)\n"
     "  --help                show this text\n";
 
@@ -233,7 +235,7 @@ static int parse_options(int argc, char **argv, struct options *options)
                                  .connections = 1, .window = 64, .pg_connections = 4,
                                  .redis_connections = 2,
                                  .traces = HM_SOURCE_DIR "/data/traces",
-                                 .out = HM_SOURCE_DIR "/bench" };
+                                 .out = "meterbench-results" };
     for (int i = 0; i < PEER_COUNT; i++)
         options->peers[i] = 1;
     /* The mode sets defaults first, so that the other options override them in any order. */

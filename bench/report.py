@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write bench/RESULTS.md and bench/throughput.png from a meterbench results file.
+"""Write RESULTS.md and throughput.png into --out DIR from a meterbench results file.
 
 meterbench runs this at the end of a run. Only the standard library is needed
 for RESULTS.md; the plot needs matplotlib (Debian: python3-matplotlib) and is
@@ -164,7 +164,7 @@ def write_markdown(results, path, source_dir):
         "Written by `meterbench` (bench/report.py). How each peer is set up, and why, is in "
         "`bench/README.md`.",
         "",
-        f"- command: `{results['command']}` (run from the build directory)",
+        f"- command: `{results['command']}`",
         f"- date: {now}",
         f"- commit: {git_commit(source_dir)}",
         f"- machine: {machine_description()}",

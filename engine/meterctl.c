@@ -31,7 +31,7 @@ static const char usage_text[] =
     "      TENANT OPTIONS: --service-end YYYY-MM-DD|none (service ends at that midnight UTC)\n"
     "                      --support-tier none|basic|pro|enterprise   --issuer NAME\n"
     "                      --stripe-customer cus_...|none (the tenant's Stripe customer)\n"
-    "  tenant list                  list tenants with their settings\n"
+    "  tenant list                  list tenants with their settings and Stripe customer\n"
     "  issuer add NAME --prefix PREFIX\n"
     "                               add an issuer; its invoices are PREFIX-000001, ... and its\n"
     "                               credit notes PREFIX-CN-000001, ... (PREFIX: 1-12 of A-Z 0-9)\n"
@@ -421,8 +421,8 @@ static int tenant_list(struct ledger *ledger)
     int rc = ledger_tenant_list(ledger, &tenants, &count);
     if (rc != HM_OK)
         return fail("cannot list tenants: %s", hm_status_str(rc));
-    printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %s\n", "id", "name", "status", "support",
-           "issuer", "start", "end");
+    printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %-10s  %s\n", "id", "name", "status",
+           "support", "issuer", "start", "end", "stripe");
     for (size_t i = 0; i < count; i++) {
         char id[UUID_TEXT_SIZE], start[16], end[16];
         uuid_format(tenants[i].id, id);
@@ -435,9 +435,9 @@ static int tenant_list(struct ledger *ledger)
         }
         date_format(tenants[i].service_start_s, start, sizeof start);
         date_format(settings.service_end_s, end, sizeof end);
-        printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %s\n", id, tenants[i].name,
+        printf("%-36s  %-24s  %-8s  %-10s  %-16s  %-10s  %-10s  %s\n", id, tenants[i].name,
                tenants[i].active ? "active" : "inactive", settings.support_tier, settings.issuer,
-               start, end);
+               start, end, settings.stripe_customer[0] ? settings.stripe_customer : "-");
     }
     free(tenants);
     return 0;
@@ -1436,7 +1436,7 @@ int main(int argc, char **argv)
     struct ledger *ledger = NULL;
     int rc = ledger_open(&ledger, data_dir, &options);
     if (rc != HM_OK)
-        return fail("cannot open the ledger in %s: %s", data_dir, hm_status_str(rc));
+        return fail("cannot open the ledger: %s", ledger_open_error());
     int status = dispatch(ledger, data_dir, argc - first, argv + first);
     ledger_close(ledger);
     return status;

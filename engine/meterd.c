@@ -27,9 +27,13 @@ static void usage(FILE *out)
             "  --tcp-port PORT       TCP port for acknowledged frames (default 7600; 0 picks one)\n"
             "  --udp-port PORT       UDP port for unacknowledged frames (default 7601; 0 picks one)\n"
             "  --port-file FILE      write \"tcp=PORT udp=PORT\" here once listening\n"
+            "  --stats-file FILE     write the counters here as JSON every 2 s and at the stop\n"
+            "                        (default DIR/meterd-stats.json of --data)\n"
             "  --map-size MIB        ledger map size in MiB (default 16384)\n"
-            "  --max-connections N   open TCP connections (default 256); at the limit the\n"
-            "                        connection idle the longest (1 s or more) is closed\n"
+            "  --max-connections N   open TCP connections (default 256); at the limit a new\n"
+            "                        connection takes the slot of the oldest one without an\n"
+            "                        accepted frame, or else of the one idle the longest\n"
+            "                        (both 1 s or more)\n"
             "  --frame-timeout-ms MS close a connection whose started frame has not arrived\n"
             "                        whole within MS milliseconds (default 10000)\n"
             "  --idle-timeout-ms MS  close a connection idle for MS milliseconds (default 60000)\n"
@@ -71,6 +75,39 @@ static int parse_limit(const char *option, const char *text, long long max, long
         return -1;
     }
     *out = value;
+    return 0;
+}
+
+/*
+ * Checks a --stats-file path: not empty, not a directory, and in a directory
+ * that exists. Prints an error naming the value and returns -1 otherwise.
+ */
+static int stats_file_check(const char *path)
+{
+    struct stat status;
+    if (path[0] == '\0') {
+        fprintf(stderr, "meterd: invalid --stats-file \"\": give a file path\n");
+        return -1;
+    }
+    if (stat(path, &status) == 0 && S_ISDIR(status.st_mode)) {
+        fprintf(stderr, "meterd: invalid --stats-file \"%s\": it is a directory; give a file "
+                "path such as %s/meterd-stats.json\n", path, path);
+        return -1;
+    }
+    char directory[PATH_MAX];
+    snprintf(directory, sizeof directory, "%s", path);
+    char *slash = strrchr(directory, '/');
+    if (slash == NULL)
+        snprintf(directory, sizeof directory, ".");
+    else if (slash == directory)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    if (stat(directory, &status) != 0 || !S_ISDIR(status.st_mode)) {
+        fprintf(stderr, "meterd: invalid --stats-file \"%s\": directory %s does not exist; "
+                "create it or give another path\n", path, directory);
+        return -1;
+    }
     return 0;
 }
 
@@ -122,6 +159,7 @@ int main(int argc, char **argv)
         { "tcp-port", required_argument, NULL, 't' },
         { "udp-port", required_argument, NULL, 'u' },
         { "port-file", required_argument, NULL, 'p' },
+        { "stats-file", required_argument, NULL, 'S' },
         { "map-size", required_argument, NULL, 'm' },
         { "max-connections", required_argument, NULL, 'c' },
         { "frame-timeout-ms", required_argument, NULL, 'f' },
@@ -149,6 +187,11 @@ int main(int argc, char **argv)
             options.udp_port = (uint16_t)value;
             break;
         case 'p': options.port_file = optarg; break;
+        case 'S':
+            if (stats_file_check(optarg) != 0)
+                return 2;
+            options.stats_file = optarg;
+            break;
         case 'm':
             if (parse_number("--map-size", optarg, 1, 1 << 24, &value))
                 return 2;
@@ -207,12 +250,14 @@ int main(int argc, char **argv)
     struct store store = { 0 };
     int rc = ledger_open(&store.ledger, data_dir, &ledger_options);
     if (rc != HM_OK) {
-        fprintf(stderr, "meterd: cannot open the ledger in %s: %s\n", data_dir, hm_status_str(rc));
+        fprintf(stderr, "meterd: cannot open the ledger: %s\n", ledger_open_error());
         return 1;
     }
     char stats_path[PATH_MAX];
-    snprintf(stats_path, sizeof stats_path, "%s/meterd-stats.json", data_dir);
-    options.stats_file = stats_path;
+    if (options.stats_file == NULL) {
+        snprintf(stats_path, sizeof stats_path, "%s/meterd-stats.json", data_dir);
+        options.stats_file = stats_path;
+    }
     log_info("meterd", "starting data=%s", data_dir);
 
     struct server_hooks hooks;

@@ -144,6 +144,9 @@ struct client_tcp {
     uint32_t ack_timeout_ms;
     client_ack_fn on_ack;
     void *on_ack_context;
+    client_retry_fn on_retry;
+    void *on_retry_context;
+    enum client_retry_reason retry_reason; /* why the last RECONNECT_NEEDED was returned */
     uint64_t frame_id_last;
     int failed;
     struct client_stats stats;
@@ -194,13 +197,34 @@ static void disconnect(struct client_tcp *client)
  * before attempt k. Frames in flight are then written again from the first.
  * Marks the client failed when the attempts run out.
  */
+static void retry_report(struct client_tcp *client, uint32_t wait_ms)
+{
+    if (client->on_retry == NULL)
+        return;
+    struct client_retry retry = {
+        .reason = client->retry_reason,
+        .frames_in_flight = client->count,
+        .attempt = client->attempts_used + 1,
+        .attempts_max = client->attempts_max,
+        .wait_ms = wait_ms,
+        .ack_timeout_ms = client->ack_timeout_ms,
+    };
+    for (uint32_t i = 0; i < client->count; i++)
+        retry.events_in_flight += client->slots[(client->head + i) % client->window].event_count;
+    client->on_retry(client->on_retry_context, &retry);
+}
+
 static int reconnect(struct client_tcp *client)
 {
     disconnect(client);
     while (client->attempts_used < client->attempts_max) {
         uint32_t shift = client->attempts_used < 31 ? client->attempts_used : 31;
         uint64_t wait_ms = (uint64_t)client->backoff_initial_ms << shift;
-        sleep_ms(wait_ms < client->backoff_max_ms ? (uint32_t)wait_ms : client->backoff_max_ms);
+        if (wait_ms > client->backoff_max_ms)
+            wait_ms = client->backoff_max_ms;
+        retry_report(client, (uint32_t)wait_ms);
+        client->retry_reason = CLIENT_RETRY_CONNECT;
+        sleep_ms((uint32_t)wait_ms);
         client->attempts_used++;
         client->fd = connect_any(client->addresses, client->ack_timeout_ms);
         if (client->fd >= 0) {
@@ -222,6 +246,7 @@ static uint8_t *slot_frame(const struct client_tcp *client, uint32_t index)
 static int ack_apply(struct client_tcp *client, const uint8_t bytes[ACK_SIZE])
 {
     struct frame_ack ack;
+    client->retry_reason = CLIENT_RETRY_BAD_ACK;
     if (ack_decode(bytes, &ack) != HM_OK || client->transmitted == 0)
         return RECONNECT_NEEDED;
     struct slot *slot = &client->slots[client->head];
@@ -229,6 +254,7 @@ static int ack_apply(struct client_tcp *client, const uint8_t bytes[ACK_SIZE])
         return RECONNECT_NEEDED;
     if (ack.status == FRAME_STORE_FAILED) {
         client->stats.store_failures++;
+        client->retry_reason = CLIENT_RETRY_STORE_FAILED;
         return RECONNECT_NEEDED;
     }
 
@@ -262,8 +288,11 @@ static int read_acks(struct client_tcp *client)
             continue;
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return HM_OK;
-        if (got <= 0)
-            return RECONNECT_NEEDED; /* an error, or the server closed the connection */
+        if (got <= 0) {
+            /* an error, or the server closed the connection */
+            client->retry_reason = CLIENT_RETRY_CLOSED;
+            return RECONNECT_NEEDED;
+        }
         client->ack_used += (size_t)got;
 
         size_t whole = client->ack_used / ACK_SIZE * ACK_SIZE;
@@ -288,8 +317,10 @@ static int write_frames(struct client_tcp *client)
             continue;
         if (put < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return HM_OK;
-        if (put < 0)
+        if (put < 0) {
+            client->retry_reason = CLIENT_RETRY_CLOSED;
             return RECONNECT_NEEDED;
+        }
         client->partial += (size_t)put;
         if (client->partial == slot->size) {
             client->transmitted++;
@@ -306,6 +337,7 @@ static int write_frames(struct client_tcp *client)
  */
 static int pump(struct client_tcp *client, int timeout_ms)
 {
+    client->retry_reason = CLIENT_RETRY_CLOSED;
     if (client->fd < 0)
         return RECONNECT_NEEDED;
     struct pollfd pfd = { .fd = client->fd, .events = POLLIN };
@@ -314,6 +346,7 @@ static int pump(struct client_tcp *client, int timeout_ms)
     int ready = poll(&pfd, 1, timeout_ms);
     if (ready < 0)
         return errno == EINTR ? HM_OK : RECONNECT_NEEDED;
+    client->retry_reason = CLIENT_RETRY_ACK_TIMEOUT;
     if (ready == 0)
         return timeout_ms > 0 ? RECONNECT_NEEDED : HM_OK;
     if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -378,6 +411,8 @@ int client_tcp_open(const struct client_tcp_options *options, struct client_tcp 
     client->ack_timeout_ms = or_default(options->ack_timeout_ms, CLIENT_ACK_TIMEOUT_MS_DEFAULT);
     client->on_ack = options->on_ack;
     client->on_ack_context = options->on_ack_context;
+    client->on_retry = options->on_retry;
+    client->on_retry_context = options->on_retry_context;
 
     rc = HM_ERR_NOMEM;
     client->slot_bytes = malloc((size_t)client->window * client->slot_size);
@@ -392,6 +427,7 @@ int client_tcp_open(const struct client_tcp_options *options, struct client_tcp 
     client->fd = connect_any(client->addresses, client->ack_timeout_ms);
     if (client->fd < 0) {
         client->attempts_used = 1;
+        client->retry_reason = CLIENT_RETRY_CONNECT;
         if (reconnect(client) != HM_OK) {
             rc = HM_ERR_IO;
             goto fail_free;

@@ -117,6 +117,32 @@ struct client_stats {
  */
 typedef void (*client_ack_fn)(void *context, const struct frame_ack *ack, uint16_t event_count);
 
+/* Why the client drops its connection, connects again and resends its frames in flight. */
+enum client_retry_reason {
+    CLIENT_RETRY_ACK_TIMEOUT = 0, /* no ack and no write progress for ack_timeout_ms */
+    CLIENT_RETRY_CLOSED,          /* the server closed or reset the connection, or a socket error */
+    CLIENT_RETRY_STORE_FAILED,    /* a FRAME_STORE_FAILED acknowledgement */
+    CLIENT_RETRY_BAD_ACK,         /* a malformed or out of order acknowledgement */
+    CLIENT_RETRY_CONNECT,         /* the previous connection attempt failed */
+};
+
+/* One connection attempt about to start, for client_retry_fn. */
+struct client_retry {
+    enum client_retry_reason reason;
+    uint32_t frames_in_flight; /* sent frames without a final acknowledgement */
+    uint64_t events_in_flight;
+    uint32_t attempt;          /* 1-based; the client gives up after attempts_max */
+    uint32_t attempts_max;
+    uint32_t wait_ms;          /* backoff before this attempt */
+    uint32_t ack_timeout_ms;
+};
+
+/*
+ * Called before each connection attempt after a failure, so that the caller
+ * can report why frames are pending. Same thread rules as client_ack_fn.
+ */
+typedef void (*client_retry_fn)(void *context, const struct client_retry *retry);
+
 struct client_tcp_options {
     const char *host; /* name or address, resolved with getaddrinfo */
     const char *port; /* service name or number */
@@ -128,6 +154,8 @@ struct client_tcp_options {
     uint32_t ack_timeout_ms;     /* 0: default */
     client_ack_fn on_ack;        /* optional */
     void *on_ack_context;
+    client_retry_fn on_retry;    /* optional */
+    void *on_retry_context;
 };
 
 struct client_tcp;

@@ -37,8 +37,26 @@
 /* Timer tick for timeouts; stats are reported every STATS_TICKS ticks (2 s). */
 #define TICK_MS 250
 #define STATS_TICKS 8
+/* While the stats file cannot be written, unchanged stats are logged every 15 reports (30 s). */
+#define STATS_UNCHANGED_REPORTS 15
 /* A connection idle this long may be closed to make room for a new one at connections_max. */
 #define EVICT_IDLE_MS 1000
+/*
+ * A connection that has had no frame accepted may be closed to make room for
+ * a new one once it is this old, whether or not it is idle. A sender with a
+ * valid key has its first frame accepted well within a second, so only
+ * senders without a valid key lose their slot this way.
+ */
+#define EVICT_UNAUTHENTICATED_MS 1000
+/*
+ * Slots beyond connections_max for connections that were evicted but whose
+ * receive or send the kernel has not completed yet. They let the new
+ * connection take its place at once, instead of being rejected until the
+ * evicted connection's slot is free.
+ */
+#define EVICTED_SLOTS 16
+/* Marks "no connection" where a connection index is expected. */
+#define NO_CONNECTION UINT32_MAX
 /*
  * While the ledger is full, the held batch is committed again after waits
  * that double from the first to the last. A freed disk is then used within
@@ -75,6 +93,9 @@ struct connection {
     int recv_armed;
     int send_armed;
     uint32_t frames_in_batch; /* frames waiting for the commit; their acks are still owed */
+    int64_t opened_ms;        /* when the connection was accepted */
+    int authenticated;        /* a frame passed the key checks (see rejects_in_row_count) */
+    uint32_t rejects_in_row;  /* key or malformed rejects since the last such frame */
     uint8_t *in;
     size_t in_size;
     size_t in_capacity;
@@ -113,6 +134,14 @@ struct server {
     struct __kernel_timespec timer;
     struct connection *connections;
     uint32_t connections_max;
+    uint32_t slot_count; /* connections_max + EVICTED_SLOTS entries of `connections` */
+    /*
+     * The connection whose buffer connection_parse is reading, or
+     * NO_CONNECTION. A commit during the parse (a full batch) must neither
+     * post a receive into that buffer nor release it: on_recv does both once
+     * the parse has consumed the frames.
+     */
+    uint32_t parsing;
     struct udp_buffer *udp_buffers;
     struct ingest_batch batch;
     struct server_stats stats;
@@ -127,6 +156,9 @@ struct server {
     struct verify_policy policy; /* now_us is set for each frame */
     struct log_limit reject_log;
     struct log_limit commit_log;
+    struct log_limit evict_log;
+    int stats_file_failed; /* the last stats file write failed; it is tried again every report */
+    uint32_t stats_reports_unchanged; /* reports without a log line since the last one */
     /*
      * Set when a commit found the ledger map or the disk full: the batch is
      * held unacknowledged, TCP reads pause, UDP frames are dropped and
@@ -293,8 +325,9 @@ static void arm_timer(struct server *server)
 static void arm_recv(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
-    if (connection->recv_armed || connection->closing || server->stopping || server->full ||
-        acks_pending(connection) > ACK_BACKLOG_MAX)
+    /* The buffer of the connection being parsed is about to move: on_recv arms it afterwards. */
+    if (index == server->parsing || connection->recv_armed || connection->closing ||
+        server->stopping || server->full || acks_pending(connection) > ACK_BACKLOG_MAX)
         return;
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_recv(sqe, connection->fd, connection->in + connection->in_size,
@@ -308,7 +341,7 @@ static void arm_recv(struct server *server, uint32_t index)
 static void arm_drain(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
-    if (connection->recv_armed)
+    if (index == server->parsing || connection->recv_armed)
         return;
     struct io_uring_sqe *sqe = sqe_get(server);
     io_uring_prep_recv(sqe, connection->fd, connection->in, connection->in_capacity, 0);
@@ -349,7 +382,8 @@ static void arm_send(struct server *server, uint32_t index)
 static void connection_release(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
-    if (!connection->in_use || connection->ops_in_flight > 0)
+    /* connection_parse still reads `in`; on_recv finishes the close after the parse. */
+    if (!connection->in_use || connection->ops_in_flight > 0 || index == server->parsing)
         return;
     if (connection->fd >= 0)
         close(connection->fd);
@@ -371,6 +405,9 @@ static void connection_shutdown(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
     connection->closing = 1;
+    /* During its parse, on_recv calls this again once the buffer is consumed. */
+    if (index == server->parsing)
+        return;
     if (connection->aborted) {
         connection_release(server, index);
         return;
@@ -405,35 +442,64 @@ static int connection_idle(const struct connection *connection)
 }
 
 /*
- * At connections_max: closes the connection idle the longest, when it has
- * been idle for EVICT_IDLE_MS, so that the sender's next attempt finds a
- * slot. Idle connections cannot otherwise lock out new senders.
+ * Picks the connection to close at connections_max so that a new one can
+ * take its slot. First choice: the oldest connection that has had no frame
+ * accepted for EVICT_UNAUTHENTICATED_MS since it opened, so that peers
+ * without a valid key cannot hold the slots by sending rejected frames.
+ * Second: the connection idle the longest, when idle for EVICT_IDLE_MS.
+ * Returns NO_CONNECTION when neither exists.
  */
-static void evict_idle(struct server *server)
+static uint32_t eviction_pick(const struct server *server, int64_t now, const char **reason_out)
+{
+    uint32_t unauthenticated = NO_CONNECTION, idle = NO_CONNECTION;
+    for (uint32_t i = 0; i < server->slot_count; i++) {
+        const struct connection *connection = &server->connections[i];
+        if (!connection->in_use || connection->closing)
+            continue;
+        if (!connection->authenticated && now - connection->opened_ms >= EVICT_UNAUTHENTICATED_MS &&
+            (unauthenticated == NO_CONNECTION ||
+             connection->opened_ms < server->connections[unauthenticated].opened_ms))
+            unauthenticated = i;
+        if (connection_idle(connection) && now - connection->active_ms >= EVICT_IDLE_MS &&
+            (idle == NO_CONNECTION || connection->active_ms < server->connections[idle].active_ms))
+            idle = i;
+    }
+    if (unauthenticated != NO_CONNECTION) {
+        *reason_out = "no_frame_accepted";
+        return unauthenticated;
+    }
+    *reason_out = "idle";
+    return idle;
+}
+
+/*
+ * At connections_max: closes the connection that eviction_pick chooses, so
+ * that the new connection gets its slot. Returns 1 when one was closed.
+ */
+static int evict_one(struct server *server)
 {
     int64_t now = monotonic_ms();
-    uint32_t oldest = server->connections_max;
-    for (uint32_t i = 0; i < server->connections_max; i++) {
-        const struct connection *connection = &server->connections[i];
-        if (connection_idle(connection) && now - connection->active_ms >= EVICT_IDLE_MS &&
-            (oldest == server->connections_max ||
-             connection->active_ms < server->connections[oldest].active_ms))
-            oldest = i;
-    }
-    if (oldest == server->connections_max)
-        return;
+    const char *reason = NULL;
+    uint32_t index = eviction_pick(server, now, &reason);
+    if (index == NO_CONNECTION)
+        return 0;
+    struct connection *connection = &server->connections[index];
     server->stats.connections_evicted++;
-    log_info("server", "connection evicted peer=%s idle_ms=%lld: connections_max reached",
-             server->connections[oldest].peer,
-             (long long)(now - server->connections[oldest].active_ms));
-    connection_abort(server, oldest);
+    uint64_t suppressed = 0;
+    if (log_limit_pass(&server->evict_log, &suppressed))
+        log_info("server", "connection evicted peer=%s reason=%s age_ms=%lld idle_ms=%lld: "
+                 "connections_max reached (suppressed=%llu)", connection->peer, reason,
+                 (long long)(now - connection->opened_ms),
+                 (long long)(now - connection->active_ms), (unsigned long long)suppressed);
+    connection_abort(server, index);
+    return 1;
 }
 
 /* Closes connections whose frame is too slow to arrive or that were idle too long. */
 static void sweep_timeouts(struct server *server)
 {
     int64_t now = monotonic_ms();
-    for (uint32_t i = 0; i < server->connections_max; i++) {
+    for (uint32_t i = 0; i < server->slot_count; i++) {
         struct connection *connection = &server->connections[i];
         if (!connection->in_use || connection->aborted)
             continue;
@@ -516,11 +582,23 @@ static void on_accept(struct server *server, int fd)
         close(fd);
         return;
     }
-    uint32_t index = 0;
-    while (index < server->connections_max && server->connections[index].in_use)
-        index++;
-    if (index == server->connections_max) {
-        evict_idle(server);
+    /*
+     * Evicted connections keep their slot until the kernel completes their
+     * operations, so only the connections not yet aborted count against the
+     * limit, and the new connection takes one of the EVICTED_SLOTS meanwhile.
+     */
+    uint32_t open_count = 0;
+    for (uint32_t i = 0; i < server->slot_count; i++)
+        open_count += server->connections[i].in_use && !server->connections[i].aborted;
+    uint32_t index = NO_CONNECTION;
+    if (open_count < server->connections_max || evict_one(server)) {
+        index = 0;
+        while (index < server->slot_count && server->connections[index].in_use)
+            index++;
+        if (index == server->slot_count)
+            index = NO_CONNECTION;
+    }
+    if (index == NO_CONNECTION) {
         server->stats.connections_rejected++;
         uint64_t suppressed = 0;
         if (log_limit_pass(&server->reject_log, &suppressed))
@@ -553,6 +631,7 @@ static void on_accept(struct server *server, int fd)
     connection->fd = fd;
     connection->in_use = 1;
     connection->active_ms = monotonic_ms();
+    connection->opened_ms = connection->active_ms;
     connection->in_capacity = RECV_BUFFER_INITIAL;
     connection->out_capacity = 4096;
     connection->wire_capacity = 4096;
@@ -563,6 +642,42 @@ static void on_accept(struct server *server, int fd)
 
 /* ---- Batches ---- */
 
+/*
+ * Describes a reject for the frame's key, naming the key id and the tenant
+ * that the ledger has for it (never the key's secret). Returns 0 for other
+ * statuses.
+ */
+static int key_reject_describe(struct server *server, const struct frame_header *header,
+                               enum frame_status status, char *out, size_t size)
+{
+    unsigned long long key_id = (unsigned long long)header->key_id;
+    if (status == FRAME_UNKNOWN_KEY) {
+        snprintf(out, size, "no key %016llx in the ledger: the sender's key was never created "
+                 "in this data directory", key_id);
+        return 1;
+    }
+    if (status != FRAME_BAD_MAC && status != FRAME_WRONG_TENANT &&
+        status != FRAME_REVOKED_KEY && status != FRAME_EXPIRED_KEY)
+        return 0;
+    /* The lookup transaction of frame_verify is still open, so this reads the same state. */
+    struct ingest_key key = { 0 };
+    char key_tenant[UUID_TEXT_SIZE] = "unknown";
+    if (server->lookup_open &&
+        server->hooks->key_lookup(server->hooks->context, header->key_id, &key) == HM_OK)
+        uuid_format(key.tenant_id, key_tenant);
+    explicit_bzero(key.signing_key, sizeof key.signing_key);
+    if (status == FRAME_BAD_MAC)
+        snprintf(out, size, "the MAC does not match key %016llx of tenant %s: the sender signs "
+                 "with another secret or altered the frame", key_id, key_tenant);
+    else if (status == FRAME_WRONG_TENANT)
+        snprintf(out, size, "key %016llx belongs to tenant %s, not to the frame's tenant",
+                 key_id, key_tenant);
+    else
+        snprintf(out, size, "key %016llx of tenant %s is %s", key_id, key_tenant,
+                 status == FRAME_REVOKED_KEY ? "revoked" : "expired");
+    return 1;
+}
+
 static void log_reject(struct server *server, const char *transport, const char *peer,
                        const struct frame_header *header, enum frame_status status,
                        uint16_t detail, const char *reason)
@@ -572,6 +687,10 @@ static void log_reject(struct server *server, const char *transport, const char 
         return;
     char tenant[UUID_TEXT_SIZE];
     uuid_format(header->tenant_id, tenant);
+    char key_detail[256];
+    if (reason == NULL && key_reject_describe(server, header, status, key_detail,
+                                              sizeof key_detail))
+        reason = key_detail;
     log_warn("server",
              "frame rejected reason=%s transport=%s peer=%s frame_id=%llu key_id=%016llx "
              "tenant=%s event_index=%u detail=\"%s\" suppressed=%llu",
@@ -581,6 +700,40 @@ static void log_reject(struct server *server, const char *transport, const char 
 }
 
 static void commit_batch(struct server *server);
+
+/*
+ * Tracks whether a connection's frames pass the key checks. The first frame
+ * signed with a valid key (accepted, or rejected only for an event's time)
+ * makes the connection keep its slot at connections_max (see eviction_pick).
+ * After SERVER_REJECTS_IN_ROW_MAX other rejects in a row, the connection
+ * stops taking frames and closes once their reject acks are sent, so that a
+ * peer without a valid key cannot hold a slot by sending rejected frames.
+ */
+static void rejects_in_row_count(struct server *server, uint32_t index, enum frame_status status)
+{
+    struct connection *connection = &server->connections[index];
+    /* A failed key lookup is the server's fault, not the sender's. */
+    if (status == FRAME_STORE_FAILED)
+        return;
+    if (status == FRAME_ACCEPTED || status == FRAME_EVENT_TOO_OLD ||
+        status == FRAME_EVENT_IN_FUTURE) {
+        connection->authenticated = 1;
+        connection->rejects_in_row = 0;
+        return;
+    }
+    if (++connection->rejects_in_row < SERVER_REJECTS_IN_ROW_MAX)
+        return;
+    server->stats.connections_closed_rejects++;
+    uint64_t suppressed = 0;
+    if (log_limit_pass(&server->reject_log, &suppressed))
+        log_warn("server", "connection closed peer=%s reason=rejects_in_row rejects=%u "
+                 "authenticated=%d: every one of its last %u frames was rejected; the frame "
+                 "rejected lines above name the cause (suppressed=%llu)", connection->peer,
+                 connection->rejects_in_row, connection->authenticated,
+                 SERVER_REJECTS_IN_ROW_MAX, (unsigned long long)suppressed);
+    /* connection_parse stops at `closing`; on_recv closes once the acks are sent. */
+    connection->closing = 1;
+}
 
 /*
  * Returns a new entry at the end of the batch, committing the batch first
@@ -643,8 +796,11 @@ static void frame_receive(struct server *server, int32_t connection_index, const
         }
         struct connection *connection = &server->connections[connection_index];
         server->stats.frames_by_status[FRAME_STORE_FAILED]++;
-        log_warn("server", "connection closed peer=%s reason=ledger_full: the held batch has "
-                 "no room for its frame; the sender resends it", connection->peer);
+        uint64_t suppressed = 0;
+        if (log_limit_pass(&server->reject_log, &suppressed))
+            log_warn("server", "connection closed peer=%s reason=ledger_full: the held batch has "
+                     "no room for its frame; the sender resends it (suppressed=%llu)",
+                     connection->peer, (unsigned long long)suppressed);
         /* connection_parse still reads `in`: the slot is released after it returns. */
         connection->closing = 1;
         connection->aborted = 1;
@@ -655,6 +811,7 @@ static void frame_receive(struct server *server, int32_t connection_index, const
     if (connection_index >= 0) {
         entry->generation = server->connections[connection_index].generation;
         server->connections[connection_index].frames_in_batch++;
+        rejects_in_row_count(server, (uint32_t)connection_index, status);
     }
     entry->frame_id = header.frame_id;
     memcpy(entry->tenant_id, header.tenant_id, UUID_SIZE);
@@ -745,7 +902,7 @@ static void full_leave(struct server *server)
              "acknowledged and reads resume; UDP frames dropped while full so far: %llu",
              (long long)(monotonic_ms() - server->full_since_ms),
              (unsigned long long)server->stats.udp_dropped_full);
-    for (uint32_t i = 0; i < server->connections_max; i++) {
+    for (uint32_t i = 0; i < server->slot_count; i++) {
         if (server->connections[i].in_use)
             arm_recv(server, i);
     }
@@ -773,7 +930,8 @@ static void commit_batch_now(struct server *server, int force)
         accepted |= batch->entries[i].status == FRAME_ACCEPTED;
     if (accepted) {
         int rc = server->hooks->commit(server->hooks->context, batch);
-        server->stats.commits++;
+        if (rc == HM_OK)
+            server->stats.commits++;
         if (rc == HM_ERR_FULL) {
             server->stats.commit_failures++;
             full_enter(server, rc);
@@ -809,7 +967,7 @@ static void commit_batch_now(struct server *server, int force)
         full_leave(server);
 
     /* A closing connection whose last ack could not be queued has nothing left to wait for. */
-    for (uint32_t i = 0; i < server->connections_max; i++) {
+    for (uint32_t i = 0; i < server->slot_count; i++) {
         struct connection *connection = &server->connections[i];
         if (connection->in_use && connection->closing && !connection->send_armed &&
             acks_pending(connection) == 0)
@@ -851,6 +1009,10 @@ static void batch_drop_held(struct server *server)
 static void connection_parse(struct server *server, uint32_t index)
 {
     struct connection *connection = &server->connections[index];
+    /* Nothing may write into `in` while it is parsed, moved or grown. */
+    if (connection->recv_armed)
+        abort();
+    server->parsing = index;
     size_t consumed = 0;
     while (!connection->closing && connection->in_size - consumed >= FRAME_HEADER_SIZE) {
         const uint8_t *frame = connection->in + consumed;
@@ -898,6 +1060,7 @@ static void connection_parse(struct server *server, uint32_t index)
     }
     memmove(connection->in, connection->in + consumed, connection->in_size - consumed);
     connection->in_size -= consumed;
+    server->parsing = NO_CONNECTION;
 }
 
 static void on_recv(struct server *server, uint32_t index, int result)
@@ -1000,25 +1163,16 @@ static void on_udp(struct server *server, uint32_t index, int result)
         arm_udp(server, index);
 }
 
-static void stats_write(struct server *server)
+/* Writes the counters as JSON to `file`; returns 0, or -1 when a write failed. */
+static int stats_print(FILE *file, const struct server_stats *stats)
 {
-    const char *path = server->options->stats_file;
-    if (path == NULL)
-        return;
-    char temporary[4096];
-    snprintf(temporary, sizeof temporary, "%s.tmp", path);
-    FILE *file = fopen(temporary, "w");
-    if (file == NULL) {
-        log_warn("server", "cannot write stats file %s: %s", temporary, strerror(errno));
-        return;
-    }
-    const struct server_stats *stats = &server->stats;
     fprintf(file, "{\"frames_received\": %llu, \"events_stored\": %llu, "
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"connections_accepted\": %llu, "
             "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
-            "\"connections_evicted\": %llu, \"udp_dropped\": %llu, "
-            "\"udp_dropped_full\": %llu, \"store_full\": %llu, \"frames\": {",
+            "\"connections_evicted\": %llu, \"connections_closed_rejects\": %llu, "
+            "\"udp_dropped\": %llu, \"udp_dropped_full\": %llu, \"store_full\": %llu, "
+            "\"frames\": {",
             (unsigned long long)stats->frames_received, (unsigned long long)stats->events_stored,
             (unsigned long long)stats->events_duplicate,
             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
@@ -1027,28 +1181,101 @@ static void stats_write(struct server *server)
             (unsigned long long)stats->connections_rejected,
             (unsigned long long)stats->connections_timed_out,
             (unsigned long long)stats->connections_evicted,
+            (unsigned long long)stats->connections_closed_rejects,
             (unsigned long long)stats->udp_dropped,
             (unsigned long long)stats->udp_dropped_full, (unsigned long long)stats->store_full);
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
     fprintf(file, "}}\n");
-    if (fclose(file) != 0 || rename(temporary, path) != 0)
-        log_warn("server", "cannot write stats file %s: %s", path, strerror(errno));
+    return fflush(file) == 0 && !ferror(file) ? 0 : -1;
 }
 
-static void stats_report(struct server *server)
+/*
+ * Replaces the stats file through a temporary file and a rename, so that a
+ * reader never sees half a file. Returns 0, or -1 after a failure (logged on
+ * the first failure only; the caller tries again at the next report).
+ */
+static int stats_write(struct server *server)
 {
-    if (memcmp(&server->stats, &server->stats_reported, sizeof server->stats) == 0)
+    const char *path = server->options->stats_file;
+    if (path == NULL)
+        return 0;
+    char temporary[4096];
+    snprintf(temporary, sizeof temporary, "%s.tmp", path);
+    FILE *file = fopen(temporary, "w");
+    int failed = file == NULL;
+    if (file != NULL) {
+        failed = stats_print(file, &server->stats) != 0;
+        failed |= fclose(file) != 0;
+        failed = failed || rename(temporary, path) != 0;
+    }
+    int error = errno;
+    if (failed && file != NULL)
+        unlink(temporary);
+    if (failed && !server->stats_file_failed)
+        log_warn("server", "cannot write stats file %s: %s; the stats are logged every report "
+                 "until a write succeeds (free space there, or give meterd --stats-file)",
+                 path, strerror(error));
+    else if (!failed && server->stats_file_failed)
+        log_info("server", "stats file %s written again", path);
+    server->stats_file_failed = failed;
+    return failed ? -1 : 0;
+}
+
+/*
+ * Logs the lines that a rate limit dropped since its last line, and resets
+ * the count: at the stop, or once the limit's window has ended (a later line
+ * that passes would report them too, but may never come).
+ */
+static void log_limit_report(struct log_limit *limit, const char *lines, int final)
+{
+    int64_t now_s = monotonic_ms() / 1000;
+    if (limit->suppressed == 0 || (!final && now_s - limit->window_start_s < limit->window_s))
         return;
+    log_warn("server", "%llu %s lines suppressed by the log rate limit",
+             (unsigned long long)limit->suppressed, lines);
+    limit->suppressed = 0;
+}
+
+/*
+ * Reports the counters in a log line and in the stats file when they
+ * changed, or when the last stats file write failed, so that a full disk
+ * never hides them. Also reports lines that the rate limits dropped, so that
+ * a burst at the end of a run is never silent. `final` is set at the stop.
+ */
+static void stats_report(struct server *server, int final)
+{
+    log_limit_report(&server->reject_log, "frame rejected or connection closed", final);
+    log_limit_report(&server->evict_log, "connection evicted", final);
+    log_limit_report(&server->commit_log, "batch commit failed", final);
+    int changed = memcmp(&server->stats, &server->stats_reported, sizeof server->stats) != 0;
+    if (!changed && !server->stats_file_failed)
+        return;
+    /* Unchanged counters are logged every STATS_UNCHANGED_REPORTS reports, and written each time. */
+    if (!changed && !final && ++server->stats_reports_unchanged < STATS_UNCHANGED_REPORTS) {
+        stats_write(server);
+        return;
+    }
+    server->stats_reports_unchanged = 0;
     const struct server_stats *stats = &server->stats;
-    uint64_t rejected = stats->frames_received - stats->frames_by_status[FRAME_ACCEPTED];
-    log_info("server", "stats frames=%llu rejected=%llu stored=%llu duplicates=%llu "
-             "conflicts=%llu commits=%llu",
-             (unsigned long long)stats->frames_received, (unsigned long long)rejected,
-             (unsigned long long)stats->events_stored,
+    /* Frames held in the batch while the ledger is full have no status yet. */
+    uint64_t rejected = 0;
+    for (int i = 0; i < FRAME_STATUS_COUNT; i++)
+        rejected += i == FRAME_ACCEPTED || i == FRAME_STORE_FAILED ? 0 : stats->frames_by_status[i];
+    uint64_t held = server->full ? server->batch.entry_count : 0;
+    log_info("server", "stats frames=%llu accepted=%llu rejected=%llu store_failed=%llu "
+             "held=%llu stored=%llu duplicates=%llu conflicts=%llu commits=%llu "
+             "commit_failures=%llu udp_dropped_full=%llu",
+             (unsigned long long)stats->frames_received,
+             (unsigned long long)stats->frames_by_status[FRAME_ACCEPTED],
+             (unsigned long long)rejected,
+             (unsigned long long)stats->frames_by_status[FRAME_STORE_FAILED],
+             (unsigned long long)held, (unsigned long long)stats->events_stored,
              (unsigned long long)stats->events_duplicate,
-             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits);
+             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
+             (unsigned long long)stats->commit_failures,
+             (unsigned long long)stats->udp_dropped_full);
     stats_write(server);
     server->stats_reported = server->stats;
 }
@@ -1088,7 +1315,7 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
         }
         sweep_timeouts(server);
         if (++server->ticks % STATS_TICKS == 0)
-            stats_report(server);
+            stats_report(server, 0);
         if (!server->stopping)
             arm_timer(server);
         break;
@@ -1114,11 +1341,11 @@ static void connections_fit_file_limit(struct server *server)
         setrlimit(RLIMIT_NOFILE, &limit);
         getrlimit(RLIMIT_NOFILE, &limit);
     }
-    rlim_t needed = (rlim_t)server->connections_max + RESERVED_DESCRIPTORS;
+    rlim_t needed = (rlim_t)server->connections_max + EVICTED_SLOTS + RESERVED_DESCRIPTORS;
     if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed)
         return;
-    uint32_t fitting = limit.rlim_cur > 2 * RESERVED_DESCRIPTORS
-                           ? (uint32_t)(limit.rlim_cur - RESERVED_DESCRIPTORS)
+    uint32_t fitting = limit.rlim_cur > 2 * RESERVED_DESCRIPTORS + EVICTED_SLOTS
+                           ? (uint32_t)(limit.rlim_cur - RESERVED_DESCRIPTORS - EVICTED_SLOTS)
                            : (uint32_t)(limit.rlim_cur / 2);
     log_warn("server", "connections_max lowered from %u to %u: the open file limit is %llu; "
              "raise it (ulimit -n) to serve more connections", server->connections_max,
@@ -1158,7 +1385,8 @@ static int server_setup(struct server *server, sigset_t *signals)
     if (server->connections_max > SERVER_CONNECTIONS_MAX)
         server->connections_max = SERVER_CONNECTIONS_MAX;
     connections_fit_file_limit(server);
-    server->connections = calloc(server->connections_max, sizeof *server->connections);
+    server->slot_count = server->connections_max + EVICTED_SLOTS;
+    server->connections = calloc(server->slot_count, sizeof *server->connections);
     server->udp_buffers = calloc(UDP_BUFFERS, sizeof *server->udp_buffers);
     server->batch.entries = calloc(BATCH_FRAMES_MAX, sizeof *server->batch.entries);
     server->batch.entry_capacity = BATCH_FRAMES_MAX;
@@ -1169,7 +1397,7 @@ static int server_setup(struct server *server, sigset_t *signals)
         log_error("server", "out of memory at startup");
         return HM_ERR_NOMEM;
     }
-    for (uint32_t i = 0; i < server->connections_max; i++)
+    for (uint32_t i = 0; i < server->slot_count; i++)
         server->connections[i].fd = -1;
     server->frame_timeout_ms = options->frame_timeout_ms ? options->frame_timeout_ms
                                                          : SERVER_FRAME_TIMEOUT_MS_DEFAULT;
@@ -1218,7 +1446,7 @@ static void drain_completions(struct server *server)
  */
 static int cancel_all(struct server *server)
 {
-    for (uint32_t i = 0; server->connections != NULL && i < server->connections_max; i++) {
+    for (uint32_t i = 0; server->connections != NULL && i < server->slot_count; i++) {
         if (server->connections[i].in_use)
             shutdown(server->connections[i].fd, SHUT_RDWR);
     }
@@ -1251,7 +1479,7 @@ static void server_teardown(struct server *server)
     if (server->ring.ring_fd > 0 && !cancel_all(server))
         return;
     if (server->connections) {
-        for (uint32_t i = 0; i < server->connections_max; i++) {
+        for (uint32_t i = 0; i < server->slot_count; i++) {
             struct connection *connection = &server->connections[i];
             if (connection->fd >= 0)
                 close(connection->fd);
@@ -1283,7 +1511,7 @@ static void flush_acks(struct server *server)
     int64_t deadline = monotonic_ms() + 1000;
     for (;;) {
         int open_connections = 0;
-        for (uint32_t i = 0; i < server->connections_max; i++) {
+        for (uint32_t i = 0; i < server->slot_count; i++) {
             struct connection *connection = &server->connections[i];
             if (!connection->in_use)
                 continue;
@@ -1310,6 +1538,8 @@ int server_run(const struct server_options *options, const struct server_hooks *
     server.ring.ring_fd = -1;
     server.reject_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
     server.commit_log = (struct log_limit)LOG_LIMIT_INIT(5, 10);
+    server.evict_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
+    server.parsing = NO_CONNECTION;
     sigset_t signals;
     int rc = server_setup(&server, &signals);
     if (rc != HM_OK) {
@@ -1345,7 +1575,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
     if (server.full)
         batch_drop_held(&server);
     flush_acks(&server);
-    stats_report(&server);
+    stats_report(&server, 1);
     log_info("server", "stopped frames=%llu stored=%llu",
              (unsigned long long)server.stats.frames_received,
              (unsigned long long)server.stats.events_stored);

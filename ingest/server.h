@@ -101,6 +101,13 @@ struct verify_policy {
 /* Open TCP connections; each costs a receive buffer that grows to FRAME_SIZE_MAX. */
 #define SERVER_CONNECTIONS_DEFAULT 256
 #define SERVER_CONNECTIONS_MAX 65536
+/*
+ * Frames rejected in a row, for their key or as malformed, after which a
+ * connection is closed once their acks are sent. Events outside the time
+ * window do not count: their frames carry a valid key. A peer without a
+ * valid key thus cannot keep a slot by sending frames.
+ */
+#define SERVER_REJECTS_IN_ROW_MAX 16
 
 struct server_stats {
     uint64_t frames_received;
@@ -113,7 +120,8 @@ struct server_stats {
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */
-    uint64_t connections_evicted;   /* idle, closed to make room at connections_max */
+    uint64_t connections_evicted;   /* closed to make room at connections_max (see server.c) */
+    uint64_t connections_closed_rejects; /* closed after SERVER_REJECTS_IN_ROW_MAX rejected frames */
     uint64_t udp_dropped;           /* datagrams the kernel dropped for a full receive buffer */
     uint64_t udp_dropped_full;      /* UDP frames dropped while the ledger was full */
     uint64_t store_full;            /* 1 while the ledger is full and frames wait unacknowledged */

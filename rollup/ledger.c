@@ -6,6 +6,7 @@
 #include "ingest/wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,68 @@
 #include <unistd.h>
 
 struct log_limit ledger_error_log = LOG_LIMIT_INIT(10, 10);
+int ledger_full_logged;
+
+/* Cause and fix of the last failed ledger_open, for ledger_open_error. */
+static char open_error[1024];
+
+const char *ledger_open_error(void)
+{
+    return open_error;
+}
+
+/*
+ * Records (and logs) why the ledger in `dir` could not be opened, naming the
+ * fix for the causes that an operator can remove.
+ */
+static void open_error_set(const char *dir, int error)
+{
+    if (error == ENOSPC)
+        snprintf(open_error, sizeof open_error, "no space left on device in %s; free disk space "
+                 "on that file system, or give a data directory on one with free space", dir);
+    else if (error == EROFS)
+        snprintf(open_error, sizeof open_error, "%s is on a read-only file system; remount it "
+                 "read-write (mount -o remount,rw), or copy the data directory to a writable "
+                 "one and give that", dir);
+    else if (error == EACCES || error == EPERM)
+        snprintf(open_error, sizeof open_error, "permission denied on %s or its files; run as "
+                 "the user that owns them, or fix their permissions", dir);
+    else if (error == MDB_MAP_FULL)
+        snprintf(open_error, sizeof open_error, "the ledger map in %s is full; give a larger "
+                 "--map-size", dir);
+    else
+        snprintf(open_error, sizeof open_error, "%s: %s", dir, mdb_strerror(error));
+    log_error("ledger", "cannot open the ledger: %s", open_error);
+}
+
+/* Bytes of the lock file to allocate before LMDB maps it; it needs about 16 KiB for 256 readers. */
+#define LOCK_FILE_RESERVE (64 * 1024)
+
+/*
+ * Allocates disk blocks for a new LMDB lock file before mdb_env_open maps
+ * it. LMDB sizes the lock file with ftruncate and writes it through a shared
+ * mapping, so on a full file system its first write raises SIGBUS instead of
+ * returning an error. FALLOC_FL_KEEP_SIZE leaves the file size to LMDB.
+ * Returns 0, or ENOSPC when the disk is full. An existing lock file is left
+ * alone: its first pages were written when it was made, and a full disk must
+ * not keep readers out. A file system without fallocate, or a read-only one,
+ * is left to LMDB.
+ */
+static int lock_file_reserve(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/lock.mdb", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == ENOSPC || errno == EDQUOT ? ENOSPC : 0;
+    struct stat status;
+    int rc = 0;
+    if (fstat(fd, &status) == 0 && status.st_size == 0 &&
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, LOCK_FILE_RESERVE) != 0)
+        rc = errno;
+    close(fd);
+    return rc == ENOSPC || rc == EDQUOT ? ENOSPC : 0;
+}
 
 static const char *const table_names[TABLE_COUNT] = {
     "events", "rollups", "storage", "tenants", "names",
@@ -25,11 +88,29 @@ static const char *const table_names[TABLE_COUNT] = {
     "arrivals",
 };
 
+/* Free space below which a failed write is blamed on a full disk. */
+#define DISK_FULL_BYTES (1024 * 1024)
+
+/* Returns 1 when the file system of `dir` has less than DISK_FULL_BYTES free. */
+static int dir_space_low(const char *dir)
+{
+    struct statvfs space;
+    if (statvfs(dir, &space) != 0)
+        return 0;
+    return (unsigned long long)space.f_bavail * space.f_frsize < DISK_FULL_BYTES;
+}
+
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
 {
+    open_error[0] = '\0';
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        log_error("ledger", "cannot create data directory %s: %s", dir, strerror(errno));
+        open_error_set(dir, errno);
         return HM_ERR_IO;
+    }
+    int reserve_rc = lock_file_reserve(dir);
+    if (reserve_rc != 0) {
+        open_error_set(dir, reserve_rc);
+        return HM_ERR_FULL;
     }
     struct ledger *ledger = calloc(1, sizeof *ledger);
     if (ledger == NULL)
@@ -56,7 +137,7 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     if (rc == 0)
         rc = mdb_env_open(ledger->env, dir, flags, 0600);
     if (rc != 0) {
-        log_error("ledger", "cannot open ledger in %s: %s", dir, mdb_strerror(rc));
+        open_error_set(dir, rc);
         goto fail_env;
     }
 
@@ -98,11 +179,12 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     return HM_OK;
 
 fail_open:
-    log_error("ledger", "cannot open ledger tables in %s: %s", dir, mdb_strerror(rc));
+    /* LMDB reports a write cut short by a full disk as EIO. */
+    open_error_set(dir, rc == EIO && dir_space_low(dir) ? ENOSPC : rc);
 fail_env:
     mdb_env_close(ledger->env);
     free(ledger);
-    return rc == MDB_MAP_FULL ? HM_ERR_FULL : HM_ERR_STORAGE;
+    return rc == MDB_MAP_FULL || rc == ENOSPC ? HM_ERR_FULL : HM_ERR_STORAGE;
 }
 
 void ledger_close(struct ledger *ledger)
@@ -131,9 +213,6 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     return HM_OK;
 }
 
-/* Free space below which a failed write is blamed on a full disk. */
-#define DISK_FULL_BYTES (1024 * 1024)
-
 /*
  * Returns 1 when the file system of the ledger has less than DISK_FULL_BYTES
  * free. LMDB reports a write cut short by a full disk as EIO, not ENOSPC,
@@ -142,10 +221,7 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
 static int disk_full(struct ledger *ledger)
 {
     const char *dir = NULL;
-    struct statvfs space;
-    if (mdb_env_get_path(ledger->env, &dir) != 0 || statvfs(dir, &space) != 0)
-        return 0;
-    return (unsigned long long)space.f_bavail * space.f_frsize < DISK_FULL_BYTES;
+    return mdb_env_get_path(ledger->env, &dir) == 0 && dir_space_low(dir);
 }
 
 #ifndef HM_NO_TEST_HOOKS
@@ -155,22 +231,35 @@ static int disk_full(struct ledger *ledger)
  * commits abort their transaction and return HM_ERR_STORAGE, as a failed
  * disk write would, and METER_TEST_COMMIT_DELAY_MS=MS makes each of those
  * failing commits take MS milliseconds first, so that a test can send while
- * one runs. Building with -DHM_NO_TEST_HOOKS leaves the hook out.
+ * one runs. METER_TEST_FULL_COMMITS=N makes the next N commits return
+ * HM_ERR_FULL instead, as a full map would. Returns 0 to commit, or the
+ * status to return. Building with -DHM_NO_TEST_HOOKS leaves the hook out.
  */
 static int commit_fault_inject(MDB_txn *txn)
 {
     static int loaded;
     static long failures_left;
+    static long full_left;
     static long delay_ms;
     if (!loaded) {
         loaded = 1;
         const char *failures = getenv("METER_TEST_FAIL_COMMITS");
+        const char *full = getenv("METER_TEST_FULL_COMMITS");
         const char *delay = getenv("METER_TEST_COMMIT_DELAY_MS");
         failures_left = failures ? strtol(failures, NULL, 10) : 0;
+        full_left = full ? strtol(full, NULL, 10) : 0;
         delay_ms = delay ? strtol(delay, NULL, 10) : 0;
         if (failures_left > 0)
             log_warn("ledger", "test hook: the next %ld commits fail (METER_TEST_FAIL_COMMITS)",
                      failures_left);
+        if (full_left > 0)
+            log_warn("ledger", "test hook: the next %ld commits find the map full "
+                     "(METER_TEST_FULL_COMMITS)", full_left);
+    }
+    if (full_left > 0) {
+        full_left--;
+        mdb_txn_abort(txn);
+        return status_of(MDB_MAP_FULL, "commit (METER_TEST_FULL_COMMITS)");
     }
     if (failures_left <= 0)
         return 0;
@@ -183,16 +272,17 @@ static int commit_fault_inject(MDB_txn *txn)
     mdb_txn_abort(txn);
     log_error("ledger", "commit failed: injected by METER_TEST_FAIL_COMMITS (%ld more to fail)",
               failures_left);
-    return 1;
+    return HM_ERR_STORAGE;
 }
 #endif
 
 int ledger_commit(struct ledger_txn *txn)
 {
 #ifndef HM_NO_TEST_HOOKS
-    if (commit_fault_inject(txn->txn)) {
+    int injected = commit_fault_inject(txn->txn);
+    if (injected != 0) {
         free(txn);
-        return HM_ERR_STORAGE;
+        return injected;
     }
 #endif
     struct ledger *ledger = txn->ledger;
@@ -200,6 +290,8 @@ int ledger_commit(struct ledger_txn *txn)
     free(txn);
     if (rc == EIO && disk_full(ledger))
         rc = ENOSPC;
+    if (rc == 0)
+        ledger_full_logged = 0;
     return rc == 0 ? HM_OK : status_of(rc, "commit");
 }
 

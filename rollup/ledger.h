@@ -36,10 +36,20 @@ struct ledger_options {
 
 /*
  * Opens (creating when missing) the ledger in directory `dir`. Returns
- * HM_OK, HM_ERR_IO (directory or file error), HM_ERR_STORAGE (LMDB error,
- * logged). The caller closes it with ledger_close.
+ * HM_OK, HM_ERR_IO (directory or file error), HM_ERR_FULL (no space left on
+ * the device, or the map is full), HM_ERR_STORAGE (LMDB error); every error
+ * is logged and described by ledger_open_error. The caller closes it with
+ * ledger_close.
  */
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options);
+
+/*
+ * Returns why the last ledger_open of this process failed, with the fix when
+ * the operator can remove the cause (a full disk, a read-only file system,
+ * permissions), for the caller's last error line. Empty after a success.
+ * Static storage, overwritten by the next ledger_open.
+ */
+const char *ledger_open_error(void);
 void ledger_close(struct ledger *ledger);
 
 /* ---- Write transactions ---- */

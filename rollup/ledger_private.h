@@ -62,10 +62,21 @@ struct ledger_txn {
 
 /* One limit for every ledger error line, so that a full map logs a few lines, not one per batch. */
 extern struct log_limit ledger_error_log;
+/*
+ * Set once a full map or disk was logged at error level, and cleared by the
+ * next successful commit: a writer that retries while the ledger stays full
+ * (meterd's held batch) logs the error once per full state, then at debug level.
+ */
+extern int ledger_full_logged;
 
 static inline int status_of(int mdb_rc, const char *operation)
 {
     int full = mdb_rc == MDB_MAP_FULL || mdb_rc == ENOSPC;
+    if (full && ledger_full_logged) {
+        log_debug("ledger", "%s failed: %s; still full", operation, mdb_strerror(mdb_rc));
+        return HM_ERR_FULL;
+    }
+    ledger_full_logged |= full;
     uint64_t suppressed = 0;
     if (!log_limit_pass(&ledger_error_log, &suppressed))
         return full ? HM_ERR_FULL : HM_ERR_STORAGE;

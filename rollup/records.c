@@ -20,6 +20,8 @@ static int write_begin(struct ledger *ledger, MDB_txn **txn)
 static int write_commit(MDB_txn *txn)
 {
     int rc = mdb_txn_commit(txn);
+    if (rc == 0)
+        ledger_full_logged = 0;
     return rc == 0 ? HM_OK : status_of(rc, "commit");
 }
 

@@ -48,6 +48,22 @@ done
 grep -Eq "^meterbench: meterd-tcp .* ok \(rollups equal\)" "$work/err" ||
   fail "meterd-tcp rollups were not compared"
 
+echo "== a report goes to ./meterbench-results by default, never into the source tree"
+source_dir=$(cd "$2" && pwd)
+published=$(sha256sum "$source_dir/bench/RESULTS.md" "$source_dir/bench/throughput.png")
+if ! (cd "$work" && "$meterbench" --quick --peers socket --events 1000 --loads 0.5 \
+  --duration 0.1) >"$work/out" 2>"$work/err"; then
+  cat "$work/err" >&2
+  fail "meterbench --quick --peers socket failed"
+fi
+[ -s "$work/meterbench-results/RESULTS.md" ] ||
+  fail "no meterbench-results/RESULTS.md in the working directory; output: $(cat "$work/err")"
+grep -q "socket-ceiling" "$work/meterbench-results/RESULTS.md" ||
+  fail "meterbench-results/RESULTS.md has no socket-ceiling row"
+now=$(sha256sum "$source_dir/bench/RESULTS.md" "$source_dir/bench/throughput.png")
+[ "$now" = "$published" ] ||
+  fail "a run without --out changed bench/RESULTS.md or bench/throughput.png"
+
 echo "== command-line errors name the value and the fix"
 expect_error() {
   local expected=$1

@@ -101,6 +101,15 @@ else
   echo "FAIL tenant list does not show the settings: $($meterctl tenant list)"
   failures=$((failures + 1))
 fi
+$meterctl tenant set other-co --stripe-customer cus_OtherCo01 >/dev/null
+if $meterctl tenant list | grep "other-co" | grep -q "2031-01-01  *cus_OtherCo01$" &&
+   $meterctl tenant list | head -1 | grep -q "end  *stripe$" &&
+   $meterctl tenant list | grep "acme " | grep -q "  -  *-$"; then
+  echo "ok   tenant list shows the Stripe customer"
+else
+  echo "FAIL tenant list does not show the Stripe customer: $($meterctl tenant list)"
+  failures=$((failures + 1))
+fi
 if $meterctl issuer list | grep -q "acme-inc  *ACME  *ACME-000001, ACME-CN-000001"; then
   echo "ok   issuer list shows the prefixes"
 else

@@ -65,6 +65,10 @@ expect_error "certificate not trusted without --ca-file" "SSL certificate proble
 expect_error "bad API key" "HTTP 401 invalid_request_error" \
   env STRIPE_API_KEY=sk_test_wrongkey0000 $meterctl export stripe --api-base "$base" \
   --ca-file "$work/tls.crt" --tenant beta
+expect_error "bad API key names the fix" \
+  "Stripe rejected the API key: check that STRIPE_API_KEY, or the file given with --api-key-file" \
+  env STRIPE_API_KEY=sk_test_wrongkey0000 $meterctl export stripe --api-base "$base" \
+  --ca-file "$work/tls.crt" --tenant beta
 expect_count "nothing created by the rejected runs" "$(standin_count invoices)" 0
 expect_error "tenant without customer id" \
   'tenant acme has no Stripe customer id; set it with `meterctl tenant set acme --stripe-customer cus_...`' \
@@ -178,6 +182,29 @@ output=$($meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --
 expect_count "check after void exits 0" "$status" 0
 grep -q "matching=4 different=0" <<<"$output" && pass "check after void: all match" ||
   failed "check after void: $output"
+
+# ---- --check with an invoice voided before its export ----
+
+# HM-000004 is exported and then voided; its revision HM-000005 is voided before any export, so
+# --check lists it apart from the matching invoices; HM-000006 is the exported revision.
+$meterctl invoice void HM-000004 --reason "wrong customer again" >/dev/null
+$meterctl close --period 2024-05 >/dev/null 2>&1
+$meterctl invoice void HM-000005 --reason "wrong meter" >/dev/null
+$meterctl close --period 2024-05 >/dev/null 2>&1
+status=0
+output=$($meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" 2>&1) || status=$?
+expect_count "export of a void before export exits 0" "$status" 0
+grep -q "HM-000005 acme 2024-05 14.68 USD: void before export, nothing sent to Stripe" \
+  <<<"$output" && pass "void before export sends nothing" || failed "void before export: $output"
+status=0
+output=$($meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --check 2>&1) ||
+  status=$?
+expect_count "check with a void before export exits 0" "$status" 0
+grep -q "invoices=6 matching=5 different=0 not_exported_void=1 failed=0" <<<"$output" &&
+  pass "check counts a void before export apart" || failed "check of void before export: $output"
+grep -qF "HM-000005 -: not exported: void before export" <<<"$output" &&
+  pass "check names the invoice void before export" ||
+  failed "check of void before export: $output"
 
 # ---- The key never reaches any output ----
 

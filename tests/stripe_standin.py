@@ -733,18 +733,32 @@ def self_test():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port-file")
-    parser.add_argument("--api-key-file")
-    parser.add_argument("--customers", default="")
-    parser.add_argument("--tls-cert")
-    parser.add_argument("--tls-key")
-    parser.add_argument("--log")
-    parser.add_argument("--self-test", action="store_true")
+    parser.add_argument("--port-file", metavar="FILE",
+                        help="write the port, which the kernel picks on 127.0.0.1, to FILE "
+                        "once the server listens (required)")
+    parser.add_argument("--api-key-file", metavar="FILE",
+                        help="file that contains the one API key that the server accepts, "
+                        "for example sk_test_... (required)")
+    parser.add_argument("--customers", default="", metavar="LIST",
+                        help="comma-separated customer ids that exist, for example "
+                        "cus_a,cus_b; an invoice for another customer gets Stripe's 400 "
+                        "resource_missing (default: none)")
+    parser.add_argument("--tls-cert", metavar="PEM",
+                        help="certificate chain: serve HTTPS instead of plain HTTP")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument("--log", metavar="FILE",
+                        help="append every authorized API request as one JSON line "
+                        "(method, path, idempotency key, status, object id) to FILE")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check the server's own behaviour against Stripe's conventions, "
+                        "then exit: 0 when every check passed")
     args = parser.parse_args()
     if args.self_test:
         sys.exit(self_test())
     if not args.port_file or not args.api_key_file:
         parser.error("--port-file and --api-key-file are required")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together: give both for HTTPS, or neither")
     with open(args.api_key_file, encoding="utf-8") as file:
         api_key = file.read().strip()
     customers = [c for c in args.customers.split(",") if c]

@@ -212,6 +212,8 @@ static void keys_create(struct ledger *ledger)
         struct key_record key = { .key_id = UINT64_C(0xfedcba9876543210) + (uint64_t)i,
                                   .status = KEY_ACTIVE, .created_s = 1714000100 + i };
         memcpy(key.tenant_id, i < 2 ? tenant_a : tenant_b, UUID_SIZE);
+        if (i == 2)
+            key.expires_s = 1735689600; /* 2025-01-01 */
         memset(key.signing_key, 0x5a, sizeof key.signing_key);
         for (size_t j = 0; j < sizeof key.secret_hash; j++)
             key.secret_hash[j] = (uint8_t)(j * 7 + (size_t)i);
@@ -615,6 +617,10 @@ Test(export_postgres, exact_values)
     cr_expect_eq(scalar("SELECT count(*) FROM api_keys"
                         " WHERE key_hash LIKE '%5a5a5a5a5a5a5a5a%'"),
                  0);
+    cr_expect_eq(scalar("SELECT extract(epoch FROM expires_at)::bigint FROM api_keys"
+                        " WHERE id = 'fedcba9876543212'"),
+                 1735689600);
+    cr_expect_eq(scalar("SELECT count(*) FROM api_keys WHERE expires_at IS NULL"), 2);
 
     /* Every event, field by field, and the partitions of its months. */
     cr_expect_eq(events_compare(ledger), 10);
@@ -775,4 +781,20 @@ Test(export_postgres, schema_missing)
     char out[4096];
     cr_expect_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
     cr_expect_not_null(strstr(out, "run `meterctl db migrate --dsn DSN` first"), "%s", out);
+}
+
+/* A DSN without a password, and none in the environment, gets a hint that names both sources. */
+Test(export_postgres, missing_password_hint)
+{
+    char port[16], password[128], out[4096];
+    cluster_read(port, sizeof port, password, sizeof password);
+    int status = meterctl(out, sizeof out, "PGPASSWORD= PGPASSFILE=/nonexistent",
+                          "db migrate --dsn 'host=127.0.0.1 port=%s dbname=meter user=meter'",
+                          port);
+    cr_expect_eq(status, 1, "%s", out);
+    cr_expect_not_null(strstr(out, "the server requires a password and none was given"), "%s",
+                       out);
+    cr_expect_not_null(strstr(out, "set PGPASSWORD, or add the line"), "%s", out);
+    cr_expect_not_null(strstr(out, "~/.pgpass (mode 0600)"), "%s", out);
+    cr_expect_null(strstr(out, password), "%s", out);
 }

@@ -881,6 +881,35 @@ Test(lifecycle, close_out_of_order_refused)
     cr_assert_eq(meterctl(out, sizeof out, "invoice show alpha --period 2024-05"), 0, "%s", out);
 }
 
+/* A refusal over 70 open months names ten, counts the rest and ends with the fix. */
+Test(lifecycle, close_refusal_bounded_list)
+{
+    char out[16384];
+    cr_assert_eq(meterctl(out, sizeof out, "tenant create omega --service-start 2020-01-01"), 0,
+                 "%s", out);
+    cr_assert_eq(meterctl(out, sizeof out, "close --period 2025-11"), 1, "%s", out);
+    cr_assert_not_null(strstr(out, "70 earlier months are still open"), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant omega: 2020-01 (in service), "), "%s", out);
+    cr_assert_not_null(strstr(out, "tenant omega: 2020-10 (in service) and 60 more; "), "%s",
+                       out);
+    cr_assert_null(strstr(out, "2020-11"), "%s", out);
+    cr_assert_not_null(strstr(out, "oldest first (`meterctl close --period 2020-01`)"), "%s",
+                       out);
+    cr_assert_not_null(strstr(out, "pass --allow-gaps to close 2025-11 anyway\n"), "%s", out);
+
+    /* A buffer too small for ten months gets fewer of them and the whole sentence. */
+    struct ledger *ledger = NULL;
+    char error[300];
+    cr_assert_eq(ledger_open(&ledger, harness.dir, NULL), HM_OK);
+    int rc = billing_close_order_check(ledger, 202511, error, sizeof error);
+    ledger_close(ledger);
+    cr_assert_eq(rc, HM_ERR_STATE);
+    cr_assert_lt(strlen(error), sizeof error - 1, "%s", error);
+    cr_assert_not_null(strstr(error, "tenant omega: 2020-01 (in service)"), "%s", error);
+    cr_assert_not_null(strstr(error, " more; close those months first"), "%s", error);
+    cr_assert_not_null(strstr(error, "--allow-gaps to close 2025-11 anyway"), "%s", error);
+}
+
 /* A month in which no tenant was in service closes nothing and leaves no folder. */
 Test(lifecycle, close_with_no_tenant_in_service)
 {

@@ -1319,22 +1319,45 @@ int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s,
     return HM_ERR_STATE;
 }
 
-/* Appends "tenant T: YYYY-MM (reason)" to a list of open months, up to the buffer's end. */
-static void open_month_append(char *list, size_t size, const char *tenant, uint32_t period,
-                              const char *reason)
+/*
+ * The open months that a refused close lists by name. The message names the
+ * first ones, the count of the rest and the oldest month, so that it stays
+ * complete however many months are open.
+ */
+#define OPEN_MONTHS_LISTED_MAX 10
+
+struct open_month {
+    char tenant[TENANT_NAME_MAX + 1];
+    uint32_t period;
+    const char *reason;
+};
+
+struct open_months {
+    struct open_month listed[OPEN_MONTHS_LISTED_MAX];
+    size_t found;
+    uint32_t oldest;
+};
+
+static void open_month_add(struct open_months *months, const char *tenant, uint32_t period,
+                           const char *reason)
 {
-    size_t used = strlen(list);
-    if (used < size)
-        snprintf(list + used, size - used, "%stenant %s: %04u-%02u (%s)", used ? ", " : "",
-                 tenant, period / 100, period % 100, reason);
+    if (months->found < OPEN_MONTHS_LISTED_MAX) {
+        struct open_month *month = &months->listed[months->found];
+        snprintf(month->tenant, sizeof month->tenant, "%s", tenant);
+        month->period = period;
+        month->reason = reason;
+    }
+    if (months->found == 0 || period < months->oldest)
+        months->oldest = period;
+    months->found++;
 }
 
 /*
  * Checks one tenant for open months before `period` in which it was in
- * service or has events. Returns the number found, appended to `list`.
+ * service or has events, and adds them to `months`.
  */
 static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant,
-                              uint32_t period, char *list, size_t list_size, int *error_rc)
+                              uint32_t period, struct open_months *months)
 {
     struct tenant_settings settings;
     uint32_t *event_periods = NULL;
@@ -1342,11 +1365,8 @@ static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant
     int rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
     if (rc == HM_OK)
         rc = ledger_event_periods(ledger, tenant->id, period, &event_periods, &event_count);
-    if (rc != HM_OK) {
-        *error_rc = rc;
-        return 0;
-    }
-    int found = 0;
+    if (rc != HM_OK)
+        return rc;
     /* A tenant without a service start (0) is checked by its events only. */
     uint32_t month = tenant->service_start_s > 0
                          ? event_period_of(tenant->service_start_s * 1000000)
@@ -1363,12 +1383,39 @@ static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant
             has_events |= event_periods[i] == month;
         if ((!in_service && !has_events) || ledger_period_closed(ledger, tenant->id, month) != 0)
             continue;
-        open_month_append(list, list_size, tenant->name, month,
-                          has_events ? "has events" : "in service");
-        found++;
+        open_month_add(months, tenant->name, month, has_events ? "has events" : "in service");
     }
     free(event_periods);
-    return found;
+    return HM_OK;
+}
+
+/*
+ * Writes the refusal with the first `listed` open months into `error`.
+ * Returns the length that the whole message needs, as snprintf does.
+ */
+static size_t open_months_format(const struct open_months *months, size_t listed,
+                                 uint32_t period, char *error, size_t error_size)
+{
+    char list[OPEN_MONTHS_LISTED_MAX * (TENANT_NAME_MAX + 48) + 64] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < listed; i++) {
+        const struct open_month *month = &months->listed[i];
+        used += (size_t)snprintf(list + used, sizeof list - used, "%stenant %s: %04u-%02u (%s)",
+                                 i ? ", " : "", month->tenant, month->period / 100,
+                                 month->period % 100, month->reason);
+    }
+    if (months->found > listed)
+        snprintf(list + used, sizeof list - used, "%sand %zu more", listed ? " " : "",
+                 months->found - listed);
+    int length = snprintf(error, error_size,
+                          "period %04u-%02u not closed: %zu earlier month%s still open, so its "
+                          "invoices would be numbered before theirs: %s; close those months "
+                          "first, oldest first (`meterctl close --period %04u-%02u`), or pass "
+                          "--allow-gaps to close %04u-%02u anyway",
+                          period / 100, period % 100, months->found,
+                          months->found == 1 ? " is" : "s are", list, months->oldest / 100,
+                          months->oldest % 100, period / 100, period % 100);
+    return length < 0 ? SIZE_MAX : (size_t)length;
 }
 
 int billing_close_order_check(struct ledger *ledger, uint32_t period, char *error,
@@ -1381,22 +1428,22 @@ int billing_close_order_check(struct ledger *ledger, uint32_t period, char *erro
         snprintf(error, error_size, "cannot list the tenants: %s", hm_status_str(rc));
         return rc;
     }
-    char list[1024] = "";
-    int found = 0;
+    struct open_months months = { .found = 0 };
     for (size_t i = 0; i < count && rc == HM_OK; i++)
-        found += tenant_open_months(ledger, &tenants[i], period, list, sizeof list, &rc);
+        rc = tenant_open_months(ledger, &tenants[i], period, &months);
     free(tenants);
     if (rc != HM_OK) {
         snprintf(error, error_size, "cannot read the open months of the tenants: %s",
                  hm_status_str(rc));
         return rc;
     }
-    if (found == 0)
+    if (months.found == 0)
         return HM_OK;
-    snprintf(error, error_size, "period %04u-%02u not closed: %d earlier month%s still open, "
-             "so its invoices would be numbered before theirs: %s; close those months first, "
-             "or pass --allow-gaps to close %04u-%02u anyway", period / 100, period % 100, found,
-             found == 1 ? " is" : "s are", list, period / 100, period % 100);
+    /* List fewer months rather than cut the message when the caller's buffer is small. */
+    size_t listed = months.found < OPEN_MONTHS_LISTED_MAX ? months.found : OPEN_MONTHS_LISTED_MAX;
+    while (open_months_format(&months, listed, period, error, error_size) >= error_size &&
+           listed > 0)
+        listed--;
     return HM_ERR_STATE;
 }
 

@@ -120,7 +120,9 @@ int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s,
  * Checks that closing `period` keeps invoice numbers in time order: no
  * tenant has an open month before it in which the tenant was in service
  * (from its service start, when it has one) or has events. Returns HM_OK,
- * or HM_ERR_STATE with every such tenant and month and the fix in `error`.
+ * or HM_ERR_STATE with the fix in `error`: the count of such months, the
+ * first ten by tenant, the oldest, and never a cut sentence (fewer months
+ * are named when error_size is small).
  */
 int billing_close_order_check(struct ledger *ledger, uint32_t period, char *error,
                               size_t error_size);

@@ -208,14 +208,16 @@ static const char tenant_upsert[] =
     " RETURNING 1";
 
 static const char key_upsert[] =
-    "INSERT INTO api_keys (id, tenant_id, key_hash, created_at, revoked_at, status)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
+    "INSERT INTO api_keys (id, tenant_id, key_hash, created_at, revoked_at, status, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
     " ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,"
     " key_hash = EXCLUDED.key_hash, created_at = EXCLUDED.created_at,"
-    " revoked_at = EXCLUDED.revoked_at, status = EXCLUDED.status"
+    " revoked_at = EXCLUDED.revoked_at, status = EXCLUDED.status,"
+    " expires_at = EXCLUDED.expires_at"
     " WHERE (api_keys.tenant_id, api_keys.key_hash, api_keys.created_at, api_keys.revoked_at,"
-    " api_keys.status) IS DISTINCT FROM (EXCLUDED.tenant_id, EXCLUDED.key_hash,"
-    " EXCLUDED.created_at, EXCLUDED.revoked_at, EXCLUDED.status)"
+    " api_keys.status, api_keys.expires_at) IS DISTINCT FROM (EXCLUDED.tenant_id,"
+    " EXCLUDED.key_hash, EXCLUDED.created_at, EXCLUDED.revoked_at, EXCLUDED.status,"
+    " EXCLUDED.expires_at)"
     " RETURNING 1";
 
 /* The platform may set the other columns of billing_config; the export owns these two. */
@@ -267,17 +269,19 @@ static int tenant_export(struct exporter *exporter, const struct tenant *tenant)
         return fail(exporter, rc, "reading the API keys of tenant %s failed: %s", tenant->name,
                     hm_status_str(rc));
     for (size_t i = 0; i < key_count; i++) {
-        char key_id[17], hash[8 + 64 + 1], key_created[32], revoked[32];
+        char key_id[17], hash[8 + 64 + 1], key_created[32], revoked[32], expires[32];
         snprintf(key_id, sizeof key_id, "%016" PRIx64, keys[i].key_id);
         memcpy(hash, "sha256:", 7);
         hex_encode(keys[i].secret_hash, sizeof keys[i].secret_hash, hash + 7);
         iso_seconds(keys[i].created_s, key_created, sizeof key_created);
         int revoked_key = keys[i].status == KEY_REVOKED;
         iso_seconds(revoked_key ? keys[i].revoked_s : 0, revoked, sizeof revoked);
+        iso_seconds(keys[i].expires_s, expires, sizeof expires);
         const char *key_params[] = { key_id, id, hash, key_created,
                                      revoked[0] ? revoked : NULL,
-                                     revoked_key ? "revoked" : "active" };
-        rows = run(exporter, "upserting an API key", key_upsert, 6, key_params);
+                                     revoked_key ? "revoked" : "active",
+                                     expires[0] ? expires : NULL };
+        rows = run(exporter, "upserting an API key", key_upsert, 7, key_params);
         if (rows < 0)
             break;
         exporter->counts.keys++;

@@ -54,6 +54,7 @@ struct exporter {
     FILE *out;
     const char *tenant_id; /* text; NULL for every tenant */
     size_t invoices, exported, unchanged, voided, failed, notes_skipped, different, matching;
+    size_t void_not_exported; /* --check: void before export, so Stripe has no invoice */
     unsigned requests, retries;
 };
 
@@ -649,8 +650,9 @@ static void export_invoice(struct exporter *exporter, const char *number, json_t
         } else {
             exporter->failed++;
             fprintf(stderr, "meterctl: %s\n", error[0] ? error : hm_status_str(rc));
-            log_error("stripe", "export failed invoice=%s status=%s", number,
-                      hm_status_str(rc));
+            /* The error text is redacted and names the fix, so the log keeps it too. */
+            log_error("stripe", "export failed invoice=%s status=%s error=\"%s\"", number,
+                      hm_status_str(rc), error[0] ? error : hm_status_str(rc));
         }
     }
     json_decref(state);
@@ -809,9 +811,12 @@ static void check_invoice(struct exporter *exporter, const char *number, json_t 
     }
     const char *id = string_of(state, "invoice");
     if (!json_is_true(json_object_get(state, "finalized"))) {
-        if (plan.is_void && json_object_get(state, "customer") == NULL)
-            exporter->matching++; /* void before any export: nothing in Stripe, as it should be */
-        else
+        if (plan.is_void && json_object_get(state, "customer") == NULL) {
+            /* Void before any export: Stripe has nothing to compare, as it should be. */
+            exporter->void_not_exported++;
+            fprintf(exporter->out, "%s -: not exported: void before export, so Stripe has no "
+                    "invoice for it\n", number);
+        } else
             difference(exporter, number, id[0] ? id : "-", "not exported to Stripe yet; run "
                        "meterctl export stripe");
         json_decref(state);
@@ -845,8 +850,9 @@ static void check_all(struct exporter *exporter, struct document_list *list)
         if (!is_credit_note(list->documents[i]))
             check_invoice(exporter, list->numbers[i], list->documents[i]);
     }
-    fprintf(exporter->out, "stripe check: invoices=%zu matching=%zu different=%zu failed=%zu\n",
-            exporter->invoices, exporter->matching, exporter->different, exporter->failed);
+    fprintf(exporter->out, "stripe check: invoices=%zu matching=%zu different=%zu "
+            "not_exported_void=%zu failed=%zu\n", exporter->invoices, exporter->matching,
+            exporter->different, exporter->void_not_exported, exporter->failed);
 }
 
 /* ---- Command ---- */

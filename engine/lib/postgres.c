@@ -191,12 +191,20 @@ int pg_connect(const char *dsn, PGconn **conn_out, char *error, size_t error_siz
     if (PQstatus(conn) != CONNECTION_OK) {
         char message[1024];
         pg_message_scrub(dsn, PQerrorMessage(conn), message, sizeof message);
+        int needs_password = PQconnectionNeedsPassword(conn);
         PQfinish(conn);
-        snprintf(error, error_size,
-                 "cannot connect to PostgreSQL (%s): %s; check that the server runs and "
-                 "accepts TCP connections there, and the user, password and database of the "
-                 "DSN",
-                 target, message);
+        if (needs_password)
+            snprintf(error, error_size,
+                     "cannot connect to PostgreSQL (%s): %s; the server requires a password "
+                     "and none was given: set PGPASSWORD, or add the line "
+                     "\"host:port:database:user:password\" to ~/.pgpass (mode 0600)",
+                     target, message);
+        else
+            snprintf(error, error_size,
+                     "cannot connect to PostgreSQL (%s): %s; check that the server runs and "
+                     "accepts TCP connections there, the user and database of the DSN, and the "
+                     "password (from PGPASSWORD, ~/.pgpass or password= in the DSN)",
+                     target, message);
         return HM_ERR_IO;
     }
     /* The schema's IF NOT EXISTS notices are expected; warnings and errors still show. */

@@ -55,6 +55,12 @@ static const char help_text[] =
     "  --limit N             read at most the first N rows of each trace\n"
     "  --events-per-frame N  events per frame, 1 to 4096 (default 256)\n"
     "  --window N            TCP frames in flight, 1 to 4096 (default 64)\n"
+    "  --ack-timeout-ms MS   reconnect and resend when no ack and no write progress\n"
+    "                        came for MS milliseconds, 100 to 3600000 (default 30000)\n"
+    "  --reconnect-attempts N\n"
+    "                        connection attempts in a row without an ack before\n"
+    "                        giving up, 1 to 1000 (default 8; waits of 0.1 s doubling\n"
+    "                        up to 5 s between them)\n"
     "  --dry-run             build and sign the frames, send nothing\n"
     "  --quiet               no progress lines on stderr\n"
     "  --help                print this text\n"
@@ -123,6 +129,8 @@ struct replay_options {
     uint64_t row_limit; /* 0: no limit */
     uint32_t events_per_frame;
     uint32_t window;
+    uint32_t ack_timeout_ms;
+    uint32_t reconnect_attempts;
     int quiet;
 };
 
@@ -641,7 +649,9 @@ static int parse_options(int argc, char **argv, struct replay_options *options)
 {
     *options = (struct replay_options){ .transport = TRANSPORT_TCP,
                                         .events_per_frame = EVENTS_PER_FRAME_DEFAULT,
-                                        .window = CLIENT_WINDOW_DEFAULT };
+                                        .window = CLIENT_WINDOW_DEFAULT,
+                                        .ack_timeout_ms = CLIENT_ACK_TIMEOUT_MS_DEFAULT,
+                                        .reconnect_attempts = CLIENT_RECONNECT_ATTEMPTS_DEFAULT };
     snprintf(options->host, sizeof options->host, "%s", DEFAULT_HOST);
     snprintf(options->port, sizeof options->port, "%s", DEFAULT_PORT);
     int dry_run = 0;
@@ -678,6 +688,14 @@ static int parse_options(int argc, char **argv, struct replay_options *options)
             if (parse_count_option(value, 1, FRAME_EVENTS_MAX, &number) != HM_OK)
                 return usage_error("invalid --events-per-frame, expected 1 to 4096", value);
             options->events_per_frame = (uint32_t)number;
+        } else if (strcmp(option, "--ack-timeout-ms") == 0) {
+            if (parse_count_option(value, 100, 3600000, &number) != HM_OK)
+                return usage_error("invalid --ack-timeout-ms, expected 100 to 3600000", value);
+            options->ack_timeout_ms = (uint32_t)number;
+        } else if (strcmp(option, "--reconnect-attempts") == 0) {
+            if (parse_count_option(value, 1, 1000, &number) != HM_OK)
+                return usage_error("invalid --reconnect-attempts, expected 1 to 1000", value);
+            options->reconnect_attempts = (uint32_t)number;
         } else if (strcmp(option, "--window") == 0) {
             if (parse_count_option(value, 1, CLIENT_WINDOW_MAX, &number) != HM_OK)
                 return usage_error("invalid --window, expected 1 to 4096", value);
@@ -717,6 +735,40 @@ static void on_ack(void *context, const struct frame_ack *ack, uint16_t event_co
                   suppressed);
 }
 
+/*
+ * Reports, even with --quiet, why frames are still pending before each new
+ * connection attempt: a silent wait on a full ledger looks like a hang.
+ */
+static void on_retry(void *context, const struct client_retry *retry)
+{
+    struct replay *replay = context;
+    const char *why;
+    switch (retry->reason) {
+    case CLIENT_RETRY_ACK_TIMEOUT:
+        why = "no ack within --ack-timeout-ms: meterd holds frames without acks while its "
+              "ledger is full (its log says \"ledger full\"; free disk space or restart it with "
+              "a larger --map-size), or it is overloaded";
+        break;
+    case CLIENT_RETRY_CLOSED:
+        why = "meterd closed the connection (stopped, restarted, or at --max-connections)";
+        break;
+    case CLIENT_RETRY_STORE_FAILED:
+        why = "meterd could not store a frame (store_failed; its log names the ledger error)";
+        break;
+    case CLIENT_RETRY_BAD_ACK:
+        why = "an ack did not match the oldest frame in flight; use meterctl and meterd of the "
+              "same version";
+        break;
+    default:
+        why = "the connection attempt failed; check that meterd listens there";
+        break;
+    }
+    log_warn(MODULE, "%u frames (%" PRIu64 " events) pending without an ack host=%s port=%s: "
+             "%s; reconnecting and resending, attempt %u of %u (--reconnect-attempts) in %u ms",
+             retry->frames_in_flight, retry->events_in_flight, replay->options.host,
+             replay->options.port, why, retry->attempt, retry->attempts_max, retry->wait_ms);
+}
+
 static int transport_open(struct replay *replay)
 {
     const struct replay_options *options = &replay->options;
@@ -727,8 +779,12 @@ static int transport_open(struct replay *replay)
             .port = options->port,
             .window = options->window,
             .frame_size_max = FRAME_HEADER_SIZE + replay->body_limit + FRAME_MAC_SIZE,
+            .reconnect_attempts = options->reconnect_attempts,
+            .ack_timeout_ms = options->ack_timeout_ms,
             .on_ack = on_ack,
             .on_ack_context = replay,
+            .on_retry = on_retry,
+            .on_retry_context = replay,
         };
         rc = client_tcp_open(&tcp_options, &replay->tcp);
     } else if (options->transport == TRANSPORT_UDP) {
@@ -740,7 +796,7 @@ static int transport_open(struct replay *replay)
                           "attempts with backoff; check that meterd listens there (meterd "
                           "--tcp-port and --udp-port)",
                   options->transport == TRANSPORT_TCP ? "tcp" : "udp", options->host,
-                  options->port, hm_status_str(rc), CLIENT_RECONNECT_ATTEMPTS_DEFAULT);
+                  options->port, hm_status_str(rc), options->reconnect_attempts);
     return rc;
 }
 
@@ -757,11 +813,27 @@ static const char *reject_fix(enum frame_status status)
         return "a key's secret in --keys does not match the ledger; copy the key line again";
     case FRAME_WRONG_TENANT:
         return "a key in --keys belongs to another tenant; check the TENANT_ID of its line";
+    case FRAME_EXPIRED_KEY:
+        return "a key in --keys has expired; create a new one with `meterctl key create TENANT "
+               "--keys-file FILE` and replay with it";
     case FRAME_MALFORMED:
         return "an event failed meterd's validation; meterd's log names the event";
+    case FRAME_EVENT_TOO_OLD:
+        return "an event is older than meterd's --max-event-age-days allows; restart meterd "
+               "with a larger value, or none, to accept late usage";
+    case FRAME_EVENT_IN_FUTURE:
+        return "an event is dated ahead of meterd's clock by more than "
+               "--max-event-skew-seconds; check both clocks, or restart meterd with a larger "
+               "value";
+    case FRAME_TRUNCATED:
+        return "meterd got only part of a frame before the connection broke; replay again "
+               "(stored events come back as duplicates)";
+    case FRAME_TOO_LARGE:
+        return "a frame is above meterd's size limits; lower --events-per-frame, or use "
+               "meterctl and meterd of the same version";
     default:
-        return "the frame does not fit meterd's protocol or limits; use meterctl and meterd of "
-               "the same version";
+        return "the frame does not fit meterd's protocol; use meterctl and meterd of the "
+               "same version";
     }
 }
 
@@ -825,8 +897,12 @@ static int replay_run(struct replay *replay)
     for (uint32_t i = 0; i < replay->options.trace_count && status == REPLAY_EXIT_OK; i++)
         status = replay_trace(replay, replay->options.trace_paths[i]);
     if (replay->tcp != NULL && client_tcp_flush(replay->tcp) != HM_OK) {
-        log_error(MODULE, "delivery failed host=%s port=%s unacknowledged_frames=%u",
-                  replay->options.host, replay->options.port, client_tcp_unacked(replay->tcp));
+        log_error(MODULE, "delivery failed host=%s port=%s unacknowledged_frames=%u: gave up "
+                  "after %u connection attempts without an ack (--reconnect-attempts); the "
+                  "lines above say why. Replay again once meterd acknowledges: stored events "
+                  "come back as duplicates",
+                  replay->options.host, replay->options.port, client_tcp_unacked(replay->tcp),
+                  replay->options.reconnect_attempts);
         if (status == REPLAY_EXIT_OK)
             status = REPLAY_EXIT_REJECTED;
     }

@@ -479,11 +479,17 @@ static void describe_error(const char *method, const char *path, long status, js
     const char *code = json_string_value(json_object_get(object, "code"));
     const char *param = json_string_value(json_object_get(object, "param"));
     const char *message = json_string_value(json_object_get(object, "message"));
-    char text[1024];
-    snprintf(text, sizeof text, "%s %s: HTTP %ld%s%s%s%s%s%s: %s%s%s", method, path, status,
+    /* A 401 fails every request of the run alike, and its cause is the key this run read. */
+    const char *hint = status == 401 ? "; Stripe rejected the API key: check that "
+                                       "STRIPE_API_KEY, or the file given with --api-key-file, "
+                                       "holds a secret key (sk_test_... or sk_live_...) of the "
+                                       "Stripe account"
+                                     : "";
+    char text[1280];
+    snprintf(text, sizeof text, "%s %s: HTTP %ld%s%s%s%s%s%s: %s%s%s%s", method, path, status,
              type ? " " : "", type ? type : "", code ? " code " : "", code ? code : "",
              param ? " param " : "", param ? param : "", message ? message : "no error message",
-             request_id[0] ? "; request " : "", request_id);
+             request_id[0] ? "; request " : "", request_id, hint);
     /* Stripe echoes a masked key in some messages; a local server might echo it whole. */
     stripe_redact(text, strlen(text), secret, error, error_size);
 }

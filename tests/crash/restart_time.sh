@@ -11,7 +11,7 @@ set -euo pipefail
 events=${1:-3000000}
 source_dir=$(cd "$(dirname "$0")/../.." && pwd)
 build=${2:-$source_dir/build}
-work=$(mktemp -d /tmp/hm-restart-XXXXXX)
+work=$(mktemp -d -t hm-restart-XXXXXX) # under $TMPDIR, default /tmp
 trap 'rm -rf "$work"' EXIT
 data=$work/data
 

@@ -46,7 +46,7 @@ kill_max=${CRASH_KILL_MAX_MS:-1000}
 rate=${CRASH_RATE:-1000}
 RANDOM=$seed
 
-work=$(mktemp -d /tmp/hm-crash-XXXXXX)
+work=$(mktemp -d -t hm-crash-XXXXXX) # under $TMPDIR, default /tmp
 data=$work/data
 load=$work/load
 mkdir -p "$load"
