@@ -187,6 +187,15 @@ fail_env:
     return rc == MDB_MAP_FULL || rc == ENOSPC ? HM_ERR_FULL : HM_ERR_STORAGE;
 }
 
+const char *ledger_path(const struct ledger *ledger)
+{
+    const char *path = NULL;
+    /* LMDB keeps the path given to mdb_env_open; it fails only on a NULL environment. */
+    if (mdb_env_get_path(ledger->env, &path) != 0)
+        return ".";
+    return path;
+}
+
 void ledger_close(struct ledger *ledger)
 {
     if (ledger == NULL)

@@ -52,6 +52,9 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
 const char *ledger_open_error(void);
 void ledger_close(struct ledger *ledger);
 
+/* Returns the directory the ledger was opened in, owned by the ledger. */
+const char *ledger_path(const struct ledger *ledger);
+
 /* ---- Write transactions ---- */
 
 /* Begins the single write transaction; HM_ERR_STORAGE on failure. */

@@ -202,7 +202,7 @@ output=$($meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --
 expect_count "check with a void before export exits 0" "$status" 0
 grep -q "invoices=6 matching=5 different=0 not_exported_void=1 failed=0" <<<"$output" &&
   pass "check counts a void before export apart" || failed "check of void before export: $output"
-grep -qF "HM-000005 -: not exported: void before export" <<<"$output" &&
+grep -qF "HM-000005 -: not exported: void before its export finished" <<<"$output" &&
   pass "check names the invoice void before export" ||
   failed "check of void before export: $output"
 

@@ -3,7 +3,7 @@
 
 It serves, on 127.0.0.1 only, over HTTP or TLS:
   POST /v1/invoices, POST /v1/invoiceitems, POST /v1/invoices/{id}/finalize,
-  POST /v1/invoices/{id}/void, GET /v1/invoices/{id}
+  POST /v1/invoices/{id}/void, GET /v1/invoices/{id}, DELETE /v1/invoices/{id} (drafts only)
 with Stripe's conventions for API version 2026-07-29.dahlia: bearer (or basic) auth with a 401
 JSON error for a bad key, form bodies with bracketed keys (metadata[invoice_number]=...),
 idempotency keys (the same key and parameters replay the stored reply with the same id, the same
@@ -67,6 +67,8 @@ INVOICEITEM_PARAMS = {
     "unit_amount_decimal",
 }
 FINALIZE_PARAMS = {"auto_advance", "expand"}
+# Stripe's three-decimal currencies: payment amounts must end in 0 (a multiple of 10 minor units).
+THREE_DECIMAL_CURRENCIES = {"bhd", "jod", "kwd", "omr", "tnd"}
 VOID_PARAMS = {"expand"}
 
 
@@ -417,8 +419,16 @@ class Store:
             raise StripeError(400, "invalid_request_error",
                               "This invoice is already finalized, you can't re-finalize a "
                               "non-draft invoice.", "invoice_not_editable")
-        now = int(time.time())
         self.invoice_totals(invoice)
+        # NOTE: Stripe documents the rule for payments; the stand-in applies it where an
+        # invoice's amount becomes payable, at finalization.
+        if invoice["currency"] in THREE_DECIMAL_CURRENCIES and invoice["amount_due"] % 10 != 0:
+            raise StripeError(400, "invalid_request_error",
+                              "Amounts in %s must be divisible by 10 (the last digit must be "
+                              "0); this invoice's amount due is %d." % (
+                                  invoice["currency"].upper(), invoice["amount_due"]),
+                              "amount_invalid")
+        now = int(time.time())
         invoice["number"] = "STANDIN-%04d" % (1 + sum(
             1 for other in self.invoices.values() if other["number"]))
         invoice["status_transitions"]["finalized_at"] = now
@@ -445,6 +455,18 @@ class Store:
         invoice["status_transitions"]["voided_at"] = int(time.time())
         return self.invoice_view(invoice)
 
+    def delete(self, invoice_id):
+        invoice = self.get_invoice(invoice_id)
+        if invoice["status"] != "draft":
+            raise StripeError(400, "invalid_request_error",
+                              "You can only delete draft invoices. Void or mark the invoice "
+                              "uncollectible instead.", "invoice_not_editable")
+        # The one-off draft goes with its invoice items.
+        for item_id in invoice["_items"]:
+            del self.items[item_id]
+        del self.invoices[invoice_id]
+        return {"id": invoice_id, "object": "invoice", "deleted": True}
+
     def state(self):
         return {
             "invoices": [self.invoice_view(invoice) for invoice in self.invoices.values()],
@@ -468,6 +490,8 @@ def route(store, method, path, params):
         return store.void(match.group(1), params)
     if match and method == "GET" and match.group(2) is None:
         return store.invoice_view(store.get_invoice(match.group(1), "id"))
+    if match and method == "DELETE" and match.group(2) is None:
+        return store.delete(match.group(1))
     raise StripeError(404, "invalid_request_error",
                       "Unrecognized request URL (%s: %s). Please see https://stripe.com/docs "
                       "or we can help at https://support.stripe.com/." % (method, path))
@@ -525,6 +549,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.handle_request("POST")
+
+    def do_DELETE(self):
+        self.handle_request("DELETE")
 
     def handle_test(self, method, path, body):
         store = self.server.store
@@ -724,6 +751,23 @@ def self_test():
     expect("item on a finalized invoice is rejected", status == 400)
     status, fetched, _ = call("GET", "/v1/invoices/" + invoice["id"])
     expect("GET returns the invoice", status == 200 and fetched["total"] == 375)
+    status, body, _ = call("DELETE", "/v1/invoices/" + invoice["id"])
+    expect("an open invoice cannot be deleted",
+           status == 400 and "only delete draft" in body["error"]["message"])
+    status, draft, _ = call("POST", "/v1/invoices", {"customer": "cus_selftest1"})
+    status, gone, _ = call("DELETE", "/v1/invoices/" + draft["id"])
+    expect("a draft is deleted", status == 200 and gone == {
+        "id": draft["id"], "object": "invoice", "deleted": True})
+    status, body, _ = call("DELETE", "/v1/invoices/" + draft["id"])
+    expect("a deleted draft is then missing",
+           status == 404 and body["error"].get("code") == "resource_missing")
+    status, kwd, _ = call("POST", "/v1/invoices", {"customer": "cus_selftest1",
+                                                   "currency": "kwd"})
+    call("POST", "/v1/invoiceitems", {"customer": "cus_selftest1", "invoice": kwd["id"],
+                                      "amount": "1234"})
+    status, body, _ = call("POST", "/v1/invoices/%s/finalize" % kwd["id"], {})
+    expect("KWD amount not divisible by 10 is refused",
+           status == 400 and "divisible by 10" in body["error"]["message"])
     status, body, _ = call("GET", "/v1/invoices/in_missing")
     expect("unknown invoice is a 404 resource_missing",
            status == 404 and body["error"].get("code") == "resource_missing")

@@ -798,3 +798,103 @@ Test(export_postgres, missing_password_hint)
     cr_expect_not_null(strstr(out, "~/.pgpass (mode 0600)"), "%s", out);
     cr_expect_null(strstr(out, password), "%s", out);
 }
+
+/* A ledger of two tenants with 20 events each, all of May 2024, and a migrated database. */
+static struct ledger *may_ledger(void)
+{
+    struct ledger *ledger;
+    cr_assert_eq(ledger_open(&ledger, ledger_dir, NULL), HM_OK);
+    tenants_create(ledger);
+    many_events(ledger, 20);
+    migrate();
+    return ledger;
+}
+
+Test(export_postgres, partition_name_with_other_bounds)
+{
+    struct ledger *ledger = may_ledger();
+    exec_ok(conn, "CREATE TABLE usage_events_y2024m05 PARTITION OF usage_events"
+                  " FOR VALUES FROM ('2030-01-01 00:00:00+00') TO ('2030-02-01 00:00:00+00')");
+    char out[16384];
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "usage_events_y2024m05 exists but is a partition of "
+                                   "usage_events FOR VALUES FROM ('2030-01-01"), "%s", out);
+    cr_expect_not_null(strstr(out, "ALTER TABLE usage_events DETACH PARTITION "
+                                   "usage_events_y2024m05"), "%s", out);
+    cr_expect_null(strstr(out, "no partition of relation"), "%s", out);
+    cr_expect_eq(scalar("SELECT count(*) FROM usage_events"), 0);
+
+    /* After the fix the message names, the export resumes and loses nothing. */
+    exec_ok(conn, "ALTER TABLE usage_events_y2024m05 RENAME TO usage_events_y2024m05_old");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    events_complete(20);
+    ledger_close(ledger);
+}
+
+Test(export_postgres, partition_name_taken_by_a_plain_table)
+{
+    struct ledger *ledger = may_ledger();
+    exec_ok(conn, "CREATE TABLE usage_events_y2024m05 (note text)");
+    char out[16384];
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "usage_events_y2024m05 exists but is not a partition of "
+                                   "usage_events (it is a table of its own)"), "%s", out);
+    cr_expect_not_null(strstr(out, "FOR VALUES FROM ('2024-05-01 00:00:00+00') TO "
+                                   "('2024-06-01 00:00:00+00')"), "%s", out);
+    exec_ok(conn, "DROP TABLE usage_events_y2024m05");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    events_complete(20);
+    ledger_close(ledger);
+}
+
+Test(export_postgres, checkpoint_row_deleted_by_hand)
+{
+    struct ledger *ledger = may_ledger();
+    char out[16384];
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    exec_ok(conn, "DELETE FROM export_checkpoints"
+                  " WHERE tenant_id = 'a0010203-0405-4607-8809-0a0b0c0d0e0f'");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    const char *restore = "INSERT INTO export_checkpoints (tenant_id, ledger_seq, "
+                          "events_exported, updated_at) VALUES "
+                          "('a0010203-0405-4607-8809-0a0b0c0d0e0f', 20, 20, now())";
+    cr_expect_not_null(strstr(out, restore), "%s", out);
+    cr_expect_null(strstr(out, "duplicate key"), "%s", out);
+
+    /* The statement the message gives restores the export. */
+    exec_ok(conn, restore);
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    events_complete(20);
+
+    /* Rows that are not arrivals 1..N: the error gives the DELETE that lets them be recopied. */
+    exec_ok(conn, "DELETE FROM export_checkpoints"
+                  " WHERE tenant_id = 'a0010203-0405-4607-8809-0a0b0c0d0e0f'");
+    exec_ok(conn, "DELETE FROM usage_events WHERE ledger_seq = 3"
+                  " AND tenant_id = 'a0010203-0405-4607-8809-0a0b0c0d0e0f'");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "DELETE FROM usage_events WHERE tenant_id = "
+                                   "'a0010203-0405-4607-8809-0a0b0c0d0e0f'"), "%s", out);
+    exec_ok(conn, "DELETE FROM usage_events"
+                  " WHERE tenant_id = 'a0010203-0405-4607-8809-0a0b0c0d0e0f'");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    events_complete(20);
+    ledger_close(ledger);
+}
+
+Test(export_postgres, dropped_column_and_renamed_table)
+{
+    struct ledger *ledger = may_ledger();
+    char out[16384];
+    exec_ok(conn, "ALTER TABLE invoice_lines DROP COLUMN adjusted_period");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "the database has no column invoice_lines.adjusted_period, "
+                                   "which the migrations create"), "%s", out);
+    exec_ok(conn, "ALTER TABLE invoice_lines ADD COLUMN adjusted_period DATE");
+    exec_ok(conn, "ALTER TABLE export_checkpoints RENAME TO checkpoints");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "the database has no table export_checkpoints"), "%s", out);
+    exec_ok(conn, "ALTER TABLE checkpoints RENAME TO export_checkpoints");
+    cr_assert_eq(export_run(out, sizeof out, "", ""), 0, "%s", out);
+    events_complete(20);
+    ledger_close(ledger);
+}

@@ -725,6 +725,62 @@ static int partition_known(const struct exporter *exporter, uint32_t month)
     return 0;
 }
 
+/*
+ * Checks that an existing table of a partition's name is the partition of
+ * usage_events for that month. Another table of that name (a plain table, a
+ * partition of other bounds) would make COPY fail with "no partition of
+ * relation usage_events found for row", which names neither it nor a fix.
+ * The bounds are compared as PostgreSQL prints them, in the session's time
+ * zone, on both sides.
+ */
+static int partition_bounds_check(struct exporter *exporter, const char *name, uint32_t month,
+                                  uint32_t next)
+{
+    char from[32], to[32];
+    snprintf(from, sizeof from, "%04u-%02u-01 00:00:00+00", month / 100, month % 100);
+    snprintf(to, sizeof to, "%04u-%02u-01 00:00:00+00", next / 100, next % 100);
+    const char *params[] = { name, from, to };
+    PGresult *result = PQexecParams(
+        exporter->conn,
+        "SELECT coalesce(i.inhparent = 'usage_events'::regclass, false),"
+        " coalesce(pg_get_expr(c.relpartbound, c.oid), ''),"
+        " coalesce(pg_get_expr(c.relpartbound, c.oid), '')"
+        " = format('FOR VALUES FROM (%L) TO (%L)', $2::timestamptz, $3::timestamptz),"
+        " c.relkind::text"
+        " FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid"
+        " WHERE c.oid = to_regclass($1)",
+        3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(result) != PGRES_TUPLES_OK || PQntuples(result) != 1) {
+        PQclear(result);
+        char message[1024];
+        server_message(exporter, message, sizeof message);
+        return fail(exporter, HM_ERR_IO, "checking the bounds of partition %s failed: %s", name,
+                    message);
+    }
+    int child = strcmp(PQgetvalue(result, 0, 0), "t") == 0;
+    int same = strcmp(PQgetvalue(result, 0, 2), "t") == 0;
+    char bounds[256], kind[8];
+    snprintf(bounds, sizeof bounds, "%s", PQgetvalue(result, 0, 1));
+    snprintf(kind, sizeof kind, "%s", PQgetvalue(result, 0, 3));
+    PQclear(result);
+    if (child && same)
+        return HM_OK;
+    char what[320];
+    if (!child)
+        snprintf(what, sizeof what, "is not a partition of usage_events (it is %s)",
+                 strcmp(kind, "v") == 0 ? "a view" : strcmp(kind, "p") == 0
+                                                         ? "a partitioned table of its own"
+                                                         : "a table of its own");
+    else
+        snprintf(what, sizeof what, "is a partition of usage_events %s", bounds);
+    return fail(exporter, HM_ERR_STATE,
+                "%s exists but %s, and the export needs it to be the partition for %04u-%02u "
+                "(FOR VALUES FROM ('%s') TO ('%s')); rename or drop it (ALTER TABLE %s RENAME "
+                "TO %s_old, or ALTER TABLE usage_events DETACH PARTITION %s), then run the "
+                "export again: it creates the partition, and no event was lost",
+                name, what, month / 100, month % 100, from, to, name, name, name);
+}
+
 /* Creates the monthly partitions that the batch needs and that do not exist yet. */
 static int partitions_ensure(struct exporter *exporter, const struct event_batch *batch,
                              uint64_t *created)
@@ -748,8 +804,12 @@ static int partitions_ensure(struct exporter *exporter, const struct event_batch
             return fail(exporter, HM_ERR_IO, "looking up partition %s failed: %s", name,
                         message);
         }
-        if (!missing)
+        if (!missing) {
+            int rc = partition_bounds_check(exporter, name, month, next);
+            if (rc != HM_OK)
+                return rc;
             continue;
+        }
         snprintf(sql, sizeof sql,
                  "CREATE TABLE IF NOT EXISTS %s PARTITION OF usage_events FOR VALUES FROM "
                  "('%04u-%02u-01 00:00:00+00') TO ('%04u-%02u-01 00:00:00+00')",
@@ -861,6 +921,50 @@ static int batch_store(struct exporter *exporter, const struct tenant *tenant,
     return HM_OK;
 }
 
+/*
+ * A tenant without a checkpoint must have no events in usage_events: its
+ * first batch would copy arrivals from 1 again, and COPY would fail on the
+ * primary key. A row deleted by hand is reported with the statement that
+ * restores it, when the rows are exactly arrivals 1..N (each batch commits
+ * with its checkpoint, so an intact table contains whole batches from 1 on).
+ */
+static int checkpoint_missing_check(struct exporter *exporter, const char *tenant_id)
+{
+    const char *params[] = { tenant_id };
+    PGresult *result = PQexecParams(exporter->conn,
+                                    "SELECT count(*), count(DISTINCT ledger_seq),"
+                                    " coalesce(min(ledger_seq), 0), coalesce(max(ledger_seq), 0)"
+                                    " FROM usage_events WHERE tenant_id = $1",
+                                    1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(result) != PGRES_TUPLES_OK) {
+        PQclear(result);
+        char message[1024];
+        server_message(exporter, message, sizeof message);
+        return fail(exporter, HM_ERR_IO, "counting the exported events failed: %s", message);
+    }
+    uint64_t rows = strtoull(PQgetvalue(result, 0, 0), NULL, 10);
+    uint64_t distinct = strtoull(PQgetvalue(result, 0, 1), NULL, 10);
+    uint64_t first = strtoull(PQgetvalue(result, 0, 2), NULL, 10);
+    uint64_t last = strtoull(PQgetvalue(result, 0, 3), NULL, 10);
+    PQclear(result);
+    if (rows == 0)
+        return HM_OK;
+    if (rows == distinct && first == 1 && last == rows)
+        return fail(exporter, HM_ERR_STATE,
+                    "tenant %s has %" PRIu64 " events in usage_events (arrivals 1 to %" PRIu64
+                    ") but no row in export_checkpoints, which was deleted by hand; restore it "
+                    "with INSERT INTO export_checkpoints (tenant_id, ledger_seq, events_exported,"
+                    " updated_at) VALUES ('%s', %" PRIu64 ", %" PRIu64 ", now()) and run the "
+                    "export again",
+                    tenant_id, rows, last, tenant_id, last, rows);
+    return fail(exporter, HM_ERR_STATE,
+                "tenant %s has %" PRIu64 " events in usage_events (arrivals %" PRIu64 " to %"
+                PRIu64 ", %" PRIu64 " distinct) but no row in export_checkpoints, and they are "
+                "not arrivals 1 to N exactly once; delete them (DELETE FROM usage_events WHERE "
+                "tenant_id = '%s') and run the export again, which copies them anew",
+                tenant_id, rows, first, last, distinct, tenant_id);
+}
+
 /* Reads the tenant's checkpoint: the last arrival number already in usage_events, or 0. */
 static int checkpoint_read(struct exporter *exporter, const char *tenant_id, uint64_t *seq_out)
 {
@@ -875,9 +979,12 @@ static int checkpoint_read(struct exporter *exporter, const char *tenant_id, uin
         server_message(exporter, message, sizeof message);
         return fail(exporter, HM_ERR_IO, "reading the export checkpoint failed: %s", message);
     }
-    *seq_out = PQntuples(result) == 1 ? strtoull(PQgetvalue(result, 0, 0), NULL, 10) : 0;
+    int found = PQntuples(result) == 1;
+    *seq_out = found ? strtoull(PQgetvalue(result, 0, 0), NULL, 10) : 0;
     PQclear(result);
-    return HM_OK;
+    if (found)
+        return HM_OK;
+    return checkpoint_missing_check(exporter, tenant_id);
 }
 
 static int tenant_events_export(struct exporter *exporter, const struct tenant *tenant)
@@ -948,6 +1055,86 @@ static int tenant_events_export(struct exporter *exporter, const struct tenant *
 
 /* ---- The run ---- */
 
+/* The tables and columns that the export writes, as the migrations create them. */
+static const struct {
+    const char *table;
+    const char *columns;
+} schema_expected[] = {
+    { "tenants", "id organization_name deployment_mode created_at updated_at status support_tier "
+                 "issuer service_start service_end" },
+    { "api_keys", "id tenant_id key_hash created_at revoked_at status" },
+    { "billing_config", "tenant_id billing_provider customer_id" },
+    { "invoices", "number tenant_id issuer period period_start period_end revision replaces "
+                  "status currency currency_exponent subtotal_minor discount_minor "
+                  "credits_applied_minor total_minor price_book price_book_sha256 event_count "
+                  "closed_at voided_at void_reason sha256 document exported_at" },
+    { "invoice_lines", "invoice_number line_number kind description dimension quantity "
+                       "quantity_exact unit unit_price unit_price_exact price_unit amount_minor "
+                       "events slice_start adjusted_period" },
+    { "credit_notes", "number tenant_id issuer credited_invoice period kind status revision "
+                      "currency currency_exponent amount_minor reason events price_book_sha256 "
+                      "issued_at sha256 document exported_at" },
+    { "usage_events", "id tenant_id timestamp event_type metadata ledger_seq" },
+    { "export_checkpoints", "tenant_id ledger_seq events_exported updated_at" },
+};
+
+/*
+ * Checks that every table and column the export writes exists, so that a
+ * database changed by hand (a dropped column, a renamed table) gets an error
+ * that names what is missing instead of a failing statement later on.
+ */
+static int schema_columns_check(struct exporter *exporter)
+{
+    PGresult *result = PQexec(exporter->conn,
+                              "SELECT table_name || '.' || column_name FROM "
+                              "information_schema.columns WHERE table_schema = current_schema()");
+    if (PQresultStatus(result) != PGRES_TUPLES_OK) {
+        PQclear(result);
+        char message[1024];
+        server_message(exporter, message, sizeof message);
+        return fail(exporter, HM_ERR_IO, "reading the schema's columns failed: %s", message);
+    }
+    int status = HM_OK;
+    for (size_t t = 0; status == HM_OK && t < sizeof schema_expected / sizeof *schema_expected;
+         t++) {
+        const char *table = schema_expected[t].table;
+        int table_found = 0;
+        for (int row = 0; row < PQntuples(result) && !table_found; row++) {
+            const char *name = PQgetvalue(result, row, 0);
+            table_found = strncmp(name, table, strlen(table)) == 0 && name[strlen(table)] == '.';
+        }
+        if (!table_found) {
+            status = fail(exporter, HM_ERR_STATE,
+                          "the database has no table %s, which the migrations create and the "
+                          "export writes; it was renamed or dropped by hand: restore it, or "
+                          "export into a new database after `meterctl db migrate --dsn DSN`",
+                          table);
+            break;
+        }
+        const char *column = schema_expected[t].columns;
+        while (status == HM_OK && *column) {
+            size_t length = strcspn(column, " ");
+            char wanted[128];
+            snprintf(wanted, sizeof wanted, "%s.%.*s", table, (int)length, column);
+            int found = 0;
+            for (int row = 0; row < PQntuples(result) && !found; row++)
+                found = strcmp(PQgetvalue(result, row, 0), wanted) == 0;
+            if (!found)
+                status = fail(exporter, HM_ERR_STATE,
+                              "the database has no column %s, which the migrations create and "
+                              "the export writes; it was renamed or dropped by hand: restore it, "
+                              "or export into a new database after `meterctl db migrate --dsn "
+                              "DSN`",
+                              wanted);
+            column += length;
+            while (*column == ' ')
+                column++;
+        }
+    }
+    PQclear(result);
+    return status;
+}
+
 /* Takes the export lock; waits up to the lock timeout while another export holds it. */
 static int export_lock(struct exporter *exporter)
 {
@@ -1013,6 +1200,8 @@ int export_postgres(struct ledger *ledger, PGconn *conn,
     char target[512];
     pg_dsn_describe(options->dsn, target, sizeof target);
     int rc = pg_schema_check(conn, PG_SCHEMA_VERSION_EXPORT, error, error_size);
+    if (rc == HM_OK)
+        rc = schema_columns_check(exporter);
     if (rc == HM_OK)
         rc = export_lock(exporter);
 

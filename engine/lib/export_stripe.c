@@ -7,12 +7,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -101,13 +103,25 @@ int export_stripe_key_load(const char *path, char *key_out, char *error, size_t 
         snprintf(key_out, STRIPE_API_KEY_MAX + 1, "%s", value);
         return HM_OK;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked next. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         snprintf(error, error_size, "cannot open API key file %s: %s", path, strerror(errno));
         return HM_ERR_IO;
     }
-    struct stat info;
-    if (fstat(fd, &info) != 0 || (info.st_mode & 077) != 0) {
+    struct stat info = { 0 };
+    if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+        close(fd);
+        snprintf(error, error_size, "API key file %s is not a regular file (it is %s); give a "
+                 "file of mode 0600 that contains the key", path,
+                 S_ISFIFO(info.st_mode)  ? "a FIFO"
+                 : S_ISDIR(info.st_mode) ? "a directory"
+                 : S_ISCHR(info.st_mode) ? "a character device"
+                 : S_ISSOCK(info.st_mode) ? "a socket"
+                                          : "not a file");
+        return HM_ERR_INVALID;
+    }
+    if ((info.st_mode & 077) != 0) {
         close(fd);
         snprintf(error, error_size, "API key file %s can be read by other users; run chmod 600 "
                  "%s and try again", path, path);
@@ -572,8 +586,110 @@ static void amount_text(const struct invoice_plan *plan, int64_t minor, char *ou
 }
 
 /*
+ * Stripe's currency rules: payments in the three-decimal currencies need an
+ * amount whose last digit is 0. Rounding would make the Stripe invoice differ
+ * from the sealed one, so such an invoice is refused, with the rule named.
+ */
+static int three_decimal_check(const struct invoice_plan *plan, char *error, size_t error_size)
+{
+    static const char *const codes[] = { "BHD", "JOD", "KWD", "OMR", "TND" };
+    int three_decimal = 0;
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+        three_decimal |= strcmp(plan->currency->code, codes[i]) == 0;
+    if (!three_decimal)
+        return HM_OK;
+    for (size_t i = 0; i < plan->item_count; i++) {
+        if (plan->items[i].amount_minor % 10 == 0)
+            continue;
+        char amount[MONEY_TEXT_SIZE];
+        amount_text(plan, plan->items[i].amount_minor, amount, sizeof amount);
+        snprintf(error, error_size, "invoice %s is not exported: Stripe requires %s amounts "
+                 "(a three-decimal currency) to be multiples of 10 minor units, with a last "
+                 "digit of 0, and its item %zu \"%s\" is %s %s. Rounding would make the "
+                 "Stripe invoice differ from this one, so bill it by hand in Stripe, or give "
+                 "the tenant prices whose line amounts end in 0", plan->number,
+                 plan->currency->code, i, plan->items[i].description, amount,
+                 plan->currency->code);
+        return HM_ERR_INVALID;
+    }
+    return HM_OK;
+}
+
+/* Reads the document again: a void since the plan was read must stop its finalization. */
+static int document_voided(struct exporter *exporter, const struct invoice_plan *plan,
+                           int *voided, char *error, size_t error_size)
+{
+    char *text = NULL;
+    int rc = ledger_document_get(exporter->ledger, plan->number, &text);
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "invoice %s: cannot read it again before finalizing: %s",
+                 plan->number, hm_status_str(rc));
+        return rc;
+    }
+    json_error_t json_error;
+    json_t *document = json_loads(text, 0, &json_error);
+    free(text);
+    if (document == NULL) {
+        snprintf(error, error_size, "invoice %s in the ledger is not JSON", plan->number);
+        return HM_ERR_STORAGE;
+    }
+    *voided = strcmp(string_of(document, "status"), "void") == 0;
+    json_decref(document);
+    return HM_OK;
+}
+
+/*
+ * Deletes the Stripe draft of an invoice that was voided before its export
+ * finished. Only a draft can be deleted; it was never sent to the customer.
+ * DELETE takes no idempotency key: a retry after a lost reply finds no
+ * invoice (404 resource_missing), which is the result wanted. A draft that
+ * Stripe finalized after all (the reply of a finalize was lost) is voided.
+ */
+static int draft_delete(struct exporter *exporter, const struct invoice_plan *plan,
+                        json_t *state, char *error, size_t error_size)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/invoices/%s", string_of(state, "invoice"));
+    struct stripe_response response;
+    int rc = send_request(exporter, "DELETE", path, NULL, NULL, "in_", &response, error,
+                          error_size);
+    json_t *stripe_error = json_object_get(response.body, "error");
+    int missing = rc != HM_OK && response.status == 404 &&
+                  strcmp(string_of(stripe_error, "code"), "resource_missing") == 0;
+    int deleted = rc == HM_OK && json_is_true(json_object_get(response.body, "deleted"));
+    int not_draft = rc != HM_OK && response.status == 400;
+    stripe_response_free(&response);
+    if (rc == HM_OK && !deleted) {
+        snprintf(error, error_size, "DELETE %s: the reply does not say \"deleted\": true", path);
+        return HM_ERR_IO;
+    }
+    if (deleted || missing) {
+        json_object_set_new(state, "deleted", json_true());
+        json_object_set_new(state, "stripe_status", json_string("deleted"));
+        return state_save(exporter->ledger, plan->number, state);
+    }
+    if (!not_draft)
+        return rc;
+    rc = send_request(exporter, "GET", path, NULL, NULL, "in_", &response, error, error_size);
+    const char *status = rc == HM_OK ? string_of(response.body, "status") : "";
+    int open = strcmp(status, "open") == 0 || strcmp(status, "uncollectible") == 0;
+    stripe_response_free(&response);
+    if (rc != HM_OK)
+        return rc;
+    if (!open) {
+        snprintf(error, error_size, "invoice %s is void, and its Stripe invoice %s is neither "
+                 "a draft nor open (Stripe status %s); check it in the Stripe Dashboard",
+                 plan->number, string_of(state, "invoice"), status[0] ? status : "none");
+        return HM_ERR_CONFLICT;
+    }
+    json_object_set_new(state, "finalized", json_true());
+    return invoice_action(exporter, plan, "void", state, error, error_size);
+}
+
+/*
  * Runs the steps of one invoice that its state does not record as done:
- * invoice, items, finalize, then void for a void invoice.
+ * invoice, items, finalize, then void for a void invoice. The draft of an
+ * invoice that is void before its finalization is deleted instead.
  */
 static int export_steps(struct exporter *exporter, const struct invoice_plan *plan,
                         json_t *state, char *error, size_t error_size)
@@ -585,6 +701,9 @@ static int export_steps(struct exporter *exporter, const struct invoice_plan *pl
     char customer[STRIPE_CUSTOMER_ID_MAX + 1];
     int rc = HM_OK;
     if (json_object_get(state, "customer") == NULL) {
+        rc = three_decimal_check(plan, error, error_size);
+        if (rc != HM_OK)
+            return rc;
         rc = tenant_customer(exporter, plan, customer, sizeof customer, error, error_size);
         if (rc != HM_OK)
             return rc;
@@ -595,9 +714,15 @@ static int export_steps(struct exporter *exporter, const struct invoice_plan *pl
     snprintf(customer, sizeof customer, "%s", string_of(state, "customer"));
     if (rc == HM_OK && json_object_get(state, "invoice") == NULL)
         rc = create_invoice(exporter, plan, customer, state, error, error_size);
-    if (rc == HM_OK)
+    int finalized = json_is_true(json_object_get(state, "finalized"));
+    if (rc == HM_OK && !finalized && !plan->is_void)
         rc = create_items(exporter, plan, customer, state, error, error_size);
-    if (rc == HM_OK && !json_is_true(json_object_get(state, "finalized")))
+    int voided = plan->is_void;
+    if (rc == HM_OK && !finalized && !voided)
+        rc = document_voided(exporter, plan, &voided, error, error_size);
+    if (rc == HM_OK && !finalized && voided)
+        return draft_delete(exporter, plan, state, error, error_size);
+    if (rc == HM_OK && !finalized)
         rc = invoice_action(exporter, plan, "finalize", state, error, error_size);
     if (rc != HM_OK || !plan->is_void || json_object_get(state, "voided") != NULL)
         return rc;
@@ -625,8 +750,9 @@ static void export_invoice(struct exporter *exporter, const char *number, json_t
     char total[MONEY_TEXT_SIZE];
     amount_text(&plan, plan.total_minor, total, sizeof total);
     int started = json_object_get(state, "customer") != NULL;
-    int done = json_is_true(json_object_get(state, "finalized")) &&
-               (!plan.is_void || json_object_get(state, "voided") != NULL);
+    int done = (json_is_true(json_object_get(state, "finalized")) &&
+                (!plan.is_void || json_object_get(state, "voided") != NULL)) ||
+               json_is_true(json_object_get(state, "deleted"));
     if (done) {
         exporter->unchanged++;
         fprintf(exporter->out, "%s %s %s %s %s: unchanged, Stripe invoice %s (%s)\n", number,
@@ -639,7 +765,12 @@ static void export_invoice(struct exporter *exporter, const char *number, json_t
                 number, plan.tenant_name, plan.period, total, plan.currency->code);
     } else {
         rc = export_steps(exporter, &plan, state, error, sizeof error);
-        if (rc == HM_OK) {
+        if (rc == HM_OK && json_is_true(json_object_get(state, "deleted"))) {
+            exporter->voided++;
+            fprintf(exporter->out, "%s %s %s %s %s: void before its export finished; deleted "
+                    "the Stripe draft %s, which was never finalized\n", number, plan.tenant_name,
+                    plan.period, total, plan.currency->code, string_of(state, "invoice"));
+        } else if (rc == HM_OK) {
             int voided = plan.is_void;
             exporter->exported += !voided;
             exporter->voided += voided;
@@ -811,11 +942,12 @@ static void check_invoice(struct exporter *exporter, const char *number, json_t 
     }
     const char *id = string_of(state, "invoice");
     if (!json_is_true(json_object_get(state, "finalized"))) {
-        if (plan.is_void && json_object_get(state, "customer") == NULL) {
-            /* Void before any export: Stripe has nothing to compare, as it should be. */
+        if (plan.is_void && (json_object_get(state, "customer") == NULL ||
+                             json_is_true(json_object_get(state, "deleted")))) {
+            /* Void before its export finished: Stripe keeps no invoice for it, as it should. */
             exporter->void_not_exported++;
-            fprintf(exporter->out, "%s -: not exported: void before export, so Stripe has no "
-                    "invoice for it\n", number);
+            fprintf(exporter->out, "%s -: not exported: void before its export finished, so "
+                    "Stripe has no invoice for it\n", number);
         } else
             difference(exporter, number, id[0] ? id : "-", "not exported to Stripe yet; run "
                        "meterctl export stripe");
@@ -853,6 +985,38 @@ static void check_all(struct exporter *exporter, struct document_list *list)
     fprintf(exporter->out, "stripe check: invoices=%zu matching=%zu different=%zu "
             "not_exported_void=%zu failed=%zu\n", exporter->invoices, exporter->matching,
             exporter->different, exporter->void_not_exported, exporter->failed);
+}
+
+/* ---- One export at a time ---- */
+
+/*
+ * Takes an exclusive lock on stripe-export.lock in the ledger's directory, so
+ * that two exports never send the same invoice at once. The kernel releases
+ * it when the process ends, even when killed. Returns the lock's descriptor,
+ * or -1 after printing why.
+ */
+static int export_lock(struct ledger *ledger)
+{
+    const char *dir = ledger_path(ledger);
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/stripe-export.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        fail("cannot open the export lock %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int busy = errno == EWOULDBLOCK;
+        close(fd);
+        if (busy)
+            fail("another `meterctl export stripe` is running on the ledger in %s (it holds "
+                 "%s); wait for it to finish, then run this export again: it sends only what "
+                 "is still missing", dir, path);
+        else
+            fail("cannot lock %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return fd;
 }
 
 /* ---- Command ---- */
@@ -974,10 +1138,19 @@ int export_stripe_command(struct ledger *ledger, int argc, char **argv, FILE *ou
         document_list_free(&list);
         return fail("cannot read the invoices: %s", hm_status_str(rc));
     }
+    /* --check sends nothing, so it needs no lock. */
+    int lock = check ? -1 : export_lock(ledger);
+    if (!check && lock < 0) {
+        stripe_client_close(exporter.client);
+        document_list_free(&list);
+        return 1;
+    }
     if (check)
         check_all(&exporter, &list);
     else
         export_all(&exporter, &list);
+    if (lock >= 0)
+        close(lock);
     stripe_client_close(exporter.client);
     document_list_free(&list);
     return exporter.failed > 0 || exporter.different > 0 ? 1 : 0;

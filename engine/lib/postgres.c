@@ -37,42 +37,48 @@ const char *pg_dsn_resolve(const char *option, char *error, size_t error_size)
     return dsn;
 }
 
-/* Replaces every occurrence of `secret` (when at least 1 byte) in text with "***". */
-static void scrub_secret(char *text, size_t size, const char *secret)
+/*
+ * Returns a copy of text with every occurrence of `secret` (when at least 1
+ * byte) replaced by "***", or NULL without memory. The whole text is scrubbed
+ * before anything is cut to an output size, so that no prefix of a secret
+ * survives a cut.
+ */
+static char *scrub_secret(char *text, const char *secret, size_t secret_size)
 {
-    size_t secret_size = secret ? strlen(secret) : 0;
-    if (secret_size == 0 || size == 0)
-        return;
-    char *copy = strdup(text);
-    if (copy == NULL) {
-        /* Without memory for the copy, print nothing rather than a secret. */
-        snprintf(text, size, "(message withheld)");
-        return;
-    }
-    size_t used = 0;
-    for (const char *at = copy; *at && used + 1 < size;) {
-        if (strncmp(at, secret, secret_size) == 0) {
-            for (int i = 0; i < 3 && used + 1 < size; i++)
-                text[used++] = '*';
-            at += secret_size;
-        } else {
-            text[used++] = *at++;
+    if (text == NULL || secret_size == 0)
+        return text;
+    size_t count = 0;
+    for (const char *at = text; (at = strstr(at, secret)) != NULL; at += secret_size)
+        count++;
+    if (count == 0)
+        return text;
+    char *out = malloc(strlen(text) + 3 * count + 1);
+    if (out != NULL) {
+        size_t used = 0;
+        for (const char *at = text; *at;) {
+            if (strncmp(at, secret, secret_size) == 0) {
+                memcpy(out + used, "***", 3);
+                used += 3;
+                at += secret_size;
+            } else {
+                out[used++] = *at++;
+            }
         }
+        out[used] = '\0';
     }
-    text[used] = '\0';
-    free(copy);
+    free(text);
+    return out;
 }
 
 /*
- * Finds password candidates in a DSN that libpq may not parse: the text
- * after "password=" (key/value form, quoted or not) and the userinfo
- * password of a URI ("scheme://user:PASSWORD@"), so that even an error
- * about a malformed DSN never echoes them.
+ * Scrubs the password candidates of a DSN that libpq may not parse: the text
+ * after "password=" (key/value form, quoted or not) and the userinfo password
+ * of a URI ("scheme://user:PASSWORD@", up to the last '@'), whatever their
+ * length, so that even an error about a malformed DSN never echoes them.
  */
-static void scrub_dsn_passwords(const char *dsn, char *text, size_t size)
+static char *scrub_dsn_passwords(const char *dsn, char *text)
 {
-    const char *at = dsn;
-    while ((at = strstr(at, "password")) != NULL) {
+    for (const char *at = dsn; text != NULL && (at = strstr(at, "password")) != NULL;) {
         const char *value = at + strlen("password");
         while (*value == ' ')
             value++;
@@ -82,48 +88,40 @@ static void scrub_dsn_passwords(const char *dsn, char *text, size_t size)
         value++;
         while (*value == ' ')
             value++;
-        char candidate[512];
-        size_t used = 0;
         char quote = *value == '\'' ? '\'' : 0;
         if (quote)
             value++;
-        for (; *value && used + 1 < sizeof candidate; value++) {
-            if (quote ? *value == quote : (*value == ' ' || *value == '&'))
-                break;
-            candidate[used++] = *value;
+        size_t length = 0;
+        while (value[length] && (quote ? value[length] != quote
+                                       : value[length] != ' ' && value[length] != '&'))
+            length++;
+        char *candidate = strndup(value, length);
+        if (candidate == NULL) {
+            free(text);
+            return NULL;
         }
-        candidate[used] = '\0';
-        scrub_secret(text, size, candidate);
+        text = scrub_secret(text, candidate, length);
+        free(candidate);
     }
     const char *scheme = strstr(dsn, "://");
-    if (scheme != NULL) {
-        const char *user = scheme + 3;
-        const char *end = strpbrk(user, "@/?");
-        const char *colon = strchr(user, ':');
-        if (end != NULL && *end == '@' && colon != NULL && colon < end) {
-            char candidate[512];
-            size_t length = (size_t)(end - colon - 1);
-            if (length < sizeof candidate) {
-                memcpy(candidate, colon + 1, length);
-                candidate[length] = '\0';
-                scrub_secret(text, size, candidate);
-            }
+    const char *last_at = scheme ? strrchr(scheme + 3, '@') : NULL;
+    const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+    if (text != NULL && last_at != NULL && colon != NULL && colon < last_at) {
+        char *candidate = strndup(colon + 1, (size_t)(last_at - colon - 1));
+        if (candidate == NULL) {
+            free(text);
+            return NULL;
         }
+        text = scrub_secret(text, candidate, strlen(candidate));
+        free(candidate);
     }
+    return text;
 }
 
-void pg_message_scrub(const char *dsn, const char *message, char *out, size_t out_size)
+/* Copies text into out on one line: no trailing newline, tabs and newlines as single spaces. */
+static void one_line(const char *text, char *out, size_t out_size)
 {
-    snprintf(out, out_size, "%s", message ? message : "");
-    PQconninfoOption *options = dsn ? PQconninfoParse(dsn, NULL) : NULL;
-    for (PQconninfoOption *option = options; option && option->keyword; option++) {
-        if (strcmp(option->keyword, "password") == 0)
-            scrub_secret(out, out_size, option->val);
-    }
-    PQconninfoFree(options);
-    if (dsn)
-        scrub_dsn_passwords(dsn, out, out_size);
-    /* libpq ends messages with a newline and indents hints with a tab: one line reads better. */
+    snprintf(out, out_size, "%s", text);
     size_t length = strlen(out);
     while (length > 0 && (out[length - 1] == '\n' || out[length - 1] == ' '))
         out[--length] = '\0';
@@ -136,8 +134,96 @@ void pg_message_scrub(const char *dsn, const char *message, char *out, size_t ou
     out[kept] = '\0';
 }
 
+void pg_message_scrub(const char *dsn, const char *message, char *out, size_t out_size)
+{
+    char *text = strdup(message ? message : "");
+    PQconninfoOption *options = dsn ? PQconninfoParse(dsn, NULL) : NULL;
+    for (PQconninfoOption *option = options; option && option->keyword; option++) {
+        if (strcmp(option->keyword, "password") == 0 && option->val != NULL)
+            text = scrub_secret(text, option->val, strlen(option->val));
+    }
+    PQconninfoFree(options);
+    if (dsn)
+        text = scrub_dsn_passwords(dsn, text);
+    /* Without memory for the copy, print nothing rather than a secret. */
+    one_line(text ? text : "(message withheld)", out, out_size);
+    free(text);
+}
+
+/*
+ * libpq's reason for rejecting a DSN without the parts of the DSN that it
+ * quotes: a quoted text is kept only when it is one of the fixed tokens of
+ * libpq's messages ("=", ":", "/", "]").
+ */
+static void parse_reason(const char *message, char *out, size_t out_size)
+{
+    size_t used = 0;
+    for (const char *at = message; *at && used + 8 < out_size;) {
+        if (*at != '"') {
+            out[used++] = *at++;
+            continue;
+        }
+        const char *close = strchr(at + 1, '"');
+        if (close == NULL)
+            break; /* an unclosed quote: the rest is DSN text */
+        size_t length = (size_t)(close - at - 1);
+        int token = length == 1 && strchr("=:/]", at[1]) != NULL;
+        const char *shown = token ? at : "\"...\"";
+        size_t shown_size = token ? 3 : 5;
+        if (used + shown_size + 1 >= out_size)
+            break;
+        memcpy(out + used, shown, shown_size);
+        used += shown_size;
+        at = close + 1;
+    }
+    out[used] = '\0';
+    char line[512];
+    one_line(out, line, sizeof line);
+    snprintf(out, out_size, "%s", line);
+}
+
+/*
+ * Checks that a DSN parses, and that a URI has no character that libpq would
+ * read as the end of the password: an unencoded '@', '/', '?' or '#' in a
+ * password moves the rest of it into the host, port or database, which would
+ * then be printed. Returns 1 and a reason that quotes no part of the DSN when
+ * it is refused.
+ */
+static int dsn_refused(const char *dsn, char *reason, size_t reason_size)
+{
+    char *parse_error = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(dsn, &parse_error);
+    if (parsed == NULL) {
+        parse_reason(parse_error ? parse_error : "out of memory", reason, reason_size);
+        PQfreemem(parse_error);
+        return 1;
+    }
+    PQconninfoFree(parsed);
+    int uri = strncmp(dsn, "postgresql://", 13) == 0 || strncmp(dsn, "postgres://", 11) == 0;
+    if (!uri)
+        return 0;
+    const char *authority = strstr(dsn, "://") + 3;
+    const char *at = strchr(authority, '@');
+    if (at != NULL && strchr(at + 1, '@') != NULL) {
+        snprintf(reason, reason_size, "the URI has more than one \"@\"; write an \"@\" of the "
+                 "user name or password as %%40");
+        return 1;
+    }
+    if (at != NULL && strcspn(authority, "/?#") < (size_t)(at - authority)) {
+        snprintf(reason, reason_size, "a \"/\", \"?\" or \"#\" comes before the \"@\" that ends "
+                 "the user name and password; write them as %%2F, %%3F and %%23");
+        return 1;
+    }
+    return 0;
+}
+
 void pg_dsn_describe(const char *dsn, char *out, size_t out_size)
 {
+    char reason[512];
+    if (dsn_refused(dsn, reason, sizeof reason)) {
+        snprintf(out, out_size, "a DSN that cannot be parsed (not shown)");
+        return;
+    }
     const char *host = NULL, *hostaddr = NULL, *port = NULL, *dbname = NULL, *user = NULL;
     PQconninfoOption *options = PQconninfoParse(dsn, NULL);
     for (PQconninfoOption *option = options; option && option->keyword; option++) {
@@ -156,27 +242,29 @@ void pg_dsn_describe(const char *dsn, char *out, size_t out_size)
     }
     if (host == NULL)
         host = hostaddr;
-    snprintf(out, out_size, "host %s port %s database %s user %s", host ? host : "default",
-             port ? port : "default", dbname ? dbname : "default", user ? user : "default");
+    char *text = NULL;
+    if (asprintf(&text, "host %s port %s database %s user %s", host ? host : "default",
+                 port ? port : "default", dbname ? dbname : "default",
+                 user ? user : "default") < 0)
+        text = NULL;
     PQconninfoFree(options);
+    /* A password typed into another field is scrubbed here too. */
+    pg_message_scrub(dsn, text ? text : "(target withheld)", out, out_size);
+    free(text);
 }
 
 int pg_connect(const char *dsn, PGconn **conn_out, char *error, size_t error_size)
 {
-    char *parse_error = NULL;
-    PQconninfoOption *parsed = PQconninfoParse(dsn, &parse_error);
-    if (parsed == NULL) {
-        char message[512];
-        pg_message_scrub(dsn, parse_error ? parse_error : "out of memory", message,
-                         sizeof message);
-        PQfreemem(parse_error);
+    char reason[512];
+    if (dsn_refused(dsn, reason, sizeof reason)) {
+        /* Nothing of a DSN that failed to parse is printed: its parts may be a password's. */
         snprintf(error, error_size,
-                 "invalid PostgreSQL DSN: %s; write it as \"host=H port=P dbname=D user=U\" "
-                 "or \"postgresql://U@H:P/D\"",
-                 message);
+                 "invalid PostgreSQL DSN: the DSN cannot be parsed: %s; write it as \"host=H "
+                 "port=P dbname=D user=U\" or \"postgresql://U@H:P/D\" (quote a value with "
+                 "spaces in single quotes; percent-encode @ / ? # in a URI)",
+                 reason);
         return HM_ERR_INVALID;
     }
-    PQconninfoFree(parsed);
 
     char target[512];
     pg_dsn_describe(dsn, target, sizeof target);

@@ -72,29 +72,61 @@ static void sleep_ns(int64_t duration_ns)
     }
 }
 
-/* The API key goes only over TLS, or to this machine for tests against a local server. */
-static int api_base_allowed(const char *base)
+/*
+ * The API key goes only over TLS, or to this machine for tests against a local server. The URL
+ * is parsed by libcurl, as the request will be, so that the host checked is the host connected
+ * to: "http://127.0.0.1:x@example.com" has the user info "127.0.0.1:x" and the host example.com.
+ * User info, a query or a fragment has no place in an API base and is refused on any scheme.
+ * Returns NULL when the URL is allowed, else the reason.
+ */
+static const char *api_base_problem(const char *base)
 {
-    if (strncmp(base, "https://", 8) == 0)
-        return base[8] != '\0';
-    static const char *const loopback[] = { "http://127.0.0.1", "http://[::1]",
-                                            "http://localhost" };
-    for (size_t i = 0; i < sizeof loopback / sizeof *loopback; i++) {
-        size_t size = strlen(loopback[i]);
-        if (strncmp(base, loopback[i], size) == 0 &&
-            (base[size] == '\0' || base[size] == ':' || base[size] == '/'))
-            return 1;
+    CURLU *url = curl_url();
+    if (url == NULL)
+        return "out of memory";
+    const char *problem = NULL;
+    char *scheme = NULL, *host = NULL;
+    if (curl_url_set(url, CURLUPART_URL, base, 0) != CURLUE_OK ||
+        curl_url_get(url, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(url, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
+        problem = "it is not a URL that libcurl can parse";
+    } else {
+        static const CURLUPart forbidden[] = { CURLUPART_USER, CURLUPART_PASSWORD,
+                                               CURLUPART_OPTIONS, CURLUPART_QUERY,
+                                               CURLUPART_FRAGMENT };
+        for (size_t i = 0; i < sizeof forbidden / sizeof *forbidden && problem == NULL; i++) {
+            char *part = NULL;
+            if (curl_url_get(url, forbidden[i], &part, 0) == CURLUE_OK && part != NULL)
+                problem = forbidden[i] == CURLUPART_QUERY      ? "it has a query (?...)"
+                          : forbidden[i] == CURLUPART_FRAGMENT ? "it has a fragment (#...)"
+                                                               : "it has a user name or "
+                                                                 "password (text before '@')";
+            curl_free(part);
+        }
+        int loopback = strcmp(host, "127.0.0.1") == 0 || strcmp(host, "[::1]") == 0 ||
+                       strcasecmp(host, "localhost") == 0;
+        if (problem == NULL && strcmp(scheme, "https") != 0 &&
+            !(strcmp(scheme, "http") == 0 && loopback))
+            problem = "the key would be sent in clear text";
     }
-    return 0;
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(url);
+    return problem;
 }
 
 int stripe_client_open(struct stripe_client **out, const struct stripe_client_options *options,
                        char *error, size_t error_size)
 {
-    if (!api_base_allowed(options->api_base)) {
-        snprintf(error, error_size, "invalid --api-base \"%s\": use an https:// URL (http:// "
-                 "only on 127.0.0.1, [::1] or localhost), so that the API key is never sent in "
-                 "clear text", options->api_base);
+    const char *problem = api_base_problem(options->api_base);
+    if (problem != NULL) {
+        /* A user info part may hold a password: the URL is then not repeated. */
+        int secret = strstr(problem, "password") != NULL;
+        snprintf(error, error_size, "invalid --api-base%s%s%s: %s; give an https:// URL without "
+                 "user info, query or fragment, such as https://api.stripe.com (http:// only on "
+                 "127.0.0.1, [::1] or localhost), so that the API key goes to that host only "
+                 "and never in clear text", secret ? "" : " \"", secret ? "" : options->api_base,
+                 secret ? "" : "\"", problem);
         return HM_ERR_INVALID;
     }
     if (strlen(options->api_base) >= sizeof((struct stripe_client *)0)->api_base) {
@@ -363,6 +395,38 @@ static int transport_error_retryable(CURLcode code)
     }
 }
 
+/*
+ * The fix for a certificate that failed verification, from libcurl's text of the
+ * verification result: only an unknown issuer is fixed by --ca-file.
+ */
+static const char *certificate_hint(CURLcode code, const char *text)
+{
+    if (code == CURLE_SSL_CACERT_BADFILE)
+        return "; the CA file cannot be read as PEM certificates: give a PEM bundle with "
+               "--ca-file FILE";
+    if (code != CURLE_PEER_FAILED_VERIFICATION)
+        return "";
+    if (strstr(text, "has expired") != NULL)
+        return "; the server's certificate has expired: renew it on the server (a CA file "
+               "cannot make an expired certificate valid)";
+    if (strstr(text, "not yet valid") != NULL)
+        return "; the server's certificate is not valid yet: check the clock of this machine "
+               "and the certificate's start date";
+    if (strstr(text, "does not match target host") != NULL ||
+        strstr(text, "no alternative certificate subject name") != NULL)
+        return "; the server's certificate is for another host name: use in --api-base the "
+               "host name that the certificate names, or give the server a certificate for "
+               "this host";
+    if (strstr(text, "self-signed") != NULL || strstr(text, "self signed") != NULL ||
+        strstr(text, "local issuer") != NULL || strstr(text, "unable to get issuer") != NULL ||
+        strstr(text, "unable to verify the first certificate") != NULL)
+        return "; give the CA certificate that signed the server's certificate with "
+               "--ca-file FILE";
+    if (strstr(text, "revoked") != NULL)
+        return "; the server's certificate is revoked: the server needs a new one";
+    return "; the server's certificate failed verification for the reason above";
+}
+
 static int status_retryable(long status, int should_retry)
 {
     if (should_retry >= 0)
@@ -455,7 +519,9 @@ static CURLcode attempt_send(struct stripe_client *client, const char *method, c
         curl_easy_setopt(curl, CURLOPT_DEBUGDATA, client);
         curl_easy_setopt(curl, CURLOPT_VERBOSE, 1L);
     }
-    if (strcmp(method, "POST") == 0) {
+    if (strcmp(method, "DELETE") == 0) {
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "DELETE");
+    } else if (strcmp(method, "POST") == 0) {
         curl_easy_setopt(curl, CURLOPT_POST, 1L);
         curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form && form->text ? form->text : "");
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, form ? (long)form->size : 0L);
@@ -533,13 +599,8 @@ int stripe_request(struct stripe_client *client, const char *method, const char 
                      : attempt.curl_error[0] != 0 ? attempt.curl_error
                                                   : curl_easy_strerror(code));
             retryable = !attempt.too_large && transport_error_retryable(code);
-            int certificate = code == CURLE_PEER_FAILED_VERIFICATION ||
-                              code == CURLE_SSL_CACERT_BADFILE;
             snprintf(error, error_size, "%s %s: %s (%s)%s", method, path, reason,
-                     client->api_base,
-                     certificate ? "; give the CA certificate that signed the server's "
-                                   "certificate with --ca-file FILE"
-                                 : "");
+                     client->api_base, certificate_hint(code, reason));
         } else {
             json_error_t json_error;
             json_decref(out->body);

@@ -49,7 +49,8 @@ struct stripe_client;
 /*
  * Creates a client. Returns HM_OK, HM_ERR_INVALID (with the reason in
  * `error`) for an api_base that is neither https:// nor http:// on
- * 127.0.0.1, [::1] or localhost, or for a key that is empty or too long,
+ * 127.0.0.1, [::1] or localhost (the host as libcurl parses it), that has
+ * user info, a query or a fragment, or for a key that is empty or too long,
  * or HM_ERR_NOMEM. Free it with stripe_client_close, which wipes the key.
  */
 int stripe_client_open(struct stripe_client **out, const struct stripe_client_options *options,
@@ -76,10 +77,11 @@ struct stripe_response {
 };
 
 /*
- * Sends `method` `path` (such as "POST", "/v1/invoiceitems") with the form
- * as its body (NULL for none) and the Idempotency-Key `idempotency_key`
- * (NULL for none, as for GET). Retries on a timeout, a refused or dropped
- * connection, HTTP 409, 429 and 5xx, unless the reply carries
+ * Sends `method` (GET, POST or DELETE) `path` (such as "/v1/invoiceitems")
+ * with the form as its body (NULL for none) and the Idempotency-Key
+ * `idempotency_key` (NULL for none, as for GET and DELETE). Retries on a
+ * timeout, a refused or dropped connection, HTTP 409, 429 and 5xx, unless
+ * the reply carries
  * "Stripe-Should-Retry: false"; "Stripe-Should-Retry: true" makes any
  * status retried. The wait before retry n (1, 2, ...) is a random time
  * between half of and the full min(retry_max_ms, retry_base_ms * 2^(n-1)),
