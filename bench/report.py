@@ -46,7 +46,9 @@ def git_commit(source_dir):
     try:
         commit = subprocess.run(["git", "-C", source_dir, "rev-parse", "HEAD"],
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", source_dir, "status", "--porcelain"],
+        # Build directories and results are untracked: only tracked files changed count.
+        dirty = subprocess.run(["git", "-C", source_dir, "status", "--porcelain",
+                                "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
