@@ -41,6 +41,15 @@ def machine_description():
             f"{memory_kib / 1024 / 1024:.1f} GiB memory, Linux {platform.release()}")
 
 
+def load_average():
+    """Return the 1-minute load average from /proc/loadavg, or "unknown"."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as source:
+            return source.read().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def git_commit(source_dir):
     """Return the commit of the source tree, marked when files differ from it."""
     try:
@@ -179,7 +188,8 @@ def write_markdown(results, path, source_dir):
         f"- group commit of the embedded peers: {results['group_events']} events per commit "
         "(meterd's own average in its closed loop)",
         "",
-        "NOTE: the CPU was shared with other work during this run, so the numbers are noisy; "
+        f"NOTE: the load average when the run ended was {load_average()} on "
+        f"{os.cpu_count()} CPUs; other work on the machine makes the numbers noisy, so "
         "compare peers within this run, not across runs.",
         "",
         "## Side by side",
