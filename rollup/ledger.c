@@ -190,7 +190,7 @@ fail_env:
 const char *ledger_path(const struct ledger *ledger)
 {
     const char *path = NULL;
-    /* LMDB keeps the path given to mdb_env_open; it fails only on a NULL environment. */
+    /* LMDB keeps the path given to mdb_env_open. The call fails only for a NULL argument. */
     if (mdb_env_get_path(ledger->env, &path) != 0)
         return ".";
     return path;

@@ -500,8 +500,8 @@ struct billed_change {
 };
 
 /*
- * What a finalized period has billed: the state that late events are
- * compared with when a later period closes.
+ * Billed state of a finalized period. A later close compares late events
+ * with it.
  */
 struct billed_period {
     uint32_t period;

@@ -224,7 +224,8 @@ result = json.load(open(sys.argv[1]))
 lines = result["lines"]
 fee = lines[0]["fee"]
 # May has 31 days: 2,678,400 seconds, all of them in service from 2024-05-01.
-assert fee["price"] == "10.00" and fee["service_seconds"] == 2678400, fee
+assert fee["price"] == "10.00", fee
+assert fee["service_seconds"] == 2678400, fee
 assert fee["period_seconds"] == 2678400, fee
 discount = [line for line in lines if line["kind"] == "discount"][0]["discount"]
 gpu_lines = [line["line"] for line in lines if line["kind"] == "gpu"]
@@ -247,7 +248,8 @@ output=$($meterctl invoice explain acme --period 2024-05 --line 2 --json)
 if python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
-assert len(r["lines"]) == 1 and r["lines"][0]["line"] == 2
+assert len(r["lines"]) == 1, r
+assert r["lines"][0]["line"] == 2, r
 ' "$output"; then
   pass "explain --line 2 explains one line"
 else

@@ -153,9 +153,9 @@ int export_stripe_key_load(const char *path, char *key_out, char *error, size_t 
 
 /*
  * HM_STRIPE_KILL_AFTER=N makes the exporter kill itself with SIGKILL right
- * after the N-th successful Stripe reply and before it stores what the reply
- * says: the moment at which only the idempotency keys prevent a second
- * charge on the next run. Tests use it; nothing else should set it.
+ * after the N-th successful Stripe reply and before it stores the reply's
+ * content. At that moment only the idempotency keys prevent a second charge
+ * on the next run. Only tests set it.
  */
 static void kill_point(void)
 {
@@ -530,7 +530,7 @@ static int invoice_action(struct exporter *exporter, const struct invoice_plan *
     char path[256], key[128];
     snprintf(path, sizeof path, "/v1/invoices/%s/%s", string_of(state, "invoice"), step);
     struct stripe_form form = { 0 };
-    /* Once finalized, Stripe may collect the invoice as the customer's settings say. */
+    /* Once finalized, Stripe may collect the invoice under the customer's payment settings. */
     int rc = strcmp(step, "finalize") == 0 ? stripe_form_add(&form, "auto_advance", "true")
                                            : HM_OK;
     if (rc != HM_OK) {

@@ -71,10 +71,10 @@ static char *scrub_secret(char *text, const char *secret, size_t secret_size)
 }
 
 /*
- * Scrubs the password candidates of a DSN that libpq may not parse: the text
- * after "password=" (key/value form, quoted or not) and the userinfo password
- * of a URI ("scheme://user:PASSWORD@", up to the last '@'), whatever their
- * length, so that even an error about a malformed DSN never echoes them.
+ * Scrubs the password candidates of a DSN that libpq may not parse. These are
+ * the text after "password=" (key/value form, quoted or not) and the userinfo
+ * password of a URI ("scheme://user:PASSWORD@", up to the last '@'), at any
+ * length. An error about a malformed DSN then never echoes them.
  */
 static char *scrub_dsn_passwords(const char *dsn, char *text)
 {
@@ -184,12 +184,12 @@ static void parse_reason(const char *message, char *out, size_t out_size)
 
 /*
  * Checks that a DSN parses, and that a URI has no character that libpq would
- * read as the end of the password: an unencoded '@', '/', '?' or '#' in a
- * password moves the rest of it into the host, port or database, which would
- * then be printed. Returns 1 and a reason that quotes no part of the DSN when
- * it is refused.
+ * read as the end of the password. An unencoded '@', '/', '?' or '#' in a
+ * password moves the rest of it into the host, port or database, which are
+ * printed. Returns 1 and a reason that quotes no part of the DSN when the DSN
+ * is rejected.
  */
-static int dsn_refused(const char *dsn, char *reason, size_t reason_size)
+static int dsn_rejected(const char *dsn, char *reason, size_t reason_size)
 {
     char *parse_error = NULL;
     PQconninfoOption *parsed = PQconninfoParse(dsn, &parse_error);
@@ -220,7 +220,7 @@ static int dsn_refused(const char *dsn, char *reason, size_t reason_size)
 void pg_dsn_describe(const char *dsn, char *out, size_t out_size)
 {
     char reason[512];
-    if (dsn_refused(dsn, reason, sizeof reason)) {
+    if (dsn_rejected(dsn, reason, sizeof reason)) {
         snprintf(out, out_size, "a DSN that cannot be parsed (not shown)");
         return;
     }
@@ -256,7 +256,7 @@ void pg_dsn_describe(const char *dsn, char *out, size_t out_size)
 int pg_connect(const char *dsn, PGconn **conn_out, char *error, size_t error_size)
 {
     char reason[512];
-    if (dsn_refused(dsn, reason, sizeof reason)) {
+    if (dsn_rejected(dsn, reason, sizeof reason)) {
         /* Nothing of a DSN that failed to parse is printed: its parts may be a password's. */
         snprintf(error, error_size,
                  "invalid PostgreSQL DSN: the DSN cannot be parsed: %s; write it as \"host=H "
