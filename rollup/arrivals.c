@@ -31,7 +31,7 @@ static void arrival_key(uint8_t key[ARRIVAL_KEY_SIZE], const uint8_t tenant_id[U
     store_be64(key + UUID_SIZE, seq);
 }
 
-/* Finds the tenant's highest arrival number: the last key with its prefix. */
+/* Finds the tenant's highest number in the older arrival table: the last key with its prefix. */
 static int last_seq(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                     uint64_t *seq_out)
 {
@@ -57,32 +57,6 @@ static int last_seq(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id
     mdb_cursor_close(cursor);
     if (rc != 0 && rc != MDB_NOTFOUND)
         return status_of(rc, "read arrival sequence");
-    return HM_OK;
-}
-
-int arrival_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                   const uint8_t event_id[UUID_SIZE])
-{
-    if (txn->arrival_next == 0 || memcmp(txn->arrival_tenant, tenant_id, UUID_SIZE) != 0) {
-        uint64_t last = 0;
-        int rc = last_seq(txn->ledger, txn->txn, tenant_id, &last);
-        if (rc != HM_OK)
-            return rc;
-        memcpy(txn->arrival_tenant, tenant_id, UUID_SIZE);
-        txn->arrival_next = last + 1;
-    }
-    uint8_t key_bytes[ARRIVAL_KEY_SIZE];
-    arrival_key(key_bytes, tenant_id, txn->arrival_next);
-    MDB_val key = { sizeof key_bytes, key_bytes };
-    MDB_val value = { UUID_SIZE, (void *)event_id };
-    int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_ARRIVALS], &key, &value,
-                     MDB_NOOVERWRITE);
-    if (rc != 0) {
-        /* The cached number is unknown after a failed put; the transaction is aborted anyway. */
-        txn->arrival_next = 0;
-        return rc == MDB_KEYEXIST ? HM_ERR_STORAGE : status_of(rc, "append arrival");
-    }
-    txn->arrival_next++;
     return HM_OK;
 }
 
@@ -195,6 +169,16 @@ int arrivals_backfill(struct ledger *ledger)
     return HM_OK;
 }
 
+int arrival_last_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                        uint64_t *seq_out)
+{
+    if (ledger->table_missing[TABLE_ARRIVALS]) {
+        *seq_out = 0;
+        return HM_OK;
+    }
+    return last_seq(ledger, txn, tenant_id, seq_out);
+}
+
 int ledger_arrival_last(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                         uint64_t *seq_out)
 {
@@ -202,14 +186,14 @@ int ledger_arrival_last(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    rc = last_seq(ledger, txn, tenant_id, seq_out);
+    rc = arrival_last(ledger, txn, tenant_id, seq_out);
     mdb_txn_abort(txn);
     return rc;
 }
 
-/* Reads and decodes the event that an arrival record names. */
-static int arrival_event(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                         uint64_t seq, const MDB_val *event_id, struct event *event)
+/* Reads the record that an older arrival entry names, in TABLE_EVENTS. */
+static int legacy_record(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t seq, const MDB_val *event_id, MDB_val *record)
 {
     if (event_id->mv_size != UUID_SIZE) {
         log_error("ledger", "arrival %llu has a value of size %zu", (unsigned long long)seq,
@@ -219,8 +203,8 @@ static int arrival_event(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
     uint8_t key_bytes[2 * UUID_SIZE];
     memcpy(key_bytes, tenant_id, UUID_SIZE);
     memcpy(key_bytes + UUID_SIZE, event_id->mv_data, UUID_SIZE);
-    MDB_val key = { sizeof key_bytes, key_bytes }, value;
-    int rc = mdb_get(txn, ledger->tables[TABLE_EVENTS], &key, &value);
+    MDB_val key = { sizeof key_bytes, key_bytes };
+    int rc = table_get(txn, ledger, TABLE_EVENTS, &key, record);
     if (rc == MDB_NOTFOUND) {
         log_error("ledger", "arrival %llu names an event that is not stored",
                   (unsigned long long)seq);
@@ -228,34 +212,32 @@ static int arrival_event(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
     }
     if (rc != 0)
         return status_of(rc, "read event");
-    size_t offset = 0;
-    const char *reason = NULL;
-    if (record_decode(value.mv_data, value.mv_size, &offset, tenant_id, event, &reason) !=
-        HM_OK) {
-        log_error("ledger", "stored event of arrival %llu cannot be decoded: %s",
-                  (unsigned long long)seq, reason);
+    if (record->mv_size < RECORD_HEADER_SIZE) {
+        log_error("ledger", "stored event of arrival %llu is truncated", (unsigned long long)seq);
         return HM_ERR_STORAGE;
     }
     return HM_OK;
 }
 
-/* Walks the arrivals of a tenant within a read transaction; see ledger_arrivals_each. */
-static int arrivals_walk(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                         uint64_t after_seq, uint64_t limit,
-                         int (*visit)(void *context, uint64_t seq, const struct event *event),
-                         void *context)
+int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t after_seq, uint64_t limit, record_visit visit, void *context,
+                         uint64_t *visited_out, uint64_t *last_out)
 {
+    *visited_out = 0;
+    int rc = arrival_last_legacy(ledger, txn, tenant_id, last_out);
+    if (rc != HM_OK || *last_out <= after_seq)
+        return rc;
     MDB_cursor *cursor;
-    int rc = table_cursor_open(txn, ledger, TABLE_ARRIVALS, &cursor);
+    rc = table_cursor_open(txn, ledger, TABLE_ARRIVALS, &cursor);
     if (rc != 0)
         return status_of(rc, "open arrival cursor");
     uint8_t seek[ARRIVAL_KEY_SIZE];
     arrival_key(seek, tenant_id, after_seq + 1);
     MDB_val key = { sizeof seek, seek }, value;
-    uint64_t expected = after_seq + 1, visited = 0;
+    uint64_t expected = after_seq + 1;
     int status = HM_OK;
     rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && (limit == 0 || visited < limit) && key.mv_size == ARRIVAL_KEY_SIZE &&
+    while (rc == 0 && (limit == 0 || *visited_out < limit) && key.mv_size == ARRIVAL_KEY_SIZE &&
            memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         uint64_t seq = load_be64((const uint8_t *)key.mv_data + UUID_SIZE);
         if (seq != expected) {
@@ -264,21 +246,42 @@ static int arrivals_walk(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
             status = HM_ERR_STORAGE;
             break;
         }
-        struct event event;
-        status = arrival_event(ledger, txn, tenant_id, seq, &value, &event);
+        MDB_val record;
+        status = legacy_record(ledger, txn, tenant_id, seq, &value, &record);
         if (status != HM_OK)
             break;
-        status = visit(context, seq, &event);
+        status = visit(context, tenant_id, seq, record.mv_data, record.mv_size);
         if (status != 0)
             break;
         expected++;
-        visited++;
+        (*visited_out)++;
         rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
     if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
         status = status_of(rc, "read arrivals");
     cursor_close(cursor);
     return status;
+}
+
+struct decode_walk {
+    int (*visit)(void *context, uint64_t seq, const struct event *event);
+    void *context;
+};
+
+static int decode_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                        const uint8_t *record, size_t record_size)
+{
+    struct decode_walk *walk = context;
+    struct event event;
+    size_t offset = 0;
+    const char *reason = NULL;
+    if (record_decode(record, record_size, &offset, tenant_id, &event, &reason) != HM_OK ||
+        offset != record_size) {
+        log_error("ledger", "stored event of arrival %llu cannot be decoded: %s",
+                  (unsigned long long)seq, reason ? reason : "trailing bytes");
+        return HM_ERR_STORAGE;
+    }
+    return walk->visit(walk->context, seq, &event);
 }
 
 int ledger_arrivals_each(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
@@ -292,37 +295,21 @@ int ledger_arrivals_each(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    rc = arrivals_walk(ledger, txn, tenant_id, after_seq, limit, visit, context);
+    struct decode_walk walk = { visit, context };
+    rc = records_walk(ledger, txn, tenant_id, after_seq, limit, decode_visit, &walk);
     mdb_txn_abort(txn);
     return rc;
 }
 
-static int count_visit(void *context, uint64_t seq, const struct event *event)
+static int count_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                       const uint8_t *record, size_t record_size)
 {
+    (void)tenant_id;
     (void)seq;
-    (void)event;
+    (void)record;
+    (void)record_size;
     (*(uint64_t *)context)++;
     return HM_OK;
-}
-
-/* Counts the stored events of a tenant within a read transaction. */
-static int events_count(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                        uint64_t *count_out)
-{
-    MDB_cursor *cursor;
-    int rc = mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor);
-    if (rc != 0)
-        return status_of(rc, "open event cursor");
-    MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
-    uint64_t count = 0;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        count++;
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
-    }
-    mdb_cursor_close(cursor);
-    *count_out = count;
-    return rc == 0 || rc == MDB_NOTFOUND ? HM_OK : status_of(rc, "read events");
 }
 
 int ledger_arrivals_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE])
@@ -335,10 +322,10 @@ int ledger_arrivals_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_S
     uint64_t events = 0, last = 0, numbered = 0;
     rc = events_count(ledger, txn, tenant_id, &events);
     if (rc == HM_OK)
-        rc = last_seq(ledger, txn, tenant_id, &last);
+        rc = arrival_last(ledger, txn, tenant_id, &last);
     /* The walk checks that the numbers have no gap and that each names a stored event. */
     if (rc == HM_OK)
-        rc = arrivals_walk(ledger, txn, tenant_id, 0, 0, count_visit, &numbered);
+        rc = records_walk(ledger, txn, tenant_id, 0, 0, count_visit, &numbered);
     mdb_txn_abort(txn);
     if (rc == HM_ERR_STORAGE)
         return HM_ERR_CONFLICT;

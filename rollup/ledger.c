@@ -1,6 +1,8 @@
 #include "ledger.h"
 #include "ledger_private.h"
 
+#include "dedup.h"
+
 #include "common/log.h"
 #include "common/status.h"
 #include "ingest/wire.h"
@@ -85,7 +87,7 @@ static const char *const table_names[TABLE_COUNT] = {
     "keys",   "pricebooks", "periods", "invoices", "meta",
     "tenant_settings", "issuers", "documents", "book_snapshots", "billed", "credits",
     "exports",
-    "arrivals",
+    "arrivals", "blocks",
 };
 
 /* Free space below which a failed write is blamed on a full disk. */
@@ -203,6 +205,10 @@ void ledger_close(struct ledger *ledger)
     if (ledger->lookup_txn)
         mdb_txn_abort(ledger->lookup_txn);
     mdb_env_close(ledger->env);
+    dedup_free(ledger->dedup);
+    free(ledger->block);
+    free(ledger->deltas);
+    free(ledger->delta_used);
     free(ledger);
 }
 
@@ -217,7 +223,12 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
         return status_of(rc, "begin write transaction");
     }
     txn->ledger = ledger;
-    txn->arrival_next = 0;
+    txn->appending = 0;
+    txn->appended = 0;
+    txn->block_count = 0;
+    txn->block_size = 0;
+    txn->delta_count = 0;
+    memset(txn->seq_cache, 0, sizeof txn->seq_cache);
     *out = txn;
     return HM_OK;
 }
@@ -285,17 +296,211 @@ static int commit_fault_inject(MDB_txn *txn)
 }
 #endif
 
+/* ---- Writer state: the id index, the pending block, the rollup changes ---- */
+
+struct rollup_delta {
+    uint64_t hash;
+    unsigned __int128 quantity;
+    uint64_t count;
+    uint8_t key_size; /* 0: empty slot */
+    uint8_t key[ROLLUP_KEY_MAX];
+};
+
+_Static_assert(ROLLUP_KEY_MAX <= UINT8_MAX, "a rollup key size fits its byte");
+_Static_assert((ROLLUP_DELTAS_MAX & (ROLLUP_DELTAS_MAX - 1)) == 0, "a power of two");
+
+/*
+ * Meta record of the appends: a generation that every transaction storing
+ * new events increments, and the number of events in blocks. A process
+ * whose id index reflects another generation rebuilds it, so that events
+ * appended by another process are never missed.
+ */
+static const char append_state_name[] = "append_state";
+#define DEDUP_STALE UINT64_MAX
+
+struct append_state {
+    uint64_t generation;
+    uint64_t block_events;
+};
+
+static int append_state_get(struct ledger *ledger, MDB_txn *txn, struct append_state *out)
+{
+    MDB_val key = { sizeof append_state_name - 1, (void *)append_state_name }, value;
+    memset(out, 0, sizeof *out);
+    int rc = table_get(txn, ledger, TABLE_META, &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return HM_OK;
+    if (rc != 0)
+        return status_of(rc, "read append state");
+    if (value.mv_size != sizeof *out) {
+        log_error("ledger", "append state record of size %zu, expected %zu", value.mv_size,
+                  sizeof *out);
+        return HM_ERR_STORAGE;
+    }
+    memcpy(out, value.mv_data, sizeof *out);
+    return HM_OK;
+}
+
+static int append_state_put(struct ledger_txn *txn, const struct append_state *state)
+{
+    MDB_val key = { sizeof append_state_name - 1, (void *)append_state_name };
+    MDB_val value = { sizeof *state, (void *)state };
+    int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_META], &key, &value, 0);
+    return rc == 0 ? HM_OK : status_of(rc, "write append state");
+}
+
+/* Allocates the writer state on the first append of the process. */
+static int writer_alloc(struct ledger *ledger)
+{
+    if (ledger->dedup != NULL)
+        return HM_OK;
+    ledger->block = malloc(BLOCK_BYTES_MAX);
+    ledger->deltas = calloc(ROLLUP_DELTAS_MAX, sizeof *ledger->deltas);
+    ledger->delta_used = malloc(ROLLUP_DELTAS_MAX * sizeof *ledger->delta_used);
+    int rc = ledger->block && ledger->deltas && ledger->delta_used ? dedup_create(&ledger->dedup)
+                                                                   : HM_ERR_NOMEM;
+    if (rc != HM_OK) {
+        free(ledger->block);
+        free(ledger->deltas);
+        free(ledger->delta_used);
+        ledger->block = NULL;
+        ledger->deltas = NULL;
+        ledger->delta_used = NULL;
+        return rc;
+    }
+    ledger->dedup->generation = DEDUP_STALE;
+    return HM_OK;
+}
+
+/*
+ * Readies the writer state for the first append of a transaction: rebuilds
+ * the id index when it does not reflect the stored events.
+ */
+static int writer_prepare(struct ledger_txn *txn)
+{
+    struct ledger *ledger = txn->ledger;
+    int rc = writer_alloc(ledger);
+    if (rc != HM_OK)
+        return rc;
+    struct append_state state;
+    if ((rc = append_state_get(ledger, txn->txn, &state)) != HM_OK)
+        return rc;
+    if (ledger->dedup->generation != state.generation) {
+        struct timespec started;
+        clock_gettime(CLOCK_MONOTONIC, &started);
+        if ((rc = dedup_rebuild(ledger, txn->txn)) != HM_OK) {
+            ledger->dedup->generation = DEDUP_STALE;
+            return rc;
+        }
+        ledger->dedup->generation = state.generation;
+        struct timespec done;
+        clock_gettime(CLOCK_MONOTONIC, &done);
+        log_info("ledger", "event id index built events=%zu ms=%lld", ledger->dedup->count,
+                 (long long)((done.tv_sec - started.tv_sec) * 1000 +
+                             (done.tv_nsec - started.tv_nsec) / 1000000));
+    }
+    dedup_txn_begin(ledger->dedup);
+    txn->appending = 1;
+    return HM_OK;
+}
+
+static void deltas_clear(struct ledger_txn *txn)
+{
+    struct ledger *ledger = txn->ledger;
+    for (size_t i = 0; i < txn->delta_count; i++)
+        ledger->deltas[ledger->delta_used[i]].key_size = 0;
+    txn->delta_count = 0;
+}
+
+/* Undoes the writer state of a transaction that is aborted or failed to commit. */
+static void writer_abort(struct ledger_txn *txn)
+{
+    if (!txn->appending)
+        return;
+    if (dedup_txn_abort(txn->ledger->dedup))
+        txn->ledger->dedup->generation = DEDUP_STALE;
+    deltas_clear(txn);
+    txn->block_count = 0;
+    txn->appending = 0;
+}
+
+static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
+                                uint64_t *count);
+
+/* Writes every summed rollup change into TABLE_ROLLUPS, then empties the table of changes. */
+static int deltas_flush(struct ledger_txn *txn)
+{
+    struct ledger *ledger = txn->ledger;
+    MDB_dbi dbi = ledger->tables[TABLE_ROLLUPS];
+    for (size_t i = 0; i < txn->delta_count; i++) {
+        struct rollup_delta *delta = &ledger->deltas[ledger->delta_used[i]];
+        MDB_val key = { delta->key_size, delta->key }, value;
+        unsigned __int128 total = 0;
+        uint64_t count = 0;
+        int rc = mdb_get(txn->txn, dbi, &key, &value);
+        if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
+            rollup_value_decode(value.mv_data, &total, &count);
+        else if (rc != MDB_NOTFOUND && rc != 0)
+            return status_of(rc, "read rollup");
+        total += delta->quantity;
+        count += delta->count;
+        uint8_t bytes[ROLLUP_VALUE_SIZE];
+        memcpy(bytes, &total, 16);
+        memcpy(bytes + 16, &count, 8);
+        value.mv_size = sizeof bytes;
+        value.mv_data = bytes;
+        if ((rc = mdb_put(txn->txn, dbi, &key, &value, 0)) != 0)
+            return status_of(rc, "write rollup");
+    }
+    deltas_clear(txn);
+    return HM_OK;
+}
+
+/* Writes what the appends of a transaction keep in memory: the pending block, rollups, state. */
+static int writer_flush(struct ledger_txn *txn)
+{
+    int rc = block_flush(txn);
+    if (rc == HM_OK)
+        rc = deltas_flush(txn);
+    if (rc != HM_OK || txn->appended == 0)
+        return rc;
+    struct append_state state;
+    if ((rc = append_state_get(txn->ledger, txn->txn, &state)) != HM_OK)
+        return rc;
+    state.generation++;
+    state.block_events += txn->appended;
+    return append_state_put(txn, &state);
+}
+
 int ledger_commit(struct ledger_txn *txn)
 {
+    struct ledger *ledger = txn->ledger;
+    if (txn->appending) {
+        int rc = writer_flush(txn);
+        if (rc != HM_OK) {
+            writer_abort(txn);
+            mdb_txn_abort(txn->txn);
+            free(txn);
+            return rc;
+        }
+    }
 #ifndef HM_NO_TEST_HOOKS
     int injected = commit_fault_inject(txn->txn);
     if (injected != 0) {
+        writer_abort(txn);
         free(txn);
         return injected;
     }
 #endif
-    struct ledger *ledger = txn->ledger;
+    int appending = txn->appending, appended = txn->appended > 0;
     int rc = mdb_txn_commit(txn->txn);
+    if (appending && rc == 0) {
+        dedup_txn_commit(ledger->dedup);
+        if (appended && ledger->dedup->generation != DEDUP_STALE)
+            ledger->dedup->generation++;
+        txn->appending = 0;
+    }
+    writer_abort(txn);
     free(txn);
     if (rc == EIO && disk_full(ledger))
         rc = ENOSPC;
@@ -308,6 +513,7 @@ void ledger_abort(struct ledger_txn *txn)
 {
     if (txn == NULL)
         return;
+    writer_abort(txn);
     mdb_txn_abort(txn->txn);
     free(txn);
 }
@@ -328,32 +534,6 @@ static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantit
 {
     memcpy(quantity, value, 16);
     memcpy(count, value + 16, 8);
-}
-
-static int rollup_add(MDB_txn *txn, MDB_dbi dbi, const uint8_t tenant_id[UUID_SIZE],
-                      uint32_t period, enum rollup_meter meter, const char *dimension,
-                      uint64_t quantity)
-{
-    uint8_t key_bytes[ROLLUP_KEY_MAX];
-    MDB_val key = { rollup_key(key_bytes, tenant_id, period, meter, dimension), key_bytes };
-    MDB_val value;
-    unsigned __int128 total = 0;
-    uint64_t count = 0;
-    int rc = mdb_get(txn, dbi, &key, &value);
-    if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
-        rollup_value_decode(value.mv_data, &total, &count);
-    else if (rc != MDB_NOTFOUND && rc != 0)
-        return status_of(rc, "read rollup");
-
-    total += quantity;
-    count += 1;
-    uint8_t bytes[ROLLUP_VALUE_SIZE];
-    memcpy(bytes, &total, 16);
-    memcpy(bytes + 16, &count, 8);
-    value.mv_size = sizeof bytes;
-    value.mv_data = bytes;
-    rc = mdb_put(txn, dbi, &key, &value, 0);
-    return rc == 0 ? HM_OK : status_of(rc, "write rollup");
 }
 
 int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context)
@@ -387,19 +567,53 @@ int ledger_event_rollups(const struct event *event, rollup_sink sink, void *cont
     return HM_ERR_INVALID;
 }
 
+/* FNV-1a over a rollup key; the table is small and its keys are the engine's own. */
+static uint64_t delta_hash(const uint8_t *bytes, size_t size)
+{
+    uint64_t hash = UINT64_C(0xcbf29ce484222325);
+    for (size_t i = 0; i < size; i++)
+        hash = (hash ^ bytes[i]) * UINT64_C(0x100000001b3);
+    return hash;
+}
+
 struct append_context {
     struct ledger_txn *txn;
     const struct event *event;
     uint32_t period;
 };
 
+/* Adds one rollup change of an appended event to the transaction's summed changes. */
 static int append_sink(void *context, enum rollup_meter meter, const char *dimension,
                        uint64_t quantity)
 {
     struct append_context *append = context;
-    struct ledger *ledger = append->txn->ledger;
-    return rollup_add(append->txn->txn, ledger->tables[TABLE_ROLLUPS], append->event->tenant_id,
-                      append->period, meter, dimension, quantity);
+    struct ledger_txn *txn = append->txn;
+    struct ledger *ledger = txn->ledger;
+    uint8_t key[ROLLUP_KEY_MAX];
+    size_t key_size = rollup_key(key, append->event->tenant_id, append->period, meter, dimension);
+    uint64_t hash = delta_hash(key, key_size);
+    size_t slot = (size_t)hash & (ROLLUP_DELTAS_MAX - 1);
+    for (;;) {
+        struct rollup_delta *delta = &ledger->deltas[slot];
+        if (delta->key_size == 0) {
+            delta->hash = hash;
+            delta->key_size = (uint8_t)key_size;
+            memcpy(delta->key, key, key_size);
+            delta->quantity = quantity;
+            delta->count = 1;
+            ledger->delta_used[txn->delta_count++] = (uint16_t)slot;
+            break;
+        }
+        if (delta->hash == hash && delta->key_size == key_size &&
+            memcmp(delta->key, key, key_size) == 0) {
+            delta->quantity += quantity;
+            delta->count++;
+            break;
+        }
+        slot = (slot + 1) & (ROLLUP_DELTAS_MAX - 1);
+    }
+    /* Half full: write the changes now, so that a probe stays short. */
+    return 2 * txn->delta_count >= ROLLUP_DELTAS_MAX ? deltas_flush(txn) : HM_OK;
 }
 
 static int storage_sample_put(struct ledger_txn *txn, const struct event *event)
@@ -415,27 +629,73 @@ static int storage_sample_put(struct ledger_txn *txn, const struct event *event)
     return rc == 0 ? HM_OK : status_of(rc, "write storage sample");
 }
 
+/*
+ * Reads the stored record that an index slot points at, if it is the event
+ * (tenant, event_id): HM_OK with the record, HM_ERR_NOT_FOUND when the slot
+ * belongs to another event (a fingerprint collision) or to nothing stored.
+ */
+static int indexed_record(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                          const uint8_t event_id[UUID_SIZE], uint64_t locator,
+                          const uint8_t **record_out, size_t *size_out)
+{
+    struct ledger *ledger = txn->ledger;
+    if (locator == DEDUP_LEGACY) {
+        uint8_t key_bytes[2 * UUID_SIZE];
+        memcpy(key_bytes, tenant_id, UUID_SIZE);
+        memcpy(key_bytes + UUID_SIZE, event_id, UUID_SIZE);
+        MDB_val key = { sizeof key_bytes, key_bytes }, value;
+        int rc = table_get(txn->txn, ledger, TABLE_EVENTS, &key, &value);
+        if (rc == MDB_NOTFOUND)
+            return HM_ERR_NOT_FOUND;
+        if (rc != 0)
+            return status_of(rc, "read event");
+        *record_out = value.mv_data;
+        *size_out = value.mv_size;
+        return HM_OK;
+    }
+    int rc = block_record_find(ledger, txn->txn, txn, tenant_id, locator, record_out, size_out);
+    if (rc != HM_OK)
+        return rc;
+    if (*size_out < RECORD_HEADER_SIZE || memcmp(*record_out + 4, event_id, UUID_SIZE) != 0)
+        return HM_ERR_NOT_FOUND;
+    return HM_OK;
+}
+
 int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
                   size_t record_size)
 {
-    uint8_t key_bytes[2 * UUID_SIZE];
-    memcpy(key_bytes, event->tenant_id, UUID_SIZE);
-    memcpy(key_bytes + UUID_SIZE, event->event_id, UUID_SIZE);
-    MDB_val key = { sizeof key_bytes, key_bytes };
-    MDB_val value = { record_size, (void *)record };
+    int rc;
+    if (!txn->appending && (rc = writer_prepare(txn)) != HM_OK)
+        return rc;
+    if (record_size < RECORD_HEADER_SIZE || record_size > BLOCK_BYTES_MAX - BLOCK_HEADER_SIZE)
+        return HM_ERR_INVALID;
 
-    /* Invariant 1: MDB_NOOVERWRITE makes the dedup check and the write one step. */
-    int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_EVENTS], &key, &value, MDB_NOOVERWRITE);
-    if (rc == MDB_KEYEXIST) {
-        if (value.mv_size == record_size && memcmp(value.mv_data, record, record_size) == 0)
+    /* Invariant 1: a slot with the same fingerprint is confirmed against the stored record. */
+    struct dedup_index *index = txn->ledger->dedup;
+    uint64_t fingerprint = dedup_fingerprint(index, event->tenant_id, event->event_id);
+    size_t slot = dedup_first(index, fingerprint);
+    for (; index->slots[slot].fingerprint != 0; slot = dedup_next(index, slot)) {
+        if (index->slots[slot].fingerprint != fingerprint)
+            continue;
+        const uint8_t *stored = NULL;
+        size_t stored_size = 0;
+        rc = indexed_record(txn, event->tenant_id, event->event_id, index->slots[slot].locator,
+                            &stored, &stored_size);
+        if (rc == HM_ERR_NOT_FOUND)
+            continue;
+        if (rc != HM_OK)
+            return rc;
+        if (stored_size == record_size && memcmp(stored, record, record_size) == 0)
             return APPEND_DUPLICATE;
         return APPEND_CONFLICT;
     }
-    if (rc != 0)
-        return status_of(rc, "append event");
 
-    if ((rc = arrival_append(txn, event->tenant_id, event->event_id)) != HM_OK)
+    uint64_t seq;
+    if ((rc = block_append(txn, event->tenant_id, record, record_size, &seq)) != HM_OK)
         return rc;
+    if ((rc = dedup_insert(index, slot, fingerprint, seq, 1)) != HM_OK)
+        return rc;
+    txn->appended++;
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
         return rc;
     /*
@@ -616,35 +876,35 @@ static int recount_sink(void *context, enum rollup_meter meter, const char *dime
     return HM_OK;
 }
 
+struct recount_walk {
+    struct recount_context recount;
+    int64_t start_us;
+    int64_t end_us;
+};
+
+static int recount_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                         const uint8_t *record, size_t record_size)
+{
+    struct recount_walk *walk = context;
+    struct event event;
+    size_t offset = 0;
+    const char *reason = NULL;
+    if (record_decode(record, record_size, &offset, tenant_id, &event, &reason) ||
+        offset != record_size) {
+        log_error("ledger", "stored event %llu cannot be decoded: %s", (unsigned long long)seq,
+                  reason ? reason : "trailing bytes");
+        return HM_ERR_STORAGE;
+    }
+    if (event.timestamp_us < walk->start_us || event.timestamp_us >= walk->end_us)
+        return HM_OK;
+    return ledger_event_rollups(&event, recount_sink, &walk->recount);
+}
+
 int ledger_events_recount(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                           int64_t start_us, int64_t end_us, struct row_list *list)
 {
-    MDB_cursor *cursor;
-    int rc = table_cursor_open(txn, ledger, TABLE_EVENTS, &cursor);
-    if (rc != 0)
-        return status_of(rc, "open event cursor");
-    MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
-    struct recount_context context = { list };
-    int status = HM_OK;
-    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && key.mv_size >= UUID_SIZE && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        struct event event;
-        size_t offset = 0;
-        const char *reason = NULL;
-        if (record_decode(value.mv_data, value.mv_size, &offset, tenant_id, &event, &reason)) {
-            log_error("ledger", "stored event cannot be decoded: %s", reason);
-            status = HM_ERR_STORAGE;
-            break;
-        }
-        if (event.timestamp_us >= start_us && event.timestamp_us < end_us &&
-            (status = ledger_event_rollups(&event, recount_sink, &context)) != HM_OK)
-            break;
-        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
-    }
-    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
-        status = status_of(rc, "read events");
-    cursor_close(cursor);
-    return status;
+    struct recount_walk walk = { { list }, start_us, end_us };
+    return records_walk(ledger, txn, tenant_id, 0, 0, recount_visit, &walk);
 }
 
 int ledger_verify(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period)
@@ -692,21 +952,54 @@ int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    MDB_cursor *cursor;
-    rc = table_cursor_open(txn, ledger, TABLE_EVENTS, &cursor);
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        return status_of(rc, "open event cursor");
-    }
-    MDB_val key = { UUID_SIZE, (void *)tenant_id }, value;
-    uint64_t count = 0;
-    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        count++;
-        rc = cursor_get(cursor, &key, &value, MDB_NEXT);
-    }
-    cursor_close(cursor);
+    rc = events_count(ledger, txn, tenant_id, count_out);
     mdb_txn_abort(txn);
-    *count_out = count;
-    return HM_OK;
+    return rc;
+}
+
+int ledger_events_total(struct ledger *ledger, uint64_t *count_out)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct append_state state;
+    MDB_stat stat = { 0 };
+    rc = append_state_get(ledger, txn, &state);
+    if (rc == HM_OK && !ledger->table_missing[TABLE_EVENTS] &&
+        mdb_stat(txn, ledger->tables[TABLE_EVENTS], &stat) != 0)
+        rc = HM_ERR_STORAGE;
+    mdb_txn_abort(txn);
+    if (rc == HM_OK)
+        *count_out = stat.ms_entries + state.block_events;
+    return rc;
+}
+
+struct stored_walk {
+    int (*visit)(void *context, const uint8_t tenant_id[UUID_SIZE], const uint8_t *record,
+                 size_t record_size);
+    void *context;
+};
+
+static int stored_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                        const uint8_t *record, size_t record_size)
+{
+    (void)seq;
+    struct stored_walk *walk = context;
+    return walk->visit(walk->context, tenant_id, record, record_size);
+}
+
+int ledger_records_each(struct ledger *ledger,
+                        int (*visit)(void *context, const uint8_t tenant_id[UUID_SIZE],
+                                     const uint8_t *record, size_t record_size),
+                        void *context)
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct stored_walk walk = { visit, context };
+    rc = records_each_all(ledger, txn, stored_visit, &walk);
+    mdb_txn_abort(txn);
+    return rc;
 }

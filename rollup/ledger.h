@@ -178,6 +178,21 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
 int ledger_event_count(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                        uint64_t *count_out);
 
+/* Reads the number of stored events of all tenants, without scanning them. */
+int ledger_events_total(struct ledger *ledger, uint64_t *count_out);
+
+/*
+ * Calls visit(context, tenant, record, size) for every stored event's
+ * canonical record, from one snapshot: the events of older ledgers in
+ * (tenant, event id) order, then the blocks in (tenant, arrival) order. A
+ * nonzero return of visit stops the walk and is returned; HM_ERR_STORAGE for
+ * a corrupt block.
+ */
+int ledger_records_each(struct ledger *ledger,
+                        int (*visit)(void *context, const uint8_t tenant_id[UUID_SIZE],
+                                     const uint8_t *record, size_t record_size),
+                        void *context);
+
 /* ---- Tenants ---- */
 
 #define TENANT_NAME_MAX 64

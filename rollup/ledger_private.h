@@ -31,8 +31,33 @@ enum table {
     TABLE_CREDITS,    /* tenant(16) grant id(8, BE) -> credit grant JSON {"version": 1, ...} */
     TABLE_EXPORTS,    /* "stripe/" document number -> export state JSON {"version": 1, ...} */
     TABLE_ARRIVALS,   /* tenant(16) arrival number(8, BE) -> event id(16); see ledger.h */
+    TABLE_BLOCKS,     /* tenant(16) first arrival number(8, BE) -> event block, see below */
     TABLE_COUNT,
 };
+
+/*
+ * Events are stored in blocks: one value holds the canonical records of
+ * consecutive arrivals of one tenant, so that storing a frame of events costs
+ * one B-tree insert at the end of the tenant's key range, not one insert per
+ * event at a random place. The value is the event count (4 bytes,
+ * little-endian) followed by that many records; record i has the arrival
+ * number first + i. Older ledgers stored each event under (tenant, event id)
+ * in TABLE_EVENTS, numbered in TABLE_ARRIVALS; those events keep their
+ * numbers 1..L, and the tenant's blocks continue from L + 1.
+ */
+#define BLOCK_HEADER_SIZE 4
+#define BLOCK_EVENTS_MAX 4096
+#define BLOCK_BYTES_MAX (256 * 1024)
+#define BLOCK_KEY_SIZE (UUID_SIZE + 8)
+
+struct dedup_index;
+struct rollup_delta;
+
+/*
+ * Rollup changes of the open write transaction, summed in memory and
+ * written once per key at commit (or when the table is half full).
+ */
+#define ROLLUP_DELTAS_MAX 4096
 
 struct ledger {
     MDB_env *env;
@@ -44,17 +69,33 @@ struct ledger {
      */
     uint8_t table_missing[TABLE_COUNT];
     MDB_txn *lookup_txn; /* reused read transaction of ledger_read_begin */
+    /* Writer state, made by the first append of the process and reused by every transaction. */
+    struct dedup_index *dedup;
+    uint8_t *block;                /* the pending block: header and records */
+    struct rollup_delta *deltas;   /* ROLLUP_DELTAS_MAX slots, open addressing */
+    uint16_t *delta_used;          /* indexes of the occupied delta slots */
+};
+
+/* Tenants whose next arrival number a write transaction remembers. */
+#define SEQ_CACHE_SIZE 256
+
+struct seq_cache_entry {
+    uint8_t tenant_id[UUID_SIZE];
+    uint64_t next; /* 0: empty */
 };
 
 struct ledger_txn {
     struct ledger *ledger;
     MDB_txn *txn;
-    /*
-     * The next arrival number of the tenant that ledger_append saw last, so
-     * that a frame's events (one tenant) cost one lookup, not one each.
-     */
-    uint8_t arrival_tenant[UUID_SIZE];
-    uint64_t arrival_next; /* 0: not looked up in this transaction */
+    int appending; /* set by the first ledger_append: the writer state is in use */
+    uint64_t appended; /* events stored by this transaction */
+    /* The pending block, in ledger->block: not yet in TABLE_BLOCKS. */
+    uint8_t block_tenant[UUID_SIZE];
+    uint64_t block_first;  /* arrival number of its first record */
+    uint32_t block_count;  /* 0: no pending block */
+    size_t block_size;     /* bytes in ledger->block, header included */
+    size_t delta_count;    /* occupied slots of ledger->deltas */
+    struct seq_cache_entry seq_cache[SEQ_CACHE_SIZE];
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
@@ -180,9 +221,74 @@ static inline void cursor_close(MDB_cursor *cursor)
         mdb_cursor_close(cursor);
 }
 
-/* Within ledger_append: gives a newly stored event the next arrival number of its tenant. */
-int arrival_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                   const uint8_t event_id[UUID_SIZE]);
+/* ---- Blocks (blocks.c) ---- */
+
+static inline size_t record_size_at(const uint8_t *record)
+{
+    return (size_t)record[2] | (size_t)record[3] << 8;
+}
+
+/* Finds the last number of a tenant in the older arrival table (arrivals.c; 0: none). */
+int arrival_last_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                        uint64_t *seq_out);
+
+/* Receives one stored record of a walk; a nonzero return stops the walk. */
+typedef int (*record_visit)(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                            const uint8_t *record, size_t record_size);
+
+/*
+ * Visits a tenant's events of the older arrival table after after_seq
+ * (arrivals.c), counting them in *visited_out; *last_out is the table's last
+ * number for the tenant.
+ */
+int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         uint64_t after_seq, uint64_t limit, record_visit visit, void *context,
+                         uint64_t *visited_out, uint64_t *last_out);
+
+/* Fills the writer's id index from every stored event (blocks.c). */
+int dedup_rebuild(struct ledger *ledger, MDB_txn *txn);
+
+/* Finds the highest arrival number of a tenant in its blocks and older tables (0: none). */
+int arrival_last(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                 uint64_t *seq_out);
+
+/*
+ * Adds a record to the transaction's pending block and sets *seq_out to its
+ * arrival number. Writes the pending block first when it belongs to
+ * another tenant or is full.
+ */
+int block_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                 const uint8_t *record, size_t record_size, uint64_t *seq_out);
+
+/* Writes the pending block into TABLE_BLOCKS. */
+int block_flush(struct ledger_txn *txn);
+
+/*
+ * Finds the record with arrival number `seq` of a tenant: in the pending
+ * block of `pending` when not NULL, else in TABLE_BLOCKS. HM_ERR_NOT_FOUND
+ * when no block holds it, HM_ERR_STORAGE for a corrupt block.
+ */
+int block_record_find(struct ledger *ledger, MDB_txn *txn, const struct ledger_txn *pending,
+                      const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t **record_out,
+                      size_t *size_out);
+
+/*
+ * Visits a tenant's records with arrival numbers after after_seq in order:
+ * the older tables first, then the blocks, at most `limit` (0: all). A gap
+ * in the numbers, or a record that cannot be read, is HM_ERR_STORAGE.
+ */
+int records_walk(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                 uint64_t after_seq, uint64_t limit, record_visit visit, void *context);
+
+/* Counts a tenant's stored events: those of the older events table and of its blocks. */
+int events_count(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                 uint64_t *count_out);
+
+/*
+ * Visits every stored record of every tenant, tenant by tenant, without the
+ * arrival order of the older tables (seq 0 for those records).
+ */
+int records_each_all(struct ledger *ledger, MDB_txn *txn, record_visit visit, void *context);
 
 /*
  * Called by ledger_open (read-write): numbers the events of a ledger written

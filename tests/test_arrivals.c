@@ -176,25 +176,39 @@ Test(arrivals, walk_stops_at_limit)
 }
 
 /*
- * Empties the arrivals table and removes the backfill mark with LMDB
- * directly, as in a ledger written before the sequence existed.
+ * Writes events in the layout of ledgers made before the arrival sequence
+ * existed, with LMDB directly: each record under (tenant, event id) in the
+ * events table, no arrival numbers and no backfill mark. The ledger is closed
+ * meanwhile and stays closed.
  */
-static void forget_arrivals(void)
+static void put_old_layout(const struct event *events, size_t count)
 {
     ledger_close(ledger);
     ledger = NULL;
     MDB_env *env;
     MDB_txn *txn;
-    MDB_dbi arrivals, meta;
+    MDB_dbi table, meta;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_set_mapsize(env, (size_t)1 << 30), 0);
     cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "arrivals", 0, &arrivals), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
-    cr_assert_eq(mdb_drop(txn, arrivals, 0), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "events", MDB_CREATE, &table), 0);
+    for (size_t i = 0; i < count; i++) {
+        uint8_t key_bytes[2 * UUID_SIZE], record[RECORD_SIZE_MAX];
+        memcpy(key_bytes, events[i].tenant_id, UUID_SIZE);
+        memcpy(key_bytes + UUID_SIZE, events[i].event_id, UUID_SIZE);
+        int size = record_encode(&events[i], record);
+        cr_assert_gt(size, 0);
+        MDB_val key = { sizeof key_bytes, key_bytes }, value = { (size_t)size, record };
+        cr_assert_eq(mdb_put(txn, table, &key, &value, 0), 0);
+    }
+    cr_assert_eq(mdb_dbi_open(txn, "arrivals", MDB_CREATE, &table), 0);
+    cr_assert_eq(mdb_drop(txn, table, 0), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", MDB_CREATE, &meta), 0);
     MDB_val mark = { strlen("arrival_index"), "arrival_index" };
-    cr_assert_eq(mdb_del(txn, meta, &mark, NULL), 0);
+    int rc = mdb_del(txn, meta, &mark, NULL);
+    cr_assert(rc == 0 || rc == MDB_NOTFOUND);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
 }
@@ -203,8 +217,7 @@ Test(arrivals, older_ledger_numbered_on_open)
 {
     struct event events[] = { api_call(tenant_b, 9), api_call(tenant_a, 5), api_call(tenant_a, 2),
                               api_call(tenant_b, 1) };
-    cr_assert_eq(append_all(events, 4), 4);
-    forget_arrivals();
+    put_old_layout(events, 4);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
 
     /* Numbered in (tenant, event id) order: a's ids 2, 5 and b's ids 1, 9. */
@@ -216,40 +229,77 @@ Test(arrivals, older_ledger_numbered_on_open)
     cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
     cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
 
-    /* New events continue each tenant's sequence. */
+    /* New events continue each tenant's sequence, in blocks after the older numbers. */
     struct event later[] = { api_call(tenant_b, 0) };
     cr_assert_eq(append_all(later, 1), 1);
     uint64_t last = 0;
     cr_assert_eq(ledger_arrival_last(ledger, tenant_b, &last), HM_OK);
     cr_expect_eq(last, 3);
+    struct seen after = { 0 };
+    cr_assert_eq(ledger_arrivals_each(ledger, tenant_b, 1, 0, remember, &after), HM_OK);
+    cr_assert_eq(after.count, 2);
+    cr_expect_eq(after.seqs[0], 2);
+    cr_expect_eq(after.first_bytes[0], 9);
+    cr_expect_eq(after.seqs[1], 3);
+    cr_expect_eq(after.first_bytes[1], 0);
+    cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
+    uint64_t count = 0;
+    cr_assert_eq(ledger_event_count(ledger, tenant_b, &count), HM_OK);
+    cr_expect_eq(count, 3);
 }
 
-Test(arrivals, verify_detects_missing_number)
+Test(arrivals, older_layout_event_sent_again_is_duplicate)
 {
-    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_a, 2) };
-    cr_assert_eq(append_all(events, 2), 2);
+    struct event events[] = { api_call(tenant_a, 7) };
+    put_old_layout(events, 1);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    cr_expect_eq(append_all(events, 1), 0);
+
+    struct event changed = api_call(tenant_a, 7);
+    changed.u.api.response_code = 404;
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(&changed, record);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_expect_eq(ledger_append(txn, &changed, record, (size_t)size), APPEND_CONFLICT);
+    ledger_abort(txn);
+    uint64_t count = 0;
+    cr_assert_eq(ledger_event_count(ledger, tenant_a, &count), HM_OK);
+    cr_expect_eq(count, 1);
+}
+
+Test(arrivals, verify_detects_missing_block)
+{
+    /* Three transactions store three blocks: numbers 1, 2 and 3. */
+    for (uint8_t id = 1; id <= 3; id++) {
+        struct event event = api_call(tenant_a, id);
+        cr_assert_eq(append_all(&event, 1), 1);
+    }
     ledger_close(ledger);
     ledger = NULL;
 
-    /* Removes arrival 1 of tenant a behind the ledger's back. */
+    /* Removes the block of number 2 behind the ledger's back. */
     MDB_env *env;
     MDB_txn *txn;
-    MDB_dbi arrivals;
+    MDB_dbi blocks;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
     cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "arrivals", 0, &arrivals), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "blocks", 0, &blocks), 0);
     uint8_t key_bytes[UUID_SIZE + 8] = { 0 };
     memcpy(key_bytes, tenant_a, UUID_SIZE);
-    key_bytes[UUID_SIZE + 7] = 1;
+    key_bytes[UUID_SIZE + 7] = 2;
     MDB_val key = { sizeof key_bytes, key_bytes };
-    cr_assert_eq(mdb_del(txn, arrivals, &key, NULL), 0);
+    cr_assert_eq(mdb_del(txn, blocks, &key, NULL), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
 
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_ERR_CONFLICT);
+    struct seen seen = { 0 };
+    cr_expect_eq(ledger_arrivals_each(ledger, tenant_a, 0, 0, remember, &seen), HM_ERR_STORAGE);
+    cr_expect_eq(seen.count, 1);
 }
 
 Test(arrivals, older_ledger_numbered_in_steps)
@@ -262,9 +312,7 @@ Test(arrivals, older_ledger_numbered_in_steps)
         events[i] = api_call(i % 3 ? tenant_a : tenant_b, 0);
         memcpy(events[i].event_id, &i, sizeof i);
     }
-    cr_assert_eq(append_all(events, EVENT_COUNT), EVENT_COUNT);
-    free(events);
-    forget_arrivals();
+    put_old_layout(events, EVENT_COUNT);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
 
     uint64_t last_a = 0, last_b = 0;
@@ -274,4 +322,8 @@ Test(arrivals, older_ledger_numbered_in_steps)
     cr_expect_eq(last_b, 50001);
     cr_expect_eq(ledger_arrivals_verify(ledger, tenant_a), HM_OK);
     cr_expect_eq(ledger_arrivals_verify(ledger, tenant_b), HM_OK);
+
+    /* Every older event is in the id index: sending them again stores nothing. */
+    cr_expect_eq(append_all(events, EVENT_COUNT), 0);
+    free(events);
 }

@@ -23,7 +23,6 @@
 
 #include "common/status.h"
 #include "rollup/ledger.h"
-#include "rollup/ledger_private.h"
 #include "ingest/wire.h"
 
 #include <errno.h>
@@ -114,61 +113,70 @@ static int manifest_read(const char *load_dir, struct sender_state *senders)
     return count;
 }
 
-/* Walks every stored event: rebuilds it from its id and compares the record bytes. */
+struct scan {
+    struct sender_state *senders;
+    struct tenant_count *tenants;
+    size_t *tenant_count;
+    uint64_t *total;
+    int too_many_tenants;
+};
+
+/* Checks one stored event: rebuilt from its id, it has the same bytes, and it is stored once. */
+static int event_check(void *context, const uint8_t tenant[UUID_SIZE], const uint8_t *record,
+                       size_t record_size)
+{
+    struct scan *scan = context;
+    const uint8_t *event_id = record + 4;
+    char tenant_text[UUID_TEXT_SIZE], id_text[UUID_TEXT_SIZE];
+    uuid_format(tenant, tenant_text);
+    uuid_format(event_id, id_text);
+    unsigned sender;
+    uint64_t seq;
+    if (crash_event_id_decode(event_id, &sender, &seq) != 0 || !scan->senders[sender].known) {
+        failure("stored event %s of tenant %s was sent by no sender", id_text, tenant_text);
+    } else if (memcmp(scan->senders[sender].tenant, tenant, UUID_SIZE) != 0) {
+        failure("event %s of sender %u is stored under tenant %s", id_text, sender, tenant_text);
+    } else {
+        struct event event;
+        uint8_t expected[RECORD_SIZE_MAX];
+        crash_event(sender, seq, &event);
+        int size = record_encode(&event, expected);
+        if (size < 0 || (size_t)size != record_size || memcmp(expected, record, record_size) != 0)
+            failure("event %s of tenant %s differs from what sender %u sent", id_text,
+                    tenant_text, sender);
+        if (bitmap_get(&scan->senders[sender], seq))
+            failure("event %s of tenant %s is stored more than once", id_text, tenant_text);
+        bitmap_set(&scan->senders[sender], seq);
+    }
+    size_t *count = scan->tenant_count;
+    if (*count == 0 || memcmp(scan->tenants[*count - 1].id, tenant, UUID_SIZE) != 0) {
+        if (*count == CRASH_SENDERS_MAX) {
+            scan->too_many_tenants = 1;
+            return 1;
+        }
+        memcpy(scan->tenants[*count].id, tenant, UUID_SIZE);
+        scan->tenants[(*count)++].events = 0;
+    }
+    scan->tenants[*count - 1].events++;
+    (*scan->total)++;
+    return 0;
+}
+
+/* Walks every stored event with event_check. */
 static int events_scan(struct ledger *ledger, struct sender_state *senders,
                        struct tenant_count *tenants, size_t *tenant_count, uint64_t *total)
 {
-    MDB_txn *txn = NULL;
-    MDB_cursor *cursor = NULL;
-    if (mdb_txn_begin(ledger->env, NULL, MDB_RDONLY, &txn) != 0 ||
-        mdb_cursor_open(txn, ledger->tables[TABLE_EVENTS], &cursor) != 0) {
-        fprintf(stderr, "crash_check: cannot read the events table\n");
-        if (txn)
-            mdb_txn_abort(txn);
+    struct scan scan = { senders, tenants, tenant_count, total, 0 };
+    int rc = ledger_records_each(ledger, event_check, &scan);
+    if (scan.too_many_tenants) {
+        fprintf(stderr, "crash_check: more than %d tenants\n", CRASH_SENDERS_MAX);
         return -1;
     }
-    MDB_val key, value;
-    int rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST);
-    while (rc == 0) {
-        const uint8_t *tenant = key.mv_data;
-        const uint8_t *event_id = tenant + UUID_SIZE;
-        char tenant_text[UUID_TEXT_SIZE], id_text[UUID_TEXT_SIZE];
-        uuid_format(tenant, tenant_text);
-        uuid_format(event_id, id_text);
-        unsigned sender;
-        uint64_t seq;
-        if (key.mv_size != 2 * UUID_SIZE || crash_event_id_decode(event_id, &sender, &seq) != 0 ||
-            !senders[sender].known) {
-            failure("stored event %s of tenant %s was sent by no sender", id_text, tenant_text);
-        } else if (memcmp(senders[sender].tenant, tenant, UUID_SIZE) != 0) {
-            failure("event %s of sender %u is stored under tenant %s", id_text, sender,
-                    tenant_text);
-        } else {
-            struct event event;
-            uint8_t record[RECORD_SIZE_MAX];
-            crash_event(sender, seq, &event);
-            int size = record_encode(&event, record);
-            if (size < 0 || (size_t)size != value.mv_size ||
-                memcmp(record, value.mv_data, (size_t)size) != 0)
-                failure("event %s of tenant %s differs from what sender %u sent", id_text,
-                        tenant_text, sender);
-            bitmap_set(&senders[sender], seq);
-        }
-        if (*tenant_count == 0 || memcmp(tenants[*tenant_count - 1].id, tenant, UUID_SIZE)) {
-            if (*tenant_count == CRASH_SENDERS_MAX) {
-                fprintf(stderr, "crash_check: more than %d tenants\n", CRASH_SENDERS_MAX);
-                break;
-            }
-            memcpy(tenants[*tenant_count].id, tenant, UUID_SIZE);
-            tenants[(*tenant_count)++].events = 0;
-        }
-        tenants[*tenant_count - 1].events++;
-        (*total)++;
-        rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    if (rc != HM_OK) {
+        fprintf(stderr, "crash_check: cannot read the stored events: %s\n", hm_status_str(rc));
+        return -1;
     }
-    mdb_cursor_close(cursor);
-    mdb_txn_abort(txn);
-    return rc == MDB_NOTFOUND ? 0 : -1;
+    return 0;
 }
 
 /* Checks that every event of every accepted ack in OUT/acked-N.log is stored. */
