@@ -8,11 +8,13 @@
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -75,6 +77,28 @@ enum op {
     OP_SIGNAL = 5,
     OP_TIMER = 6,
     OP_CANCEL = 7,
+    OP_COMMITTED = 8,
+};
+
+/*
+ * The commit thread: it runs the commit hook on one batch at a time, so that
+ * the loop receives and verifies the next batch while the previous one is
+ * written and synced. The loop hands a batch over under `lock`; the thread
+ * signals `finished` and writes to `event_fd`, whose read completes in the
+ * ring and wakes the loop.
+ */
+struct committer {
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;     /* the loop handed over a batch, or asks the thread to quit */
+    pthread_cond_t finished; /* the thread finished a batch */
+    struct ingest_batch *batch; /* being committed; NULL when the thread is idle */
+    int result;              /* of the last commit, valid while `done` is set */
+    int done;
+    int quit;
+    int event_fd;
+    uint64_t event_count;    /* read buffer of the eventfd */
 };
 
 struct connection {
@@ -143,7 +167,16 @@ struct server {
      */
     uint32_t parsing;
     struct udp_buffer *udp_buffers;
-    struct ingest_batch batch;
+    /*
+     * Two batches: `filling` takes the frames that arrive, `committing` is
+     * with the commit thread (in_flight), or held while the ledger is full,
+     * or NULL. A batch goes to the thread as soon as the previous one is done.
+     */
+    struct ingest_batch batches[2];
+    struct ingest_batch *filling;
+    struct ingest_batch *committing;
+    int in_flight;
+    struct committer committer;
     struct server_stats stats;
     struct server_stats stats_reported;
     int stopping;
@@ -699,7 +732,7 @@ static void log_reject(struct server *server, const char *transport, const char 
              (unsigned long long)suppressed);
 }
 
-static void commit_batch(struct server *server);
+static void commit_batch_full(struct server *server);
 
 /*
  * Tracks whether a connection's frames pass the key checks. The first frame
@@ -740,14 +773,18 @@ static void rejects_in_row_count(struct server *server, uint32_t index, enum fra
  * when it has no room. Returns NULL when it still has no room because the
  * ledger is full and the batch is held.
  */
+static int batch_has_room(const struct ingest_batch *batch, size_t body_size)
+{
+    return batch->entry_count < batch->entry_capacity &&
+           batch->arena_size + body_size <= batch->arena_capacity;
+}
+
 static struct batch_entry *batch_entry_add(struct server *server, size_t body_size)
 {
-    struct ingest_batch *batch = &server->batch;
-    if (batch->entry_count == batch->entry_capacity ||
-        batch->arena_size + body_size > batch->arena_capacity)
-        commit_batch(server);
-    if (batch->entry_count == batch->entry_capacity ||
-        batch->arena_size + body_size > batch->arena_capacity)
+    if (!batch_has_room(server->filling, body_size))
+        commit_batch_full(server);
+    struct ingest_batch *batch = server->filling;
+    if (!batch_has_room(batch, body_size))
         return NULL;
     struct batch_entry *entry = &batch->entries[batch->entry_count++];
     memset(entry, 0, sizeof *entry);
@@ -818,7 +855,7 @@ static void frame_receive(struct server *server, int32_t connection_index, const
     entry->status = status;
     entry->detail = detail;
     if (status == FRAME_ACCEPTED) {
-        struct ingest_batch *batch = &server->batch;
+        struct ingest_batch *batch = server->filling;
         entry->event_count = header.event_count;
         entry->body_offset = (uint32_t)batch->arena_size;
         entry->body_size = header.body_size;
@@ -881,14 +918,14 @@ static void full_enter(struct server *server, int rc)
                   "dropped and counted; restart meterd with a larger --map-size, or free disk "
                   "space where the data directory is. The commit is tried again every few "
                   "seconds, and ingest resumes when it succeeds",
-                  hm_status_str(rc), server->batch.entry_count);
+                  hm_status_str(rc), server->committing->entry_count);
     } else if (server->full_retry_wait_ms < FULL_RETRY_MAX_MS) {
         server->full_retry_wait_ms *= 2;
     }
     server->full_retry_ms = now + server->full_retry_wait_ms;
     /* The next attempt appends every event again, so the counts start from zero. */
-    for (size_t i = 0; i < server->batch.entry_count; i++) {
-        struct batch_entry *entry = &server->batch.entries[i];
+    for (size_t i = 0; i < server->committing->entry_count; i++) {
+        struct batch_entry *entry = &server->committing->entries[i];
         entry->stored = entry->duplicates = entry->conflicts = 0;
     }
 }
@@ -908,48 +945,108 @@ static void full_leave(struct server *server)
     }
 }
 
-/*
- * Commits the batch (one durable transaction), then queues every ack in
- * frame order. While the ledger is full it commits only when the retry is
- * due, or when `force` is set (the last commit at a stop).
- */
-static void commit_batch_now(struct server *server, int force)
-{
-    struct ingest_batch *batch = &server->batch;
-    if (batch->entry_count == 0)
-        return;
-    if (server->lookup_open) {
-        server->hooks->lookup_end(server->hooks->context);
-        server->lookup_open = 0;
-    }
-    if (server->full && !force && monotonic_ms() < server->full_retry_ms)
-        return;
+/* ---- The commit thread ---- */
 
+static void *committer_main(void *context)
+{
+    struct server *server = context;
+    struct committer *committer = &server->committer;
+    pthread_mutex_lock(&committer->lock);
+    for (;;) {
+        while (committer->batch == NULL && !committer->quit)
+            pthread_cond_wait(&committer->wake, &committer->lock);
+        if (committer->batch == NULL)
+            break;
+        struct ingest_batch *batch = committer->batch;
+        pthread_mutex_unlock(&committer->lock);
+        int rc = server->hooks->commit(server->hooks->context, batch);
+        pthread_mutex_lock(&committer->lock);
+        committer->result = rc;
+        committer->done = 1;
+        committer->batch = NULL;
+        pthread_cond_signal(&committer->finished);
+        uint64_t one = 1;
+        /* The eventfd only wakes the loop, which also checks `done` itself. */
+        if (write(committer->event_fd, &one, sizeof one) != sizeof one)
+            log_debug("server", "commit wakeup write failed: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&committer->lock);
+    return NULL;
+}
+
+static void arm_committed(struct server *server)
+{
+    struct io_uring_sqe *sqe = sqe_get(server);
+    io_uring_prep_read(sqe, server->committer.event_fd, &server->committer.event_count,
+                       sizeof server->committer.event_count, 0);
+    io_uring_sqe_set_data64(sqe, user_data_of(OP_COMMITTED, 0, 0));
+}
+
+/* Hands `committing` to the commit thread. */
+static void commit_start(struct server *server)
+{
+    struct ingest_batch *batch = server->committing;
     int accepted = 0;
     for (size_t i = 0; i < batch->entry_count; i++)
         accepted |= batch->entries[i].status == FRAME_ACCEPTED;
+    struct committer *committer = &server->committer;
+    pthread_mutex_lock(&committer->lock);
+    server->in_flight = 1;
     if (accepted) {
-        int rc = server->hooks->commit(server->hooks->context, batch);
-        if (rc == HM_OK)
-            server->stats.commits++;
-        if (rc == HM_ERR_FULL) {
-            server->stats.commit_failures++;
-            full_enter(server, rc);
-            return;
-        }
-        if (rc != HM_OK) {
-            server->stats.commit_failures++;
-            uint64_t suppressed = 0;
-            if (log_limit_pass(&server->commit_log, &suppressed))
-                log_error("server", "batch commit failed: %s; %zu frames acknowledged as "
-                          "store_failed, so senders resend (suppressed=%llu)",
-                          hm_status_str(rc), batch->entry_count, (unsigned long long)suppressed);
-            for (size_t i = 0; i < batch->entry_count; i++) {
-                struct batch_entry *entry = &batch->entries[i];
-                if (entry->status == FRAME_ACCEPTED) {
-                    entry->status = FRAME_STORE_FAILED;
-                    entry->stored = entry->duplicates = entry->conflicts = 0;
-                }
+        committer->batch = batch;
+        pthread_cond_signal(&committer->wake);
+    } else {
+        /* Only rejects: nothing to store, so the acks can go at once. */
+        committer->result = HM_OK;
+        committer->done = 1;
+    }
+    pthread_mutex_unlock(&committer->lock);
+}
+
+/*
+ * Takes the result of the batch that the commit thread finished, when it
+ * has, and queues every ack in frame order. Returns 0 when the thread is
+ * still busy. With `wait` set, blocks until it is done.
+ */
+static int commit_collect(struct server *server, int wait)
+{
+    if (!server->in_flight)
+        return 1;
+    struct committer *committer = &server->committer;
+    pthread_mutex_lock(&committer->lock);
+    while (wait && !committer->done)
+        pthread_cond_wait(&committer->finished, &committer->lock);
+    int done = committer->done;
+    int rc = committer->result;
+    committer->done = 0;
+    pthread_mutex_unlock(&committer->lock);
+    if (!done)
+        return 0;
+    server->in_flight = 0;
+
+    struct ingest_batch *batch = server->committing;
+    if (rc == HM_ERR_FULL) {
+        server->stats.commit_failures++;
+        full_enter(server, rc);
+        return 1;
+    }
+    int accepted = 0;
+    for (size_t i = 0; i < batch->entry_count; i++)
+        accepted |= batch->entries[i].status == FRAME_ACCEPTED;
+    if (accepted && rc == HM_OK)
+        server->stats.commits++;
+    if (rc != HM_OK) {
+        server->stats.commit_failures++;
+        uint64_t suppressed = 0;
+        if (log_limit_pass(&server->commit_log, &suppressed))
+            log_error("server", "batch commit failed: %s; %zu frames acknowledged as "
+                      "store_failed, so senders resend (suppressed=%llu)",
+                      hm_status_str(rc), batch->entry_count, (unsigned long long)suppressed);
+        for (size_t i = 0; i < batch->entry_count; i++) {
+            struct batch_entry *entry = &batch->entries[i];
+            if (entry->status == FRAME_ACCEPTED) {
+                entry->status = FRAME_STORE_FAILED;
+                entry->stored = entry->duplicates = entry->conflicts = 0;
             }
         }
     }
@@ -963,6 +1060,7 @@ static void commit_batch_now(struct server *server, int force)
     }
     batch->entry_count = 0;
     batch->arena_size = 0;
+    server->committing = NULL;
     if (server->full)
         full_leave(server);
 
@@ -973,22 +1071,61 @@ static void commit_batch_now(struct server *server, int force)
             acks_pending(connection) == 0)
             connection_shutdown(server, i);
     }
+    return 1;
+}
+
+/*
+ * Starts the next commit when the thread is free: the held batch again
+ * once its retry is due (or at once with `force`, the last try at a stop),
+ * else the filling batch when it has frames. One transaction (one sync)
+ * stores every frame that arrived since the last commit began.
+ */
+static void commit_batch_now(struct server *server, int force)
+{
+    if (server->in_flight)
+        return;
+    if (server->lookup_open) {
+        server->hooks->lookup_end(server->hooks->context);
+        server->lookup_open = 0;
+    }
+    if (server->committing != NULL) {
+        if (server->full && !force && monotonic_ms() < server->full_retry_ms)
+            return;
+        commit_start(server);
+        return;
+    }
+    if (server->filling->entry_count == 0)
+        return;
+    server->committing = server->filling;
+    server->filling = server->filling == &server->batches[0] ? &server->batches[1]
+                                                             : &server->batches[0];
+    commit_start(server);
 }
 
 static void commit_batch(struct server *server)
 {
+    commit_collect(server, 0);
     commit_batch_now(server, 0);
 }
 
 /*
- * At a stop while the ledger is still full: drops the held frames without
- * acks, so that their connections can close. Their senders resend them.
+ * Called when the filling batch has no room for a frame: waits for the
+ * commit in flight, then hands the full batch over. While the ledger is full
+ * the held batch stays, and the filling batch keeps no more room.
  */
-static void batch_drop_held(struct server *server)
+static void commit_batch_full(struct server *server)
 {
-    struct ingest_batch *batch = &server->batch;
-    log_warn("server", "stopping with the ledger full: %zu frames were not stored and get no "
-             "ack, so their senders resend them", batch->entry_count);
+    commit_collect(server, 1);
+    commit_batch_now(server, 0);
+}
+
+/*
+ * At a stop while the ledger is still full: drops the held frames and those
+ * that arrived after them without acks, so that their connections can
+ * close. Their senders resend them.
+ */
+static void batch_drop(struct server *server, struct ingest_batch *batch)
+{
     for (size_t i = 0; i < batch->entry_count; i++) {
         const struct batch_entry *entry = &batch->entries[i];
         server->stats.frames_by_status[entry->status == FRAME_ACCEPTED ? FRAME_STORE_FAILED
@@ -1001,6 +1138,30 @@ static void batch_drop_held(struct server *server)
     }
     batch->entry_count = 0;
     batch->arena_size = 0;
+}
+
+static void batch_drop_held(struct server *server)
+{
+    size_t frames = server->filling->entry_count +
+                    (server->committing ? server->committing->entry_count : 0);
+    log_warn("server", "stopping with the ledger full: %zu frames were not stored and get no "
+             "ack, so their senders resend them", frames);
+    if (server->committing != NULL)
+        batch_drop(server, server->committing);
+    batch_drop(server, server->filling);
+    server->committing = NULL;
+}
+
+/* Commits everything that is left at a stop, waiting for each commit. */
+static void commit_all_at_stop(struct server *server)
+{
+    commit_collect(server, 1);
+    for (int round = 0; round < 3 && !(server->full && round > 0); round++) {
+        commit_batch_now(server, 1);
+        commit_collect(server, 1);
+    }
+    if (server->full)
+        batch_drop_held(server);
 }
 
 /* ---- Completions ---- */
@@ -1263,7 +1424,7 @@ static void stats_report(struct server *server, int final)
     uint64_t rejected = 0;
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         rejected += i == FRAME_ACCEPTED || i == FRAME_STORE_FAILED ? 0 : stats->frames_by_status[i];
-    uint64_t held = server->full ? server->batch.entry_count : 0;
+    uint64_t held = server->full && server->committing ? server->committing->entry_count : 0;
     log_info("server", "stats frames=%llu accepted=%llu rejected=%llu store_failed=%llu "
              "held=%llu stored=%llu duplicates=%llu conflicts=%llu commits=%llu "
              "commit_failures=%llu udp_dropped_full=%llu",
@@ -1307,6 +1468,11 @@ static void on_completion(struct server *server, struct io_uring_cqe *cqe)
         }
         break;
     case OP_CANCEL:
+        break;
+    case OP_COMMITTED:
+        /* The loop collects the finished commit after the completions. */
+        if (!server->stopping)
+            arm_committed(server);
         break;
     case OP_TIMER:
         if (server->accept_paused && !server->stopping) {
@@ -1353,6 +1519,44 @@ static void connections_fit_file_limit(struct server *server)
     server->connections_max = fitting ? fitting : 1;
 }
 
+/* Starts the commit thread and its wakeup eventfd. */
+static int committer_start(struct server *server)
+{
+    struct committer *committer = &server->committer;
+    committer->event_fd = eventfd(0, EFD_CLOEXEC);
+    if (committer->event_fd < 0) {
+        log_error("server", "eventfd failed: %s", strerror(errno));
+        return HM_ERR_IO;
+    }
+    pthread_mutex_init(&committer->lock, NULL);
+    pthread_cond_init(&committer->wake, NULL);
+    pthread_cond_init(&committer->finished, NULL);
+    int rc = pthread_create(&committer->thread, NULL, committer_main, server);
+    if (rc != 0) {
+        log_error("server", "cannot start the commit thread: %s", strerror(rc));
+        return HM_ERR_IO;
+    }
+    committer->started = 1;
+    return HM_OK;
+}
+
+/* Stops the commit thread after its last batch. */
+static void committer_stop(struct server *server)
+{
+    struct committer *committer = &server->committer;
+    if (committer->started) {
+        pthread_mutex_lock(&committer->lock);
+        committer->quit = 1;
+        pthread_cond_signal(&committer->wake);
+        pthread_mutex_unlock(&committer->lock);
+        pthread_join(committer->thread, NULL);
+        committer->started = 0;
+        pthread_mutex_destroy(&committer->lock);
+        pthread_cond_destroy(&committer->wake);
+        pthread_cond_destroy(&committer->finished);
+    }
+}
+
 static int server_setup(struct server *server, sigset_t *signals)
 {
     const struct server_options *options = server->options;
@@ -1388,15 +1592,22 @@ static int server_setup(struct server *server, sigset_t *signals)
     server->slot_count = server->connections_max + EVICTED_SLOTS;
     server->connections = calloc(server->slot_count, sizeof *server->connections);
     server->udp_buffers = calloc(UDP_BUFFERS, sizeof *server->udp_buffers);
-    server->batch.entries = calloc(BATCH_FRAMES_MAX, sizeof *server->batch.entries);
-    server->batch.entry_capacity = BATCH_FRAMES_MAX;
-    server->batch.arena = malloc(BATCH_ARENA_SIZE);
-    server->batch.arena_capacity = BATCH_ARENA_SIZE;
-    if (!server->connections || !server->udp_buffers || !server->batch.entries ||
-        !server->batch.arena) {
+    int batches_allocated = 1;
+    for (int i = 0; i < 2; i++) {
+        struct ingest_batch *batch = &server->batches[i];
+        batch->entries = calloc(BATCH_FRAMES_MAX, sizeof *batch->entries);
+        batch->entry_capacity = BATCH_FRAMES_MAX;
+        batch->arena = malloc(BATCH_ARENA_SIZE);
+        batch->arena_capacity = BATCH_ARENA_SIZE;
+        batches_allocated &= batch->entries != NULL && batch->arena != NULL;
+    }
+    server->filling = &server->batches[0];
+    if (!server->connections || !server->udp_buffers || !batches_allocated) {
         log_error("server", "out of memory at startup");
         return HM_ERR_NOMEM;
     }
+    if ((rc = committer_start(server)) != HM_OK)
+        return rc;
     for (uint32_t i = 0; i < server->slot_count; i++)
         server->connections[i].fd = -1;
     server->frame_timeout_ms = options->frame_timeout_ms ? options->frame_timeout_ms
@@ -1475,6 +1686,7 @@ static int cancel_all(struct server *server)
 
 static void server_teardown(struct server *server)
 {
+    committer_stop(server);
     /* The kernel may still write into buffers of operations in flight: never free those. */
     if (server->ring.ring_fd > 0 && !cancel_all(server))
         return;
@@ -1498,8 +1710,12 @@ static void server_teardown(struct server *server)
         close(server->signal_fd);
     free(server->connections);
     free(server->udp_buffers);
-    free(server->batch.entries);
-    free(server->batch.arena);
+    for (int i = 0; i < 2; i++) {
+        free(server->batches[i].entries);
+        free(server->batches[i].arena);
+    }
+    if (server->committer.event_fd >= 0)
+        close(server->committer.event_fd);
 }
 
 /*
@@ -1534,7 +1750,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
     struct server server = { 0 };
     server.options = options;
     server.hooks = hooks;
-    server.tcp_fd = server.udp_fd = server.signal_fd = -1;
+    server.tcp_fd = server.udp_fd = server.signal_fd = server.committer.event_fd = -1;
     server.ring.ring_fd = -1;
     server.reject_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
     server.commit_log = (struct log_limit)LOG_LIMIT_INIT(5, 10);
@@ -1554,6 +1770,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
         arm_udp(&server, i);
     arm_signal(&server);
     arm_timer(&server);
+    arm_committed(&server);
 
     while (!server.stopping) {
         struct io_uring_cqe *cqe;
@@ -1571,9 +1788,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
         commit_batch(&server);
     }
 
-    commit_batch_now(&server, 1);
-    if (server.full)
-        batch_drop_held(&server);
+    commit_all_at_stop(&server);
     flush_acks(&server);
     stats_report(&server, 1);
     log_info("server", "stopped frames=%llu stored=%llu",

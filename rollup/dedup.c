@@ -4,14 +4,26 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 
 /* Slots of a new index: 1 MiB, grown by doubling as events are stored. */
 #define DEDUP_SLOTS_INITIAL (64 * 1024)
 
+/* Tables from this size on ask for huge pages: a probe is a random access, and TLB misses double its cost. */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
 static struct dedup_slot *slots_alloc(size_t count)
 {
-    return calloc(count, sizeof(struct dedup_slot));
+    size_t bytes = count * sizeof(struct dedup_slot);
+    if (bytes < HUGE_PAGE_BYTES)
+        return calloc(count, sizeof(struct dedup_slot));
+    void *slots = NULL;
+    if (posix_memalign(&slots, HUGE_PAGE_BYTES, bytes) != 0)
+        return NULL;
+    madvise(slots, bytes, MADV_HUGEPAGE);
+    memset(slots, 0, bytes);
+    return slots;
 }
 
 int dedup_create(struct dedup_index **out)

@@ -81,6 +81,14 @@ enum append_outcome {
 int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
                   size_t record_size);
 
+/*
+ * Hints that an event with this id will be appended soon, so that its slot
+ * in the id index is fetched from memory meanwhile. Only a hint: it changes
+ * nothing, and before the first ledger_append of a transaction it does nothing.
+ */
+void ledger_append_prefetch(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                            const uint8_t event_id[UUID_SIZE]);
+
 /* ---- Arrival order ---- */
 
 /*

@@ -101,14 +101,18 @@ struct ledger_txn {
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
 #define ROLLUP_VALUE_SIZE 24
 
-/* One limit for every ledger error line, so that a full map logs a few lines, not one per batch. */
-extern struct log_limit ledger_error_log;
+/*
+ * One limit for every ledger error line of a thread, so that a full map logs
+ * a few lines, not one per batch. Per thread, because meterd commits on its
+ * own thread while the ingest loop reads keys.
+ */
+extern _Thread_local struct log_limit ledger_error_log;
 /*
  * Set once a full map or disk was logged at error level, and cleared by the
  * next successful commit: a writer that retries while the ledger stays full
  * (meterd's held batch) logs the error once per full state, then at debug level.
  */
-extern int ledger_full_logged;
+extern _Thread_local int ledger_full_logged;
 
 static inline int status_of(int mdb_rc, const char *operation)
 {
