@@ -4,7 +4,9 @@
  * and acknowledges TCP frames once their batch is durable.
  *
  * The server has no access to the store: the caller supplies the key lookup
- * and the batch commit as hooks. Everything runs on the calling thread.
+ * and the batch commit as hooks. The loop and the key lookups run on the
+ * calling thread; the commit hook runs on a thread of the server's own, one
+ * batch at a time, while the loop fills the next batch.
  */
 #ifndef HM_INGEST_SERVER_H
 #define HM_INGEST_SERVER_H
@@ -117,6 +119,8 @@ struct server_stats {
     uint64_t events_conflict;
     uint64_t commits;
     uint64_t commit_failures;
+    uint64_t commit_us_total; /* time the commit hook took, over all batches */
+    uint64_t commit_us_max;   /* the longest commit */
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */

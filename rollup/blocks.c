@@ -363,16 +363,18 @@ static int rebuild_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint
 {
     (void)record_size;
     struct dedup_index *index = context;
-    uint64_t fingerprint = dedup_fingerprint(index, tenant_id, record + 4);
-    size_t slot = dedup_first(index, fingerprint);
-    while (index->slots[slot].fingerprint != 0)
-        slot = dedup_next(index, slot);
-    return dedup_insert(index, slot, fingerprint, seq == 0 ? DEDUP_LEGACY : seq, 0);
+    struct dedup_probe probe;
+    uint64_t locator;
+    dedup_probe_start(index, dedup_fingerprint(index, tenant_id, record + 4), &probe);
+    while (dedup_probe_next(index, &probe, &locator))
+        continue;
+    return dedup_insert(index, &probe, seq == 0 ? DEDUP_LEGACY : seq, 0);
 }
 
 int dedup_rebuild(struct ledger *ledger, MDB_txn *txn)
 {
-    dedup_clear(ledger->dedup);
+    if (dedup_clear(ledger->dedup) != HM_OK)
+        return HM_ERR_NOMEM;
     return records_each_all(ledger, txn, rebuild_visit, ledger->dedup);
 }
 

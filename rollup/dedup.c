@@ -9,21 +9,86 @@
 
 /* Slots of a new index: 1 MiB, grown by doubling as events are stored. */
 #define DEDUP_SLOTS_INITIAL (64 * 1024)
+enum { SPARE_NONE, SPARE_MAKING, SPARE_READY, SPARE_FAILED };
 
-/* Tables from this size on ask for huge pages: a probe is a random access, and TLB misses double its cost. */
-#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+/* Slots of `old` moved per commit at least, and per slot that the commit added. */
+#define DEDUP_MOVE_MIN 4096
+#define DEDUP_MOVE_PER_INSERT 4
 
-static struct dedup_slot *slots_alloc(size_t count)
+/*
+ * Maps a zeroed table. The kernel supplies zero pages on first touch, so a
+ * new table costs no time up front; huge pages halve the cost of a probe,
+ * which is a random access that misses the TLB otherwise.
+ */
+static int table_make(struct dedup_table *table, size_t slot_count)
 {
-    size_t bytes = count * sizeof(struct dedup_slot);
-    if (bytes < HUGE_PAGE_BYTES)
-        return calloc(count, sizeof(struct dedup_slot));
-    void *slots = NULL;
-    if (posix_memalign(&slots, HUGE_PAGE_BYTES, bytes) != 0)
-        return NULL;
+    size_t bytes = slot_count * sizeof(struct dedup_slot);
+    void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (slots == MAP_FAILED)
+        return HM_ERR_NOMEM;
     madvise(slots, bytes, MADV_HUGEPAGE);
-    memset(slots, 0, bytes);
-    return slots;
+    table->slots = slots;
+    table->mask = slot_count - 1;
+    table->count = 0;
+    return HM_OK;
+}
+
+static void table_free_slots(struct dedup_table *table)
+{
+    if (table->slots != NULL)
+        munmap(table->slots, (table->mask + 1) * sizeof(struct dedup_slot));
+    table->slots = NULL;
+}
+
+static void *spare_make(void *context)
+{
+    struct dedup_index *index = context;
+    size_t bytes = (index->spare.mask + 1) * sizeof(struct dedup_slot);
+    void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (slots == MAP_FAILED) {
+        atomic_store(&index->spare_state, SPARE_FAILED);
+        return NULL;
+    }
+    madvise(slots, bytes, MADV_HUGEPAGE);
+    /* Touch every page here, so that the writer never waits for a page to be zeroed. */
+    for (size_t offset = 0; offset < bytes; offset += 4096)
+        ((volatile uint8_t *)slots)[offset] = 0;
+    index->spare.slots = slots;
+    atomic_store(&index->spare_state, SPARE_READY);
+    return NULL;
+}
+
+/* Asks a helper thread for a table of `slot_count` slots. */
+static void spare_request(struct dedup_index *index, size_t slot_count)
+{
+    index->spare.slots = NULL;
+    index->spare.mask = slot_count - 1;
+    index->spare.count = 0;
+    atomic_store(&index->spare_state, SPARE_MAKING);
+    if (pthread_create(&index->spare_thread, NULL, spare_make, index) != 0)
+        atomic_store(&index->spare_state, SPARE_NONE);
+}
+
+/* Waits for the helper thread, if one runs, and keeps or drops its table. */
+static void spare_settle(struct dedup_index *index, int keep)
+{
+    int state = atomic_load(&index->spare_state);
+    if (state == SPARE_NONE)
+        return;
+    pthread_join(index->spare_thread, NULL);
+    if (!keep || atomic_load(&index->spare_state) != SPARE_READY)
+        table_free_slots(&index->spare);
+    if (!keep)
+        atomic_store(&index->spare_state, SPARE_NONE);
+}
+
+static void table_free(struct dedup_table *table)
+{
+    if (table->slots != NULL)
+        munmap(table->slots, (table->mask + 1) * sizeof(struct dedup_slot));
+    table->slots = NULL;
+    table->mask = 0;
+    table->count = 0;
 }
 
 int dedup_create(struct dedup_index **out)
@@ -31,17 +96,14 @@ int dedup_create(struct dedup_index **out)
     struct dedup_index *index = calloc(1, sizeof *index);
     if (index == NULL)
         return HM_ERR_NOMEM;
-    index->slots = slots_alloc(DEDUP_SLOTS_INITIAL);
-    if (index->slots == NULL) {
-        free(index);
-        return HM_ERR_NOMEM;
-    }
-    index->mask = DEDUP_SLOTS_INITIAL - 1;
     /* Random seeds keep a sender from choosing event ids that all land in one probe run. */
     if (getrandom(index->seed, sizeof index->seed, 0) != sizeof index->seed) {
-        free(index->slots);
         free(index);
         return HM_ERR_IO;
+    }
+    if (table_make(&index->current, DEDUP_SLOTS_INITIAL) != HM_OK) {
+        free(index);
+        return HM_ERR_NOMEM;
     }
     *out = index;
     return HM_OK;
@@ -51,17 +113,28 @@ void dedup_free(struct dedup_index *index)
 {
     if (index == NULL)
         return;
-    free(index->slots);
+    spare_settle(index, 0);
+    table_free(&index->current);
+    table_free(&index->old);
     free(index->undo);
     free(index);
 }
 
-void dedup_clear(struct dedup_index *index)
+int dedup_clear(struct dedup_index *index)
 {
-    memset(index->slots, 0, (index->mask + 1) * sizeof *index->slots);
-    index->count = 0;
+    spare_settle(index, 0);
+    size_t slot_count = index->current.mask + 1;
+    table_free(&index->current);
+    table_free(&index->old);
+    index->move_at = 0;
     index->undo_count = 0;
     index->resized = 0;
+    return table_make(&index->current, slot_count);
+}
+
+size_t dedup_count(const struct dedup_index *index)
+{
+    return index->current.count + index->old.count;
 }
 
 static inline uint64_t load64(const uint8_t *bytes)
@@ -83,41 +156,142 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
 {
     const uint64_t k1 = UINT64_C(0xa0761d6478bd642f), k2 = UINT64_C(0xe7037ed1a0b428db);
     uint64_t tenant = mix(load64(tenant_id) ^ index->seed[0], load64(tenant_id + 8) ^ k1);
-    uint64_t id = mix(load64(event_id) ^ index->seed[1] ^ tenant,
-                      load64(event_id + 8) ^ k2);
+    uint64_t id = mix(load64(event_id) ^ index->seed[1] ^ tenant, load64(event_id + 8) ^ k2);
     uint64_t fingerprint = mix(id ^ k1, tenant ^ k2 ^ index->seed[0]);
     return fingerprint != 0 ? fingerprint : 1;
 }
 
-/* Doubles the table and places every slot again. */
-static int grow(struct dedup_index *index)
+static inline size_t first_slot(const struct dedup_table *table, uint64_t fingerprint)
 {
-    size_t count = 2 * (index->mask + 1);
-    struct dedup_slot *slots = slots_alloc(count);
-    if (slots == NULL)
-        return HM_ERR_NOMEM;
-    struct dedup_index bigger = *index;
-    bigger.slots = slots;
-    bigger.mask = count - 1;
-    for (size_t i = 0; i <= index->mask; i++) {
-        const struct dedup_slot *old = &index->slots[i];
-        if (old->fingerprint == 0)
+    return (size_t)(fingerprint * UINT64_C(0x9e3779b97f4a7c15) >> 20) & table->mask;
+}
+
+/* Finds the empty slot where a fingerprint goes in `table`. */
+static size_t empty_slot(const struct dedup_table *table, uint64_t fingerprint)
+{
+    size_t at = first_slot(table, fingerprint);
+    while (table->slots[at].fingerprint != 0)
+        at = (at + 1) & table->mask;
+    return at;
+}
+
+void dedup_prefetch(const struct dedup_index *index, uint64_t fingerprint)
+{
+    __builtin_prefetch(&index->current.slots[first_slot(&index->current, fingerprint)]);
+    if (index->old.count > 0)
+        __builtin_prefetch(&index->old.slots[first_slot(&index->old, fingerprint)]);
+}
+
+void dedup_probe_start(const struct dedup_index *index, uint64_t fingerprint,
+                       struct dedup_probe *probe)
+{
+    probe->fingerprint = fingerprint;
+    probe->in_old = 0;
+    probe->at = first_slot(&index->current, fingerprint);
+    probe->slot = 0;
+}
+
+int dedup_probe_next(const struct dedup_index *index, struct dedup_probe *probe,
+                     uint64_t *locator_out)
+{
+    for (;;) {
+        const struct dedup_table *table = probe->in_old ? &index->old : &index->current;
+        const struct dedup_slot *slot = &table->slots[probe->at];
+        if (slot->fingerprint == 0) {
+            if (probe->in_old)
+                return 0;
+            /* The end of the run in the current table is where a new id goes. */
+            probe->slot = probe->at;
+            if (index->old.count == 0)
+                return 0;
+            probe->in_old = 1;
+            probe->at = first_slot(&index->old, probe->fingerprint);
             continue;
-        size_t at = dedup_first(&bigger, old->fingerprint);
-        while (slots[at].fingerprint != 0)
-            at = dedup_next(&bigger, at);
-        slots[at] = *old;
+        }
+        probe->at = (probe->at + 1) & table->mask;
+        if (slot->fingerprint == probe->fingerprint) {
+            *locator_out = slot->locator;
+            return 1;
+        }
     }
-    free(index->slots);
-    index->slots = slots;
-    index->mask = count - 1;
+}
+
+/*
+ * Moves every slot of a table into one of twice its size, at once. Used
+ * where no pause matters (a rebuild) or where nothing else is possible (a
+ * single transaction that filled the table).
+ */
+static int grow_now(struct dedup_index *index)
+{
+    spare_settle(index, 0);
+    struct dedup_table bigger;
+    if (table_make(&bigger, 2 * (index->current.mask + 1)) != HM_OK)
+        return HM_ERR_NOMEM;
+    const struct dedup_table *tables[2] = { &index->current, &index->old };
+    for (int t = 0; t < 2; t++) {
+        const struct dedup_table *table = tables[t];
+        /* Slots of `old` before move_at are in `current` already. */
+        size_t from = t == 1 ? index->move_at : 0;
+        for (size_t i = from; table->slots != NULL && i <= table->mask; i++) {
+            if (table->slots[i].fingerprint == 0)
+                continue;
+            bigger.slots[empty_slot(&bigger, table->slots[i].fingerprint)] = table->slots[i];
+            bigger.count++;
+        }
+    }
+    table_free(&index->current);
+    table_free(&index->old);
+    index->move_at = 0;
+    index->current = bigger;
     index->resized = 1;
     return HM_OK;
 }
 
-int dedup_insert(struct dedup_index *index, size_t slot, uint64_t fingerprint, uint64_t locator,
+/* Moves up to `budget` slots of `old` into `current`; frees `old` at its end. */
+static void move_some(struct dedup_index *index, size_t budget)
+{
+    struct dedup_table *old = &index->old;
+    while (old->slots != NULL && budget-- > 0) {
+        if (index->move_at > old->mask) {
+            table_free(old);
+            index->move_at = 0;
+            return;
+        }
+        const struct dedup_slot *slot = &old->slots[index->move_at++];
+        if (slot->fingerprint == 0)
+            continue;
+        /*
+         * The slot stays in `old` too, so that the runs of the slots not yet
+         * moved stay whole; a lookup finds the copy in `current` first.
+         */
+        index->current.slots[empty_slot(&index->current, slot->fingerprint)] = *slot;
+        index->current.count++;
+        old->count--;
+    }
+}
+
+int dedup_insert(struct dedup_index *index, const struct dedup_probe *probe, uint64_t locator,
                  int in_txn)
 {
+    struct dedup_table *table = &index->current;
+    size_t slot_count = table->mask + 1;
+    /*
+     * Between transactions the table grows gradually (dedup_txn_commit). A
+     * transaction that fills three quarters of it alone, or a rebuild past
+     * half, grows it at once.
+     */
+    size_t limit = in_txn ? slot_count / 4 * 3 : slot_count / 2;
+    if (table->count + index->old.count + 1 > limit) {
+        if (grow_now(index) != HM_OK)
+            return HM_ERR_NOMEM;
+        if (in_txn)
+            index->undo_count = 0;
+        table = &index->current;
+        size_t at = empty_slot(table, probe->fingerprint);
+        table->slots[at] = (struct dedup_slot){ probe->fingerprint, locator };
+        table->count++;
+        return HM_OK;
+    }
     if (in_txn && index->undo_count == index->undo_capacity) {
         size_t capacity = index->undo_capacity ? 2 * index->undo_capacity : 4096;
         size_t *undo = realloc(index->undo, capacity * sizeof *undo);
@@ -126,20 +300,10 @@ int dedup_insert(struct dedup_index *index, size_t slot, uint64_t fingerprint, u
         index->undo = undo;
         index->undo_capacity = capacity;
     }
-    /* A probe ends at an empty slot, so one must always remain. */
-    if (index->count + 1 >= index->mask)
-        return HM_ERR_NOMEM;
-    index->slots[slot] = (struct dedup_slot){ fingerprint, locator };
-    index->count++;
+    table->slots[probe->slot] = (struct dedup_slot){ probe->fingerprint, locator };
+    table->count++;
     if (in_txn)
-        index->undo[index->undo_count++] = slot;
-    /*
-     * Half full at most, so that a probe for a new id ends after about two
-     * slots. When the table cannot grow, it stays as it is: fuller is slower,
-     * not wrong, and the next insert tries again.
-     */
-    if (2 * index->count > index->mask + 1)
-        (void)grow(index);
+        index->undo[index->undo_count++] = probe->slot;
     return HM_OK;
 }
 
@@ -151,8 +315,32 @@ void dedup_txn_begin(struct dedup_index *index)
 
 void dedup_txn_commit(struct dedup_index *index)
 {
+    size_t added = index->undo_count;
     index->undo_count = 0;
     index->resized = 0;
+    /*
+     * From 20 % load on, a helper thread makes a table of twice the size;
+     * from 40 % on, once it is ready, that table takes the new slots.
+     */
+    struct dedup_table *table = &index->current;
+    size_t slot_count = table->mask + 1;
+    if (index->old.slots == NULL && atomic_load(&index->spare_state) == SPARE_NONE &&
+        table->count * 5 >= slot_count)
+        spare_request(index, 2 * slot_count);
+    if (index->old.slots == NULL && table->count * 5 >= slot_count * 2 &&
+        atomic_load(&index->spare_state) >= SPARE_READY) {
+        int ready = atomic_load(&index->spare_state) == SPARE_READY;
+        spare_settle(index, 1);
+        atomic_store(&index->spare_state, SPARE_NONE);
+        if (ready) {
+            index->old = *table;
+            index->current = index->spare;
+            index->spare.slots = NULL;
+            index->move_at = 0;
+        }
+    }
+    if (index->old.slots != NULL)
+        move_some(index, added * DEDUP_MOVE_PER_INSERT + DEDUP_MOVE_MIN);
 }
 
 int dedup_txn_abort(struct dedup_index *index)
@@ -163,13 +351,13 @@ int dedup_txn_abort(struct dedup_index *index)
         return 1;
     }
     /*
-     * Insertions only fill empty slots, so emptying the slots of this
-     * transaction in reverse order gives back the exact earlier table: no
-     * slot placed before them probed past them.
+     * Inside a transaction slots are only added, each to an empty slot of
+     * the current table, so emptying them in reverse order gives back the
+     * exact earlier table: no slot placed before them probed past them.
      */
     while (index->undo_count > 0) {
-        index->slots[index->undo[--index->undo_count]].fingerprint = 0;
-        index->count--;
+        index->current.slots[index->undo[--index->undo_count]].fingerprint = 0;
+        index->current.count--;
     }
     return 0;
 }

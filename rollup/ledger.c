@@ -395,7 +395,7 @@ static int writer_prepare(struct ledger_txn *txn)
         ledger->dedup->generation = state.generation;
         struct timespec done;
         clock_gettime(CLOCK_MONOTONIC, &done);
-        log_info("ledger", "event id index built events=%zu ms=%lld", ledger->dedup->count,
+        log_info("ledger", "event id index built events=%zu ms=%lld", dedup_count(ledger->dedup),
                  (long long)((done.tv_sec - started.tv_sec) * 1000 +
                              (done.tv_nsec - started.tv_nsec) / 1000000));
     }
@@ -675,8 +675,7 @@ void ledger_append_prefetch(struct ledger_txn *txn, const uint8_t tenant_id[UUID
     const struct dedup_index *index = txn->ledger->dedup;
     if (index == NULL || !txn->appending)
         return;
-    uint64_t fingerprint = dedup_fingerprint(index, tenant_id, event_id);
-    __builtin_prefetch(&index->slots[dedup_first(index, fingerprint)]);
+    dedup_prefetch(index, dedup_fingerprint(index, tenant_id, event_id));
 }
 
 int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
@@ -690,15 +689,14 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
 
     /* Invariant 1: a slot with the same fingerprint is confirmed against the stored record. */
     struct dedup_index *index = txn->ledger->dedup;
-    uint64_t fingerprint = dedup_fingerprint(index, event->tenant_id, event->event_id);
-    size_t slot = dedup_first(index, fingerprint);
-    for (; index->slots[slot].fingerprint != 0; slot = dedup_next(index, slot)) {
-        if (index->slots[slot].fingerprint != fingerprint)
-            continue;
+    struct dedup_probe probe;
+    dedup_probe_start(index, dedup_fingerprint(index, event->tenant_id, event->event_id), &probe);
+    uint64_t locator;
+    while (dedup_probe_next(index, &probe, &locator)) {
         const uint8_t *stored = NULL;
         size_t stored_size = 0;
-        rc = indexed_record(txn, event->tenant_id, event->event_id, index->slots[slot].locator,
-                            &stored, &stored_size);
+        rc = indexed_record(txn, event->tenant_id, event->event_id, locator, &stored,
+                            &stored_size);
         if (rc == HM_ERR_NOT_FOUND)
             continue;
         if (rc != HM_OK)
@@ -711,7 +709,7 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     uint64_t seq;
     if ((rc = block_append(txn, event->tenant_id, record, record_size, &seq)) != HM_OK)
         return rc;
-    if ((rc = dedup_insert(index, slot, fingerprint, seq, 1)) != HM_OK)
+    if ((rc = dedup_insert(index, &probe, seq, 1)) != HM_OK)
         return rc;
     txn->appended++;
     if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)

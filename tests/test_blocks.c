@@ -302,3 +302,35 @@ Test(blocks, corrupt_block_is_an_error)
     cr_expect_eq(ledger_append(append_txn, &event, record, (size_t)size), HM_ERR_STORAGE);
     ledger_abort(append_txn);
 }
+
+Test(blocks, index_grows_across_commits)
+{
+    /*
+     * 300 commits of 1,000 events grow the index several times; each commit
+     * also resends the previous commit's events, which may sit in the table
+     * being moved or in the new one.
+     */
+    for (uint32_t commit = 0; commit < 300; commit++) {
+        struct ledger_txn *txn;
+        cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+        struct outcomes fresh = append_range(txn, tenant_a, commit * 1000, 1000, 1);
+        struct outcomes resent = { 0 };
+        if (commit > 0)
+            resent = append_range(txn, tenant_a, (commit - 1) * 1000, 1000, 1);
+        /* Every tenth commit is aborted and sent again, while a move may be under way. */
+        if (commit % 10 == 5) {
+            ledger_abort(txn);
+            cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+            fresh = append_range(txn, tenant_a, commit * 1000, 1000, 1);
+        }
+        cr_assert_eq(ledger_commit(txn), HM_OK);
+        cr_assert_eq(fresh.stored, 1000, "commit %u stored %u", commit, fresh.stored);
+        if (commit > 0 && commit % 10 != 5)
+            cr_assert_eq(resent.duplicates, 1000, "commit %u: %u duplicates", commit,
+                         resent.duplicates);
+    }
+    struct outcomes all = commit_range(tenant_a, 0, 300000, 1);
+    cr_expect_eq(all.duplicates, 300000);
+    cr_expect_eq(all.stored, 0);
+    cr_expect_eq(event_count(tenant_a), 300000);
+}
