@@ -259,6 +259,13 @@ int main(int argc, char **argv)
         options.stats_file = stats_path;
     }
     log_info("meterd", "starting data=%s", data_dir);
+    /* The id index is built before listening, so that the first frame does not wait for it. */
+    if ((rc = ledger_writer_prepare(store.ledger)) != HM_OK) {
+        fprintf(stderr, "meterd: cannot read the stored events to index their ids: %s\n",
+                hm_status_str(rc));
+        ledger_close(store.ledger);
+        return 1;
+    }
 
     struct server_hooks hooks;
     store_hooks(&store, &hooks);

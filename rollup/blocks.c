@@ -358,24 +358,39 @@ int records_each_all(struct ledger *ledger, MDB_txn *txn, record_visit visit, vo
     return status;
 }
 
+/* Ids gathered before they go into the index together, so that their slots are prefetched. */
+#define REBUILD_BATCH 64
+
+struct rebuild {
+    struct dedup_index *index;
+    uint64_t fingerprints[REBUILD_BATCH];
+    uint64_t locators[REBUILD_BATCH];
+    size_t count;
+};
+
 static int rebuild_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
                          const uint8_t *record, size_t record_size)
 {
     (void)record_size;
-    struct dedup_index *index = context;
-    struct dedup_probe probe;
-    uint64_t locator;
-    dedup_probe_start(index, dedup_fingerprint(index, tenant_id, record + 4), &probe);
-    while (dedup_probe_next(index, &probe, &locator))
-        continue;
-    return dedup_insert(index, &probe, seq == 0 ? DEDUP_LEGACY : seq, 0);
+    struct rebuild *rebuild = context;
+    rebuild->fingerprints[rebuild->count] =
+        dedup_fingerprint(rebuild->index, tenant_id, record + 4);
+    rebuild->locators[rebuild->count] = seq == 0 ? DEDUP_LEGACY : seq;
+    if (++rebuild->count < REBUILD_BATCH)
+        return HM_OK;
+    rebuild->count = 0;
+    return dedup_load(rebuild->index, rebuild->fingerprints, rebuild->locators, REBUILD_BATCH);
 }
 
-int dedup_rebuild(struct ledger *ledger, MDB_txn *txn)
+int dedup_rebuild(struct ledger *ledger, MDB_txn *txn, uint64_t expected)
 {
-    if (dedup_clear(ledger->dedup) != HM_OK)
+    struct rebuild rebuild = { .index = ledger->dedup };
+    if (dedup_clear(ledger->dedup, expected) != HM_OK)
         return HM_ERR_NOMEM;
-    return records_each_all(ledger, txn, rebuild_visit, ledger->dedup);
+    int rc = records_each_all(ledger, txn, rebuild_visit, &rebuild);
+    if (rc == HM_OK && rebuild.count > 0)
+        rc = dedup_load(rebuild.index, rebuild.fingerprints, rebuild.locators, rebuild.count);
+    return rc;
 }
 
 int events_count(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],

@@ -120,10 +120,13 @@ void dedup_free(struct dedup_index *index)
     free(index);
 }
 
-int dedup_clear(struct dedup_index *index)
+int dedup_clear(struct dedup_index *index, size_t expected)
 {
     spare_settle(index, 0);
-    size_t slot_count = index->current.mask + 1;
+    /* Below 30 % load after `expected` ids, so that the first growth is still ahead. */
+    size_t slot_count = DEDUP_SLOTS_INITIAL;
+    while (slot_count / 10 * 3 < expected)
+        slot_count *= 2;
     table_free(&index->current);
     table_free(&index->old);
     index->move_at = 0;
@@ -304,6 +307,24 @@ int dedup_insert(struct dedup_index *index, const struct dedup_probe *probe, uin
     table->count++;
     if (in_txn)
         index->undo[index->undo_count++] = probe->slot;
+    return HM_OK;
+}
+
+int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const uint64_t *locators,
+               size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        dedup_prefetch(index, fingerprints[i]);
+    for (size_t i = 0; i < count; i++) {
+        struct dedup_table *table = &index->current;
+        if (2 * (table->count + index->old.count + 1) > table->mask + 1 &&
+            grow_now(index) != HM_OK)
+            return HM_ERR_NOMEM;
+        table = &index->current;
+        table->slots[empty_slot(table, fingerprints[i])] =
+            (struct dedup_slot){ fingerprints[i], locators[i] };
+        table->count++;
+    }
     return HM_OK;
 }
 

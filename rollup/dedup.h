@@ -79,8 +79,19 @@ struct dedup_probe {
 int dedup_create(struct dedup_index **out);
 void dedup_free(struct dedup_index *index);
 
-/* Empties the index, keeping its seeds. HM_ERR_NOMEM when a table cannot be made. */
-int dedup_clear(struct dedup_index *index);
+/*
+ * Empties the index, keeping its seeds, with room for `expected` ids before
+ * it grows. HM_ERR_NOMEM when a table cannot be made.
+ */
+int dedup_clear(struct dedup_index *index, size_t expected);
+
+/*
+ * Adds `count` ids of stored events that are known to be distinct and not
+ * in the index, outside any transaction (a rebuild). Their slots are
+ * prefetched together, which hides most of the memory latency.
+ */
+int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const uint64_t *locators,
+               size_t count);
 
 /* Returns the number of ids in the index. */
 size_t dedup_count(const struct dedup_index *index);

@@ -388,7 +388,11 @@ static int writer_prepare(struct ledger_txn *txn)
     if (ledger->dedup->generation != state.generation) {
         struct timespec started;
         clock_gettime(CLOCK_MONOTONIC, &started);
-        if ((rc = dedup_rebuild(ledger, txn->txn)) != HM_OK) {
+        MDB_stat legacy = { 0 };
+        if (!ledger->table_missing[TABLE_EVENTS])
+            mdb_stat(txn->txn, ledger->tables[TABLE_EVENTS], &legacy);
+        rc = dedup_rebuild(ledger, txn->txn, state.block_events + legacy.ms_entries);
+        if (rc != HM_OK) {
             ledger->dedup->generation = DEDUP_STALE;
             return rc;
         }
@@ -402,6 +406,17 @@ static int writer_prepare(struct ledger_txn *txn)
     dedup_txn_begin(ledger->dedup);
     txn->appending = 1;
     return HM_OK;
+}
+
+int ledger_writer_prepare(struct ledger *ledger)
+{
+    struct ledger_txn *txn;
+    int rc = ledger_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    rc = writer_prepare(txn);
+    ledger_abort(txn);
+    return rc;
 }
 
 static void deltas_clear(struct ledger_txn *txn)

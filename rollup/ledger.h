@@ -82,6 +82,14 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
                   size_t record_size);
 
 /*
+ * Builds the writer's index of stored event ids now, which the first
+ * ledger_append of a process does otherwise: it reads every stored event
+ * once (about 100 ms per million events on a 2-core VM). The index holds
+ * 16 bytes per slot at 20 % to 40 % load. HM_ERR_NOMEM, HM_ERR_STORAGE.
+ */
+int ledger_writer_prepare(struct ledger *ledger);
+
+/*
  * Hints that an event with this id will be appended soon, so that its slot
  * in the id index is fetched from memory meanwhile. Only a hint: it changes
  * nothing, and before the first ledger_append of a transaction it does nothing.

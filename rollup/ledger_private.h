@@ -249,8 +249,8 @@ int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
                          uint64_t after_seq, uint64_t limit, record_visit visit, void *context,
                          uint64_t *visited_out, uint64_t *last_out);
 
-/* Fills the writer's id index from every stored event (blocks.c). */
-int dedup_rebuild(struct ledger *ledger, MDB_txn *txn);
+/* Fills the writer's id index from every stored event, about `expected` of them (blocks.c). */
+int dedup_rebuild(struct ledger *ledger, MDB_txn *txn, uint64_t expected);
 
 /* Finds the highest arrival number of a tenant in its blocks and older tables (0: none). */
 int arrival_last(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
