@@ -267,9 +267,10 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    struct server_hooks hooks;
+    struct server_hooks hooks = { 0 };
     store_hooks(&store, &hooks);
     rc = server_run(&options, &hooks, NULL);
+    store_release(&store);
     ledger_close(store.ledger);
     close(lock_fd);
     return rc == HM_OK ? 0 : 1;

@@ -867,8 +867,20 @@ static void frame_receive(struct server *server, int32_t connection_index, const
         entry->event_count = header.event_count;
         entry->body_offset = (uint32_t)batch->arena_size;
         entry->body_size = header.body_size;
-        memcpy(batch->arena + batch->arena_size, frame + FRAME_HEADER_SIZE, header.body_size);
+        uint8_t *body = batch->arena + batch->arena_size;
+        memcpy(body, frame + FRAME_HEADER_SIZE, header.body_size);
         batch->arena_size += header.body_size;
+        const struct server_hooks *hooks = server->hooks;
+        int rc = hooks->prepare ? hooks->prepare(hooks->context, batch, entry, body) : HM_OK;
+        if (rc != HM_OK) {
+            batch->arena_size -= header.body_size;
+            entry->status = FRAME_STORE_FAILED;
+            uint64_t suppressed = 0;
+            if (log_limit_pass(&server->commit_log, &suppressed))
+                log_error("server", "frame not prepared for its commit: %s; acknowledged as "
+                          "store_failed, so the sender resends it (suppressed=%llu)",
+                          hm_status_str(rc), (unsigned long long)suppressed);
+        }
     } else {
         log_reject(server, connection_index >= 0 ? "tcp" : "udp", peer, &header, status, detail,
                    reason);
@@ -1076,6 +1088,8 @@ static int commit_collect(struct server *server, int wait)
     }
     batch->entry_count = 0;
     batch->arena_size = 0;
+    if (server->hooks->batch_reset)
+        server->hooks->batch_reset(server->hooks->context, batch);
     server->committing = NULL;
     if (server->full)
         full_leave(server);
@@ -1154,6 +1168,8 @@ static void batch_drop(struct server *server, struct ingest_batch *batch)
     }
     batch->entry_count = 0;
     batch->arena_size = 0;
+    if (server->hooks->batch_reset)
+        server->hooks->batch_reset(server->hooks->context, batch);
 }
 
 static void batch_drop_held(struct server *server)

@@ -45,6 +45,7 @@ struct ingest_batch {
     uint8_t *arena; /* bodies of accepted frames */
     size_t arena_size;
     size_t arena_capacity;
+    void *hook_state; /* the hooks' own state of this batch (prepare, batch_reset); starts NULL */
 };
 
 struct server_hooks {
@@ -61,6 +62,21 @@ struct server_hooks {
      * entry with FRAME_STORE_FAILED.
      */
     int (*commit)(void *context, struct ingest_batch *batch);
+    /*
+     * Optional. Called on the loop's thread for each accepted frame once its
+     * body is in the batch arena, before the batch goes to the commit hook:
+     * work done here overlaps the commit of the previous batch. An error
+     * acknowledges the frame with FRAME_STORE_FAILED.
+     */
+    int (*prepare)(void *context, struct ingest_batch *batch, const struct batch_entry *entry,
+                   const uint8_t *body);
+    /*
+     * Optional. Called on the loop's thread when a batch is emptied after
+     * its acks were queued or its frames were dropped, so that the hooks can
+     * forget what prepare gathered for it. A batch held because the ledger
+     * is full is not emptied: its next commit gets the same batch.
+     */
+    void (*batch_reset)(void *context, struct ingest_batch *batch);
 };
 
 struct server_options {

@@ -30,6 +30,9 @@
 #define FRAME_UDP_SIZE_MAX 65507
 /* Fixed part of an event record: kind, reserved, length, event id, timestamp. */
 #define RECORD_HEADER_SIZE 28
+/* Offsets in a record: its event id and its timestamp (little-endian microseconds). */
+#define RECORD_ID_AT 4
+#define RECORD_TIMESTAMP_AT 20
 /* Largest encoded event record (a GPU allocation with three names of 64 bytes). */
 #define RECORD_SIZE_MAX (RECORD_HEADER_SIZE + 12 + 3 * (1 + EVENT_NAME_MAX))
 

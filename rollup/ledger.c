@@ -2,11 +2,13 @@
 #include "ledger_private.h"
 
 #include "dedup.h"
+#include "deltas_private.h"
 
 #include "common/log.h"
 #include "common/status.h"
 #include "ingest/wire.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
@@ -207,8 +209,7 @@ void ledger_close(struct ledger *ledger)
     mdb_env_close(ledger->env);
     dedup_free(ledger->dedup);
     free(ledger->block);
-    free(ledger->deltas);
-    free(ledger->delta_used);
+    rollup_deltas_free(ledger->deltas);
     free(ledger);
 }
 
@@ -227,7 +228,6 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     txn->appended = 0;
     txn->block_count = 0;
     txn->block_size = 0;
-    txn->delta_count = 0;
     memset(txn->seq_cache, 0, sizeof txn->seq_cache);
     *out = txn;
     return HM_OK;
@@ -298,17 +298,6 @@ static int commit_fault_inject(MDB_txn *txn)
 
 /* ---- Writer state: the id index, the pending block, the rollup changes ---- */
 
-struct rollup_delta {
-    uint64_t hash;
-    unsigned __int128 quantity;
-    uint64_t count;
-    uint8_t key_size; /* 0: empty slot */
-    uint8_t key[ROLLUP_KEY_MAX];
-};
-
-_Static_assert(ROLLUP_KEY_MAX <= UINT8_MAX, "a rollup key size fits its byte");
-_Static_assert((ROLLUP_DELTAS_MAX & (ROLLUP_DELTAS_MAX - 1)) == 0, "a power of two");
-
 /*
  * Meta record of the appends: a generation that every transaction storing
  * new events increments, and the number of events in blocks. A process
@@ -355,17 +344,15 @@ static int writer_alloc(struct ledger *ledger)
     if (ledger->dedup != NULL)
         return HM_OK;
     ledger->block = malloc(BLOCK_BYTES_MAX);
-    ledger->deltas = calloc(ROLLUP_DELTAS_MAX, sizeof *ledger->deltas);
-    ledger->delta_used = malloc(ROLLUP_DELTAS_MAX * sizeof *ledger->delta_used);
-    int rc = ledger->block && ledger->deltas && ledger->delta_used ? dedup_create(&ledger->dedup)
-                                                                   : HM_ERR_NOMEM;
+    int rc = ledger->block ? rollup_deltas_create(&ledger->deltas, ROLLUP_DELTAS_MAX)
+                           : HM_ERR_NOMEM;
+    if (rc == HM_OK)
+        rc = dedup_create(&ledger->dedup);
     if (rc != HM_OK) {
         free(ledger->block);
-        free(ledger->deltas);
-        free(ledger->delta_used);
+        rollup_deltas_free(ledger->deltas);
         ledger->block = NULL;
         ledger->deltas = NULL;
-        ledger->delta_used = NULL;
         return rc;
     }
     ledger->dedup->generation = DEDUP_STALE;
@@ -419,14 +406,6 @@ int ledger_writer_prepare(struct ledger *ledger)
     return rc;
 }
 
-static void deltas_clear(struct ledger_txn *txn)
-{
-    struct ledger *ledger = txn->ledger;
-    for (size_t i = 0; i < txn->delta_count; i++)
-        ledger->deltas[ledger->delta_used[i]].key_size = 0;
-    txn->delta_count = 0;
-}
-
 /* Undoes the writer state of a transaction that is aborted or failed to commit. */
 static void writer_abort(struct ledger_txn *txn)
 {
@@ -434,7 +413,7 @@ static void writer_abort(struct ledger_txn *txn)
         return;
     if (dedup_txn_abort(txn->ledger->dedup))
         txn->ledger->dedup->generation = DEDUP_STALE;
-    deltas_clear(txn);
+    rollup_deltas_clear(txn->ledger->deltas);
     txn->block_count = 0;
     txn->appending = 0;
 }
@@ -442,14 +421,13 @@ static void writer_abort(struct ledger_txn *txn)
 static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
                                 uint64_t *count);
 
-/* Writes every summed rollup change into TABLE_ROLLUPS, then empties the table of changes. */
-static int deltas_flush(struct ledger_txn *txn)
+int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *deltas,
+                         int subtract)
 {
-    struct ledger *ledger = txn->ledger;
-    MDB_dbi dbi = ledger->tables[TABLE_ROLLUPS];
-    for (size_t i = 0; i < txn->delta_count; i++) {
-        struct rollup_delta *delta = &ledger->deltas[ledger->delta_used[i]];
-        MDB_val key = { delta->key_size, delta->key }, value;
+    MDB_dbi dbi = txn->ledger->tables[TABLE_ROLLUPS];
+    for (size_t i = 0; i < deltas->count; i++) {
+        const struct rollup_delta *delta = &deltas->slots[deltas->used[i]];
+        MDB_val key = { delta->key_size, (void *)delta->key }, value;
         unsigned __int128 total = 0;
         uint64_t count = 0;
         int rc = mdb_get(txn->txn, dbi, &key, &value);
@@ -457,8 +435,12 @@ static int deltas_flush(struct ledger_txn *txn)
             rollup_value_decode(value.mv_data, &total, &count);
         else if (rc != MDB_NOTFOUND && rc != 0)
             return status_of(rc, "read rollup");
-        total += delta->quantity;
-        count += delta->count;
+        if (subtract && (total < delta->quantity || count < delta->count)) {
+            log_error("ledger", "a rollup change to take away exceeds the stored rollup");
+            return HM_ERR_STORAGE;
+        }
+        total = subtract ? total - delta->quantity : total + delta->quantity;
+        count = subtract ? count - delta->count : count + delta->count;
         uint8_t bytes[ROLLUP_VALUE_SIZE];
         memcpy(bytes, &total, 16);
         memcpy(bytes + 16, &count, 8);
@@ -467,8 +449,15 @@ static int deltas_flush(struct ledger_txn *txn)
         if ((rc = mdb_put(txn->txn, dbi, &key, &value, 0)) != 0)
             return status_of(rc, "write rollup");
     }
-    deltas_clear(txn);
     return HM_OK;
+}
+
+/* Writes the summed rollup changes of ledger_append and empties their table. */
+static int deltas_flush(struct ledger_txn *txn)
+{
+    int rc = ledger_rollups_apply(txn, txn->ledger->deltas, 0);
+    rollup_deltas_clear(txn->ledger->deltas);
+    return rc;
 }
 
 /* Writes what the appends of a transaction keep in memory: the pending block, rollups, state. */
@@ -533,17 +522,6 @@ void ledger_abort(struct ledger_txn *txn)
     free(txn);
 }
 
-static size_t rollup_key(uint8_t *key, const uint8_t tenant_id[UUID_SIZE], uint32_t period,
-                         enum rollup_meter meter, const char *dimension)
-{
-    size_t dimension_size = strlen(dimension);
-    memcpy(key, tenant_id, UUID_SIZE);
-    store_be32(key + UUID_SIZE, period);
-    key[UUID_SIZE + 4] = (uint8_t)meter;
-    memcpy(key + UUID_SIZE + 5, dimension, dimension_size);
-    return UUID_SIZE + 5 + dimension_size;
-}
-
 static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
                                 uint64_t *count)
 {
@@ -582,27 +560,9 @@ int ledger_event_rollups(const struct event *event, rollup_sink sink, void *cont
     return HM_ERR_INVALID;
 }
 
-/* Hashes a rollup key 8 bytes at a time; the table is small and its keys are the engine's own. */
-static uint64_t delta_hash(const uint8_t *bytes, size_t size)
-{
-    uint64_t hash = UINT64_C(0x9e3779b97f4a7c15) ^ size;
-    size_t i = 0;
-    for (; i + 8 <= size; i += 8) {
-        uint64_t word;
-        memcpy(&word, bytes + i, 8);
-        hash = (hash ^ word) * UINT64_C(0xff51afd7ed558ccd);
-        hash ^= hash >> 29;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, bytes + i, size - i);
-    hash = (hash ^ tail) * UINT64_C(0xc4ceb9fe1a85ec53);
-    return hash ^ (hash >> 32);
-}
-
 struct append_context {
     struct ledger_txn *txn;
-    const struct event *event;
-    uint32_t period;
+    struct rollup_key_memo memo;
 };
 
 /* Adds one rollup change of an appended event to the transaction's summed changes. */
@@ -610,44 +570,51 @@ static int append_sink(void *context, enum rollup_meter meter, const char *dimen
                        uint64_t quantity)
 {
     struct append_context *append = context;
-    struct ledger_txn *txn = append->txn;
-    struct ledger *ledger = txn->ledger;
-    uint8_t key[ROLLUP_KEY_MAX];
-    size_t key_size = rollup_key(key, append->event->tenant_id, append->period, meter, dimension);
-    uint64_t hash = delta_hash(key, key_size);
-    size_t slot = (size_t)hash & (ROLLUP_DELTAS_MAX - 1);
-    for (;;) {
-        struct rollup_delta *delta = &ledger->deltas[slot];
-        if (delta->key_size == 0) {
-            delta->hash = hash;
-            delta->key_size = (uint8_t)key_size;
-            memcpy(delta->key, key, key_size);
-            delta->quantity = quantity;
-            delta->count = 1;
-            ledger->delta_used[txn->delta_count++] = (uint16_t)slot;
-            break;
-        }
-        if (delta->hash == hash && delta->key_size == key_size &&
-            memcmp(delta->key, key, key_size) == 0) {
-            delta->quantity += quantity;
-            delta->count++;
-            break;
-        }
-        slot = (slot + 1) & (ROLLUP_DELTAS_MAX - 1);
-    }
-    /* Half full: write the changes now, so that a probe stays short. */
-    return 2 * txn->delta_count >= ROLLUP_DELTAS_MAX ? deltas_flush(txn) : HM_OK;
+    int rc = rollup_deltas_add(append->txn->ledger->deltas, &append->memo, meter, dimension,
+                               quantity, 1);
+    if (rc != HM_OK)
+        return rc;
+    /* Past the limit the changes are written now, so that the table stays small. */
+    return rollup_deltas_count(append->txn->ledger->deltas) >= ROLLUP_DELTAS_MAX
+               ? deltas_flush(append->txn)
+               : HM_OK;
 }
 
-static int storage_sample_put(struct ledger_txn *txn, const struct event *event)
+/*
+ * Returns the billing period of a timestamp, remembering the last day seen:
+ * the events of a batch mostly fall on a few days, and the calendar
+ * arithmetic of event_period_of is the larger part of a rollup change.
+ */
+static uint32_t period_of(struct ledger *ledger, int64_t timestamp_us)
 {
+    if (ledger->period_day != 0 && timestamp_us >= ledger->period_day_start_us &&
+        timestamp_us - ledger->period_day_start_us < INT64_C(86400000000))
+        return ledger->period_day;
+    int64_t day_start_us = floor_seconds(timestamp_us) / 86400 * 86400;
+    if (floor_seconds(timestamp_us) % 86400 < 0)
+        day_start_us -= 86400;
+    day_start_us *= 1000000;
+    ledger->period_day_start_us = day_start_us;
+    ledger->period_day = event_period_of(timestamp_us);
+    return ledger->period_day;
+}
+
+/* Stores the level of a storage event's record under its tenant, time and id. */
+static int storage_sample_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                              const uint8_t *record)
+{
+    int64_t timestamp_us;
+    uint64_t bytes_stored;
+    memcpy(&timestamp_us, record + RECORD_TIMESTAMP_AT, sizeof timestamp_us);
+    memcpy(&bytes_stored, record + RECORD_HEADER_SIZE, sizeof bytes_stored);
+    timestamp_us = (int64_t)le64toh((uint64_t)timestamp_us);
+    bytes_stored = le64toh(bytes_stored);
     uint8_t key_bytes[UUID_SIZE + 8 + UUID_SIZE];
-    memcpy(key_bytes, event->tenant_id, UUID_SIZE);
-    store_be64(key_bytes + UUID_SIZE, biased_time(event->timestamp_us));
-    memcpy(key_bytes + UUID_SIZE + 8, event->event_id, UUID_SIZE);
+    memcpy(key_bytes, tenant_id, UUID_SIZE);
+    store_be64(key_bytes + UUID_SIZE, biased_time(timestamp_us));
+    memcpy(key_bytes + UUID_SIZE + 8, record + RECORD_ID_AT, UUID_SIZE);
     MDB_val key = { sizeof key_bytes, key_bytes };
-    MDB_val value = { sizeof event->u.storage.bytes_stored,
-                      (void *)&event->u.storage.bytes_stored };
+    MDB_val value = { sizeof bytes_stored, &bytes_stored };
     int rc = mdb_put(txn->txn, txn->ledger->tables[TABLE_STORAGE], &key, &value, 0);
     return rc == 0 ? HM_OK : status_of(rc, "write storage sample");
 }
@@ -693,25 +660,29 @@ void ledger_append_prefetch(struct ledger_txn *txn, const uint8_t tenant_id[UUID
     dedup_prefetch(index, dedup_fingerprint(index, tenant_id, event_id));
 }
 
-int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
-                  size_t record_size)
+int ledger_append_record(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         const uint8_t *record, size_t record_size)
 {
     int rc;
     if (!txn->appending && (rc = writer_prepare(txn)) != HM_OK)
         return rc;
-    if (record_size < RECORD_HEADER_SIZE || record_size > BLOCK_BYTES_MAX - BLOCK_HEADER_SIZE)
+    if (record_size < RECORD_HEADER_SIZE || record_size > BLOCK_BYTES_MAX - BLOCK_HEADER_SIZE ||
+        record_size_at(record) != record_size)
+        return HM_ERR_INVALID;
+    const uint8_t *event_id = record + RECORD_ID_AT;
+    int storage = record[0] == EVENT_STORAGE;
+    if (storage && record_size < RECORD_HEADER_SIZE + 8)
         return HM_ERR_INVALID;
 
     /* Invariant 1: a slot with the same fingerprint is confirmed against the stored record. */
     struct dedup_index *index = txn->ledger->dedup;
     struct dedup_probe probe;
-    dedup_probe_start(index, dedup_fingerprint(index, event->tenant_id, event->event_id), &probe);
+    dedup_probe_start(index, dedup_fingerprint(index, tenant_id, event_id), &probe);
     uint64_t locator;
     while (dedup_probe_next(index, &probe, &locator)) {
         const uint8_t *stored = NULL;
         size_t stored_size = 0;
-        rc = indexed_record(txn, event->tenant_id, event->event_id, locator, &stored,
-                            &stored_size);
+        rc = indexed_record(txn, tenant_id, event_id, locator, &stored, &stored_size);
         if (rc == HM_ERR_NOT_FOUND)
             continue;
         if (rc != HM_OK)
@@ -722,21 +693,33 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
     }
 
     uint64_t seq;
-    if ((rc = block_append(txn, event->tenant_id, record, record_size, &seq)) != HM_OK)
+    if ((rc = block_append(txn, tenant_id, record, record_size, &seq)) != HM_OK)
         return rc;
     if ((rc = dedup_insert(index, &probe, seq, 1)) != HM_OK)
         return rc;
     txn->appended++;
-    if (event->kind == EVENT_STORAGE && (rc = storage_sample_put(txn, event)) != HM_OK)
+    if (storage && (rc = storage_sample_put(txn, tenant_id, record)) != HM_OK)
         return rc;
+    return APPEND_STORED;
+}
+
+int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8_t *record,
+                  size_t record_size)
+{
+    int outcome = ledger_append_record(txn, event->tenant_id, record, record_size);
+    if (outcome != APPEND_STORED)
+        return outcome;
     /*
      * An event of a period that is already closed is stored and rolled up like
      * any other, and the sealed invoice stays as it was. The next close of a
      * later period compares the event count with the billed one and bills the
      * difference (engine/lib/billing.c, billing_late_usage).
      */
-    struct append_context context = { txn, event, event_period_of(event->timestamp_us) };
-    rc = ledger_event_rollups(event, append_sink, &context);
+    struct append_context context;
+    context.txn = txn;
+    rollup_key_memo_start(&context.memo, event->tenant_id,
+                          period_of(txn->ledger, event->timestamp_us));
+    int rc = ledger_event_rollups(event, append_sink, &context);
     return rc == HM_OK ? APPEND_STORED : rc;
 }
 

@@ -97,6 +97,27 @@ int ledger_writer_prepare(struct ledger *ledger);
 void ledger_append_prefetch(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                             const uint8_t event_id[UUID_SIZE]);
 
+/*
+ * Appends one event given only its canonical record, which the caller has
+ * validated (record_decode): stores it as ledger_append does, but changes no
+ * rollup. The caller adds the rollup changes of the events that come back
+ * APPEND_STORED with ledger_rollups_apply, in the same transaction, so that
+ * the rollups still equal the stored events at commit.
+ */
+int ledger_append_record(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
+                         const uint8_t *record, size_t record_size);
+
+struct rollup_deltas;
+
+/*
+ * Within a write transaction: adds summed rollup changes (rollup/deltas.h)
+ * to the stored rollups, or takes them away with `subtract` set (for events
+ * that a batch counted but that turned out to be duplicates). HM_ERR_STORAGE
+ * when a subtraction would go below zero, which only a bug can cause.
+ */
+int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *deltas,
+                         int subtract);
+
 /* ---- Arrival order ---- */
 
 /*
@@ -154,6 +175,18 @@ struct rollup_row {
     unsigned __int128 quantity;
     uint64_t event_count;
 };
+
+/* Receives one rollup change of an event. */
+typedef int (*rollup_sink)(void *context, enum rollup_meter meter, const char *dimension,
+                           uint64_t quantity);
+
+/*
+ * Maps one event to its rollup changes: one ROLLUP_EVENTS count under its
+ * kind, then its metered quantities. Returns the first error of sink, or
+ * HM_ERR_INVALID for an unknown event kind. This is the one rule of what an
+ * event adds to the rollups.
+ */
+int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context);
 
 /*
  * Reads every rollup row of a tenant's period, plus one

@@ -51,13 +51,13 @@ enum table {
 #define BLOCK_KEY_SIZE (UUID_SIZE + 8)
 
 struct dedup_index;
-struct rollup_delta;
+struct rollup_deltas;
 
 /*
- * Rollup changes of the open write transaction, summed in memory and
- * written once per key at commit (or when the table is half full).
+ * Keys of summed rollup changes that ledger_append keeps in memory before
+ * it writes them; the rest are written at commit.
  */
-#define ROLLUP_DELTAS_MAX 4096
+#define ROLLUP_DELTAS_MAX 2048
 
 struct ledger {
     MDB_env *env;
@@ -72,8 +72,9 @@ struct ledger {
     /* Writer state, made by the first append of the process and reused by every transaction. */
     struct dedup_index *dedup;
     uint8_t *block;                /* the pending block: header and records */
-    struct rollup_delta *deltas;   /* ROLLUP_DELTAS_MAX slots, open addressing */
-    uint16_t *delta_used;          /* indexes of the occupied delta slots */
+    struct rollup_deltas *deltas;  /* rollup changes of ledger_append, written at commit */
+    int64_t period_day_start_us;   /* the UTC day whose period append saw last; see period_of */
+    uint32_t period_day;           /* 0: none yet */
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */
@@ -94,7 +95,6 @@ struct ledger_txn {
     uint64_t block_first;  /* arrival number of its first record */
     uint32_t block_count;  /* 0: no pending block */
     size_t block_size;     /* bytes in ledger->block, header included */
-    size_t delta_count;    /* occupied slots of ledger->deltas */
     struct seq_cache_entry seq_cache[SEQ_CACHE_SIZE];
 };
 
@@ -319,17 +319,6 @@ struct row_list {
  */
 struct rollup_row *ledger_row_list_find(struct row_list *list, enum rollup_meter meter,
                                         const char *dimension);
-
-/* Receives one rollup change of an event. */
-typedef int (*rollup_sink)(void *context, enum rollup_meter meter, const char *dimension,
-                           uint64_t quantity);
-
-/*
- * Maps one event to its rollup changes: one ROLLUP_EVENTS count under its
- * kind, then its metered quantities. Returns the first error of sink, or
- * HM_ERR_INVALID for an unknown event kind.
- */
-int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context);
 
 /*
  * Recounts into list the rollup rows of a tenant's stored events whose

@@ -1,7 +1,9 @@
 #include "store.h"
 
 #include "common/status.h"
+#include "rollup/deltas.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static int lookup_begin(void *context)
@@ -51,7 +53,65 @@ static void log_conflict(struct store *store, const struct event *event)
  */
 #define PREFETCH_AHEAD 16
 
-/* Appends the events of one accepted frame. */
+/*
+ * Records ahead of the one being appended whose id index slots are fetched
+ * meanwhile: each probe is a random memory access, and several in flight
+ * hide most of their latency.
+ */
+#define PREFETCH_AHEAD 16
+
+static size_t record_size_of(const uint8_t *record)
+{
+    return (size_t)record[2] | (size_t)record[3] << 8;
+}
+
+/*
+ * On the loop's thread: sums the rollup changes of a frame's events into its
+ * batch's table, so that the commit thread only stores records.
+ */
+static int prepare(void *context, struct ingest_batch *batch, const struct batch_entry *entry,
+                   const uint8_t *body)
+{
+    struct store *store = context;
+    struct rollup_deltas *deltas = batch->hook_state;
+    if (deltas == NULL) {
+        if (store->batch_state_count == STORE_BATCH_STATES_MAX)
+            return HM_ERR_NOMEM;
+        int rc = rollup_deltas_create(&deltas, 1024);
+        if (rc != HM_OK)
+            return rc;
+        store->batch_states[store->batch_state_count++] = deltas;
+        batch->hook_state = deltas;
+    }
+    /* Room first, so that a frame adds all of its changes or none. */
+    int rc = rollup_deltas_reserve(deltas, (size_t)entry->event_count * ROLLUP_CHANGES_MAX);
+    if (rc != HM_OK)
+        return rc;
+    size_t offset = 0;
+    for (uint16_t i = 0; i < entry->event_count; i++) {
+        struct event event;
+        const char *reason = NULL;
+        /* The server verified every record, so a failure here is a bug. */
+        if (record_decode(body, entry->body_size, &offset, entry->tenant_id, &event, &reason))
+            return HM_ERR_INVALID;
+        if ((rc = rollup_deltas_add_event(deltas, &event)) != HM_OK)
+            return rc;
+    }
+    return HM_OK;
+}
+
+static void batch_reset(void *context, struct ingest_batch *batch)
+{
+    (void)context;
+    if (batch->hook_state != NULL)
+        rollup_deltas_clear(batch->hook_state);
+}
+
+/*
+ * Stores the records of one accepted frame. The batch's rollup changes
+ * count every event, so those of a duplicate or a conflict go to
+ * store->not_stored, to be taken away again.
+ */
 static int append_frame(struct store *store, struct ledger_txn *txn, struct batch_entry *entry,
                         const uint8_t *body)
 {
@@ -60,25 +120,32 @@ static int append_frame(struct store *store, struct ledger_txn *txn, struct batc
     for (uint16_t i = 0; i < entry->event_count; i++) {
         while (ahead_index < entry->event_count && ahead_index < i + PREFETCH_AHEAD &&
                ahead + RECORD_HEADER_SIZE <= entry->body_size) {
-            size_t size = (size_t)body[ahead + 2] | (size_t)body[ahead + 3] << 8;
+            size_t size = record_size_of(body + ahead);
             if (size < RECORD_HEADER_SIZE)
                 break;
-            ledger_append_prefetch(txn, entry->tenant_id, body + ahead + 4);
+            ledger_append_prefetch(txn, entry->tenant_id, body + ahead + RECORD_ID_AT);
             ahead += size;
             ahead_index++;
         }
-        struct event event;
-        const char *reason = NULL;
-        size_t start = offset;
-        /* The server verified every record, so a failure here is a bug. */
-        if (record_decode(body, entry->body_size, &offset, entry->tenant_id, &event, &reason))
-            return HM_ERR_INVALID;
-        int outcome = ledger_append(txn, &event, body + start, offset - start);
+        const uint8_t *record = body + offset;
+        size_t size = record_size_of(record);
+        int outcome = ledger_append_record(txn, entry->tenant_id, record, size);
+        offset += size;
         if (outcome < 0)
             return outcome;
         if (outcome == APPEND_STORED) {
             entry->stored++;
-        } else if (outcome == APPEND_DUPLICATE) {
+            continue;
+        }
+        struct event event;
+        size_t at = 0;
+        const char *reason = NULL;
+        if (record_decode(record, size, &at, entry->tenant_id, &event, &reason))
+            return HM_ERR_INVALID;
+        int rc = rollup_deltas_add_event(store->not_stored, &event);
+        if (rc != HM_OK)
+            return rc;
+        if (outcome == APPEND_DUPLICATE) {
             entry->duplicates++;
         } else {
             entry->conflicts++;
@@ -91,6 +158,12 @@ static int append_frame(struct store *store, struct ledger_txn *txn, struct batc
 static int commit(void *context, struct ingest_batch *batch)
 {
     struct store *store = context;
+    if (store->not_stored == NULL) {
+        int rc = rollup_deltas_create(&store->not_stored, 64);
+        if (rc != HM_OK)
+            return rc;
+    }
+    rollup_deltas_clear(store->not_stored);
     struct ledger_txn *txn;
     int rc = ledger_begin(store->ledger, &txn);
     if (rc != HM_OK)
@@ -105,7 +178,25 @@ static int commit(void *context, struct ingest_batch *batch)
             return rc;
         }
     }
+    /* Every accepted frame was prepared, so the batch has its table of changes. */
+    if (batch->hook_state != NULL)
+        rc = ledger_rollups_apply(txn, batch->hook_state, 0);
+    if (rc == HM_OK)
+        rc = ledger_rollups_apply(txn, store->not_stored, 1);
+    if (rc != HM_OK) {
+        ledger_abort(txn);
+        return rc;
+    }
     return ledger_commit(txn);
+}
+
+void store_release(struct store *store)
+{
+    for (size_t i = 0; i < store->batch_state_count; i++)
+        rollup_deltas_free(store->batch_states[i]);
+    store->batch_state_count = 0;
+    rollup_deltas_free(store->not_stored);
+    store->not_stored = NULL;
 }
 
 void store_hooks(struct store *store, struct server_hooks *hooks)
@@ -116,4 +207,6 @@ void store_hooks(struct store *store, struct server_hooks *hooks)
     hooks->lookup_end = lookup_end;
     hooks->key_lookup = key_lookup;
     hooks->commit = commit;
+    hooks->prepare = prepare;
+    hooks->batch_reset = batch_reset;
 }
