@@ -280,3 +280,56 @@ Test(server, thousand_frames_acked_in_order)
     close(fd);
     cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), FRAMES);
 }
+
+Test(server, mixed_frame_counts_new_events_only)
+{
+    struct event first[2] = { harness_inference(10, "m-mix", 1000, 100),
+                              harness_inference(11, "m-mix", 2000, 200) };
+    size_t size = harness_frame(frame, &tenant_a, 1, first, 2);
+    cr_assert_eq(harness_send_frame(&server, frame, size).stored, 2);
+
+    /* A resend, a changed event under a stored id, a new event and that new event again. */
+    struct event mixed[4] = { harness_inference(10, "m-mix", 1000, 100),
+                              harness_inference(11, "m-mix", 2000, 999),
+                              harness_inference(12, "m-mix", 4000, 400),
+                              harness_inference(12, "m-mix", 4000, 400) };
+    size = harness_frame(frame, &tenant_a, 2, mixed, 4);
+    struct frame_ack ack = harness_send_frame(&server, frame, size);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_expect_eq(ack.stored, 1);
+    cr_expect_eq(ack.duplicates, 2);
+    cr_expect_eq(ack.conflicts, 1);
+    cr_expect_eq(harness_quantity(&server, tenant_a.id, ROLLUP_INPUT_TOKENS, "m-mix"), 7000);
+    cr_expect_eq(harness_quantity(&server, tenant_a.id, ROLLUP_OUTPUT_TOKENS, "m-mix"), 700);
+    cr_expect_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), 3);
+    struct ledger *ledger = NULL;
+    cr_assert_eq(ledger_open(&ledger, server.dir, NULL), HM_OK);
+    cr_expect_eq(ledger_verify(ledger, tenant_a.id, 202406), HM_OK);
+    ledger_close(ledger);
+}
+
+Test(server, resent_frames_in_one_batch_counted_once)
+{
+    /* 50 frames written back to back, each resent at once, so that copies share batches. */
+    int fd = harness_connect(&server);
+    for (uint8_t i = 0; i < 50; i++) {
+        struct event event = harness_inference((uint8_t)(100 + i), "m-batch", 10, 1);
+        size_t size = harness_frame(frame, &tenant_b, (uint64_t)i * 2 + 1, &event, 1);
+        /* The same bytes twice, under the same frame id. */
+        harness_send_all(fd, frame, size);
+        harness_send_all(fd, frame, size);
+    }
+    uint32_t stored = 0, duplicates = 0;
+    for (int i = 0; i < 100; i++) {
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(fd, &ack), 0, "ack %d missing", i);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED);
+        stored += ack.stored;
+        duplicates += ack.duplicates;
+    }
+    close(fd);
+    cr_expect_eq(stored, 50);
+    cr_expect_eq(duplicates, 50);
+    cr_expect_eq(harness_quantity(&server, tenant_b.id, ROLLUP_INPUT_TOKENS, "m-batch"), 500);
+    cr_expect_eq(harness_quantity(&server, tenant_b.id, ROLLUP_EVENTS, "inference"), 50);
+}
