@@ -83,15 +83,15 @@ enum op {
 /*
  * The commit thread: it runs the commit hook on one batch at a time, so that
  * the loop receives and verifies the next batch while the previous one is
- * written and synced. The loop hands a batch over under `lock`; the thread
- * signals `finished` and writes to `event_fd`, whose read completes in the
- * ring and wakes the loop.
+ * written and synced. The loop hands a batch over under `lock`. When done,
+ * the thread signals `finished` and writes to `event_fd`, whose read
+ * completes in the ring and wakes the loop.
  */
 struct committer {
     pthread_t thread;
     int started;
     pthread_mutex_t lock;
-    pthread_cond_t wake;     /* the loop handed over a batch, or asks the thread to quit */
+    pthread_cond_t wake;     /* the loop handed over a batch, or set `quit` */
     pthread_cond_t finished; /* the thread finished a batch */
     struct ingest_batch *batch; /* being committed; NULL when the thread is idle */
     int result;              /* of the last commit, valid while `done` is set */
@@ -169,7 +169,7 @@ struct server {
     uint32_t parsing;
     struct udp_buffer *udp_buffers;
     /*
-     * Two batches: `filling` takes the frames that arrive, `committing` is
+     * Two batches. `filling` takes the frames that arrive. `committing` is
      * with the commit thread (in_flight), or held while the ledger is full,
      * or NULL. A batch goes to the thread as soon as the previous one is done.
      */

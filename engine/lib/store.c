@@ -48,14 +48,7 @@ static void log_conflict(struct store *store, const struct event *event)
 
 /*
  * Records ahead of the one being appended whose id index slots are fetched
- * meanwhile: each probe is a random memory access, and several in flight
- * hide most of their latency.
- */
-#define PREFETCH_AHEAD 16
-
-/*
- * Records ahead of the one being appended whose id index slots are fetched
- * meanwhile: each probe is a random memory access, and several in flight
+ * meanwhile. Each probe is a random memory access, and several in flight
  * hide most of their latency.
  */
 #define PREFETCH_AHEAD 16

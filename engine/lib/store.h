@@ -11,7 +11,7 @@
 
 struct rollup_deltas;
 
-/* Batches of a server that can have state of the store: the server has two. */
+/* Batches of a server that can carry state of the store; the server has two. */
 #define STORE_BATCH_STATES_MAX 8
 
 struct store {
