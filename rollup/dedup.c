@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <sys/random.h>
 
 /* Slots of a new index: 1 MiB, grown by doubling as events are stored. */
@@ -43,6 +45,12 @@ static void table_free_slots(struct dedup_table *table)
 static void *spare_make(void *context)
 {
     struct dedup_index *index = context;
+    /*
+     * The lowest priority: the table is needed only later, and the ingest
+     * loop and the commit thread must not wait for the CPU meanwhile. On
+     * Linux a thread's nice value is its own. A failure only makes it slower.
+     */
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
     size_t bytes = (index->spare.mask + 1) * sizeof(struct dedup_slot);
     void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (slots == MAP_FAILED) {
