@@ -290,7 +290,8 @@ int events_count(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UU
 
 /*
  * Visits every stored record of every tenant, tenant by tenant, without the
- * arrival order of the older tables (seq 0 for those records).
+ * arrival order of the older tables (seq 0 for those records). A corrupt
+ * block is HM_ERR_STORAGE after the records before the fault were visited.
  */
 int records_each_all(struct ledger *ledger, MDB_txn *txn, record_visit visit, void *context);
 
