@@ -122,8 +122,9 @@ static void verify(const uint8_t *frame, size_t size, uint8_t window)
     struct frame_header header;
     uint16_t detail = 0;
     const char *reason = NULL;
-    enum frame_status status = frame_verify(frame, size, &hooks, &policy, &header, &detail,
-                                            &reason);
+    static struct event events[FRAME_EVENTS_MAX];
+    enum frame_status status = frame_verify(frame, size, &hooks, &policy, &header, events,
+                                            &detail, &reason);
     FUZZ_CHECK((unsigned)status < FRAME_STATUS_COUNT, "status %d", (int)status);
     int indexed = status == FRAME_MALFORMED || status == FRAME_EVENT_TOO_OLD ||
                   status == FRAME_EVENT_IN_FUTURE;
@@ -139,6 +140,9 @@ static void verify(const uint8_t *frame, size_t size, uint8_t window)
                    "accepted for another tenant");
         FUZZ_CHECK(header.event_count > 0, "accepted an empty frame");
         check_canonical(frame + FRAME_HEADER_SIZE, header.body_size, header.event_count);
+        for (uint16_t i = 0; i < header.event_count; i++)
+            FUZZ_CHECK(memcmp(events[i].tenant_id, tenant_id, UUID_SIZE) == 0,
+                       "decoded event %u of an accepted frame has another tenant", i);
     }
     /* The expired key is past its expiry at NOW_US, so it never gets further than its state. */
     if (size >= FRAME_HEADER_SIZE && header.key_id == (KEY_ID ^ 2))

@@ -168,6 +168,7 @@ struct server {
      */
     uint32_t parsing;
     struct udp_buffer *udp_buffers;
+    struct event *events; /* FRAME_EVENTS_MAX: the decoded events of the frame being verified */
     /*
      * Two batches. `filling` takes the frames that arrive. `committing` is
      * with the commit thread (in_flight), or held while the ledger is full,
@@ -824,7 +825,8 @@ static void frame_receive(struct server *server, int32_t connection_index, const
     server->policy.now_us = realtime_us();
     enum frame_status status = server->lookup_open
                                    ? frame_verify(frame, frame_size, server->hooks,
-                                                  &server->policy, &header, &detail, &reason)
+                                                  &server->policy, &header, server->events,
+                                                  &detail, &reason)
                                    : FRAME_STORE_FAILED;
     size_t body_size = status == FRAME_ACCEPTED ? header.body_size : 0;
 
@@ -871,7 +873,9 @@ static void frame_receive(struct server *server, int32_t connection_index, const
         memcpy(body, frame + FRAME_HEADER_SIZE, header.body_size);
         batch->arena_size += header.body_size;
         const struct server_hooks *hooks = server->hooks;
-        int rc = hooks->prepare ? hooks->prepare(hooks->context, batch, entry, body) : HM_OK;
+        int rc = hooks->prepare ? hooks->prepare(hooks->context, batch, entry, body,
+                                                 server->events)
+                                : HM_OK;
         if (rc != HM_OK) {
             batch->arena_size -= header.body_size;
             entry->status = FRAME_STORE_FAILED;
@@ -1628,6 +1632,7 @@ static int server_setup(struct server *server, sigset_t *signals)
     server->slot_count = server->connections_max + EVICTED_SLOTS;
     server->connections = calloc(server->slot_count, sizeof *server->connections);
     server->udp_buffers = calloc(UDP_BUFFERS, sizeof *server->udp_buffers);
+    server->events = calloc(FRAME_EVENTS_MAX, sizeof *server->events);
     int batches_allocated = 1;
     for (int i = 0; i < 2; i++) {
         struct ingest_batch *batch = &server->batches[i];
@@ -1638,7 +1643,7 @@ static int server_setup(struct server *server, sigset_t *signals)
         batches_allocated &= batch->entries != NULL && batch->arena != NULL;
     }
     server->filling = &server->batches[0];
-    if (!server->connections || !server->udp_buffers || !batches_allocated) {
+    if (!server->connections || !server->udp_buffers || !server->events || !batches_allocated) {
         log_error("server", "out of memory at startup");
         return HM_ERR_NOMEM;
     }
@@ -1746,6 +1751,7 @@ static void server_teardown(struct server *server)
         close(server->signal_fd);
     free(server->connections);
     free(server->udp_buffers);
+    free(server->events);
     for (int i = 0; i < 2; i++) {
         free(server->batches[i].entries);
         free(server->batches[i].arena);

@@ -64,12 +64,13 @@ struct server_hooks {
     int (*commit)(void *context, struct ingest_batch *batch);
     /*
      * Optional. Called on the loop's thread for each accepted frame once its
-     * body is in the batch arena, before the batch goes to the commit hook:
-     * work done here overlaps the commit of the previous batch. An error
-     * acknowledges the frame with FRAME_STORE_FAILED.
+     * body is in the batch arena, with its events as frame_verify decoded
+     * them (entry->event_count of them), before the batch goes to the commit
+     * hook: work done here overlaps the commit of the previous batch. An
+     * error acknowledges the frame with FRAME_STORE_FAILED.
      */
     int (*prepare)(void *context, struct ingest_batch *batch, const struct batch_entry *entry,
-                   const uint8_t *body);
+                   const uint8_t *body, const struct event *events);
     /*
      * Optional. Called on the loop's thread when a batch is emptied after
      * its acks were queued or its frames were dropped, so that the hooks can
@@ -160,11 +161,14 @@ int server_run(const struct server_options *options, const struct server_hooks *
  * Verifies one complete frame (header, key, MAC, key state, tenant, every
  * record, the event time window) and returns its status. On FRAME_MALFORMED,
  * FRAME_EVENT_TOO_OLD and FRAME_EVENT_IN_FUTURE, *detail_out is the index of
- * the first bad event and *reason_out describes it.
+ * the first bad event and *reason_out describes it. When events_out is not
+ * NULL (room for FRAME_EVENTS_MAX events), it receives the decoded events
+ * of an accepted frame, in order.
  */
 enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,
                                const struct server_hooks *hooks,
                                const struct verify_policy *policy, struct frame_header *header,
-                               uint16_t *detail_out, const char **reason_out);
+                               struct event *events_out, uint16_t *detail_out,
+                               const char **reason_out);
 
 #endif

@@ -26,7 +26,8 @@ static enum frame_status event_time_check(const struct verify_policy *policy, in
 enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,
                                const struct server_hooks *hooks,
                                const struct verify_policy *policy, struct frame_header *header,
-                               uint16_t *detail_out, const char **reason_out)
+                               struct event *events_out, uint16_t *detail_out,
+                               const char **reason_out)
 {
     *detail_out = 0;
     *reason_out = NULL;
@@ -68,14 +69,15 @@ enum frame_status frame_verify(const uint8_t *frame, size_t frame_size,
     uint16_t window_index = 0;
     const char *window_reason = NULL;
     for (uint16_t i = 0; i < header->event_count; i++) {
-        struct event event;
-        if (record_decode(body, header->body_size, &offset, header->tenant_id, &event,
+        struct event decoded;
+        struct event *event = events_out != NULL ? &events_out[i] : &decoded;
+        if (record_decode(body, header->body_size, &offset, header->tenant_id, event,
                           reason_out) != HM_OK) {
             *detail_out = i;
             return FRAME_MALFORMED;
         }
         if (window_status == FRAME_ACCEPTED) {
-            window_status = event_time_check(policy, event.timestamp_us, &window_reason);
+            window_status = event_time_check(policy, event->timestamp_us, &window_reason);
             window_index = i;
         }
     }

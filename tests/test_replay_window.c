@@ -433,7 +433,7 @@ static enum frame_status verify_at(int64_t now, int64_t max_age_us, int64_t max_
     struct verify_policy policy = { now, max_age_us, max_skew_us };
     struct frame_header header;
     const char *reason = NULL;
-    return frame_verify(frame, size, &hooks, &policy, &header, detail, &reason);
+    return frame_verify(frame, size, &hooks, &policy, &header, NULL, detail, &reason);
 }
 
 Test(verify, window_boundaries_exact)

@@ -63,8 +63,9 @@ static size_t record_size_of(const uint8_t *record)
  * batch's table, so that the commit thread only stores records.
  */
 static int prepare(void *context, struct ingest_batch *batch, const struct batch_entry *entry,
-                   const uint8_t *body)
+                   const uint8_t *body, const struct event *events)
 {
+    (void)body;
     struct store *store = context;
     struct rollup_deltas *deltas = batch->hook_state;
     if (deltas == NULL) {
@@ -80,14 +81,8 @@ static int prepare(void *context, struct ingest_batch *batch, const struct batch
     int rc = rollup_deltas_reserve(deltas, (size_t)entry->event_count * ROLLUP_CHANGES_MAX);
     if (rc != HM_OK)
         return rc;
-    size_t offset = 0;
     for (uint16_t i = 0; i < entry->event_count; i++) {
-        struct event event;
-        const char *reason = NULL;
-        /* The server verified every record, so a failure here is a bug. */
-        if (record_decode(body, entry->body_size, &offset, entry->tenant_id, &event, &reason))
-            return HM_ERR_INVALID;
-        if ((rc = rollup_deltas_add_event(deltas, &event)) != HM_OK)
+        if ((rc = rollup_deltas_add_event(deltas, &events[i])) != HM_OK)
             return rc;
     }
     return HM_OK;
