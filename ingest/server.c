@@ -29,6 +29,12 @@
  * kernel can hand over while a commit blocks the loop (64 KiB each).
  */
 #define UDP_BUFFERS 128
+/*
+ * Kernel receive buffer of the UDP socket: 32 MiB hold about 10,000
+ * datagrams of 1,400 bytes (the kernel counts about twice each datagram's
+ * size), a few milliseconds of a fast sender.
+ */
+#define UDP_RECEIVE_BUFFER (32 * 1024 * 1024)
 /* Initial TCP receive buffer; it grows up to FRAME_SIZE_MAX for a large frame. */
 #define RECV_BUFFER_INITIAL (64 * 1024)
 /* Pending ack bytes above which the server stops reading from a connection until its acks drain. */
@@ -293,9 +299,21 @@ static int socket_bind(const char *host, uint16_t port, int type, uint16_t *boun
     int on = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     if (type == SOCK_DGRAM) {
-        int buffer = 8 * 1024 * 1024;
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+        /*
+         * The datagrams that arrive while the loop is busy wait here.
+         * SO_RCVBUFFORCE (root, or CAP_NET_ADMIN) may pass net.core.rmem_max;
+         * otherwise SO_RCVBUF asks for the same and gets at most rmem_max.
+         */
+        int buffer = UDP_RECEIVE_BUFFER;
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
         setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &on, sizeof on);
+        int granted = 0;
+        socklen_t granted_size = sizeof granted;
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &granted_size) == 0 &&
+            granted < buffer)
+            log_info("server", "udp receive buffer is %d bytes, below the %d asked for; raise "
+                     "net.core.rmem_max or run meterd with CAP_NET_ADMIN", granted, buffer);
     }
     /*
      * A server killed a moment ago may still hold the port while the kernel
