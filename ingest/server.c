@@ -1158,6 +1158,8 @@ static void commit_batch(struct server *server)
 {
     commit_collect(server, 0);
     commit_batch_now(server, 0);
+    /* A batch of rejects only is done at once, and its acks must not wait for the next wakeup. */
+    commit_collect(server, 0);
 }
 
 /*

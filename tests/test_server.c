@@ -333,3 +333,31 @@ Test(server, resent_frames_in_one_batch_counted_once)
     cr_expect_eq(harness_quantity(&server, tenant_b.id, ROLLUP_INPUT_TOKENS, "m-batch"), 500);
     cr_expect_eq(harness_quantity(&server, tenant_b.id, ROLLUP_EVENTS, "inference"), 50);
 }
+
+Test(server, reject_acks_not_held_for_tick)
+{
+    /*
+     * A batch of rejected frames only has nothing to commit; its acks must
+     * go out at once, not with the loop's next timer tick (250 ms). Ten
+     * rejects in turn, each awaited: held for the tick they take about
+     * 1.25 s together, sent at once a few milliseconds.
+     */
+    struct event event = harness_inference(9, "m-large", 10, 1);
+    int fd = harness_connect(&server);
+    struct timespec started, ended;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    for (uint64_t i = 0; i < 10; i++) {
+        size_t size = harness_frame(frame, &tenant_a, 100 + i, &event, 1);
+        frame[FRAME_HEADER_SIZE + 5] ^= 0x01;
+        harness_send_all(fd, frame, size);
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack for reject %llu",
+                     (unsigned long long)i);
+        cr_assert_eq(ack.status, FRAME_BAD_MAC);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    close(fd);
+    double seconds = (double)(ended.tv_sec - started.tv_sec) +
+                     (double)(ended.tv_nsec - started.tv_nsec) / 1e9;
+    cr_expect_lt(seconds, 0.6, "ten reject acks took %.3f s", seconds);
+}
