@@ -107,7 +107,7 @@ uint64_t rollup_key_hash(const uint8_t *bytes, size_t size)
 
 int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo,
                       enum rollup_meter meter, const char *dimension,
-                      unsigned __int128 quantity, uint64_t count)
+                      unsigned __int128 quantity, uint64_t count, size_t *slot_out)
 {
     if (memo->dimension != dimension) {
         memo->dimension = dimension;
@@ -131,12 +131,16 @@ int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo
             delta->quantity = quantity;
             delta->count = count;
             deltas->used[deltas->count++] = slot;
+            if (slot_out != NULL)
+                *slot_out = slot;
             return HM_OK;
         }
         if (delta->hash == hash && delta->key_size == memo->key_size &&
             memcmp(delta->key, memo->key, memo->key_size) == 0) {
             delta->quantity += quantity;
             delta->count += count;
+            if (slot_out != NULL)
+                *slot_out = slot;
             return HM_OK;
         }
         slot = (slot + 1) & deltas->mask;
@@ -152,7 +156,7 @@ static int event_sink(void *context, enum rollup_meter meter, const char *dimens
                       uint64_t quantity)
 {
     struct event_sink *sink = context;
-    return rollup_deltas_add(sink->deltas, &sink->memo, meter, dimension, quantity, 1);
+    return rollup_deltas_add(sink->deltas, &sink->memo, meter, dimension, quantity, 1, NULL);
 }
 
 int rollup_deltas_add_event(struct rollup_deltas *deltas, const struct event *event)
@@ -161,4 +165,85 @@ int rollup_deltas_add_event(struct rollup_deltas *deltas, const struct event *ev
     sink.deltas = deltas;
     rollup_key_memo_start(&sink.memo, event->tenant_id, event_period_of(event->timestamp_us));
     return ledger_event_rollups(event, event_sink, &sink);
+}
+
+/*
+ * Keys that a run of events of one tenant changed last, with their slots:
+ * the events of a frame share a few periods, models and kinds, so most of
+ * their changes find their slot here without building and hashing the key.
+ */
+#define SLOT_CACHE_SIZE 16
+
+struct cached_slot {
+    enum rollup_meter meter;
+    uint32_t period;
+    const char *dimension; /* borrowed from an event of the run */
+    size_t slot;
+};
+
+struct events_sink {
+    struct event_sink base;
+    struct cached_slot cache[SLOT_CACHE_SIZE];
+    size_t cache_count;
+    size_t cache_next; /* the entry to replace when the cache is full */
+};
+
+static int events_sink(void *context, enum rollup_meter meter, const char *dimension,
+                       uint64_t quantity)
+{
+    struct events_sink *sink = context;
+    uint32_t period = sink->base.memo.period;
+    for (size_t i = 0; i < sink->cache_count; i++) {
+        const struct cached_slot *cached = &sink->cache[i];
+        if (cached->meter == meter && cached->period == period &&
+            strcmp(cached->dimension, dimension) == 0) {
+            struct rollup_delta *delta = &sink->base.deltas->slots[cached->slot];
+            delta->quantity += quantity;
+            delta->count++;
+            return HM_OK;
+        }
+    }
+    size_t slot;
+    int rc = rollup_deltas_add(sink->base.deltas, &sink->base.memo, meter, dimension, quantity,
+                               1, &slot);
+    if (rc != HM_OK)
+        return rc;
+    size_t at = sink->cache_count < SLOT_CACHE_SIZE ? sink->cache_count++ : sink->cache_next++;
+    sink->cache_next %= SLOT_CACHE_SIZE;
+    sink->cache[at] = (struct cached_slot){ meter, period, dimension, slot };
+    return HM_OK;
+}
+
+int rollup_deltas_add_events(struct rollup_deltas *deltas, const struct event *events,
+                             size_t count)
+{
+    for (size_t i = 1; i < count; i++) {
+        if (memcmp(events[i].tenant_id, events[0].tenant_id, UUID_SIZE) != 0)
+            return HM_ERR_INVALID;
+    }
+    /* Cached slots stay valid only while the table does not grow. */
+    int rc = rollup_deltas_reserve(deltas, count * ROLLUP_CHANGES_MAX);
+    if (rc != HM_OK)
+        return rc;
+    struct events_sink sink;
+    sink.base.deltas = deltas;
+    sink.cache_count = 0;
+    sink.cache_next = 0;
+    int64_t day_start_us = INT64_MIN, day_end_us = INT64_MIN;
+    uint32_t period = 0;
+    for (size_t i = 0; i < count && rc == HM_OK; i++) {
+        const struct event *event = &events[i];
+        /* The period of a UTC day, remembered: most events of a run fall on a few days. */
+        if (event->timestamp_us < day_start_us || event->timestamp_us >= day_end_us) {
+            int64_t day_us = INT64_C(86400000000);
+            day_start_us = event->timestamp_us / day_us * day_us;
+            if (event->timestamp_us % day_us < 0)
+                day_start_us -= day_us;
+            day_end_us = day_start_us + day_us;
+            period = event_period_of(event->timestamp_us);
+        }
+        rollup_key_memo_start(&sink.base.memo, event->tenant_id, period);
+        rc = ledger_event_rollups(event, events_sink, &sink);
+    }
+    return rc;
 }

@@ -44,6 +44,16 @@ int rollup_deltas_reserve(struct rollup_deltas *deltas, size_t keys);
  */
 int rollup_deltas_add_event(struct rollup_deltas *deltas, const struct event *event);
 
+/*
+ * Adds the rollup changes of `count` events of one tenant, such as a frame's,
+ * with the same result as rollup_deltas_add_event for each, but faster: the
+ * keys that the events share are looked up once. Makes room first, so that
+ * either every change is added or, on HM_ERR_NOMEM, none. HM_ERR_INVALID
+ * when the events belong to more than one tenant (and nothing is added).
+ */
+int rollup_deltas_add_events(struct rollup_deltas *deltas, const struct event *events,
+                             size_t count);
+
 /* Keys that one event changes at most: its event count and three token meters. */
 #define ROLLUP_CHANGES_MAX 4
 

@@ -62,11 +62,12 @@ static inline size_t rollup_key(uint8_t *key, const uint8_t tenant_id[UUID_SIZE]
 uint64_t rollup_key_hash(const uint8_t *bytes, size_t size);
 
 /*
- * Adds a change of `count` events to a key. HM_ERR_NOMEM when the table had
- * to grow and could not.
+ * Adds a change of `count` events to a key, and sets *slot_out to the key's
+ * slot when slot_out is not NULL. HM_ERR_NOMEM when the table had to grow
+ * and could not.
  */
 int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo,
                       enum rollup_meter meter, const char *dimension,
-                      unsigned __int128 quantity, uint64_t count);
+                      unsigned __int128 quantity, uint64_t count, size_t *slot_out);
 
 #endif

@@ -571,7 +571,7 @@ static int append_sink(void *context, enum rollup_meter meter, const char *dimen
 {
     struct append_context *append = context;
     int rc = rollup_deltas_add(append->txn->ledger->deltas, &append->memo, meter, dimension,
-                               quantity, 1);
+                               quantity, 1, NULL);
     if (rc != HM_OK)
         return rc;
     /* Past the limit the changes are written now, so that the table stays small. */

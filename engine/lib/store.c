@@ -77,15 +77,8 @@ static int prepare(void *context, struct ingest_batch *batch, const struct batch
         store->batch_states[store->batch_state_count++] = deltas;
         batch->hook_state = deltas;
     }
-    /* Room first, so that a frame adds all of its changes or none. */
-    int rc = rollup_deltas_reserve(deltas, (size_t)entry->event_count * ROLLUP_CHANGES_MAX);
-    if (rc != HM_OK)
-        return rc;
-    for (uint16_t i = 0; i < entry->event_count; i++) {
-        if ((rc = rollup_deltas_add_event(deltas, &events[i])) != HM_OK)
-            return rc;
-    }
-    return HM_OK;
+    /* Every change of the frame or none: rollup_deltas_add_events makes room first. */
+    return rollup_deltas_add_events(deltas, events, entry->event_count);
 }
 
 static void batch_reset(void *context, struct ingest_batch *batch)

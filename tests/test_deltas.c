@@ -1,0 +1,126 @@
+/*
+ * Summed rollup changes: the per-run path with its cache of slots gives the
+ * same table as adding each event alone, a run of two tenants is rejected
+ * whole, and a table grows past its first size.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "rollup/deltas.h"
+#include "rollup/deltas_private.h"
+
+static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* 2023-11-01T00:00:00Z; the events spread over about 200 days from there. */
+#define NOVEMBER_1_US (INT64_C(1698796800) * 1000000)
+
+/* A varied event from a number: every kind, four models, several months and days. */
+static struct event varied(const uint8_t tenant[UUID_SIZE], uint32_t number)
+{
+    struct event event = { .timestamp_us = NOVEMBER_1_US +
+                                           (int64_t)(number * 7919u % 200) * 86400 * 1000000 };
+    memcpy(event.tenant_id, tenant, UUID_SIZE);
+    memcpy(event.event_id, &number, sizeof number);
+    switch (number % 5) {
+    case 0:
+    case 1:
+        event.kind = EVENT_INFERENCE;
+        snprintf(event.u.inference.model, sizeof event.u.inference.model, "model-%u",
+                 number % 4);
+        event.u.inference.input_tokens = 1000 + number % 97;
+        event.u.inference.cached_input_tokens = number % 3 == 0 ? 0 : number % 500;
+        event.u.inference.output_tokens = number % 7 == 0 ? 0 : 50 + number % 13;
+        break;
+    case 2:
+        event.kind = EVENT_GPU_ALLOCATION;
+        snprintf(event.u.gpu.gpu_type, sizeof event.u.gpu.gpu_type, "%s",
+                 number % 2 ? "H100" : "A100");
+        event.u.gpu.duration_s = 60 + number % 600;
+        break;
+    case 3:
+        event.kind = EVENT_STORAGE;
+        event.u.storage.bytes_stored = number;
+        event.u.storage.bytes_transferred = number % 2 ? 4096 : 0;
+        break;
+    default:
+        event.kind = EVENT_API_CALL;
+        snprintf(event.u.api.endpoint, sizeof event.u.api.endpoint, "/v1/chat");
+        event.u.api.response_code = 200;
+        break;
+    }
+    return event;
+}
+
+/* Finds the delta of a key in a table, or NULL. */
+static const struct rollup_delta *delta_find(const struct rollup_deltas *deltas,
+                                             const struct rollup_delta *wanted)
+{
+    for (size_t i = 0; i < deltas->count; i++) {
+        const struct rollup_delta *delta = &deltas->slots[deltas->used[i]];
+        if (delta->key_size == wanted->key_size &&
+            memcmp(delta->key, wanted->key, delta->key_size) == 0)
+            return delta;
+    }
+    return NULL;
+}
+
+Test(deltas, runs_equal_single_events)
+{
+    enum { EVENT_COUNT = 5000, RUN = 256 };
+    struct event *events = calloc(EVENT_COUNT, sizeof *events);
+    cr_assert_not_null(events);
+    for (uint32_t i = 0; i < EVENT_COUNT; i++)
+        events[i] = varied(tenant_a, i);
+
+    struct rollup_deltas *single, *runs;
+    cr_assert_eq(rollup_deltas_create(&single, 16), HM_OK);
+    cr_assert_eq(rollup_deltas_create(&runs, 16), HM_OK);
+    for (uint32_t i = 0; i < EVENT_COUNT; i++)
+        cr_assert_eq(rollup_deltas_add_event(single, &events[i]), HM_OK);
+    for (uint32_t i = 0; i < EVENT_COUNT; i += RUN) {
+        size_t count = EVENT_COUNT - i < RUN ? EVENT_COUNT - i : RUN;
+        cr_assert_eq(rollup_deltas_add_events(runs, events + i, count), HM_OK);
+    }
+
+    cr_assert_gt(rollup_deltas_count(single), 100, "the events should touch many keys");
+    cr_assert_eq(rollup_deltas_count(runs), rollup_deltas_count(single));
+    for (size_t i = 0; i < single->count; i++) {
+        const struct rollup_delta *want = &single->slots[single->used[i]];
+        const struct rollup_delta *have = delta_find(runs, want);
+        cr_assert_not_null(have, "key %zu of the single-event table is missing", i);
+        cr_expect(have->quantity == want->quantity, "key %zu: quantity differs", i);
+        cr_expect_eq(have->count, want->count, "key %zu: count differs", i);
+    }
+    rollup_deltas_free(single);
+    rollup_deltas_free(runs);
+    free(events);
+}
+
+Test(deltas, run_of_two_tenants_rejected_whole)
+{
+    struct event events[3] = { varied(tenant_a, 0), varied(tenant_a, 1), varied(tenant_b, 2) };
+    struct rollup_deltas *deltas;
+    cr_assert_eq(rollup_deltas_create(&deltas, 16), HM_OK);
+    cr_expect_eq(rollup_deltas_add_events(deltas, events, 3), HM_ERR_INVALID);
+    cr_expect_eq(rollup_deltas_count(deltas), 0);
+    rollup_deltas_free(deltas);
+}
+
+Test(deltas, clear_then_reuse)
+{
+    struct rollup_deltas *deltas;
+    cr_assert_eq(rollup_deltas_create(&deltas, 16), HM_OK);
+    struct event event = varied(tenant_a, 0);
+    cr_assert_eq(rollup_deltas_add_events(deltas, &event, 1), HM_OK);
+    size_t keys = rollup_deltas_count(deltas);
+    cr_assert_gt(keys, 0);
+    rollup_deltas_clear(deltas);
+    cr_expect_eq(rollup_deltas_count(deltas), 0);
+    cr_assert_eq(rollup_deltas_add_events(deltas, &event, 1), HM_OK);
+    cr_expect_eq(rollup_deltas_count(deltas), keys);
+    rollup_deltas_free(deltas);
+}
