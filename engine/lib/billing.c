@@ -570,6 +570,11 @@ int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint3
     size_t late_count = 0;
     struct book_cache cache = { .book = NULL };
     rc = late ? HM_OK : HM_ERR_NOMEM;
+    /*
+     * NOTE: every close reads the usage of each finalized period of the
+     * tenant again (its rollups and storage samples) to compare digests, so
+     * its cost grows with the months of history. meterbench closes one month.
+     */
     for (size_t i = 0; rc == HM_OK && i < count; i++) {
         const struct billed_period *billed = &periods[i];
         if (before_period != 0 && billed->period >= before_period)

@@ -9,11 +9,11 @@
  * crash leaves the old file or the new one, never a part. The temporary name is hidden (".NAME.XXXXXX"), so
  * that one left by a killed process does not match "*.json".
  *
- * A close writes a file per tenant twice over, and one fsync after another
- * costs a device cache flush each. So the files are written in batches:
- * each file of a batch is created and written, then the whole batch is
- * synced by several threads at once, which lets the block layer serve
- * concurrent syncs with shared flushes, and then each synced file is renamed.
+ * A close writes two files per tenant, and one fsync after another costs a
+ * device cache flush each. So the files are written in batches. Each file
+ * of a batch is created and written, then several threads sync the whole
+ * batch at once, because the block layer serves concurrent syncs with
+ * shared flushes. Then each synced file is renamed.
  */
 #include "billing.h"
 
@@ -115,7 +115,7 @@ static void *sync_thread(void *argument)
 
 /*
  * Syncs every staged file, several at once, then closes it and renames it
- * over its target; a file whose write, sync, close or rename failed is
+ * over its target. A file whose write, sync, close or rename failed is
  * reported, and its temporary file removed. Empties the batch.
  */
 static void file_batch_flush(struct file_batch *batch)
@@ -150,8 +150,8 @@ static void file_batch_flush(struct file_batch *batch)
 
 /*
  * Writes `text` and a newline into a new temporary file beside `path`, to
- * be synced and renamed by file_batch_flush, unless the file already holds
- * it. `number` names the document (NULL for a period's invoice file).
+ * be synced and renamed by file_batch_flush, unless the file already
+ * contains it. `number` names the document (NULL for a period's invoice file).
  */
 static void file_stage(struct file_batch *batch, const char *path, const char *text,
                        const char *number)
@@ -276,6 +276,7 @@ int billing_files_write(struct ledger *ledger, uint32_t period, const char *invo
     snprintf(files.dir, sizeof files.dir, "%s/documents", invoices_dir);
     int has_documents = 0;
     ledger_document_each(ledger, document_has_number, &has_documents);
+    /* NOTE: every call compares the files of all documents ever stored, so it grows with them. */
     if (has_documents) {
         if (directory_make(invoices_dir) == HM_OK && directory_make(files.dir) == HM_OK)
             ledger_document_each(ledger, document_file_write, &files);
