@@ -452,7 +452,7 @@ int close_phase(struct bench *bench, uint32_t tenants, uint64_t events,
     result->events_requested = events;
     uint64_t fill = events_that_fit(bench->temp_dir, events, tenants);
     if (fill == 0) {
-        snprintf(result->note, sizeof result->note, "skipped: too little free disk in %.400s for "
+        snprintf(result->note, sizeof result->note, "too little free disk in %.400s for "
                  "%" PRIu64 " events", bench->temp_dir, events);
         return HM_OK;
     }

@@ -359,7 +359,7 @@ static void write_close(FILE *file, const struct options *options,
 {
     fprintf(file, "\n], \"close\": {\"ran\": %d, \"failed\": %d, \"note\": ",
             options->close && close->ran, close->failed);
-    json_string(file, options->close ? close->note : "not run (--peers without close)");
+    json_string(file, options->close ? close->note : "--peers did not name close");
     fprintf(file, ", \"tenants\": %u, \"events_requested\": %" PRIu64 ", \"events\": %" PRIu64
             ", \"fill_seconds\": %.3f, \"ledger_bytes\": %" PRIu64 ", \"close_seconds\": %.6f, "
             "\"rerun_seconds\": %.6f, \"invoices\": %zu, \"invoice_files\": %zu, "
@@ -550,7 +550,7 @@ static void print_summary(const struct peer_result *results, const struct option
     if (!options->close)
         return;
     if (!close->ran) {
-        fprintf(stderr, "meterbench: %-15s %s\n", "close", close->note);
+        fprintf(stderr, "meterbench: %-15s skipped: %s\n", "close", close->note);
         return;
     }
     fprintf(stderr, "meterbench: %-15s %.3f s for %u tenants and %" PRIu64 " events (rerun %.3f "

@@ -149,11 +149,13 @@ def load_table(peers):
 
 
 def close_target_line(close):
-    """Return the table row of the close target, or None when the close did not run."""
-    if close is None or not close["ran"]:
+    """Return the table row of the close target, or None when the results have no close."""
+    if close is None:
         return None
     target = (f"closing a period of {number(TARGET_CLOSE_TENANTS)} tenants holding "
               f"{number(TARGET_CLOSE_EVENTS)} events in under {TARGET_CLOSE_S:g} s")
+    if not close["ran"]:
+        return f"| {target} | not measured: {close['note']} | not measured |"
     measured = (f"{close['close_seconds']:.3f} s for {number(close['tenants'])} tenants and "
                 f"{number(close['events'])} events")
     if close["failed"]:
@@ -171,7 +173,8 @@ def target_lines(peers, close):
     close_line = close_target_line(close)
     if engine is None:
         if close_line is None:
-            return ["meterd-tcp and the close did not run, so no target can be compared."]
+            return ["meterd-tcp did not run and the results have no close, so no target can "
+                    "be compared."]
         return ["| target | measured | met |", "|---|---|---|", close_line, "",
                 "meterd-tcp did not run, so its targets cannot be compared."]
     eps = engine["closed_eps"]
