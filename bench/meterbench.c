@@ -31,7 +31,7 @@ static const char usage_text[] =
     "with one month of events through the ledger API and times `meterctl close` on it.\n"
     "Writes RESULTS.md and throughput.png into the --out directory.\n"
     "\n"
-    "  --quick               a short run (about a minute): 100,000 events, loads 0.5,0.9,\n"
+    "  --quick               a short run (under a minute): 100,000 events, loads 0.5,0.9,\n"
     "                        a close of 1,000 tenants and 1,000,000 events\n"
     "  --smoke               a correctness check (a few thousand events per peer): every\n"
     "                        peer must store exactly the events sent and produce the\n"
