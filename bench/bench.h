@@ -72,6 +72,7 @@ struct pool {
     size_t frames_capacity;
     size_t event_count;
     size_t trace_event_count; /* events from the trace replay, at the start of the pool order */
+    struct event *trace_events; /* those events, decoded, in replay order */
     /* Rendered forms of the first rendered_count events (pool_render). */
     struct event *events;     /* decoded */
     struct rendered_event *rendered;
@@ -95,6 +96,15 @@ void pool_free(struct pool *pool);
 
 /* Decodes and renders the events of the first frame_count frames (once; later calls extend). */
 int pool_render(struct pool *pool, size_t frame_count);
+
+/*
+ * Draws a synthetic event: a replayed event picked at random, with a new
+ * random event id and a timestamp spread uniformly over [start_us, end_us).
+ */
+void pool_draw_event(const struct pool *pool, uint64_t *state, int64_t start_us, int64_t end_us,
+                     struct event *out);
+/* Returns the next number of the pool's deterministic generator (splitmix64). */
+uint64_t pool_random(uint64_t *state);
 
 /* Returns the number of events in the first frame_count frames. */
 size_t pool_events_in(const struct pool *pool, size_t frame_count);
@@ -157,7 +167,7 @@ void bench_sleep_until_ns(int64_t deadline_ns);
 double proc_cpu_seconds(pid_t pid);
 /* Same, summed over a process and its live direct children (PostgreSQL's backends). */
 double proc_tree_cpu_seconds(pid_t pid);
-/* VmHWM or VmRSS of a process in KiB; -1 when unreadable. */
+/* A KiB field of /proc/PID/status (VmHWM, RssAnon, RssFile, ...); -1 when unreadable. */
 long proc_status_kib(pid_t pid, const char *field);
 /* Largest VmHWM over a process and its live direct children. */
 long proc_tree_hwm_kib(pid_t pid);
@@ -269,6 +279,8 @@ struct peer_result {
     double closed_eps;
     double cpu_s;   /* of the server processes (or storage thread) during the closed loop */
     long rss_kib;   /* peak resident memory */
+    /* meterd: RssAnon (heap) and RssFile (mapped ledger) at the end of its closed loop; else -1 */
+    long rss_anon_kib, rss_file_kib;
     int count_ok;   /* stored exactly the events sent */
     int rollups_checked;
     size_t rollup_differences;
@@ -316,6 +328,33 @@ double bench_record_closed(struct peer_result *result, const struct phase *phase
 /* Compares a peer's rollups with the expected ones and records the outcome. */
 void bench_check_rollups(struct bench *bench, struct peer_result *result,
                          const struct rollup_map *got);
+
+/* ---- the close phase (close.c) ---- */
+
+struct close_result {
+    int ran; /* 0: skipped, and note gives the reason */
+    int failed;
+    char note[512];
+    uint32_t tenants;
+    uint64_t events_requested;
+    uint64_t events;       /* committed by the fill */
+    double fill_seconds;
+    uint64_t ledger_bytes; /* data.mdb on disk after the fill */
+    double close_seconds;  /* the first close: open, checks, billing_close, ledger close */
+    double rerun_seconds;  /* the same again, with every tenant's month closed */
+    size_t invoices;       /* finalized invoices of the month that passed the check */
+    size_t invoice_files;  /* files in invoices/2023-11 */
+    int64_t total_minor_min, total_minor_max, total_minor_sum; /* invoice totals, in cents */
+};
+
+/*
+ * Fills a fresh ledger in the run's temporary directory with `tenants`
+ * tenants and `events` events of November 2023 (fewer when the disk is
+ * short), closes the month as `meterctl close` does, times it, checks the
+ * invoices and times a second close. Returns HM_OK, also when skipped.
+ */
+int close_phase(struct bench *bench, uint32_t tenants, uint64_t events,
+                struct close_result *result);
 
 /* The peers; each fills its result and returns HM_OK, or an error after recording why. */
 int peer_meterd_tcp(struct bench *bench, struct peer_result *result);

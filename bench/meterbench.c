@@ -27,20 +27,27 @@ static const char usage_text[] =
     "Runs meterd and its peers on the same events in one run: meterd over TCP and UDP,\n"
     "PostgreSQL COPY, SQLite, Redis HINCRBY, raw LMDB appends and a loopback socket\n"
     "that only reads. Every server is started here on 127.0.0.1 with data under a\n"
-    "temporary directory, and stopped at the end. Writes RESULTS.md and throughput.png\n"
-    "into the --out directory.\n"
+    "temporary directory, and stopped at the end. Then the close phase fills a ledger\n"
+    "with one month of events through the ledger API and times `meterctl close` on it.\n"
+    "Writes RESULTS.md and throughput.png into the --out directory.\n"
     "\n"
-    "  --quick               a short run (under a minute): 100,000 events, loads 0.5,0.9\n"
+    "  --quick               a short run (under a minute): 100,000 events, loads 0.5,0.9,\n"
+    "                        a close of 1,000 tenants and 1,000,000 events\n"
     "  --smoke               a correctness check (a few thousand events per peer): every\n"
     "                        peer must store exactly the events sent and produce the\n"
-    "                        expected rollups; writes no report; exit status 1 otherwise\n"
+    "                        expected rollups, and the close must finalize every invoice;\n"
+    "                        writes no report; exit status 1 otherwise\n"
     "  --events N            events of the closed loop (default 1000000)\n"
     "  --loads LIST          open-loop loads as fractions of each peer's closed-loop\n"
     "                        maximum, comma-separated, each above 0 and at most 1\n"
     "                        (default 0.25,0.5,0.75,0.9)\n"
     "  --duration SECONDS    length of each open-loop phase (default 4)\n"
     "  --peers LIST          peers to run, comma-separated, from meterd-tcp, lmdb,\n"
-    "                        sqlite, postgres, redis, meterd-udp, socket (default all)\n"
+    "                        sqlite, postgres, redis, meterd-udp, socket, and close for\n"
+    "                        the close phase (default all)\n"
+    "  --close-events N      events of the close phase's month, 1000 to 1000000000\n"
+    "                        (default 100000000; fewer when the disk of TMPDIR is short)\n"
+    "  --close-tenants N     tenants of the close phase, 1 to 100000 (default 1000)\n"
     "  --events-per-frame N  events per frame and per batch, 1 to 4096 (default 256)\n"
     "  --tenants N           tenants, 1 to 64 (default 8)\n"
     "  --connections N       TCP connections to meterd and the socket, 1 to 16 (default 1)\n"
@@ -68,6 +75,9 @@ struct options {
     size_t load_count;
     double duration_s;
     int peers[PEER_COUNT];
+    int close;            /* run the close phase */
+    uint64_t close_events;
+    uint32_t close_tenants;
     uint32_t events_per_frame, tenants, connections, window, pg_connections, redis_connections;
     const char *traces;
     const char *out;
@@ -193,17 +203,20 @@ static int parse_peers(const char *text, struct options *options)
     char copy[256];
     snprintf(copy, sizeof copy, "%s", text);
     memset(options->peers, 0, sizeof options->peers);
+    options->close = 0;
     char *save = NULL;
     int any = 0;
     for (char *part = strtok_r(copy, ",", &save); part != NULL; part = strtok_r(NULL, ",", &save)) {
-        int found = 0;
+        int found = strcmp(part, "close") == 0;
+        if (found)
+            options->close = any = 1;
         for (int i = 0; i < PEER_COUNT; i++) {
             if (strcmp(part, peer_names[i]) == 0)
                 options->peers[i] = found = any = 1;
         }
         if (!found)
             return option_error("--peers", part, "meterd-tcp, lmdb, sqlite, postgres, redis, "
-                                "meterd-udp or socket");
+                                "meterd-udp, socket or close");
     }
     return any ? 0 : option_error("--peers", text, "at least one peer");
 }
@@ -217,8 +230,11 @@ static void set_mode(struct options *options, const char *mode)
         options->loads[1] = 0.9;
         options->load_count = 2;
         options->duration_s = 1;
+        options->close_events = 1000000;
     } else if (strcmp(mode, "smoke") == 0) {
         options->events = 3000;
+        options->close_events = 5000;
+        options->close_tenants = 20;
         options->loads[0] = 0.5;
         options->load_count = 1;
         options->duration_s = 0.3;
@@ -233,7 +249,8 @@ static int parse_options(int argc, char **argv, struct options *options)
                                  .loads = { 0.25, 0.5, 0.75, 0.9 }, .load_count = 4,
                                  .duration_s = 4, .events_per_frame = 256, .tenants = 8,
                                  .connections = 1, .window = 64, .pg_connections = 4,
-                                 .redis_connections = 2,
+                                 .redis_connections = 2, .close = 1,
+                                 .close_events = 100000000, .close_tenants = 1000,
                                  .traces = HM_SOURCE_DIR "/data/traces",
                                  .out = "meterbench-results" };
     for (int i = 0; i < PEER_COUNT; i++)
@@ -286,6 +303,12 @@ static int parse_options(int argc, char **argv, struct options *options)
         } else if (strcmp(option, "--events-per-frame") == 0) {
             rc = parse_unsigned(option, value, 1, FRAME_EVENTS_MAX, &number);
             options->events_per_frame = (uint32_t)number;
+        } else if (strcmp(option, "--close-events") == 0) {
+            rc = parse_unsigned(option, value, 1000, 1000000000, &number);
+            options->close_events = (uint64_t)number;
+        } else if (strcmp(option, "--close-tenants") == 0) {
+            rc = parse_unsigned(option, value, 1, 100000, &number);
+            options->close_tenants = (uint32_t)number;
         } else if (strcmp(option, "--tenants") == 0) {
             rc = parse_unsigned(option, value, 1, BENCH_TENANTS_MAX, &number);
             options->tenants = (uint32_t)number;
@@ -330,9 +353,27 @@ static void json_string(FILE *file, const char *text)
     fputc('"', file);
 }
 
+/* Writes the close phase as the "close" member of the results. */
+static void write_close(FILE *file, const struct options *options,
+                        const struct close_result *close)
+{
+    fprintf(file, "\n], \"close\": {\"ran\": %d, \"failed\": %d, \"note\": ",
+            options->close && close->ran, close->failed);
+    json_string(file, options->close ? close->note : "--peers did not name close");
+    fprintf(file, ", \"tenants\": %u, \"events_requested\": %" PRIu64 ", \"events\": %" PRIu64
+            ", \"fill_seconds\": %.3f, \"ledger_bytes\": %" PRIu64 ", \"close_seconds\": %.6f, "
+            "\"rerun_seconds\": %.6f, \"invoices\": %zu, \"invoice_files\": %zu, "
+            "\"total_minor_min\": %" PRId64 ", \"total_minor_max\": %" PRId64
+            ", \"total_minor_sum\": %" PRId64 "}",
+            close->tenants, close->events_requested, close->events, close->fill_seconds,
+            close->ledger_bytes, close->close_seconds, close->rerun_seconds, close->invoices,
+            close->invoice_files, close->invoices ? close->total_minor_min : 0,
+            close->total_minor_max, close->total_minor_sum);
+}
+
 static int write_results(const char *path, const struct bench *bench,
                          const struct options *options, const struct peer_result *results,
-                         int argc, char **argv)
+                         const struct close_result *close, int argc, char **argv)
 {
     FILE *file = fopen(path, "w");
     if (file == NULL)
@@ -365,11 +406,12 @@ static int write_results(const char *path, const struct bench *bench,
         fprintf(file, ", \"ran\": %d, \"failed\": %d, \"note\": ", r->ran, r->failed);
         json_string(file, r->note);
         fprintf(file, ", \"closed_events\": %zu, \"closed_seconds\": %.6f, \"closed_eps\": %.1f, "
-                "\"cpu_s\": %.3f, \"rss_kib\": %ld, \"count_ok\": %d, \"stored\": %" PRIu64
+                "\"cpu_s\": %.3f, \"rss_kib\": %ld, \"rss_anon_kib\": %ld, \"rss_file_kib\": %ld, "
+                "\"count_ok\": %d, \"stored\": %" PRIu64
                 ", \"sent\": %" PRIu64 ", \"rollups_checked\": %d, \"rollup_differences\": %zu, "
                 "\"rollup_query_s\": %.3f, \"events_per_commit\": %.1f, \"open\": [",
                 r->closed_events, r->closed_seconds, r->closed_eps, r->cpu_s, r->rss_kib,
-                r->count_ok, r->stored, r->sent, r->rollups_checked, r->rollup_differences,
+                r->rss_anon_kib, r->rss_file_kib, r->count_ok, r->stored, r->sent, r->rollups_checked, r->rollup_differences,
                 r->rollup_query_s, r->events_per_commit);
         for (size_t j = 0; j < r->open_count; j++) {
             const struct open_result *o = &r->open[j];
@@ -382,7 +424,8 @@ static int write_results(const char *path, const struct bench *bench,
         }
         fprintf(file, "]}");
     }
-    fprintf(file, "\n]}\n");
+    write_close(file, options, close);
+    fprintf(file, "}\n");
     return fclose(file) == 0 ? HM_OK : HM_ERR_IO;
 }
 
@@ -478,7 +521,14 @@ static int build_pool(struct bench *bench, const struct options *options)
     return rc;
 }
 
-static void print_summary(const struct peer_result *results)
+/* The close passes when it finalized and checked every invoice (or was skipped for disk space). */
+static int close_passed(const struct close_result *close)
+{
+    return !close->failed && (!close->ran || close->invoices == close->tenants);
+}
+
+static void print_summary(const struct peer_result *results, const struct options *options,
+                          const struct close_result *close)
 {
     fprintf(stderr, "\nmeterbench: %-15s %12s %10s %10s %s\n", "peer", "events/s", "CPU s/M",
             "RSS MiB", "check");
@@ -497,6 +547,15 @@ static void print_summary(const struct peer_result *results)
                 r->rollups_checked ? (r->rollup_differences ? " (rollups differ)" : " (rollups "
                                       "equal)") : "");
     }
+    if (!options->close)
+        return;
+    if (!close->ran) {
+        fprintf(stderr, "meterbench: %-15s skipped: %s\n", "close", close->note);
+        return;
+    }
+    fprintf(stderr, "meterbench: %-15s %.3f s for %u tenants and %" PRIu64 " events (rerun %.3f "
+            "s) %s: %s\n", "close", close->close_seconds, close->tenants, close->events,
+            close->rerun_seconds, close_passed(close) ? "ok" : "FAILED", close->note);
 }
 
 int main(int argc, char **argv)
@@ -513,6 +572,7 @@ int main(int argc, char **argv)
 
     static struct bench bench;
     static struct peer_result results[PEER_COUNT];
+    static struct close_result close;
     int rc = prepare(&bench, &options);
     if (rc != HM_OK)
         return 1;
@@ -523,6 +583,7 @@ int main(int argc, char **argv)
             continue;
         fprintf(stderr, "meterbench: == %s\n", peer_names[i]);
         struct peer_result *result = &results[i];
+        result->rss_anon_kib = result->rss_file_kib = -1;
         int peer_rc = peer_functions[i](&bench, result);
         if (strcmp(peer_names[i], "meterd-tcp") == 0 && result->events_per_commit >= 1)
             bench.group_events = (uint32_t)(result->events_per_commit + 0.5);
@@ -537,12 +598,18 @@ int main(int argc, char **argv)
                     result->note[0] ? result->note : "stored count or rollups differ");
         }
     }
+    if (rc == HM_OK && options.close && !bench_interrupted) {
+        fprintf(stderr, "meterbench: == close\n");
+        close_phase(&bench, options.close_tenants, options.close_events, &close);
+        if (!close_passed(&close))
+            all_passed = 0;
+    }
     if (rc == HM_OK)
-        print_summary(results);
+        print_summary(results, &options, &close);
     if (rc == HM_OK && !options.smoke && !bench_interrupted) {
         char results_path[BENCH_PATH_MAX + 32];
         snprintf(results_path, sizeof results_path, "%s/results.json", bench.temp_dir);
-        if (write_results(results_path, &bench, &options, results, argc, argv) != HM_OK ||
+        if (write_results(results_path, &bench, &options, results, &close, argc, argv) != HM_OK ||
             run_report(results_path, options.out) != HM_OK) {
             fprintf(stderr, "meterbench: writing the report failed; the results are in %s\n",
                     results_path);

@@ -181,6 +181,8 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
     int rc = drive_stream(&bench->pool, &phase, &options);
     result->cpu_s = proc_cpu_seconds(instance.pid) - cpu_before;
     result->rss_kib = proc_status_kib(instance.pid, "VmHWM");
+    result->rss_anon_kib = proc_status_kib(instance.pid, "RssAnon");
+    result->rss_file_kib = proc_status_kib(instance.pid, "RssFile");
     double max_eps = bench_record_closed(result, &phase);
     uint64_t stored = 0, commits = 0;
     meterd_stop(&instance, &stored, &commits);
@@ -339,6 +341,8 @@ int peer_meterd_udp(struct bench *bench, struct peer_result *result)
     }
     result->cpu_s = proc_cpu_seconds(instance.pid) - cpu_before;
     result->rss_kib = proc_status_kib(instance.pid, "VmHWM");
+    result->rss_anon_kib = proc_status_kib(instance.pid, "RssAnon");
+    result->rss_file_kib = proc_status_kib(instance.pid, "RssFile");
     ledger_close(ledger);
     meterd_stop(&instance, NULL, NULL);
     free(bytes);

@@ -285,10 +285,10 @@ static int frame_event(struct pool *pool, struct client_frame *frames, const str
     return rc;
 }
 
-/* A synthetic event: a replayed event drawn at random, with a new id and timestamp. */
-static void draw_event(const struct collector *collector, uint64_t *state, struct event *out)
+void pool_draw_event(const struct pool *pool, uint64_t *state, int64_t start_us, int64_t end_us,
+                     struct event *out)
 {
-    *out = collector->events[next_random(state) % collector->count];
+    *out = pool->trace_events[next_random(state) % pool->trace_event_count];
     uint64_t high = next_random(state), low = next_random(state);
     for (int i = 0; i < 8; i++) {
         out->event_id[i] = (uint8_t)(high >> (56 - 8 * i));
@@ -296,8 +296,13 @@ static void draw_event(const struct collector *collector, uint64_t *state, struc
     }
     out->event_id[6] = (uint8_t)((out->event_id[6] & 0x0f) | 0x40); /* version 4 */
     out->event_id[8] = (uint8_t)((out->event_id[8] & 0x3f) | 0x80);
-    uint64_t span = (uint64_t)(SYNTHETIC_END_US - SYNTHETIC_START_US);
-    out->timestamp_us = SYNTHETIC_START_US + (int64_t)(next_random(state) % span);
+    uint64_t span = (uint64_t)(end_us - start_us);
+    out->timestamp_us = start_us + (int64_t)(next_random(state) % span);
+}
+
+uint64_t pool_random(uint64_t *state)
+{
+    return next_random(state);
 }
 
 int pool_build(struct pool *pool, const struct pool_options *options)
@@ -310,6 +315,8 @@ int pool_build(struct pool *pool, const struct pool_options *options)
 
     struct collector collector = { .listen_fd = -1 };
     rc = replay_traces(&collector, options);
+    pool->trace_events = collector.events;
+    pool->trace_event_count = collector.count;
     struct client_frame *frames = calloc(pool->tenant_count, sizeof *frames);
     if (frames == NULL)
         rc = HM_ERR_NOMEM;
@@ -330,7 +337,7 @@ int pool_build(struct pool *pool, const struct pool_options *options)
         if (i < collector.count)
             event = &collector.events[i];
         else
-            draw_event(&collector, &state, &drawn);
+            pool_draw_event(pool, &state, SYNTHETIC_START_US, SYNTHETIC_END_US, &drawn);
         rc = frame_event(pool, frames, event);
     }
     for (uint32_t i = 0; rc == HM_OK && i < pool->tenant_count; i++) {
@@ -340,8 +347,6 @@ int pool_build(struct pool *pool, const struct pool_options *options)
     for (uint32_t i = 0; frames != NULL && i < pool->tenant_count; i++)
         client_frame_close(&frames[i]);
     free(frames);
-    pool->trace_event_count = collector.count;
-    free(collector.events);
     if (rc != HM_OK && rc != HM_ERR_INVALID)
         fprintf(stderr, "meterbench: building the event pool failed: %s\n", hm_status_str(rc));
     return rc;
@@ -351,6 +356,7 @@ void pool_free(struct pool *pool)
 {
     free(pool->frame_bytes);
     free(pool->frames);
+    free(pool->trace_events);
     free(pool->events);
     free(pool->rendered);
     free(pool->text);

@@ -16,6 +16,9 @@ import sys
 TARGET_EPS = 3_000_000
 TARGET_PG_RATIO = 25
 TARGET_P99_MS = 5.0
+TARGET_CLOSE_S = 1.0
+TARGET_CLOSE_TENANTS = 1_000
+TARGET_CLOSE_EVENTS = 100_000_000
 
 
 def machine_description():
@@ -98,16 +101,22 @@ def check_cell(peer):
     return ", ".join(parts)
 
 
+def kib_cell(peer, key):
+    """Return a KiB field of the results as MiB, or n/a when it was not measured (-1)."""
+    value = peer.get(key, -1)
+    return "n/a" if value < 0 else f"{value / 1024:.1f}"
+
+
 def main_table(results, peers):
     engine = next((p for p in peers if p["name"] == "meterd-tcp" and p["ran"]), None)
     lines = ["| peer | what an ack means | events/s (closed loop) | meterd-tcp ÷ peer | "
              "p50 ms at 50 % | p99 ms at 50 % | p99.9 ms at 50 % | CPU s per M events | "
-             "peak RSS MiB | check |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "peak RSS MiB | RssAnon MiB | RssFile MiB | check |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for peer in peers:
         if not peer["ran"]:
             lines.append(f"| {peer['name']} | {peer['durability']} | skipped: {peer['note']} "
-                         "| | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         ratio = "n/a"
         if engine and peer["closed_eps"] > 0:
@@ -118,7 +127,8 @@ def main_table(results, peers):
             p50 = p99 = p999 = "no acks"
         lines.append(f"| {peer['name']} | {peer['durability']} | {number(peer['closed_eps'])} | "
                      f"{ratio} | {p50} | {p99} | {p999} | {cpu:.2f} | "
-                     f"{peer['rss_kib'] / 1024:.1f} | {check_cell(peer)} |")
+                     f"{peer['rss_kib'] / 1024:.1f} | {kib_cell(peer, 'rss_anon_kib')} | "
+                     f"{kib_cell(peer, 'rss_file_kib')} | {check_cell(peer)} |")
     return lines
 
 
@@ -138,11 +148,35 @@ def load_table(peers):
     return lines
 
 
-def target_lines(peers):
+def close_target_line(close):
+    """Return the table row of the close target, or None when the results have no close."""
+    if close is None:
+        return None
+    target = (f"closing a period of {number(TARGET_CLOSE_TENANTS)} tenants holding "
+              f"{number(TARGET_CLOSE_EVENTS)} events in under {TARGET_CLOSE_S:g} s")
+    if not close["ran"]:
+        return f"| {target} | not measured: {close['note']} | not measured |"
+    measured = (f"{close['close_seconds']:.3f} s for {number(close['tenants'])} tenants and "
+                f"{number(close['events'])} events")
+    if close["failed"]:
+        return f"| {target} | {measured}, FAILED: {close['note']} | no |"
+    if close["tenants"] < TARGET_CLOSE_TENANTS or close["events"] < TARGET_CLOSE_EVENTS:
+        return (f"| {target} | {measured}, smaller than the target's size | "
+                "not measured at that size |")
+    met = "yes" if close["close_seconds"] < TARGET_CLOSE_S else "no"
+    return f"| {target} | {measured} | {met} |"
+
+
+def target_lines(peers, close):
     by_name = {p["name"]: p for p in peers if p["ran"] and p["closed_eps"] > 0}
     engine = by_name.get("meterd-tcp")
+    close_line = close_target_line(close)
     if engine is None:
-        return ["meterd-tcp did not run, so no target can be compared."]
+        if close_line is None:
+            return ["meterd-tcp did not run and the results have no close, so no target can "
+                    "be compared."]
+        return ["| target | measured | met |", "|---|---|---|", close_line, "",
+                "meterd-tcp did not run, so its targets cannot be compared."]
     eps = engine["closed_eps"]
     lines = ["| target | measured | met |", "|---|---|---|"]
     lines.append(f"| at least {number(TARGET_EPS)} events/s, durable TCP, batched frames | "
@@ -163,6 +197,45 @@ def target_lines(peers):
         lines.append(f"| p99 ack latency at most {TARGET_P99_MS:g} ms at half the maximum | "
                      f"{half['p99_ms']:.2f} ms | "
                      f"{'yes' if half['p99_ms'] <= TARGET_P99_MS else 'no'} |")
+    if close_line is not None:
+        lines.append(close_line)
+    return lines
+
+
+def money(minor):
+    """Format integer cents as a decimal amount, without floating point."""
+    sign = "-" if minor < 0 else ""
+    return f"{sign}{abs(minor) // 100:,}.{abs(minor) % 100:02d}"
+
+
+def close_section(close):
+    """Return the lines of the close phase: its sizes, times and check."""
+    lines = ["## Closing a month", ""]
+    if close is None:
+        return lines + ["This results file has no close phase.", ""]
+    if not close["ran"]:
+        return lines + [f"The close phase did not run: {close['note']}.", ""]
+    fill_eps = close["events"] / close["fill_seconds"] if close["fill_seconds"] > 0 else 0
+    sizes = ""
+    if close["events"] < close["events_requested"]:
+        sizes = (f" ({number(close['events_requested'])} were requested; the free disk or the "
+                 "fill's time cap allowed fewer)")
+    lines += [
+        "A fresh ledger, filled through the ledger API with events of November 2023 drawn from "
+        f"the bundled traces{sizes}, then closed as `meterctl close --period 2023-11` closes "
+        "it: open, the grace and order checks, rating, one transaction, the invoice files, "
+        "close of the ledger. The second close finds every month closed.",
+        "",
+        "| tenants | events | fill events/s | ledger GiB | close s | second close s | "
+        "finalized invoices | invoice totals USD | check |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        f"| {number(close['tenants'])} | {number(close['events'])} | {number(fill_eps)} | "
+        f"{close['ledger_bytes'] / 2**30:.2f} | {close['close_seconds']:.3f} | "
+        f"{close['rerun_seconds']:.3f} | {number(close['invoices'])} | "
+        f"{money(close['total_minor_min'])} to {money(close['total_minor_max'])}, sum "
+        f"{money(close['total_minor_sum'])} | {'FAILED: ' + close['note'] if close['failed'] else 'ok'} |",
+        "",
+    ]
     return lines
 
 
@@ -210,8 +283,9 @@ def write_markdown(results, path, source_dir):
         text.append("")
     text += ["## Targets of the engine", "", "Ratios against peers in this run; the targets "
              "are not asserted by any test.", ""]
-    text += target_lines(peers)
-    text += ["", "## Latency at each offered load", "",
+    text += target_lines(peers, results.get("close"))
+    text += [""] + close_section(results.get("close"))
+    text += ["## Latency at each offered load", "",
              "A load marked saturated achieved less than 90 % of what was offered: the peer, "
              "or the single sender thread, could not keep up, and the latency is mostly queueing.",
              ""]
@@ -231,6 +305,7 @@ def write_plot(results, path):
               "no throughput.png written", file=sys.stderr)
         return
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    plotted = False
     for peer in results["peers"]:
         points = [e for e in peer["open"] if e["samples"] > 0]
         if not peer["ran"] or not points:
@@ -239,12 +314,14 @@ def write_plot(results, path):
         throughput.plot(offered, [e["achieved_eps"] for e in points], marker="o",
                         label=peer["name"])
         latency.plot(offered, [e["p99_ms"] for e in points], marker="o", label=peer["name"])
+        plotted = True
     for axes in (throughput, latency):
         axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xlabel("offered load (events/s)")
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=8)
+        if plotted:
+            axes.legend(fontsize=8)
     throughput.set_ylabel("achieved (events/s)")
     throughput.set_title("throughput against offered load")
     latency.set_ylabel("p99 acknowledgement latency (ms)")

@@ -841,8 +841,10 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
     return status;
 }
 
-int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period,
-                   struct rollup_row **rows_out, size_t *count_out)
+/* Reads the rollup rows of a period, with the computed storage row when with_storage is 1. */
+static int rollups_collect(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                           uint32_t period, int with_storage, struct rollup_row **rows_out,
+                           size_t *count_out)
 {
     MDB_txn *txn;
     int rc = read_begin(ledger, &txn);
@@ -852,7 +854,7 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
     rc = rollups_read(ledger, txn, tenant_id, period, &list);
 
     unsigned __int128 byte_seconds = 0;
-    if (rc == HM_OK)
+    if (rc == HM_OK && with_storage)
         rc = ledger_storage_integrate(ledger, txn, tenant_id, period_start_us(period) / 1000000,
                                   period_start_us(period_next(period)) / 1000000, &byte_seconds);
     if (rc == HM_OK && byte_seconds > 0) {
@@ -870,6 +872,18 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
     *rows_out = list.rows;
     *count_out = list.count;
     return HM_OK;
+}
+
+int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], uint32_t period,
+                   struct rollup_row **rows_out, size_t *count_out)
+{
+    return rollups_collect(ledger, tenant_id, period, 1, rows_out, count_out);
+}
+
+int ledger_rollups_stored(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                          uint32_t period, struct rollup_row **rows_out, size_t *count_out)
+{
+    return rollups_collect(ledger, tenant_id, period, 0, rows_out, count_out);
 }
 
 /* ---- Verification by recount ---- */

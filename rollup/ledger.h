@@ -200,6 +200,14 @@ int ledger_rollups(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE], ui
                    struct rollup_row **rows_out, size_t *count_out);
 
 /*
+ * Reads the stored rollup rows of a tenant's period like ledger_rollups,
+ * without the ROLLUP_STORAGE_BYTE_SECONDS row, so that no storage sample
+ * is read. For callers that only count events.
+ */
+int ledger_rollups_stored(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
+                          uint32_t period, struct rollup_row **rows_out, size_t *count_out);
+
+/*
  * Computes bytes held × seconds held over [start_s, end_s) from the tenant's
  * storage samples, taken in timestamp order (event id order for equal
  * microseconds): each sample's level applies from its second (microseconds

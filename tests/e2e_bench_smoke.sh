@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of meterbench: a few thousand events through every peer that is
 # installed (meterd over TCP and UDP, LMDB, SQLite, PostgreSQL, Redis, the
-# socket sink). meterbench --smoke exits 1 unless every peer stored exactly
-# the events sent and its rollups equal the ones computed from the events.
+# socket sink), and a close of a small month. meterbench --smoke exits 1
+# unless every peer stored exactly the events sent and its rollups equal the
+# ones computed from the events, and the close finalized every invoice.
 # PostgreSQL and Redis are skipped, with a message, when their servers are not
 # installed; as root, PostgreSQL runs as the postgres user. Then each
 # command-line error is checked for its message.
@@ -47,6 +48,8 @@ for peer in postgres-copy redis-hincrby; do
 done
 grep -Eq "^meterbench: meterd-tcp .* ok \(rollups equal\)" "$work/err" ||
   fail "meterd-tcp rollups were not compared"
+grep -Eq "^meterbench: close +[0-9.]+ s for 20 tenants and 5000 events .* ok: 20 finalized invoices" \
+  "$work/err" || fail "the close phase did not pass its check"
 
 echo "== a report goes to ./meterbench-results by default, never into the source tree"
 source_dir=$(cd "$2" && pwd)
@@ -76,13 +79,16 @@ expect_error() {
 }
 expect_error 'invalid --loads "0.5,2": expected up to 8 comma-separated fractions above 0 and at most 1' \
   --smoke --loads 0.5,2
-expect_error 'invalid --peers "mysql": expected meterd-tcp, lmdb, sqlite, postgres, redis, meterd-udp or socket' \
+expect_error 'invalid --peers "mysql": expected meterd-tcp, lmdb, sqlite, postgres, redis, meterd-udp, socket or close' \
   --peers meterd-tcp,mysql
 expect_error 'invalid --events "12x": expected an integer from 1000 to 20000000' --events 12x
 expect_error 'invalid --duration "0": expected seconds from 0.1 to 120' --duration 0
 expect_error 'invalid --events-per-frame "5000": expected an integer from 1 to 4096' \
   --events-per-frame 5000
 expect_error 'invalid --tenants "0": expected an integer from 1 to 64' --tenants 0
+expect_error 'invalid --close-events "12": expected an integer from 1000 to 1000000000' \
+  --close-events 12
+expect_error 'invalid --close-tenants "0": expected an integer from 1 to 100000' --close-tenants 0
 expect_error '--quick and --smoke cannot be combined; give one of them' --smoke --quick
 expect_error 'missing value for --out, or unknown option' --out
 expect_error 'unknown option --fast' --fast 1

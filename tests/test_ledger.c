@@ -207,6 +207,42 @@ Test(ledger, storage_level_carries_into_next_period)
     cr_assert(byte_seconds == (unsigned __int128)1000 * 29 * 86400);
 }
 
+/* The stored rows are the rows of ledger_rollups without the computed storage row. */
+Test(ledger, stored_rollups_without_storage_row)
+{
+    const int64_t june_1 = 1717200000;
+    struct event sample = storage_sample(0x34, june_1, 5000);
+    sample.u.storage.bytes_transferred = 70;
+    struct event call = inference(tenant_a, 0x35, 100, 10);
+    cr_assert_eq(append_one(&sample), APPEND_STORED);
+    cr_assert_eq(append_one(&call), APPEND_STORED);
+
+    struct rollup_row *all = NULL, *stored = NULL;
+    size_t all_count = 0, stored_count = 0;
+    cr_assert_eq(ledger_rollups(ledger, tenant_a, 202406, &all, &all_count), HM_OK);
+    cr_assert_eq(ledger_rollups_stored(ledger, tenant_a, 202406, &stored, &stored_count), HM_OK);
+    size_t storage_rows = 0;
+    for (size_t i = 0; i < all_count; i++)
+        storage_rows += all[i].meter == ROLLUP_STORAGE_BYTE_SECONDS;
+    cr_assert_eq(storage_rows, 1);
+    cr_assert_eq(stored_count, all_count - 1);
+    for (size_t i = 0; i < stored_count; i++) {
+        cr_assert_neq(stored[i].meter, ROLLUP_STORAGE_BYTE_SECONDS);
+        const struct rollup_row *same = NULL;
+        for (size_t j = 0; j < all_count; j++) {
+            if (all[j].meter == stored[i].meter &&
+                strcmp(all[j].dimension, stored[i].dimension) == 0)
+                same = &all[j];
+        }
+        cr_assert_not_null(same, "row %d/%s is missing from ledger_rollups", stored[i].meter,
+                           stored[i].dimension);
+        cr_assert(same->quantity == stored[i].quantity);
+        cr_assert_eq(same->event_count, stored[i].event_count);
+    }
+    free(all);
+    free(stored);
+}
+
 Test(ledger, period_closes_once)
 {
     struct ledger_txn *txn;

@@ -78,11 +78,63 @@ int billing_usage_totals_with(struct ledger *ledger, const struct tenant *tenant
     return HM_OK;
 }
 
-/* Loads the book of a tenant (its own, else the default) with its text and SHA-256. */
+/*
+ * The price books that one close parsed, by the SHA-256 of their text, so
+ * that the tenants on one book share a single parse. The shelf owns them
+ * and the closings borrow them.
+ */
+struct shelf_book {
+    char sha256[BOOK_SHA256_HEX_SIZE];
+    struct pricebook *book;
+};
+
+struct book_shelf {
+    struct shelf_book *books;
+    size_t count;
+};
+
+static void book_shelf_free(struct book_shelf *shelf)
+{
+    for (size_t i = 0; i < shelf->count; i++)
+        pricebook_free(shelf->books[i].book);
+    free(shelf->books);
+    memset(shelf, 0, sizeof *shelf);
+}
+
+/* Returns the parsed book with this SHA-256, or NULL when the shelf (or NULL) has none. */
+static struct pricebook *book_shelf_find(const struct book_shelf *shelf, const char *sha256)
+{
+    for (size_t i = 0; shelf != NULL && i < shelf->count; i++) {
+        if (strcmp(shelf->books[i].sha256, sha256) == 0)
+            return shelf->books[i].book;
+    }
+    return NULL;
+}
+
+/* Puts a parsed book on the shelf, which then owns it. Frees the book when out of memory. */
+static int book_shelf_add(struct book_shelf *shelf, const char *sha256, struct pricebook *book)
+{
+    struct shelf_book *books = realloc(shelf->books, (shelf->count + 1) * sizeof *books);
+    if (books == NULL) {
+        pricebook_free(book);
+        return HM_ERR_NOMEM;
+    }
+    shelf->books = books;
+    snprintf(books[shelf->count].sha256, sizeof books[shelf->count].sha256, "%s", sha256);
+    books[shelf->count].book = book;
+    shelf->count++;
+    return HM_OK;
+}
+
+/*
+ * Loads the book of a tenant (its own, else the default) with its text and
+ * SHA-256. With a shelf the book comes from it, parsed only the first time,
+ * and stays owned by the shelf; without one the caller frees it.
+ */
 static int pricebook_snapshot_for(struct ledger *ledger, const struct tenant *tenant,
-                                  struct pricebook **book_out, char **text_out,
-                                  char sha256_out[BOOK_SHA256_HEX_SIZE], char *error,
-                                  size_t error_size)
+                                  struct book_shelf *shelf, struct pricebook **book_out,
+                                  char **text_out, char sha256_out[BOOK_SHA256_HEX_SIZE],
+                                  char *error, size_t error_size)
 {
     char scope[UUID_TEXT_SIZE];
     uuid_format(tenant->id, scope);
@@ -101,7 +153,13 @@ static int pricebook_snapshot_for(struct ledger *ledger, const struct tenant *te
                  hm_status_str(rc));
         return rc;
     }
-    rc = pricebook_parse(json, strlen(json), book_out, error, error_size);
+    *book_out = book_shelf_find(shelf, sha256_out);
+    if (*book_out == NULL) {
+        rc = pricebook_parse(json, strlen(json), book_out, error, error_size);
+        if (rc == HM_OK && shelf != NULL && (rc = book_shelf_add(shelf, sha256_out,
+                                                                   *book_out)) != HM_OK)
+            *book_out = NULL;
+    }
     if (rc == HM_OK && text_out != NULL)
         *text_out = json;
     else
@@ -113,12 +171,14 @@ int billing_pricebook_for(struct ledger *ledger, const struct tenant *tenant,
                           struct pricebook **book_out, char *error, size_t error_size)
 {
     char sha256[BOOK_SHA256_HEX_SIZE];
-    return pricebook_snapshot_for(ledger, tenant, book_out, NULL, sha256, error, error_size);
+    return pricebook_snapshot_for(ledger, tenant, NULL, book_out, NULL, sha256, error,
+                                  error_size);
 }
 
 /* Everything a rating of a tenant's period reads, gathered from one state of the ledger. */
 struct rating_input {
     struct pricebook *book;
+    int book_on_shelf; /* 1: the book belongs to the close's book_shelf */
     char *book_text;
     char book_sha256[BOOK_SHA256_HEX_SIZE];
     struct tenant_settings settings;
@@ -134,7 +194,8 @@ struct rating_input {
 
 static void rating_input_free(struct rating_input *input)
 {
-    pricebook_free(input->book);
+    if (!input->book_on_shelf)
+        pricebook_free(input->book);
     free(input->book_text);
     usage_input_free(&input->usage);
     free(input->credits);
@@ -268,15 +329,16 @@ static int adjustments_build(const struct tenant *tenant, struct rating_input *i
 
 /*
  * Gathers the rating input of a tenant's period: settings, the book with its
- * snapshot hash, usage, credit grants (unless with_credits is 0) and the
- * late usage of earlier periods.
+ * snapshot hash (from `shelf` when not NULL), usage, credit grants (unless
+ * with_credits is 0) and the late usage of earlier periods.
  */
 static int rating_input_build(struct ledger *ledger, const struct tenant *tenant,
-                              uint32_t period, int with_credits, struct rating_input *input,
-                              char *error, size_t error_size)
+                              uint32_t period, int with_credits, struct book_shelf *shelf,
+                              struct rating_input *input, char *error, size_t error_size)
 {
     memset(input, 0, sizeof *input);
-    int rc = pricebook_snapshot_for(ledger, tenant, &input->book, &input->book_text,
+    input->book_on_shelf = shelf != NULL;
+    int rc = pricebook_snapshot_for(ledger, tenant, shelf, &input->book, &input->book_text,
                                     input->book_sha256, error, error_size);
     if (rc == HM_OK)
         rc = ledger_tenant_settings_get(ledger, tenant->id, &input->settings);
@@ -304,7 +366,8 @@ static int draft_rate(struct ledger *ledger, const struct tenant *tenant, uint32
                       char *error, size_t error_size)
 {
     struct rating_input input;
-    int rc = rating_input_build(ledger, tenant, period, with_credits, &input, error, error_size);
+    int rc = rating_input_build(ledger, tenant, period, with_credits, NULL, &input, error,
+                                error_size);
     if (rc != HM_OK)
         return rc;
     rc = pricing_rate(&input.usage, input.book, invoice, error, error_size);
@@ -343,7 +406,7 @@ int billing_event_count(struct ledger *ledger, const struct tenant *tenant, uint
 {
     struct rollup_row *rows = NULL;
     size_t count = 0;
-    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    int rc = ledger_rollups_stored(ledger, tenant->id, period, &rows, &count);
     if (rc != HM_OK)
         return rc;
     uint64_t events = 0;
@@ -507,6 +570,11 @@ int billing_late_usage(struct ledger *ledger, const struct tenant *tenant, uint3
     size_t late_count = 0;
     struct book_cache cache = { .book = NULL };
     rc = late ? HM_OK : HM_ERR_NOMEM;
+    /*
+     * NOTE: every close reads the usage of each finalized period of the
+     * tenant again (its rollups and storage samples) to compare digests, so
+     * its cost grows with the months of history. meterbench closes one month.
+     */
     for (size_t i = 0; rc == HM_OK && i < count; i++) {
         const struct billed_period *billed = &periods[i];
         if (before_period != 0 && billed->period >= before_period)
@@ -612,173 +680,6 @@ static int invoice_seal(struct closing *closing, int revision, const char *repla
     return billing_document_seal(json);
 }
 
-/*
- * Writes a file atomically: a temporary file of its own in the same
- * directory (mkstemp, so that concurrent writers never share one), synced,
- * then renamed over the target, so that a crash leaves the old file or the
- * new one, never a part. The temporary name is hidden (".NAME.XXXXXX"), so
- * that one left by a killed process does not match "*.json". On failure
- * errno is set to the cause.
- */
-static int file_write_atomic(const char *path, const char *text)
-{
-    char temporary[4200];
-    const char *slash = strrchr(path, '/');
-    int directory_size = slash != NULL ? (int)(slash - path + 1) : 0;
-    if ((size_t)snprintf(temporary, sizeof temporary, "%.*s.%s.XXXXXX", directory_size, path,
-                         path + directory_size) >= sizeof temporary) {
-        errno = ENAMETOOLONG;
-        return HM_ERR_IO;
-    }
-    /* Invoices are customer billing data: mkstemp creates the file readable by the owner only. */
-    int fd = mkstemp(temporary);
-    FILE *file = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (file == NULL) {
-        int saved = errno;
-        if (fd >= 0) {
-            close(fd);
-            unlink(temporary);
-        }
-        errno = saved;
-        return HM_ERR_IO;
-    }
-    int written = fputs(text, file) >= 0 && fputc('\n', file) != EOF && fflush(file) == 0 &&
-                  fsync(fileno(file)) == 0;
-    int saved = errno;
-    if (fclose(file) != 0 && written) {
-        written = 0;
-        saved = errno;
-    }
-    if (written && rename(temporary, path) != 0) {
-        written = 0;
-        saved = errno;
-    }
-    if (!written) {
-        unlink(temporary);
-        errno = saved;
-        return HM_ERR_IO;
-    }
-    return HM_OK;
-}
-
-/* Stops the walk at the first document stored by number. */
-static int document_has_number(void *context, const char *number, const char *text)
-{
-    (void)text;
-    if (number == NULL)
-        return HM_OK;
-    *(int *)context = 1;
-    return 1;
-}
-
-/* Writes a file unless it already contains `text` and a newline, as file_write_atomic writes. */
-static int file_write_changed(const char *path, const char *text)
-{
-    FILE *file = fopen(path, "rb");
-    if (file != NULL) {
-        size_t size = strlen(text);
-        char *stored = malloc(size + 2);
-        size_t got = stored ? fread(stored, 1, size + 2, file) : 0;
-        fclose(file);
-        int same = stored != NULL && got == size + 1 && memcmp(stored, text, size) == 0 &&
-                   stored[size] == '\n';
-        free(stored);
-        if (same)
-            return HM_OK;
-    }
-    return file_write_atomic(path, text);
-}
-
-/* Creates a directory unless it exists; reports a failure on stderr. */
-static int directory_make(const char *path)
-{
-    if (mkdir(path, 0700) == 0 || errno == EEXIST)
-        return HM_OK;
-    fprintf(stderr, "meterctl: cannot create %s: %s; the documents are stored in the ledger, "
-            "and `meterctl invoice show` prints them\n", path, strerror(errno));
-    return HM_ERR_IO;
-}
-
-struct document_files {
-    char dir[4096];
-    int failed;
-};
-
-static int document_file_write(void *context, const char *number, const char *text)
-{
-    struct document_files *files = context;
-    if (number == NULL || files->failed)
-        return HM_OK;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s.json", files->dir, number);
-    if (file_write_changed(path, text) != HM_OK) {
-        fprintf(stderr, "meterctl: writing %s failed: %s; the document is stored in the "
-                "ledger, and `meterctl invoice show %s` prints it\n", path, strerror(errno),
-                number);
-        /* One failure in a directory is likely all of them: one message is enough. */
-        files->failed = 1;
-    }
-    return HM_OK;
-}
-
-/*
- * Writes the files of the documents from the ledger, which stays the record,
- * so that a command interrupted after its commit gets its files on the next
- * run: every document by number under invoices_dir/documents, and when
- * period is not 0 the current invoice of each tenant for the period under
- * invoices_dir/YYYY-MM/<tenant name>.json. A directory is made only for a
- * file to write.
- */
-int billing_files_write(struct ledger *ledger, uint32_t period, const char *invoices_dir)
-{
-    struct document_files files = { .failed = 0 };
-    snprintf(files.dir, sizeof files.dir, "%s/documents", invoices_dir);
-    int has_documents = 0;
-    ledger_document_each(ledger, document_has_number, &has_documents);
-    if (has_documents) {
-        if (directory_make(invoices_dir) == HM_OK && directory_make(files.dir) == HM_OK)
-            ledger_document_each(ledger, document_file_write, &files);
-        else
-            files.failed = 1;
-    }
-    if (period == 0)
-        return files.failed ? HM_ERR_IO : HM_OK;
-
-    struct tenant *tenants = NULL;
-    size_t count = 0;
-    if (ledger_tenant_list(ledger, &tenants, &count) != HM_OK) {
-        fprintf(stderr, "meterctl: cannot list the tenants to write the invoice files of "
-                "%04u-%02u; the invoices are stored in the ledger\n", period / 100,
-                period % 100);
-        return HM_ERR_IO;
-    }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%04u-%02u", invoices_dir, period / 100, period % 100);
-    int period_dir_made = 0;
-    for (size_t i = 0; i < count; i++) {
-        char *text = NULL;
-        if (ledger_invoice_get(ledger, tenants[i].id, period, &text) != HM_OK)
-            continue;
-        if (!period_dir_made &&
-            (directory_make(invoices_dir) != HM_OK || directory_make(path) != HM_OK)) {
-            free(text);
-            files.failed = 1;
-            break;
-        }
-        period_dir_made = 1;
-        char file[4200];
-        snprintf(file, sizeof file, "%s/%s.json", path, tenants[i].name);
-        if (file_write_changed(file, text) != HM_OK) {
-            fprintf(stderr, "meterctl: writing %s failed: %s; the invoice is stored in the "
-                    "ledger, and `meterctl invoice show` prints it\n", file, strerror(errno));
-            files.failed = 1;
-        }
-        free(text);
-    }
-    free(tenants);
-    return files.failed ? HM_ERR_IO : HM_OK;
-}
-
 /* Reports invoice files that a command could not write after its commit. */
 static int files_failed_report(uint32_t period, const char *invoices_dir)
 {
@@ -817,7 +718,8 @@ static void summary_print(FILE *out, uint32_t period, struct closing *closings, 
     }
 }
 
-static void closings_free(struct closing *closings, size_t count)
+/* Frees the closings, then the books they borrowed from the shelf. */
+static void closings_free(struct closing *closings, size_t count, struct book_shelf *shelf)
 {
     for (size_t i = 0; i < count; i++) {
         invoice_free(&closings[i].invoice);
@@ -825,14 +727,15 @@ static void closings_free(struct closing *closings, size_t count)
         rating_input_free(&closings[i].input);
     }
     free(closings);
+    book_shelf_free(shelf);
 }
 
 /* Rates one tenant's open period into a closing. Returns 1 when it gets no invoice. */
-static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing *closing,
-                          char *error, size_t error_size)
+static int close_rate_one(struct ledger *ledger, uint32_t period, struct book_shelf *shelf,
+                          struct closing *closing, char *error, size_t error_size)
 {
-    int rc = rating_input_build(ledger, &closing->tenant, period, 1, &closing->input, error,
-                                error_size);
+    int rc = rating_input_build(ledger, &closing->tenant, period, 1, shelf, &closing->input,
+                                error, error_size);
     if (rc != HM_OK)
         return rc;
     rc = pricing_rate(&closing->input.usage, closing->input.book, &closing->invoice, error,
@@ -867,8 +770,9 @@ static int close_rate_one(struct ledger *ledger, uint32_t period, struct closing
  * reported on stderr, counted in *failures_out and left out, so that it
  * stays open while the others close.
  */
-static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing **out,
-                          size_t *count_out, int *failures_out, size_t *sealed_out)
+static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_shelf *shelf,
+                          struct closing **out, size_t *count_out, int *failures_out,
+                          size_t *sealed_out)
 {
     struct tenant *tenants = NULL;
     size_t tenant_count = 0;
@@ -898,7 +802,7 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct closing
         memset(closing, 0, sizeof *closing);
         closing->tenant = tenants[i];
         char error[512] = "";
-        rc = close_rate_one(ledger, period, closing, error, sizeof error);
+        rc = close_rate_one(ledger, period, shelf, closing, error, sizeof error);
         if (rc == 1)
             continue;
         if (rc != HM_OK) {
@@ -1101,7 +1005,7 @@ static int meter_events_read(struct ledger *ledger, const struct tenant *tenant,
 {
     struct rollup_row *rows = NULL;
     size_t count = 0;
-    int rc = ledger_rollups(ledger, tenant->id, period, &rows, &count);
+    int rc = ledger_rollups_stored(ledger, tenant->id, period, &rows, &count);
     if (rc != HM_OK)
         return rc;
     memset(meter_events, 0, (ROLLUP_EVENTS + 1) * sizeof *meter_events);
@@ -1231,18 +1135,20 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         return rc;
     }
     struct closing *closings = NULL;
+    struct book_shelf shelf = { .count = 0 };
     size_t count = 0, sealed = 0;
     int failures = 0;
-    rc = close_rate_all(ledger, period, &closings, &count, &failures, &sealed);
+    rc = close_rate_all(ledger, period, &shelf, &closings, &count, &failures, &sealed);
     if (rc != HM_OK) {
         ledger_abort(txn);
+        book_shelf_free(&shelf);
         fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
                 period / 100, period % 100, hm_status_str(rc));
         return rc;
     }
     if (count == 0) {
         ledger_abort(txn);
-        closings_free(closings, count);
+        closings_free(closings, count, &shelf);
         int files_rc = invoices_dir != NULL ? billing_files_write(ledger, period, invoices_dir)
                                             : HM_OK;
         if (failures == 0 && sealed == 0) {
@@ -1274,7 +1180,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     if (rc != HM_OK) {
         fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
                 period % 100, hm_status_str(rc));
-        closings_free(closings, count);
+        closings_free(closings, count, &shelf);
         return rc;
     }
 
@@ -1282,7 +1188,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     int files_rc = invoices_dir != NULL ? billing_files_write(ledger, period, invoices_dir)
                                         : HM_OK;
     summary_print(out, period, closings, count, failures);
-    closings_free(closings, count);
+    closings_free(closings, count, &shelf);
     if (files_rc != HM_OK)
         files_failed_report(period, invoices_dir);
     if (failures)
