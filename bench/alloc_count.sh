@@ -4,12 +4,12 @@
 #
 #   bench/alloc_count.sh [BUILD_DIR]
 #
-# For each of 0, 2,000, 20,000 and all rows of every bundled trace, starts
-# meterd on a fresh ledger of 4 tenants with the preload library
-# libhm_alloc_count.so (bench/alloc/alloc_count.c), replays the rows over TCP,
-# stops meterd with SIGTERM and prints the events stored and the calls of
-# malloc, calloc, realloc, posix_memalign and aligned_alloc that the whole
-# process made, start and stop included.
+# Runs meterd four times, on a fresh ledger of 4 tenants each time, with the
+# preload library libhm_alloc_count.so (bench/alloc/alloc_count.c). The runs
+# replay 0, 2,000, 20,000 and all rows of every bundled trace over TCP, then
+# stop meterd with SIGTERM. Each line gives the events stored and the calls
+# of malloc, calloc, realloc, posix_memalign and aligned_alloc that the
+# whole process made, start and stop included.
 set -euo pipefail
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$source_dir/build}

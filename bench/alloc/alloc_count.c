@@ -1,6 +1,6 @@
 /*
  * A preload library that counts heap allocations of a process, to check
- * that meterd's ingest path allocates per batch and never per event
+ * how meterd's heap allocations grow with the events it stores
  * (bench/alloc_count.sh).
  *
  *   LD_PRELOAD=libhm_alloc_count.so HM_ALLOC_COUNT_FILE=PATH program ...
