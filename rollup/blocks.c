@@ -44,14 +44,41 @@ static int block_check(const uint8_t *bytes, size_t size)
     return count > 0 && at == size ? HM_OK : HM_ERR_STORAGE;
 }
 
-/* Finds record `index` of a checked block. */
-static const uint8_t *block_record(const uint8_t *bytes, uint32_t index, size_t *size_out)
+/*
+ * Finds record `index` of a checked block, walking from the last record
+ * found in the same block when that lies before it, and remembers it.
+ */
+static const uint8_t *block_record(struct ledger_txn *spot, const uint8_t *bytes, uint32_t index,
+                                   size_t *size_out)
 {
+    uint32_t i = 0;
     size_t at = BLOCK_HEADER_SIZE;
-    for (uint32_t i = 0; i < index; i++)
+    if (spot->found.valid && spot->found.index <= index) {
+        i = spot->found.index;
+        at = spot->found.at;
+    }
+    for (; i < index; i++)
         at += record_size_at(bytes + at);
+    spot->found.index = index;
+    spot->found.at = at;
     *size_out = record_size_at(bytes + at);
     return bytes + at;
+}
+
+/* Says whether the last record found lies in this block, so that walking on from it is valid. */
+static int found_in(struct ledger_txn *spot, const uint8_t tenant_id[UUID_SIZE], uint64_t first,
+                    size_t block_size)
+{
+    int same = spot->found.valid && spot->found.first == first &&
+               spot->found.block_size == block_size &&
+               memcmp(spot->found.tenant_id, tenant_id, UUID_SIZE) == 0;
+    if (!same) {
+        memcpy(spot->found.tenant_id, tenant_id, UUID_SIZE);
+        spot->found.first = first;
+        spot->found.block_size = block_size;
+        spot->found.valid = 0;
+    }
+    return same;
 }
 
 /* Logs a block that fails block_check and returns HM_ERR_STORAGE. */
@@ -207,15 +234,18 @@ static int block_seek(MDB_cursor *cursor, const uint8_t tenant_id[UUID_SIZE], ui
     return 0;
 }
 
-int block_record_find(struct ledger *ledger, MDB_txn *txn, const struct ledger_txn *pending,
+int block_record_find(struct ledger *ledger, MDB_txn *txn, struct ledger_txn *pending,
                       const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t **record_out,
                       size_t *size_out)
 {
     if (pending != NULL && pending->block_count > 0 &&
         memcmp(pending->block_tenant, tenant_id, UUID_SIZE) == 0 &&
         seq >= pending->block_first && seq - pending->block_first < pending->block_count) {
-        *record_out = block_record(ledger->block, (uint32_t)(seq - pending->block_first),
-                                   size_out);
+        /* Records are only added at the end of the pending block, so offsets stay valid. */
+        found_in(pending, tenant_id, pending->block_first, 0);
+        *record_out = block_record(pending, ledger->block,
+                                   (uint32_t)(seq - pending->block_first), size_out);
+        pending->found.valid = 1;
         return HM_OK;
     }
     MDB_cursor *cursor;
@@ -231,12 +261,17 @@ int block_record_find(struct ledger *ledger, MDB_txn *txn, const struct ledger_t
     if (rc != 0)
         return status_of(rc, "read event block");
     uint64_t first = load_be64((const uint8_t *)key.mv_data + UUID_SIZE);
-    if (block_check(value.mv_data, value.mv_size) != HM_OK)
+    /* A stored block never changes, so one check serves every record found in it. */
+    struct ledger_txn scratch = { .found.valid = 0 };
+    struct ledger_txn *spot = pending != NULL ? pending : &scratch;
+    if (!found_in(spot, tenant_id, first, value.mv_size) &&
+        block_check(value.mv_data, value.mv_size) != HM_OK)
         return block_corrupt(tenant_id, first);
     uint32_t count = load_le32(value.mv_data);
     if (seq < first || seq - first >= count)
         return HM_ERR_NOT_FOUND;
-    *record_out = block_record(value.mv_data, (uint32_t)(seq - first), size_out);
+    *record_out = block_record(spot, value.mv_data, (uint32_t)(seq - first), size_out);
+    spot->found.valid = 1;
     return HM_OK;
 }
 

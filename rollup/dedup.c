@@ -166,8 +166,15 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
                            const uint8_t event_id[UUID_SIZE])
 {
     const uint64_t k1 = UINT64_C(0xa0761d6478bd642f), k2 = UINT64_C(0xe7037ed1a0b428db);
-    uint64_t tenant = mix(load64(tenant_id) ^ index->seed[0], load64(tenant_id + 8) ^ k1);
-    uint64_t id = mix(load64(event_id) ^ index->seed[1] ^ tenant, load64(event_id + 8) ^ k2);
+    /*
+     * Both factors of each multiply carry a seed. With a public constant
+     * alone, a sender could pick the id bytes that make a factor zero, and
+     * every id that shares those bytes would get one fingerprint.
+     */
+    uint64_t tenant = mix(load64(tenant_id) ^ index->seed[0],
+                          load64(tenant_id + 8) ^ index->seed[1] ^ k1);
+    uint64_t id = mix(load64(event_id) ^ index->seed[1] ^ tenant,
+                      load64(event_id + 8) ^ index->seed[0] ^ k2);
     uint64_t fingerprint = mix(id ^ k1, tenant ^ k2 ^ index->seed[0]);
     return fingerprint != 0 ? fingerprint : 1;
 }

@@ -104,6 +104,51 @@ static int dir_space_low(const char *dir)
     return (unsigned long long)space.f_bavail * space.f_frsize < DISK_FULL_BYTES;
 }
 
+/*
+ * Layout of the stored events. 1: one record per event in the events
+ * table. 2: blocks per tenant (blocks table), read beside the records of
+ * layout 1. The meta record "layout" holds the newest layout that a
+ * writer of this ledger knew, so that a build older than that refuses to
+ * write events where the newer build would not look, and to count them
+ * twice. Builds from before the record existed cannot check it.
+ */
+#define LEDGER_LAYOUT 2
+static const char layout_name[] = "layout";
+
+/*
+ * Reads the layout record in the transaction that opens the ledger and
+ * writes it when the ledger has none or an older one (not in a read-only
+ * open). Returns 0, -1 for a ledger of a newer layout (open_error says so),
+ * or an LMDB error.
+ */
+static int layout_check(struct ledger *ledger, MDB_txn *txn, const char *dir, int read_only)
+{
+    if (ledger->table_missing[TABLE_META])
+        return 0;
+    MDB_val key = { sizeof layout_name - 1, (void *)layout_name }, value;
+    uint32_t layout = 0;
+    int rc = mdb_get(txn, ledger->tables[TABLE_META], &key, &value);
+    if (rc == 0 && value.mv_size == sizeof layout)
+        memcpy(&layout, value.mv_data, sizeof layout);
+    else if (rc == 0)
+        layout = UINT32_MAX;
+    else if (rc != MDB_NOTFOUND)
+        return rc;
+    if (layout > LEDGER_LAYOUT) {
+        snprintf(open_error, sizeof open_error, "the ledger in %s has layout %u, written by a "
+                 "newer Harpoon Meter; this build knows layouts up to %u and would miss or "
+                 "double its events; run the newer meterd and meterctl", dir, layout,
+                 LEDGER_LAYOUT);
+        log_error("ledger", "cannot open the ledger: %s", open_error);
+        return -1;
+    }
+    if (read_only || layout == LEDGER_LAYOUT)
+        return 0;
+    layout = LEDGER_LAYOUT;
+    value = (MDB_val){ sizeof layout, &layout };
+    return mdb_put(txn, ledger->tables[TABLE_META], &key, &value, 0);
+}
+
 int ledger_open(struct ledger **out, const char *dir, const struct ledger_options *options)
 {
     open_error[0] = '\0';
@@ -171,6 +216,16 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
             goto fail_open;
         }
     }
+    rc = layout_check(ledger, txn, dir, options && options->read_only);
+    if (rc == -1) {
+        mdb_txn_abort(txn);
+        rc = MDB_INCOMPATIBLE;
+        goto fail_env;
+    }
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        goto fail_open;
+    }
     rc = mdb_txn_commit(txn);
     if (rc != 0)
         goto fail_open;
@@ -229,6 +284,7 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     txn->block_count = 0;
     txn->block_size = 0;
     memset(txn->seq_cache, 0, sizeof txn->seq_cache);
+    txn->found.valid = 0;
     *out = txn;
     return HM_OK;
 }
@@ -441,6 +497,17 @@ int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *del
         }
         total = subtract ? total - delta->quantity : total + delta->quantity;
         count = subtract ? count - delta->count : count + delta->count;
+        /*
+         * A row that no stored event counts is deleted, because a recount has
+         * no such row. Taking away a conflict leaves one when the conflicting
+         * record used a key of its own: another model, kind or month.
+         */
+        if (subtract && count == 0 && total == 0) {
+            rc = mdb_del(txn->txn, dbi, &key, NULL);
+            if (rc != 0 && rc != MDB_NOTFOUND)
+                return status_of(rc, "delete rollup");
+            continue;
+        }
         uint8_t bytes[ROLLUP_VALUE_SIZE];
         memcpy(bytes, &total, 16);
         memcpy(bytes + 16, &count, 8);

@@ -114,7 +114,8 @@ struct rollup_deltas;
 /*
  * Within a write transaction: adds summed rollup changes (rollup/deltas.h)
  * to the stored rollups, or takes them away with `subtract` set (for events
- * that a batch counted but that turned out to be duplicates). HM_ERR_STORAGE
+ * that a batch counted but that turned out to be duplicates). A subtraction
+ * that leaves a row with no events deletes the row. HM_ERR_STORAGE
  * when a subtraction would go below zero, which only a bug can cause.
  */
 int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *deltas,

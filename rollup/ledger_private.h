@@ -96,6 +96,20 @@ struct ledger_txn {
     uint32_t block_count;  /* 0: no pending block */
     size_t block_size;     /* bytes in ledger->block, header included */
     struct seq_cache_entry seq_cache[SEQ_CACHE_SIZE];
+    /*
+     * The record that block_record_find found last, so that the next one of
+     * the same block (a resent frame asks for consecutive numbers) starts
+     * from there instead of from the block's start, and the block is not
+     * checked again.
+     */
+    struct {
+        uint8_t tenant_id[UUID_SIZE];
+        uint64_t first;
+        size_t block_size; /* of the stored block; 0 for the pending block */
+        uint32_t index;
+        size_t at;
+        int valid;
+    } found;
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
@@ -272,7 +286,7 @@ int block_flush(struct ledger_txn *txn);
  * block of `pending` when not NULL, else in TABLE_BLOCKS. HM_ERR_NOT_FOUND
  * when no block holds it, HM_ERR_STORAGE for a corrupt block.
  */
-int block_record_find(struct ledger *ledger, MDB_txn *txn, const struct ledger_txn *pending,
+int block_record_find(struct ledger *ledger, MDB_txn *txn, struct ledger_txn *pending,
                       const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t **record_out,
                       size_t *size_out);
 

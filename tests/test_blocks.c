@@ -1,8 +1,9 @@
 /*
  * Event blocks and the writer's id index: duplicates found across blocks and
  * inside the pending block, aborts that roll the index back (also after it
- * grew), appends by another process, rollups summed per transaction, and
- * corrupt blocks reported as errors.
+ * grew), appends by another process, rollups summed per transaction, rollup
+ * changes of conflicts taken away again, fingerprints of ids that a sender
+ * chose, and corrupt blocks reported as errors.
  */
 #include <criterion/criterion.h>
 #include <lmdb.h>
@@ -14,6 +15,8 @@
 
 #include "common/status.h"
 #include "ingest/wire.h"
+#include "rollup/dedup.h"
+#include "rollup/deltas.h"
 #include "rollup/ledger.h"
 
 static char dir[256];
@@ -333,4 +336,135 @@ Test(blocks, index_grows_across_commits)
     cr_expect_eq(all.duplicates, 300000);
     cr_expect_eq(all.stored, 0);
     cr_expect_eq(event_count(tenant_a), 300000);
+}
+
+/* Counts the stored rollup rows of a tenant's period, the storage row left out. */
+static size_t rollup_row_count(const uint8_t tenant[UUID_SIZE], uint32_t period)
+{
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    cr_assert_eq(ledger_rollups_stored(ledger, tenant, period, &rows, &count), HM_OK);
+    free(rows);
+    return count;
+}
+
+Test(blocks, conflicts_taken_away_leave_no_rows)
+{
+    commit_range(tenant_a, 1, 1, 5);
+    size_t june_rows = rollup_row_count(tenant_a, 202406);
+    cr_assert_eq(june_rows, 3, "input tokens, output tokens and events of m-small");
+
+    /* The same id with another model, and with a timestamp in July. */
+    struct event other_model = numbered(tenant_a, 1, 5);
+    snprintf(other_model.u.inference.model, sizeof other_model.u.inference.model, "m-other");
+    struct event other_month = numbered(tenant_a, 1, 5);
+    other_month.timestamp_us += INT64_C(30) * 86400 * 1000000;
+    const struct event *conflicts[] = { &other_model, &other_month };
+
+    /* As meterd commits a batch: every event's changes first, then those not stored away. */
+    struct rollup_deltas *batch = NULL, *not_stored = NULL;
+    cr_assert_eq(rollup_deltas_create(&batch, 64), HM_OK);
+    cr_assert_eq(rollup_deltas_create(&not_stored, 64), HM_OK);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t record[RECORD_SIZE_MAX];
+        int size = record_encode(conflicts[i], record);
+        cr_assert_gt(size, 0);
+        cr_expect_eq(ledger_append_record(txn, tenant_a, record, (size_t)size), APPEND_CONFLICT);
+        cr_assert_eq(rollup_deltas_add_event(batch, conflicts[i]), HM_OK);
+        cr_assert_eq(rollup_deltas_add_event(not_stored, conflicts[i]), HM_OK);
+    }
+    cr_assert_eq(ledger_rollups_apply(txn, batch, 0), HM_OK);
+    cr_assert_eq(ledger_rollups_apply(txn, not_stored, 1), HM_OK);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    rollup_deltas_free(batch);
+    rollup_deltas_free(not_stored);
+
+    cr_expect_eq(rollup_row_count(tenant_a, 202406), june_rows);
+    cr_expect_eq(rollup_row_count(tenant_a, 202407), 0);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202407), HM_OK);
+}
+
+static int fingerprint_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+Test(blocks, chosen_ids_get_distinct_fingerprints)
+{
+    /*
+     * Ids whose last 8 bytes, read little-endian, equal the hash's public
+     * constant k2. Without a seed in that factor of the hash, such ids make it
+     * zero, so all of them share one fingerprint and each append probes every
+     * earlier one.
+     */
+    enum { IDS = 4096 };
+    const uint64_t k2 = UINT64_C(0xe7037ed1a0b428db);
+    struct dedup_index *index = NULL;
+    cr_assert_eq(dedup_create(&index), HM_OK);
+    static uint64_t fingerprints[IDS];
+    for (uint64_t i = 0; i < IDS; i++) {
+        uint8_t id[UUID_SIZE];
+        memcpy(id, &i, sizeof i);
+        memcpy(id + 8, &k2, sizeof k2);
+        fingerprints[i] = dedup_fingerprint(index, tenant_a, id);
+    }
+    dedup_free(index);
+    qsort(fingerprints, IDS, sizeof fingerprints[0], fingerprint_order);
+    size_t repeated = 0;
+    for (size_t i = 1; i < IDS; i++)
+        repeated += fingerprints[i] == fingerprints[i - 1];
+    cr_expect_eq(repeated, 0, "%zu of %d chosen ids share a fingerprint", repeated, IDS);
+}
+
+/*
+ * Resends in an order that jumps back and forth inside blocks and between
+ * them, and between tenants, so that every lookup of a stored record starts
+ * both after and before the record found last.
+ */
+Test(blocks, resends_in_shuffled_order)
+{
+    enum { EVENTS = 9000 };
+    static uint32_t order[EVENTS];
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    append_range(txn, tenant_a, 0, EVENTS, 1);
+    append_range(txn, tenant_b, 0, 100, 1);
+    /* Inside the same transaction: tenant b's pending block, then a's blocks, back and forth. */
+    cr_expect_eq(append_range(txn, tenant_b, 50, 50, 1).duplicates, 50);
+    cr_expect_eq(append_range(txn, tenant_a, 8000, 10, 1).duplicates, 10);
+    cr_expect_eq(append_range(txn, tenant_b, 0, 10, 1).duplicates, 10);
+    cr_expect_eq(append_range(txn, tenant_a, 100, 10, 1).duplicates, 10);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+
+    uint64_t state = 7;
+    for (uint32_t i = 0; i < EVENTS; i++)
+        order[i] = i;
+    for (uint32_t i = EVENTS - 1; i > 0; i--) {
+        state = state * 6364136223846793005u + 1442695040888963407u;
+        uint32_t j = (uint32_t)((state >> 33) % (i + 1));
+        uint32_t swap = order[i];
+        order[i] = order[j];
+        order[j] = swap;
+    }
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    struct outcomes outcomes = { 0 };
+    for (uint32_t i = 0; i < EVENTS; i++) {
+        /* Every seventh event comes back with other content: a conflict. */
+        uint64_t tokens = order[i] % 7 == 0 ? 2 : 1;
+        struct outcomes one = append_range(txn, tenant_a, order[i], 1, tokens);
+        outcomes.stored += one.stored;
+        outcomes.duplicates += one.duplicates;
+        outcomes.conflicts += one.conflicts;
+    }
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    cr_expect_eq(outcomes.stored, 0);
+    cr_expect_eq(outcomes.conflicts, (EVENTS + 6) / 7);
+    cr_expect_eq(outcomes.duplicates, EVENTS - (EVENTS + 6) / 7);
+    cr_expect_eq(event_count(tenant_a), EVENTS);
+    cr_expect_eq(event_count(tenant_b), 100);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
 }

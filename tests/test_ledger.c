@@ -349,3 +349,49 @@ Test(ledger, verify_detects_tampered_rollup)
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_CONFLICT);
 }
+
+/* Sets the layout record of the closed ledger in `dir` behind the ledger's back; returns the old one. */
+static uint32_t layout_write(uint32_t layout)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 32), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    MDB_val key = { 6, "layout" }, value;
+    cr_assert_eq(mdb_get(txn, meta, &key, &value), 0, "a ledger records its layout");
+    uint32_t old;
+    cr_assert_eq(value.mv_size, sizeof old);
+    memcpy(&old, value.mv_data, sizeof old);
+    value = (MDB_val){ sizeof layout, &layout };
+    cr_assert_eq(mdb_put(txn, meta, &key, &value, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    return old;
+}
+
+Test(ledger, newer_layout_refused_at_open)
+{
+    struct event event = inference(tenant_a, 0x71, 1000, 10);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
+    ledger_close(ledger);
+    ledger = NULL;
+
+    cr_assert_eq(layout_write(3), 2);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_ERR_STORAGE);
+    cr_assert_null(ledger);
+    cr_assert(strstr(ledger_open_error(), "layout 3") != NULL, "%s", ledger_open_error());
+    cr_assert(strstr(ledger_open_error(), "run the newer meterd") != NULL, "%s",
+              ledger_open_error());
+    struct ledger_options read_only = { .read_only = 1 };
+    cr_assert_eq(ledger_open(&ledger, dir, &read_only), HM_ERR_STORAGE);
+    cr_assert_null(ledger);
+
+    /* Back at this build's layout, the ledger opens with its event. */
+    cr_assert_eq(layout_write(2), 3);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    cr_assert_eq(append_one(&event), APPEND_DUPLICATE);
+}
