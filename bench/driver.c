@@ -506,7 +506,7 @@ int drive_stream(struct pool *pool, struct phase *phase, const struct stream_opt
         connection->phase = phase;
         connection->index = opened;
         connection->stride = count;
-        connection->window = options->window ? options->window : 64;
+        connection->window = options->window ? options->window : 512;
         pthread_mutex_init(&connection->mutex, NULL);
         pthread_cond_init(&connection->acked_changed, NULL);
     }

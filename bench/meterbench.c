@@ -52,7 +52,7 @@ static const char usage_text[] =
     "  --tenants N           tenants, 1 to 64 (default 8)\n"
     "  --connections N       TCP connections to meterd and the socket, 1 to 16 (default 1)\n"
     "  --window N            closed-loop frames in flight per connection, 1 to 4096\n"
-    "                        (default 64)\n"
+    "                        (default 512)\n"
     "  --pg-connections N    PostgreSQL sessions, 1 to 32 (default 4)\n"
     "  --redis-connections N Redis connections, 1 to 32 (default 2)\n"
     "  --traces DIR          the bundled traces (default SOURCE/data/traces)\n"
@@ -248,7 +248,7 @@ static int parse_options(int argc, char **argv, struct options *options)
     *options = (struct options){ .mode = "full", .events = 1000000,
                                  .loads = { 0.25, 0.5, 0.75, 0.9 }, .load_count = 4,
                                  .duration_s = 4, .events_per_frame = 256, .tenants = 8,
-                                 .connections = 1, .window = 64, .pg_connections = 4,
+                                 .connections = 1, .window = 512, .pg_connections = 4,
                                  .redis_connections = 2, .close = 1,
                                  .close_events = 100000000, .close_tenants = 1000,
                                  .traces = HM_SOURCE_DIR "/data/traces",

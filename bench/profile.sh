@@ -42,9 +42,9 @@ grep "closed loop: $events events" "$work/bench.log" | sed 's/^meterbench: *//'
 
 echo "== CPU share by thread (all CPUs; swapper is idle time)"
 perf report -i "$work/perf.data" --no-children --sort comm --stdio 2>/dev/null |
-  grep -E '^ +[0-9]' | head -8
+  grep -E '^ +[0-9]' | sed -n 1,8p
 for thread in meterd meterd-commit; do
   echo "== top functions of thread $thread (share of all samples)"
   perf report -i "$work/perf.data" --comm "$thread" --no-children --sort symbol --stdio \
-    -g none 2>/dev/null | grep -E '^ +[0-9]' | head -15
+    -g none 2>/dev/null | grep -E '^ +[0-9]' | sed -n 1,15p
 done

@@ -168,24 +168,28 @@ int rollup_deltas_add_event(struct rollup_deltas *deltas, const struct event *ev
 }
 
 /*
- * Keys that a run of events of one tenant changed last, with their slots:
- * the events of a frame share a few periods, models and kinds, so most of
- * their changes find their slot here without building and hashing the key.
+ * Slots of the keys that a run of events of one tenant changed, in a small
+ * direct-mapped cache: the events of a frame share a few periods, models
+ * and kinds, so most of their changes find their slot here without
+ * building and hashing the whole key. An entry is found by the hash of its
+ * dimension, computed once per dimension of an event, with its period and
+ * meter; the dimension's text is compared only on a match.
  */
-#define SLOT_CACHE_SIZE 16
+#define SLOT_CACHE_SIZE 64
 
 struct cached_slot {
-    enum rollup_meter meter;
+    uint64_t dimension_hash;
     uint32_t period;
+    uint32_t meter;        /* enum rollup_meter + 1; 0: an empty entry */
     const char *dimension; /* borrowed from an event of the run */
     size_t slot;
 };
 
 struct events_sink {
     struct event_sink base;
+    const char *dimension; /* whose hash is dimension_hash */
+    uint64_t dimension_hash;
     struct cached_slot cache[SLOT_CACHE_SIZE];
-    size_t cache_count;
-    size_t cache_next; /* the entry to replace when the cache is full */
 };
 
 static int events_sink(void *context, enum rollup_meter meter, const char *dimension,
@@ -193,25 +197,59 @@ static int events_sink(void *context, enum rollup_meter meter, const char *dimen
 {
     struct events_sink *sink = context;
     uint32_t period = sink->base.memo.period;
-    for (size_t i = 0; i < sink->cache_count; i++) {
-        const struct cached_slot *cached = &sink->cache[i];
-        if (cached->meter == meter && cached->period == period &&
-            strcmp(cached->dimension, dimension) == 0) {
-            struct rollup_delta *delta = &sink->base.deltas->slots[cached->slot];
-            delta->quantity += quantity;
-            delta->count++;
-            return HM_OK;
-        }
+    /* The meters of an event share its dimension, which keeps its address. */
+    if (dimension != sink->dimension) {
+        sink->dimension = dimension;
+        sink->dimension_hash = rollup_key_hash((const uint8_t *)dimension, strlen(dimension));
+    }
+    uint64_t hash = sink->dimension_hash ^ ((uint64_t)period << 8 | (uint64_t)meter);
+    hash *= UINT64_C(0x9e3779b97f4a7c15);
+    struct cached_slot *cached = &sink->cache[hash >> 58];
+    _Static_assert(SLOT_CACHE_SIZE == 64, "the cache index takes the top 6 bits of the hash");
+    if (cached->meter == (uint32_t)meter + 1 && cached->period == period &&
+        cached->dimension_hash == sink->dimension_hash &&
+        (cached->dimension == dimension || strcmp(cached->dimension, dimension) == 0)) {
+        struct rollup_delta *delta = &sink->base.deltas->slots[cached->slot];
+        delta->quantity += quantity;
+        delta->count++;
+        return HM_OK;
     }
     size_t slot;
     int rc = rollup_deltas_add(sink->base.deltas, &sink->base.memo, meter, dimension, quantity,
                                1, &slot);
     if (rc != HM_OK)
         return rc;
-    size_t at = sink->cache_count < SLOT_CACHE_SIZE ? sink->cache_count++ : sink->cache_next++;
-    sink->cache_next %= SLOT_CACHE_SIZE;
-    sink->cache[at] = (struct cached_slot){ meter, period, dimension, slot };
+    *cached = (struct cached_slot){ sink->dimension_hash, period, (uint32_t)meter + 1, dimension,
+                                    slot };
     return HM_OK;
+}
+
+/*
+ * The months of a run's timestamps, remembered: the events of a frame fall
+ * in a few months, and the calendar arithmetic of event_period_of costs more
+ * than the rest of a rollup change.
+ */
+#define MONTH_CACHE_SIZE 8
+
+struct month_cache {
+    int64_t start_us[MONTH_CACHE_SIZE], end_us[MONTH_CACHE_SIZE];
+    uint32_t period[MONTH_CACHE_SIZE];
+    size_t count, next;
+};
+
+static uint32_t month_of(struct month_cache *cache, int64_t timestamp_us)
+{
+    for (size_t i = 0; i < cache->count; i++) {
+        if (timestamp_us >= cache->start_us[i] && timestamp_us < cache->end_us[i])
+            return cache->period[i];
+    }
+    uint32_t period = event_period_of(timestamp_us);
+    uint32_t next = period % 100 == 12 ? (period / 100 + 1) * 100 + 1 : period + 1;
+    size_t at = cache->count < MONTH_CACHE_SIZE ? cache->count++ : cache->next++ % MONTH_CACHE_SIZE;
+    cache->start_us[at] = period_start_us(period);
+    cache->end_us[at] = period_start_us(next);
+    cache->period[at] = period;
+    return period;
 }
 
 int rollup_deltas_add_events(struct rollup_deltas *deltas, const struct event *events,
@@ -227,21 +265,12 @@ int rollup_deltas_add_events(struct rollup_deltas *deltas, const struct event *e
         return rc;
     struct events_sink sink;
     sink.base.deltas = deltas;
-    sink.cache_count = 0;
-    sink.cache_next = 0;
-    int64_t day_start_us = INT64_MIN, day_end_us = INT64_MIN;
-    uint32_t period = 0;
+    sink.dimension = NULL;
+    memset(sink.cache, 0, sizeof sink.cache);
+    struct month_cache months = { .count = 0 };
     for (size_t i = 0; i < count && rc == HM_OK; i++) {
         const struct event *event = &events[i];
-        /* The period of a UTC day, remembered: most events of a run fall on a few days. */
-        if (event->timestamp_us < day_start_us || event->timestamp_us >= day_end_us) {
-            int64_t day_us = INT64_C(86400000000);
-            day_start_us = event->timestamp_us / day_us * day_us;
-            if (event->timestamp_us % day_us < 0)
-                day_start_us -= day_us;
-            day_end_us = day_start_us + day_us;
-            period = event_period_of(event->timestamp_us);
-        }
+        uint32_t period = month_of(&months, event->timestamp_us);
         rollup_key_memo_start(&sink.base.memo, event->tenant_id, period);
         rc = ledger_event_rollups(event, events_sink, &sink);
     }

@@ -18,11 +18,16 @@ static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 /* 2023-11-01T00:00:00Z; the events spread over about 200 days from there. */
 #define NOVEMBER_1_US (INT64_C(1698796800) * 1000000)
 
-/* A varied event from a number: every kind, four models, several months and days. */
+/*
+ * A varied event from a number: every kind, four models, several months and
+ * days, a third of them in the last microsecond before a midnight, so that
+ * some fall on either side of a month's and a year's first instant.
+ */
 static struct event varied(const uint8_t tenant[UUID_SIZE], uint32_t number)
 {
     struct event event = { .timestamp_us = NOVEMBER_1_US +
-                                           (int64_t)(number * 7919u % 200) * 86400 * 1000000 };
+                                           (int64_t)(number * 7919u % 200) * 86400 * 1000000 -
+                                           (number % 3 == 0) };
     memcpy(event.tenant_id, tenant, UUID_SIZE);
     memcpy(event.event_id, &number, sizeof number);
     switch (number % 5) {
