@@ -3,23 +3,27 @@
 # effect of each change is compared on the same machine under the same
 # conditions (docs/PERFORMANCE.md).
 #
-#   bench/history.sh [--runs N] [--events N] COMMIT...
+#   bench/history.sh [--runs N] [--events N] [--window N] COMMIT...
 #
 # Builds meterd, meterctl and meterbench of each commit in a temporary git
 # worktree (RelWithDebInfo), runs that commit's own
-# `meterbench --peers meterd-tcp --events N --loads 0.5` N times (default 3
-# runs of 3,000,000 events), and prints one line per run: the commit, its
-# subject, the closed-loop events per second and the p50 and p99 ack latency
-# at half of that run's closed-loop maximum. The worktrees are removed at the
-# end. Needs the packages of engine/install-deps.sh.
+# `meterbench --peers meterd-tcp --events N --loads 0.5 --window W` N times
+# (default 3 runs of 3,000,000 events with 512 frames in flight, so that
+# commits whose meterbench had another default run alike), and prints one
+# line per run: the commit, its subject, the closed-loop events per second
+# and the p50 and p99 ack latency at half of that run's closed-loop maximum.
+# The worktrees are removed at the end. Needs the packages of
+# engine/install-deps.sh.
 set -euo pipefail
 runs=3
 events=3000000
+window=512
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --events) events=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --window) window=$2; shift 2 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -50,7 +54,7 @@ for commit in "$@"; do
     mkdir -p "$out/tmp"
     # --keep-temp leaves results.json in the run's directory under $TMPDIR.
     (cd "$work" && TMPDIR=$out/tmp "$tree/build/meterbench" --peers meterd-tcp \
-      --events "$events" --loads 0.5 --duration 2 --traces "$tree/data/traces" --keep-temp \
+      --events "$events" --window "$window" --loads 0.5 --duration 2 --traces "$tree/data/traces" --keep-temp \
       --out "$out" >"$out.log" 2>&1) ||
       { echo "history.sh: meterbench of $short failed; see $out.log" >&2; exit 1; }
     python3 - "$out"/tmp/*/results.json "$short" "$run" "$subject" <<'EOF'
