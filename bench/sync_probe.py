@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Measures how long the disk takes to make a commit durable.
+
+    python3 bench/sync_probe.py [--dir DIR] [--syncs N]
+
+Writes a file in DIR (default $TMPDIR or /tmp, so put it on the file
+system of the ledger) and times fdatasync after writes shaped like an LMDB
+commit: a run of bytes appended at the end of the file (the new event
+blocks), with 0, 4 or 30 pages of 4 KiB rewritten at random places before
+it (the B-tree pages that a commit copies). Prints the p50, p99 and largest
+sync latency of each shape. docs/PERFORMANCE.md quotes it: the scattered
+pages, not the appended bytes, set most of a commit's sync time.
+"""
+import argparse
+import os
+import random
+import tempfile
+import time
+
+PAGE = 4096
+FILE_PAGES = 65536  # a 256 MiB file, so that the rewritten pages are spread out
+
+
+def percentile(values, fraction):
+    return values[min(len(values) - 1, int(len(values) * fraction))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--syncs", type=int, default=150, help="syncs per shape (default 150)")
+    options = parser.parse_args()
+    if not 10 <= options.syncs <= 10000:
+        parser.error("--syncs %d is out of range; give 10 to 10000" % options.syncs)
+
+    path = os.path.join(options.dir, "hm-sync-probe-%d.dat" % os.getpid())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        zeros = bytes(1 << 20)
+        for _ in range(FILE_PAGES * PAGE // len(zeros)):
+            os.write(fd, zeros)
+        os.fsync(fd)
+        end = FILE_PAGES * PAGE
+        page = os.urandom(PAGE)
+        appended = os.urandom(320 * 1024)
+        random.seed(1)
+        print("%-34s %8s %8s %8s" % ("shape", "p50 ms", "p99 ms", "max ms"))
+        for scattered in (0, 4, 30):
+            latencies = []
+            for _ in range(options.syncs):
+                for _ in range(scattered):
+                    os.pwrite(fd, page, random.randrange(FILE_PAGES) * PAGE)
+                os.pwrite(fd, appended, end)
+                end += len(appended)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                latencies.append((time.perf_counter() - started) * 1000)
+            latencies.sort()
+            shape = "320 KiB appended, %d pages rewritten" % scattered
+            print("%-34s %8.2f %8.2f %8.2f" % (shape, percentile(latencies, 0.5),
+                                                percentile(latencies, 0.99), latencies[-1]))
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    main()
