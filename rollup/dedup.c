@@ -245,9 +245,24 @@ int dedup_probe_next(const struct dedup_index *index, struct dedup_probe *probe,
  */
 static int grow_now(struct dedup_index *index)
 {
-    spare_settle(index, 0);
-    struct dedup_table bigger;
-    if (table_make(&bigger, 2 * (index->current.mask + 1)) != HM_OK)
+    size_t slot_count = 2 * (index->current.mask + 1);
+    struct dedup_table bigger = { .slots = NULL };
+    if (atomic_load(&index->spare_state) != SPARE_NONE && index->spare.mask + 1 == slot_count) {
+        /*
+         * The helper's table has that size: wait for it rather than zero
+         * another one here, since part of its pages are done already.
+         */
+        spare_settle(index, 1);
+        if (atomic_load(&index->spare_state) == SPARE_READY) {
+            bigger = index->spare;
+            bigger.count = 0;
+            index->spare.slots = NULL;
+        }
+        atomic_store(&index->spare_state, SPARE_NONE);
+    } else {
+        spare_settle(index, 0);
+    }
+    if (bigger.slots == NULL && table_make(&bigger, slot_count) != HM_OK)
         return HM_ERR_NOMEM;
     const struct dedup_table *tables[2] = { &index->current, &index->old };
     for (int t = 0; t < 2; t++) {

@@ -468,3 +468,22 @@ Test(blocks, resends_in_shuffled_order)
     cr_expect_eq(event_count(tenant_b), 100);
     cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
 }
+
+/*
+ * The first commit passes 20 % load of the first table, so a helper makes
+ * the next one; the second fills the table past three quarters inside one
+ * transaction, which makes room at once with the helper's table.
+ */
+Test(blocks, growth_inside_a_transaction_after_the_next_table_was_asked_for)
+{
+    cr_assert_eq(commit_range(tenant_a, 0, 14000, 1).stored, 14000);
+    struct outcomes big = commit_range(tenant_a, 14000, 40000, 1);
+    cr_expect_eq(big.stored, 40000);
+    struct outcomes again = commit_range(tenant_a, 0, 54000, 1);
+    cr_expect_eq(again.duplicates, 54000);
+    cr_expect_eq(again.stored, 0);
+    cr_expect_eq(commit_range(tenant_a, 54000, 60000, 1).stored, 60000);
+    cr_expect_eq(commit_range(tenant_a, 50000, 20000, 1).duplicates, 20000);
+    cr_expect_eq(event_count(tenant_a), 114000);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+}
