@@ -13,7 +13,10 @@ CLASS one of "not_found", "invalid", "overflow", or the expected invoice:
                 "amount_minor"}, ...],
      "subtotal", "discount", "credits_applied", "total",    (minor units)
      "credits": [{"id", "applied", "balance_after"}, ...],
-     "max_intermediate": largest |exact amount| seen, in minor units}
+     "max_intermediate": largest |exact amount| seen, in minor units,
+     "wide_ratio": true when a discount's exact calculation holds a reduced
+                   ratio whose numerator or denominator needs more than 127
+                   bits, which the engine refuses as an overflow}
 
 Usage:
     rating_oracle.py --self-test
@@ -30,6 +33,7 @@ import time
 from fractions import Fraction
 
 INT64_MAX = 2**63 - 1
+INT128_MAX = 2**127 - 1
 
 CURRENCY_EXPONENTS = {
     "USD": 2, "EUR": 2, "GBP": 2, "JPY": 0, "KRW": 0,
@@ -164,13 +168,19 @@ class Discount:
         self.name, self.applies_to, self.driver, self.mode = name, applies_to, driver, mode
         self.tiers = tiers  # [(above, percent)], above ascending
 
-    def rate(self, driver_quantity):
-        """Return the effective fraction of B taken off, for the driver's quantity D."""
+    def rate(self, driver_quantity, steps=None):
+        """Return the effective fraction of B taken off, for the driver's quantity D.
+
+        Appends to `steps` each exact value of the calculation, reduced, so
+        that the caller can tell a result whose calculation needs ratios
+        wider than 127 bits."""
+        steps = [] if steps is None else steps
         if self.mode == "volume":
             percent = Fraction(0)
             for above, tier_percent in self.tiers:
                 if driver_quantity > above:
                     percent = tier_percent
+            steps.append(percent / 100)
             return percent / 100
         if driver_quantity <= 0:
             return Fraction(0)
@@ -180,7 +190,10 @@ class Discount:
             if index + 1 < len(self.tiers):
                 upper = min(driver_quantity, self.tiers[index + 1][0])
             if upper > above:
-                weighted += tier_percent / 100 * (upper - above)
+                term = tier_percent / 100 * (upper - above)
+                weighted += term
+                steps.extend((upper - above, term, weighted))
+        steps.append(weighted / driver_quantity)
         return weighted / driver_quantity
 
 
@@ -250,6 +263,13 @@ class Tracker:
     def __init__(self, exponent):
         self.exponent = exponent
         self.maximum = Fraction(0)
+        self.wide = False
+
+    def ratios(self, values):
+        """Record exact values that the engine holds as ratios of 128-bit integers."""
+        for value in values:
+            if abs(value.numerator) > INT128_MAX or value.denominator > INT128_MAX:
+                self.wide = True
 
     def note(self, value, major=True):
         """Record an exact amount that the rules do not require to fit an int64."""
@@ -272,11 +292,13 @@ def rate(book, usage):
         tracker = Tracker(CURRENCY_EXPONENTS[currency])
         result = rate_parsed(currency, rounding, versions, book["name"], usage, tracker)
         result["max_intermediate"] = tracker.maximum
+        result["wide_ratio"] = tracker.wide
         return result
     except RatingError as error:
         result = {"error": error.kind, "message": str(error)}
         if tracker is not None:
             result["max_intermediate"] = tracker.maximum
+            result["wide_ratio"] = tracker.wide
         return result
 
 
@@ -416,7 +438,12 @@ def rate_parsed(currency, rounding, versions, book_name, usage, tracker):
     discount_sum = 0
     for discount in last_version.discounts:
         base = sum(usage_sums[kind] for kind in discount.applies_to)
-        exact = Fraction(base, 10**exponent) * discount.rate(driver_quantities[discount.driver])
+        steps = []
+        fraction = discount.rate(driver_quantities[discount.driver], steps)
+        exact = Fraction(base, 10**exponent) * fraction
+        # The engine takes the base in minor units times the fraction, and the
+        # fraction times 100 for the percent it prints.
+        tracker.ratios(steps + [base * fraction, fraction * 100])
         tracker.see(exact, f"discount {discount.name}")
         amount = rnd(exact)
         if amount != 0:
@@ -688,6 +715,7 @@ def main():
             case = json.loads(text)
             result = rate(case["book"], case["usage"])
             result.pop("max_intermediate", None)
+            result.pop("wide_ratio", None)
             print(json.dumps(result, sort_keys=True))
     return 0
 
