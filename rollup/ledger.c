@@ -118,8 +118,8 @@ static const char layout_name[] = "layout";
 /*
  * Reads the layout record in the transaction that opens the ledger and
  * writes it when the ledger has none or an older one (not in a read-only
- * open). Returns 0, -1 for a ledger of a newer layout (open_error says so),
- * or an LMDB error.
+ * open). Returns 0, -1 for a ledger of a newer layout or a damaged record
+ * (open_error says which), or an LMDB error.
  */
 static int layout_check(struct ledger *ledger, MDB_txn *txn, const char *dir, int read_only)
 {
@@ -128,10 +128,15 @@ static int layout_check(struct ledger *ledger, MDB_txn *txn, const char *dir, in
     MDB_val key = { sizeof layout_name - 1, (void *)layout_name }, value;
     uint32_t layout = 0;
     int rc = mdb_get(txn, ledger->tables[TABLE_META], &key, &value);
-    if (rc == 0 && value.mv_size == sizeof layout)
+    if (rc == 0 && value.mv_size != sizeof layout) {
+        snprintf(open_error, sizeof open_error, "the layout record of the ledger in %s has %zu "
+                 "bytes, expected %zu: the ledger is damaged; restore the data directory from "
+                 "a backup", dir, value.mv_size, sizeof layout);
+        log_error("ledger", "cannot open the ledger: %s", open_error);
+        return -1;
+    }
+    if (rc == 0)
         memcpy(&layout, value.mv_data, sizeof layout);
-    else if (rc == 0)
-        layout = UINT32_MAX;
     else if (rc != MDB_NOTFOUND)
         return rc;
     if (layout > LEDGER_LAYOUT) {

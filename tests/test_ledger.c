@@ -350,6 +350,23 @@ Test(ledger, verify_detects_tampered_rollup)
     cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_CONFLICT);
 }
 
+/* Sets the layout record of the closed ledger in `dir` to `size` bytes of `bytes`. */
+static void layout_bytes_write(const void *bytes, size_t size)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 32), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    MDB_val key = { 6, "layout" }, value = { size, (void *)bytes };
+    cr_assert_eq(mdb_put(txn, meta, &key, &value, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
 /* Sets the layout record of the closed ledger in `dir` behind the ledger's back; returns the old one. */
 static uint32_t layout_write(uint32_t layout)
 {
@@ -394,4 +411,17 @@ Test(ledger, newer_layout_refused_at_open)
     cr_assert_eq(layout_write(2), 3);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_assert_eq(append_one(&event), APPEND_DUPLICATE);
+}
+
+Test(ledger, damaged_layout_record_refused_at_open)
+{
+    ledger_close(ledger);
+    ledger = NULL;
+    const uint8_t two_bytes[2] = { 2, 0 };
+    layout_bytes_write(two_bytes, sizeof two_bytes);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_ERR_STORAGE);
+    cr_assert_null(ledger);
+    cr_assert(strstr(ledger_open_error(), "has 2 bytes, expected 4") != NULL, "%s",
+              ledger_open_error());
+    cr_assert(strstr(ledger_open_error(), "newer") == NULL, "%s", ledger_open_error());
 }
