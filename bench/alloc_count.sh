@@ -6,7 +6,7 @@
 #
 # Runs meterd four times, on a fresh ledger of 4 tenants each time, with the
 # preload library libhm_alloc_count.so (bench/alloc/alloc_count.c). The runs
-# replay 0, 2,000, 20,000 and all rows of every bundled trace over TCP, then
+# replay 0, 1,000, 5,000 and all rows of every bundled trace over TCP, then
 # stop meterd with SIGTERM. Each line gives the events stored and the calls
 # of malloc, calloc, realloc, posix_memalign and aligned_alloc that the
 # whole process made, start and stop included.
@@ -25,7 +25,7 @@ for trace in "$source_dir"/data/traces/*.csv "$source_dir"/data/traces/*.jsonl; 
 done
 
 printf '%10s %10s %12s\n' rows events allocations
-for rows in 0 2000 20000 all; do
+for rows in 0 1000 5000 all; do
   data=$work/data-$rows
   export METER_DATA=$data
   for name in alloc-a alloc-b alloc-c alloc-d; do
