@@ -374,17 +374,15 @@ void dedup_txn_commit(struct dedup_index *index)
     index->undo_count = 0;
     index->resized = 0;
     /*
-     * From 40 % load on, a helper thread makes a table of twice the size;
-     * from 60 % on, once it is ready, that table takes the new slots. Linear
-     * probing at 60 % still finds most ids within one or two cache lines,
-     * and the index holds half the memory per id that 20 % and 40 % did.
+     * From 20 % load on, a helper thread makes a table of twice the size;
+     * from 40 % on, once it is ready, that table takes the new slots.
      */
     struct dedup_table *table = &index->current;
     size_t slot_count = table->mask + 1;
     if (index->old.slots == NULL && atomic_load(&index->spare_state) == SPARE_NONE &&
-        table->count * 5 >= slot_count * 2)
+        table->count * 5 >= slot_count)
         spare_request(index, 2 * slot_count);
-    if (index->old.slots == NULL && table->count * 5 >= slot_count * 3 &&
+    if (index->old.slots == NULL && table->count * 5 >= slot_count * 2 &&
         atomic_load(&index->spare_state) >= SPARE_READY) {
         int ready = atomic_load(&index->spare_state) == SPARE_READY;
         spare_settle(index, 1);

@@ -8,10 +8,10 @@
  * event. The ledger rebuilds the index from the stored events when a process
  * first appends, and again when another process appended in between.
  *
- * The table grows without a pause: at 60 % load a table of twice the size
+ * The table grows without a pause: at 40 % load a table of twice the size
  * takes the new slots, and the commits that follow move the old slots over a
  * bounded number at a time, while lookups probe both tables. The bigger
- * table is mapped and its pages faulted in by a helper thread from 40 % load
+ * table is mapped and its pages faulted in by a helper thread from 20 % load
  * on, because zeroing hundreds of megabytes on the writer stalls commits.
  *
  * Invariants:
