@@ -51,7 +51,7 @@ static void *spare_make(void *context)
      * Linux a thread's nice value is its own. A failure only makes it slower.
      */
     (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-    /* Its own name, so that a profile tells its page zeroing from the commits. */
+    /* Its own name, so that a profile separates its page zeroing from the commits. */
     pthread_setname_np(pthread_self(), "ledger-index");
     size_t bytes = (index->spare.mask + 1) * sizeof(struct dedup_slot);
     void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -107,10 +107,11 @@ static int dir_space_low(const char *dir)
 /*
  * Layout of the stored events. 1: one record per event in the events
  * table. 2: blocks per tenant (blocks table), read beside the records of
- * layout 1. The meta record "layout" holds the newest layout that a
- * writer of this ledger knew, so that a build older than that refuses to
- * write events where the newer build would not look, and to count them
- * twice. Builds from before the record existed cannot check it.
+ * layout 1. The meta record "layout" contains the newest layout of any
+ * build that wrote to this ledger. An older build rejects the ledger,
+ * because it would store resent events where the newer build does not
+ * look and count them twice. Builds from before the record existed cannot
+ * check it.
  */
 #define LEDGER_LAYOUT 2
 static const char layout_name[] = "layout";
@@ -119,7 +120,7 @@ static const char layout_name[] = "layout";
  * Reads the layout record in the transaction that opens the ledger and
  * writes it when the ledger has none or an older one (not in a read-only
  * open). Returns 0, -1 for a ledger of a newer layout or a damaged record
- * (open_error says which), or an LMDB error.
+ * (open_error describes which), or an LMDB error.
  */
 static int layout_check(struct ledger *ledger, MDB_txn *txn, const char *dir, int read_only)
 {

@@ -97,10 +97,9 @@ struct ledger_txn {
     size_t block_size;     /* bytes in ledger->block, header included */
     struct seq_cache_entry seq_cache[SEQ_CACHE_SIZE];
     /*
-     * The record that block_record_find found last, so that the next one of
-     * the same block (a resent frame asks for consecutive numbers) starts
-     * from there instead of from the block's start, and the block is not
-     * checked again.
+     * The position of the record that block_record_find found last. A
+     * resent frame requests consecutive numbers, so the next search in the
+     * same block starts there and does not check the block again.
      */
     struct {
         uint8_t tenant_id[UUID_SIZE];

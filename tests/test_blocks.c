@@ -471,10 +471,10 @@ Test(blocks, resends_in_shuffled_order)
 
 /*
  * The first commit passes 20 % load of the first table, so a helper makes
- * the next one; the second fills the table past three quarters inside one
- * transaction, which makes room at once with the helper's table.
+ * the next one. The second fills the table past three quarters inside one
+ * transaction, which then grows into the helper's table.
  */
-Test(blocks, growth_inside_a_transaction_after_the_next_table_was_asked_for)
+Test(blocks, growth_inside_one_transaction)
 {
     cr_assert_eq(commit_range(tenant_a, 0, 14000, 1).stored, 14000);
     struct outcomes big = commit_range(tenant_a, 14000, 40000, 1);

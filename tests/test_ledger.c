@@ -350,25 +350,11 @@ Test(ledger, verify_detects_tampered_rollup)
     cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_CONFLICT);
 }
 
-/* Sets the layout record of the closed ledger in `dir` to `size` bytes of `bytes`. */
-static void layout_bytes_write(const void *bytes, size_t size)
-{
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi meta;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 32), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
-    MDB_val key = { 6, "layout" }, value = { size, (void *)bytes };
-    cr_assert_eq(mdb_put(txn, meta, &key, &value, 0), 0);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
-}
-
-/* Sets the layout record of the closed ledger in `dir` behind the ledger's back; returns the old one. */
-static uint32_t layout_write(uint32_t layout)
+/*
+ * Sets the layout record of the closed ledger in `dir` behind the ledger's
+ * back to `size` bytes of `bytes`. Returns the old record as a layout.
+ */
+static uint32_t layout_bytes_write(const void *bytes, size_t size)
 {
     MDB_env *env;
     MDB_txn *txn;
@@ -383,11 +369,17 @@ static uint32_t layout_write(uint32_t layout)
     uint32_t old;
     cr_assert_eq(value.mv_size, sizeof old);
     memcpy(&old, value.mv_data, sizeof old);
-    value = (MDB_val){ sizeof layout, &layout };
+    value = (MDB_val){ size, (void *)bytes };
     cr_assert_eq(mdb_put(txn, meta, &key, &value, 0), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
     return old;
+}
+
+/* Sets the layout record of the closed ledger in `dir` to `layout`; returns the old one. */
+static uint32_t layout_write(uint32_t layout)
+{
+    return layout_bytes_write(&layout, sizeof layout);
 }
 
 Test(ledger, newer_layout_refused_at_open)
@@ -418,7 +410,7 @@ Test(ledger, damaged_layout_record_refused_at_open)
     ledger_close(ledger);
     ledger = NULL;
     const uint8_t two_bytes[2] = { 2, 0 };
-    layout_bytes_write(two_bytes, sizeof two_bytes);
+    cr_assert_eq(layout_bytes_write(two_bytes, sizeof two_bytes), 2);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_ERR_STORAGE);
     cr_assert_null(ledger);
     cr_assert(strstr(ledger_open_error(), "has 2 bytes, expected 4") != NULL, "%s",

@@ -9,8 +9,8 @@ error class on both sides. The first line of output is "seed N"; rerun with --se
 
 An overflow reported by the driver counts as agreement when the oracle
 expects "overflow", when some exact intermediate amount of the oracle is
-above 10^18 minor units, or when a discount's exact calculation holds a
-reduced ratio wider than 127 bits: the C rater holds exact rationals in
+above 10^18 minor units, or when a discount's exact calculation contains a
+reduced ratio wider than 127 bits. The C rater stores exact rationals in
 128 bits and may run out of them before an int64 amount does. Any other
 overflow is a disagreement.
 

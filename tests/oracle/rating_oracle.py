@@ -266,7 +266,7 @@ class Tracker:
         self.wide = False
 
     def ratios(self, values):
-        """Record exact values that the engine holds as ratios of 128-bit integers."""
+        """Record exact values that the engine stores as ratios of 128-bit integers."""
         for value in values:
             if abs(value.numerator) > INT128_MAX or value.denominator > INT128_MAX:
                 self.wide = True
