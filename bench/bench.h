@@ -266,6 +266,9 @@ struct open_result {
     struct latency_summary latency;
     int stopped_by_cap;
     int failed;
+    /* meterd: its commits in the phase, those that took over 10 ms, and the slowest; else -1 */
+    long long commits, commits_over_10ms;
+    double commit_max_ms;
 };
 
 struct peer_result {

@@ -140,6 +140,8 @@ void bench_record_open(struct peer_result *result, struct phase *phase)
     open->seconds = phase->seconds;
     open->achieved_eps = phase->seconds > 0 ? (double)phase->events_done / phase->seconds : 0;
     open->stopped_by_cap = phase->stopped_by_cap;
+    open->commits = open->commits_over_10ms = -1;
+    open->commit_max_ms = -1;
     open->failed = phase->failed || phase->frames_done < phase->frame_count;
     latency_summarize(phase->latency_ns, phase->latency_count, &open->latency);
     fprintf(stderr, "meterbench:   %s open loop %.0f%%: %zu events, %.0f events/s, p50 %.2f ms "
@@ -417,10 +419,12 @@ static int write_results(const char *path, const struct bench *bench,
             const struct open_result *o = &r->open[j];
             fprintf(file, "%s{\"load\": %.3f, \"offered_eps\": %.1f, \"achieved_eps\": %.1f, "
                     "\"events\": %zu, \"seconds\": %.3f, \"samples\": %zu, \"p50_ms\": %.3f, "
-                    "\"p99_ms\": %.3f, \"p999_ms\": %.3f, \"max_ms\": %.3f, \"incomplete\": %d}",
+                    "\"p99_ms\": %.3f, \"p999_ms\": %.3f, \"max_ms\": %.3f, \"incomplete\": %d, "
+                    "\"commits\": %lld, \"commits_over_10ms\": %lld, \"commit_max_ms\": %.3f}",
                     j ? ", " : "", o->load_fraction, o->offered_eps, o->achieved_eps, o->events,
                     o->seconds, o->latency.samples, o->latency.p50_ms, o->latency.p99_ms,
-                    o->latency.p999_ms, o->latency.max_ms, o->failed || o->stopped_by_cap);
+                    o->latency.p999_ms, o->latency.max_ms, o->failed || o->stopped_by_cap,
+                    o->commits, o->commits_over_10ms, o->commit_max_ms);
         }
         fprintf(file, "]}");
     }

@@ -82,9 +82,22 @@ static int meterd_start(struct bench *bench, const char *name, struct meterd_ins
     return HM_ERR_IO;
 }
 
-/* Stops meterd cleanly and reads its final counters. */
-static int meterd_stop(struct meterd_instance *instance, uint64_t *events_stored,
-                       uint64_t *commits)
+/* meterd's final counters, from its stats file. */
+struct meterd_counters {
+    uint64_t events_stored;
+    uint64_t commits;
+    uint64_t commit_us_max;
+    uint64_t commits_le_10ms; /* commits that took at most 10 ms */
+};
+
+static uint64_t counter_after(const char *text, const char *key)
+{
+    const char *at = strstr(text, key);
+    return at ? strtoull(at + strlen(key), NULL, 10) : 0;
+}
+
+/* Stops meterd cleanly and reads its final counters into `counters`, when not NULL. */
+static int meterd_stop(struct meterd_instance *instance, struct meterd_counters *counters)
 {
     int status = child_stop(instance->pid, 30000);
     instance->pid = 0;
@@ -95,12 +108,14 @@ static int meterd_stop(struct meterd_instance *instance, uint64_t *events_stored
     if (file)
         fclose(file);
     text[size] = '\0';
-    const char *stored = strstr(text, "\"events_stored\": ");
-    const char *commit = strstr(text, "\"commits\": ");
-    if (events_stored != NULL)
-        *events_stored = stored ? strtoull(stored + 17, NULL, 10) : 0;
-    if (commits != NULL)
-        *commits = commit ? strtoull(commit + 11, NULL, 10) : 0;
+    if (counters != NULL) {
+        counters->events_stored = counter_after(text, "\"events_stored\": ");
+        counters->commits = counter_after(text, "\"commits\": ");
+        counters->commit_us_max = counter_after(text, "\"commit_us_max\": ");
+        /* In the cumulative histogram "commit_ms_le": {"1": .., "2": .., "5": .., "10": ..}. */
+        const char *histogram = strstr(text, "\"commit_ms_le\": ");
+        counters->commits_le_10ms = histogram ? counter_after(histogram, "\"10\": ") : 0;
+    }
     return status == 0 ? HM_OK : HM_ERR_IO;
 }
 
@@ -184,10 +199,10 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
     result->rss_anon_kib = proc_status_kib(instance.pid, "RssAnon");
     result->rss_file_kib = proc_status_kib(instance.pid, "RssFile");
     double max_eps = bench_record_closed(result, &phase);
-    uint64_t stored = 0, commits = 0;
-    meterd_stop(&instance, &stored, &commits);
-    if (commits > 0)
-        result->events_per_commit = (double)stored / (double)commits;
+    struct meterd_counters counters = { 0 };
+    meterd_stop(&instance, &counters);
+    if (counters.commits > 0)
+        result->events_per_commit = (double)counters.events_stored / (double)counters.commits;
     phase_free(&phase);
     if (rc != HM_OK || phase.stored != phase.events_done || phase.duplicates || phase.conflicts) {
         fail(result, "the closed loop failed or some frames were not acknowledged as stored");
@@ -208,8 +223,15 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
         long rss = proc_status_kib(instance.pid, "VmHWM");
         if (rss > result->rss_kib)
             result->rss_kib = rss;
-        meterd_stop(&instance, NULL, NULL);
+        meterd_stop(&instance, &counters);
         bench_record_open(result, &phase);
+        struct open_result *open = &result->open[result->open_count - 1];
+        open->commits = (long long)counters.commits;
+        open->commits_over_10ms = (long long)(counters.commits - counters.commits_le_10ms);
+        open->commit_max_ms = (double)counters.commit_us_max / 1000.0;
+        fprintf(stderr, "meterbench:   %s open loop %.0f%%: %lld commits, %lld over 10 ms, the "
+                "slowest %.2f ms\n", result->name, open->load_fraction * 100, open->commits,
+                open->commits_over_10ms, open->commit_max_ms);
         phase_free(&phase);
     }
     return HM_OK;
@@ -344,7 +366,7 @@ int peer_meterd_udp(struct bench *bench, struct peer_result *result)
     result->rss_anon_kib = proc_status_kib(instance.pid, "RssAnon");
     result->rss_file_kib = proc_status_kib(instance.pid, "RssFile");
     ledger_close(ledger);
-    meterd_stop(&instance, NULL, NULL);
+    meterd_stop(&instance, NULL);
     free(bytes);
     free(offsets);
 

@@ -132,10 +132,19 @@ def main_table(results, peers):
     return lines
 
 
+def commit_cells(entry):
+    """Return the commit columns of an open-loop row: meterd's own counts, n/a for the peers."""
+    if entry.get("commits", -1) < 0:
+        return "n/a | n/a | n/a"
+    return (f"{entry['commits']:,} | {entry['commits_over_10ms']:,} | "
+            f"{entry['commit_max_ms']:.2f}")
+
+
 def load_table(peers):
     lines = ["| peer | load | offered events/s | achieved events/s | frames measured | "
-             "p50 ms | p99 ms | p99.9 ms | max ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "p50 ms | p99 ms | p99.9 ms | max ms | commits | commits over 10 ms | "
+             "slowest commit ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for peer in peers:
         for entry in peer["open"]:
             mark = " (incomplete)" if entry["incomplete"] else ""
@@ -144,7 +153,8 @@ def load_table(peers):
             lines.append(f"| {peer['name']} | {entry['load']:.2f}{mark} | "
                          f"{number(entry['offered_eps'])} | {number(entry['achieved_eps'])} | "
                          f"{entry['samples']:,} | {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} | "
-                         f"{entry['p999_ms']:.2f} | {entry['max_ms']:.2f} |")
+                         f"{entry['p999_ms']:.2f} | {entry['max_ms']:.2f} | "
+                         f"{commit_cells(entry)} |")
     return lines
 
 

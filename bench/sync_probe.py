@@ -7,8 +7,9 @@ Writes a file in DIR (default $TMPDIR or /tmp, so put it on the file
 system of the ledger) and times fdatasync after writes shaped like an LMDB
 commit: a run of bytes appended at the end of the file (the new event
 blocks), with 0, 4 or 30 pages of 4 KiB rewritten at random places before
-it (the B-tree pages that a commit copies). Prints the p50, p99 and largest
-sync latency of each shape. docs/PERFORMANCE.md quotes it: the scattered
+it (the B-tree pages that a commit copies). Prints the p50, p99, p99.9 and
+largest sync latency of each shape, and how many syncs took over 10 ms:
+the stalls that set an ack's tail latency when they come. docs/PERFORMANCE.md quotes it: the scattered
 pages, not the appended bytes, set most of a commit's sync time.
 """
 import argparse
@@ -44,7 +45,8 @@ def main():
         page = os.urandom(PAGE)
         appended = os.urandom(320 * 1024)
         random.seed(1)
-        print("%-34s %8s %8s %8s" % ("shape", "p50 ms", "p99 ms", "max ms"))
+        print("%-34s %8s %8s %8s %8s %8s" % ("shape", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+                                              "> 10 ms"))
         for scattered in (0, 4, 30):
             latencies = []
             for _ in range(options.syncs):
@@ -57,8 +59,10 @@ def main():
                 latencies.append((time.perf_counter() - started) * 1000)
             latencies.sort()
             shape = "320 KiB appended, %d pages rewritten" % scattered
-            print("%-34s %8.2f %8.2f %8.2f" % (shape, percentile(latencies, 0.5),
-                                                percentile(latencies, 0.99), latencies[-1]))
+            stalls = sum(1 for latency in latencies if latency > 10)
+            print("%-34s %8.2f %8.2f %8.2f %8.2f %8d" % (
+                shape, percentile(latencies, 0.5), percentile(latencies, 0.99),
+                percentile(latencies, 0.999), latencies[-1], stalls))
     finally:
         os.close(fd)
         os.unlink(path)

@@ -197,6 +197,7 @@ struct server {
     struct verify_policy policy; /* now_us is set for each frame */
     struct log_limit reject_log;
     struct log_limit commit_log;
+    struct log_limit slow_commit_log;
     struct log_limit evict_log;
     int stats_file_failed; /* the last stats file write failed; it is tried again every report */
     uint32_t stats_reports_unchanged; /* reports without a log line since the last one */
@@ -1027,6 +1028,32 @@ static void arm_committed(struct server *server)
     io_uring_sqe_set_data64(sqe, user_data_of(OP_COMMITTED, 0, 0));
 }
 
+const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1] = { 1, 2, 5, 10, 20, 50, 100, 250, 1000 };
+
+/* A commit that takes this long is logged: acks waited that long for the disk. */
+#define COMMIT_SLOW_MS 1000
+
+/* Counts one run of the commit hook (failed ones too) by its duration, and logs a slow one. */
+static void commit_duration_count(struct server *server, uint64_t duration_us)
+{
+    struct server_stats *stats = &server->stats;
+    stats->commit_us_total += duration_us;
+    if (duration_us > stats->commit_us_max)
+        stats->commit_us_max = duration_us;
+    size_t bucket = 0;
+    while (bucket < SERVER_COMMIT_BUCKETS - 1 &&
+           duration_us > (uint64_t)commit_ms_bounds[bucket] * 1000)
+        bucket++;
+    stats->commit_ms_counts[bucket]++;
+    uint64_t suppressed = 0;
+    if (duration_us >= (uint64_t)COMMIT_SLOW_MS * 1000 &&
+        log_limit_pass(&server->slow_commit_log, &suppressed))
+        log_warn("server", "slow commit: storing a batch took %llu ms, and its senders waited "
+                 "as long for their acks. Most of a commit is the disk's sync: check the device "
+                 "of the data directory for other load or a failing disk (suppressed=%llu)",
+                 (unsigned long long)(duration_us / 1000), (unsigned long long)suppressed);
+}
+
 /* Hands `committing` to the commit thread. */
 static void commit_start(struct server *server)
 {
@@ -1070,19 +1097,18 @@ static int commit_collect(struct server *server, int wait)
     if (!done)
         return 0;
     server->in_flight = 0;
-    server->stats.commit_us_total += duration_us;
-    if (duration_us > server->stats.commit_us_max)
-        server->stats.commit_us_max = duration_us;
-
     struct ingest_batch *batch = server->committing;
+    int accepted = 0;
+    for (size_t i = 0; i < batch->entry_count; i++)
+        accepted |= batch->entries[i].status == FRAME_ACCEPTED;
+    /* A batch of rejects only never reached the commit thread. */
+    if (accepted)
+        commit_duration_count(server, duration_us);
     if (rc == HM_ERR_FULL) {
         server->stats.commit_failures++;
         full_enter(server, rc);
         return 1;
     }
-    int accepted = 0;
-    for (size_t i = 0; i < batch->entry_count; i++)
-        accepted |= batch->entries[i].status == FRAME_ACCEPTED;
     if (accepted && rc == HM_OK)
         server->stats.commits++;
     if (rc != HM_OK) {
@@ -1406,6 +1432,17 @@ static int stats_print(FILE *file, const struct server_stats *stats)
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
+    /* Cumulative, as in a Prometheus histogram: commits that took at most that many ms. */
+    fprintf(file, "}, \"commit_ms_le\": {");
+    uint64_t cumulative = 0;
+    for (int i = 0; i < SERVER_COMMIT_BUCKETS; i++) {
+        cumulative += stats->commit_ms_counts[i];
+        if (i < SERVER_COMMIT_BUCKETS - 1)
+            fprintf(file, "%s\"%u\": %llu", i ? ", " : "", commit_ms_bounds[i],
+                    (unsigned long long)cumulative);
+        else
+            fprintf(file, ", \"+Inf\": %llu", (unsigned long long)cumulative);
+    }
     fprintf(file, "}}\n");
     return fflush(file) == 0 && !ferror(file) ? 0 : -1;
 }
@@ -1816,6 +1853,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
     server.ring.ring_fd = -1;
     server.reject_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
     server.commit_log = (struct log_limit)LOG_LIMIT_INIT(5, 10);
+    server.slow_commit_log = (struct log_limit)LOG_LIMIT_INIT(5, 60);
     server.evict_log = (struct log_limit)LOG_LIMIT_INIT(20, 10);
     server.parsing = NO_CONNECTION;
     sigset_t signals;

@@ -128,6 +128,10 @@ struct verify_policy {
  */
 #define SERVER_REJECTS_IN_ROW_MAX 16
 
+/* Upper bounds in ms of the commit duration buckets; the last bucket has none. */
+#define SERVER_COMMIT_BUCKETS 10
+extern const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1];
+
 struct server_stats {
     uint64_t frames_received;
     uint64_t frames_by_status[FRAME_STATUS_COUNT];
@@ -138,6 +142,8 @@ struct server_stats {
     uint64_t commit_failures;
     uint64_t commit_us_total; /* time the commit hook took, over all batches */
     uint64_t commit_us_max;   /* the longest commit */
+    /* Commits by duration: [i] counts those over commit_ms_bounds[i - 1] and up to commit_ms_bounds[i] ms. */
+    uint64_t commit_ms_counts[SERVER_COMMIT_BUCKETS];
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */

@@ -314,7 +314,9 @@ static int disk_full(struct ledger *ledger)
  * disk write would, and METER_TEST_COMMIT_DELAY_MS=MS makes each of those
  * failing commits take MS milliseconds first, so that a test can send while
  * one runs. METER_TEST_FULL_COMMITS=N makes the next N commits return
- * HM_ERR_FULL instead, as a full map would. Returns 0 to commit, or the
+ * HM_ERR_FULL instead, as a full map would. METER_TEST_SLOW_COMMITS=N makes
+ * the next N commits take METER_TEST_COMMIT_DELAY_MS and then succeed, as a
+ * disk that stalls a sync would. Returns 0 to commit, or the
  * status to return. Building with -DHM_NO_TEST_HOOKS leaves the hook out.
  */
 static int commit_fault_inject(MDB_txn *txn)
@@ -322,12 +324,15 @@ static int commit_fault_inject(MDB_txn *txn)
     static int loaded;
     static long failures_left;
     static long full_left;
+    static long slow_left;
     static long delay_ms;
     if (!loaded) {
         loaded = 1;
         const char *failures = getenv("METER_TEST_FAIL_COMMITS");
         const char *full = getenv("METER_TEST_FULL_COMMITS");
         const char *delay = getenv("METER_TEST_COMMIT_DELAY_MS");
+        const char *slow = getenv("METER_TEST_SLOW_COMMITS");
+        slow_left = slow ? strtol(slow, NULL, 10) : 0;
         failures_left = failures ? strtol(failures, NULL, 10) : 0;
         full_left = full ? strtol(full, NULL, 10) : 0;
         delay_ms = delay ? strtol(delay, NULL, 10) : 0;
@@ -337,20 +342,27 @@ static int commit_fault_inject(MDB_txn *txn)
         if (full_left > 0)
             log_warn("ledger", "test hook: the next %ld commits find the map full "
                      "(METER_TEST_FULL_COMMITS)", full_left);
+        if (slow_left > 0)
+            log_warn("ledger", "test hook: the next %ld commits take %ld ms "
+                     "(METER_TEST_SLOW_COMMITS)", slow_left, delay_ms);
     }
     if (full_left > 0) {
         full_left--;
         mdb_txn_abort(txn);
         return status_of(MDB_MAP_FULL, "commit (METER_TEST_FULL_COMMITS)");
     }
-    if (failures_left <= 0)
+    if (failures_left <= 0 && slow_left <= 0)
         return 0;
-    failures_left--;
     if (delay_ms > 0) {
         struct timespec pause = { delay_ms / 1000, (delay_ms % 1000) * 1000000 };
         while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
             continue;
     }
+    if (failures_left <= 0) {
+        slow_left--;
+        return 0;
+    }
+    failures_left--;
     mdb_txn_abort(txn);
     log_error("ledger", "commit failed: injected by METER_TEST_FAIL_COMMITS (%ld more to fail)",
               failures_left);

@@ -1,8 +1,9 @@
 /*
- * meterd while the ledger is full: a retry of the held batch that succeeds
- * in the middle of parsing a connection's buffer, and the counters and log
- * lines of the full state. METER_TEST_FULL_COMMITS makes the first commits
- * find the map full, as a full disk would.
+ * meterd while the ledger is full or slow: a retry of the held batch that
+ * succeeds in the middle of parsing a connection's buffer, the counters and
+ * log lines of the full state, and those of a commit that stalls.
+ * METER_TEST_FULL_COMMITS makes the first commits find the map full, as a
+ * full disk would; METER_TEST_SLOW_COMMITS makes them take long and succeed.
  */
 #include "meterd_harness.h"
 
@@ -14,13 +15,13 @@ static struct test_tenant tenant;
 static uint8_t frame[FRAME_SIZE_MAX];
 static char log_path[300];
 
-/* Starts meterd with its stderr in log_path and the given number of full commits. */
-static void start_logged(const char *full_commits)
+/* Starts meterd with its stderr in log_path and the test hook `variable` set to `value`. */
+static void start_with(const char *variable, const char *value)
 {
     harness_make_dir(&server);
     harness_tenant(&server, "tenant", &tenant);
     snprintf(log_path, sizeof log_path, "%s/meterd.log", server.dir);
-    setenv("METER_TEST_FULL_COMMITS", full_commits, 1);
+    setenv(variable, value, 1);
     server.extra_args[0] = "--log-level";
     server.extra_args[1] = "info";
     server.extra_args[2] = NULL;
@@ -32,7 +33,13 @@ static void start_logged(const char *full_commits)
     dup2(saved, 2);
     close(saved);
     close(log);
-    unsetenv("METER_TEST_FULL_COMMITS");
+    unsetenv(variable);
+}
+
+/* Starts meterd with its stderr in log_path and the given number of full commits. */
+static void start_logged(const char *full_commits)
+{
+    start_with("METER_TEST_FULL_COMMITS", full_commits);
 }
 
 static void teardown(void) { harness_remove(&server); }
@@ -178,10 +185,11 @@ Test(full_retry, retry_inside_parse_keeps_stream)
     cr_assert_eq(harness_stop(&server), 0);
 }
 
-/* Returns a counter from meterd's stats file. */
-static long long stats_counter(const char *path, const char *name)
+/* Returns a counter from the stats file of the meterd under test. */
+static long long stats_counter(const char *name)
 {
-    char text[4096], key[64];
+    char path[300], text[4096], key[64];
+    snprintf(path, sizeof path, "%s/meterd-stats.json", server.dir);
     FILE *file = fopen(path, "r");
     if (file == NULL)
         return -1;
@@ -203,12 +211,10 @@ Test(full_retry, full_state_counts_and_logs)
     harness_sleep_ms(2500);
 
     /* Held frames are neither accepted nor rejected yet, and no commit has succeeded. */
-    char stats_path[300];
-    snprintf(stats_path, sizeof stats_path, "%s/meterd-stats.json", server.dir);
-    cr_assert_eq(stats_counter(stats_path, "frames_received"), 1);
-    cr_assert_eq(stats_counter(stats_path, "commits"), 0);
-    cr_assert_geq(stats_counter(stats_path, "commit_failures"), 2);
-    cr_assert_eq(stats_counter(stats_path, "store_full"), 1);
+    cr_assert_eq(stats_counter("frames_received"), 1);
+    cr_assert_eq(stats_counter("commits"), 0);
+    cr_assert_geq(stats_counter("commit_failures"), 2);
+    cr_assert_eq(stats_counter("store_full"), 1);
     cr_assert_gt(log_count("rejected=0 store_failed=0 held=1"), 0,
                  "the stats line counts the held frame as rejected");
 
@@ -221,9 +227,44 @@ Test(full_retry, full_state_counts_and_logs)
     close(fd);
     cr_assert_eq(harness_stop(&server), 0);
 
-    cr_assert_eq(stats_counter(stats_path, "commits"), 1);
-    cr_assert_eq(stats_counter(stats_path, "commit_failures"), 4);
+    cr_assert_eq(stats_counter("commits"), 1);
+    cr_assert_eq(stats_counter("commit_failures"), 4);
     /* One ledger error for the whole full state, however many retries failed. */
     cr_assert_eq(log_count("error ledger:"), 1, "ledger errors: %d", log_count("error ledger:"));
     cr_assert_eq(log_count("ledger full:"), 1);
+}
+
+/*
+ * A commit that takes over a second, as when the disk stalls a sync: the
+ * frame is still stored and acknowledged, the stats file sorts the commit
+ * into its bucket, and one warning says what to check.
+ */
+Test(full_retry, slow_commit_counted_and_logged)
+{
+    setenv("METER_TEST_COMMIT_DELAY_MS", "1100", 1);
+    start_with("METER_TEST_SLOW_COMMITS", "1");
+    unsetenv("METER_TEST_COMMIT_DELAY_MS");
+    int fd = harness_connect(&server);
+    struct timeval timeout = { 10, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    for (uint64_t i = 1; i <= 2; i++) {
+        size_t size = small_frame(i, (uint32_t)i);
+        harness_send_all(fd, frame, size);
+        struct frame_ack ack;
+        cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack for frame %llu",
+                     (unsigned long long)i);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED);
+        cr_assert_eq(ack.stored, 1);
+    }
+    close(fd);
+    cr_assert_eq(harness_stop(&server), 0);
+
+    cr_assert_eq(stats_counter("commits"), 2);
+    cr_assert_geq(stats_counter("commit_us_max"), 1100000);
+    /* Cumulative buckets: the fast commit is at or under 250 ms, the slow one only under +Inf. */
+    cr_assert_eq(stats_counter("250"), 1);
+    cr_assert_eq(stats_counter("1000"), 1);
+    cr_assert_eq(stats_counter("+Inf"), 2);
+    cr_assert_eq(log_count("slow commit: storing a batch took 11"), 1,
+                 "slow commit lines: %d", log_count("slow commit:"));
 }
