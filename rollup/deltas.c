@@ -105,6 +105,41 @@ uint64_t rollup_key_hash(const uint8_t *bytes, size_t size)
     return hash ^ (hash >> 32);
 }
 
+/*
+ * Returns the slot of a key, adding the key with a zero change when the
+ * table lacks it; -1 when the table had to grow and could not.
+ */
+static ptrdiff_t slot_of(struct rollup_deltas *deltas, const uint8_t *key, size_t key_size,
+                         uint64_t hash)
+{
+    if (rollup_deltas_reserve(deltas, 1) != HM_OK)
+        return -1;
+    size_t slot = (size_t)hash & deltas->mask;
+    for (;;) {
+        struct rollup_delta *delta = &deltas->slots[slot];
+        if (delta->key_size == 0) {
+            delta->hash = hash;
+            delta->key_size = (uint8_t)key_size;
+            memcpy(delta->key, key, key_size);
+            delta->quantity = 0;
+            delta->count = 0;
+            deltas->used[deltas->count++] = slot;
+            return (ptrdiff_t)slot;
+        }
+        if (delta->hash == hash && delta->key_size == key_size &&
+            memcmp(delta->key, key, key_size) == 0)
+            return (ptrdiff_t)slot;
+        slot = (slot + 1) & deltas->mask;
+    }
+}
+
+/* The hash of a key with its meter byte mixed in, as rollup_deltas_add makes it. */
+static uint64_t meter_hash(uint64_t key_hash, uint8_t meter)
+{
+    uint64_t hash = (key_hash ^ (uint64_t)meter) * UINT64_C(0x9e3779b97f4a7c15);
+    return hash ^ (hash >> 29);
+}
+
 int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo,
                       enum rollup_meter meter, const char *dimension,
                       unsigned __int128 quantity, uint64_t count, size_t *slot_out)
@@ -116,35 +151,54 @@ int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo
         memo->key_hash = rollup_key_hash(memo->key, memo->key_size);
     }
     memo->key[ROLLUP_KEY_METER_AT] = (uint8_t)meter;
-    uint64_t hash = (memo->key_hash ^ (uint64_t)meter) * UINT64_C(0x9e3779b97f4a7c15);
-    hash ^= hash >> 29;
-
-    if (rollup_deltas_reserve(deltas, 1) != HM_OK)
+    ptrdiff_t slot = slot_of(deltas, memo->key, memo->key_size,
+                             meter_hash(memo->key_hash, (uint8_t)meter));
+    if (slot < 0)
         return HM_ERR_NOMEM;
-    size_t slot = (size_t)hash & deltas->mask;
-    for (;;) {
-        struct rollup_delta *delta = &deltas->slots[slot];
-        if (delta->key_size == 0) {
-            delta->hash = hash;
-            delta->key_size = (uint8_t)memo->key_size;
-            memcpy(delta->key, memo->key, memo->key_size);
-            delta->quantity = quantity;
-            delta->count = count;
-            deltas->used[deltas->count++] = slot;
-            if (slot_out != NULL)
-                *slot_out = slot;
-            return HM_OK;
+    deltas->slots[slot].quantity += quantity;
+    deltas->slots[slot].count += count;
+    if (slot_out != NULL)
+        *slot_out = (size_t)slot;
+    return HM_OK;
+}
+
+int rollup_deltas_add_key(struct rollup_deltas *deltas, const uint8_t *key, size_t key_size,
+                          unsigned __int128 quantity, uint64_t count)
+{
+    if (key_size <= ROLLUP_KEY_METER_AT || key_size > ROLLUP_KEY_MAX)
+        return HM_ERR_INVALID;
+    uint8_t plain[ROLLUP_KEY_MAX];
+    memcpy(plain, key, key_size);
+    plain[ROLLUP_KEY_METER_AT] = 0;
+    uint64_t hash = meter_hash(rollup_key_hash(plain, key_size), key[ROLLUP_KEY_METER_AT]);
+    ptrdiff_t slot = slot_of(deltas, key, key_size, hash);
+    if (slot < 0)
+        return HM_ERR_NOMEM;
+    deltas->slots[slot].quantity += quantity;
+    deltas->slots[slot].count += count;
+    return HM_OK;
+}
+
+int rollup_deltas_merge(struct rollup_deltas *into, const struct rollup_deltas *from,
+                        int subtract)
+{
+    for (size_t i = 0; i < from->count; i++) {
+        const struct rollup_delta *change = &from->slots[from->used[i]];
+        ptrdiff_t slot = slot_of(into, change->key, change->key_size, change->hash);
+        if (slot < 0)
+            return HM_ERR_NOMEM;
+        struct rollup_delta *delta = &into->slots[slot];
+        if (!subtract) {
+            delta->quantity += change->quantity;
+            delta->count += change->count;
+            continue;
         }
-        if (delta->hash == hash && delta->key_size == memo->key_size &&
-            memcmp(delta->key, memo->key, memo->key_size) == 0) {
-            delta->quantity += quantity;
-            delta->count += count;
-            if (slot_out != NULL)
-                *slot_out = slot;
-            return HM_OK;
-        }
-        slot = (slot + 1) & deltas->mask;
+        if (delta->quantity < change->quantity || delta->count < change->count)
+            return HM_ERR_STORAGE;
+        delta->quantity -= change->quantity;
+        delta->count -= change->count;
     }
+    return HM_OK;
 }
 
 struct event_sink {

@@ -70,4 +70,20 @@ int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo
                       enum rollup_meter meter, const char *dimension,
                       unsigned __int128 quantity, uint64_t count, size_t *slot_out);
 
+/*
+ * Adds a change to a whole rollup key, as stored (rollup_key). HM_ERR_INVALID
+ * for a key too short to hold a meter or too long; HM_ERR_NOMEM.
+ */
+int rollup_deltas_add_key(struct rollup_deltas *deltas, const uint8_t *key, size_t key_size,
+                          unsigned __int128 quantity, uint64_t count);
+
+/*
+ * Adds the changes of `from` to `into`, or takes them away with `subtract`
+ * set. A key taken away must have at least that much in `into`, else
+ * HM_ERR_STORAGE, and `into` is left part changed. A key taken away to zero
+ * stays in the table with a zero change. HM_ERR_NOMEM.
+ */
+int rollup_deltas_merge(struct rollup_deltas *into, const struct rollup_deltas *from,
+                        int subtract);
+
 #endif

@@ -89,7 +89,7 @@ static const char *const table_names[TABLE_COUNT] = {
     "keys",   "pricebooks", "periods", "invoices", "meta",
     "tenant_settings", "issuers", "documents", "book_snapshots", "billed", "credits",
     "exports",
-    "arrivals", "blocks",
+    "arrivals", "blocks", "rollup_log",
 };
 
 /* Free space below which a failed write is blamed on a full disk. */
@@ -107,13 +107,14 @@ static int dir_space_low(const char *dir)
 /*
  * Layout of the stored events. 1: one record per event in the events
  * table. 2: blocks per tenant (blocks table), read beside the records of
- * layout 1. The meta record "layout" contains the newest layout of any
+ * layout 1. 3: rollup changes in the rollup log until they are folded into
+ * the rollup rows (rollup_log.c); an older build would read the rows alone. The meta record "layout" contains the newest layout of any
  * build that wrote to this ledger. An older build rejects the ledger,
  * because it would store resent events where the newer build does not
  * look and count them twice. Builds from before the record existed cannot
  * check it.
  */
-#define LEDGER_LAYOUT 2
+#define LEDGER_LAYOUT 3
 static const char layout_name[] = "layout";
 
 /*
@@ -492,55 +493,25 @@ static void writer_abort(struct ledger_txn *txn)
     txn->appending = 0;
 }
 
-static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
-                                uint64_t *count);
-
 int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *deltas,
                          int subtract)
 {
-    MDB_dbi dbi = txn->ledger->tables[TABLE_ROLLUPS];
-    for (size_t i = 0; i < deltas->count; i++) {
-        const struct rollup_delta *delta = &deltas->slots[deltas->used[i]];
-        MDB_val key = { delta->key_size, (void *)delta->key }, value;
-        unsigned __int128 total = 0;
-        uint64_t count = 0;
-        int rc = mdb_get(txn->txn, dbi, &key, &value);
-        if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
-            rollup_value_decode(value.mv_data, &total, &count);
-        else if (rc != MDB_NOTFOUND && rc != 0)
-            return status_of(rc, "read rollup");
-        if (subtract && (total < delta->quantity || count < delta->count)) {
-            log_error("ledger", "a rollup change to take away exceeds the stored rollup");
-            return HM_ERR_STORAGE;
-        }
-        total = subtract ? total - delta->quantity : total + delta->quantity;
-        count = subtract ? count - delta->count : count + delta->count;
-        /*
-         * A row that no stored event counts is deleted, because a recount has
-         * no such row. Taking away a conflict leaves one when the conflicting
-         * record used a key of its own: another model, kind or month.
-         */
-        if (subtract && count == 0 && total == 0) {
-            rc = mdb_del(txn->txn, dbi, &key, NULL);
-            if (rc != 0 && rc != MDB_NOTFOUND)
-                return status_of(rc, "delete rollup");
-            continue;
-        }
-        uint8_t bytes[ROLLUP_VALUE_SIZE];
-        memcpy(bytes, &total, 16);
-        memcpy(bytes + 16, &count, 8);
-        value.mv_size = sizeof bytes;
-        value.mv_data = bytes;
-        if ((rc = mdb_put(txn->txn, dbi, &key, &value, 0)) != 0)
-            return status_of(rc, "write rollup");
+    if (!txn->appending) {
+        int rc = writer_prepare(txn);
+        if (rc != HM_OK)
+            return rc;
     }
-    return HM_OK;
+    int rc = rollup_deltas_merge(txn->ledger->deltas, deltas, subtract);
+    if (rc == HM_ERR_STORAGE)
+        log_error("ledger", "a rollup change to take away exceeds the changes that its "
+                  "transaction added");
+    return rc;
 }
 
-/* Writes the summed rollup changes of ledger_append and empties their table. */
+/* Writes the summed rollup changes of the transaction to the rollup log and empties their table. */
 static int deltas_flush(struct ledger_txn *txn)
 {
-    int rc = ledger_rollups_apply(txn, txn->ledger->deltas, 0);
+    int rc = rollup_log_append(txn, txn->ledger->deltas);
     rollup_deltas_clear(txn->ledger->deltas);
     return rc;
 }
@@ -551,6 +522,8 @@ static int writer_flush(struct ledger_txn *txn)
     int rc = block_flush(txn);
     if (rc == HM_OK)
         rc = deltas_flush(txn);
+    if (rc == HM_OK)
+        rc = rollup_log_fold_due(txn->ledger, txn->txn);
     if (rc != HM_OK || txn->appended == 0)
         return rc;
     struct append_state state;
@@ -605,13 +578,6 @@ void ledger_abort(struct ledger_txn *txn)
     writer_abort(txn);
     mdb_txn_abort(txn->txn);
     free(txn);
-}
-
-static void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
-                                uint64_t *count)
-{
-    memcpy(quantity, value, 16);
-    memcpy(count, value + 16, 8);
 }
 
 int ledger_event_rollups(const struct event *event, rollup_sink sink, void *context)
@@ -888,6 +854,40 @@ int ledger_storage_byte_seconds(struct ledger *ledger, const uint8_t tenant_id[U
     return rc;
 }
 
+/* Adds one change of the rollup log to the row list of rollups_read. */
+static int log_change_add(void *context, const uint8_t *key, size_t key_size,
+                          unsigned __int128 quantity, uint64_t count)
+{
+    struct row_list *list = context;
+    size_t dimension_size = key_size - ROLLUP_KEY_METER_AT - 1;
+    char dimension[EVENT_ENDPOINT_MAX + 1];
+    if (dimension_size > EVENT_ENDPOINT_MAX)
+        return HM_ERR_STORAGE;
+    memcpy(dimension, key + ROLLUP_KEY_METER_AT + 1, dimension_size);
+    dimension[dimension_size] = '\0';
+    struct rollup_row *row =
+        ledger_row_list_find(list, (enum rollup_meter)key[ROLLUP_KEY_METER_AT], dimension);
+    if (row == NULL)
+        return HM_ERR_NOMEM;
+    row->quantity += quantity;
+    row->event_count += count;
+    return HM_OK;
+}
+
+/* Orders rows as their keys sort in the rollup table: by meter, then dimension. */
+static int row_order(const void *a, const void *b)
+{
+    const struct rollup_row *left = a, *right = b;
+    if (left->meter != right->meter)
+        return left->meter < right->meter ? -1 : 1;
+    return strcmp(left->dimension, right->dimension);
+}
+
+/*
+ * Reads a tenant's rollup rows of a period: the stored rows plus the
+ * changes still in the rollup log, in the read transaction `txn`, in the
+ * order of their keys whether or not the log was folded.
+ */
 static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                         uint32_t period, struct row_list *list)
 {
@@ -923,6 +923,11 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
         rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
     cursor_close(cursor);
+    size_t stored = list->count;
+    if (status == HM_OK)
+        status = rollup_log_each(ledger, txn, prefix, sizeof prefix, log_change_add, list);
+    if (status == HM_OK && list->count > stored)
+        qsort(list->rows, list->count, sizeof *list->rows, row_order);
     return status;
 }
 

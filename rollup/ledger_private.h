@@ -32,6 +32,7 @@ enum table {
     TABLE_EXPORTS,    /* "stripe/" document number -> export state JSON {"version": 1, ...} */
     TABLE_ARRIVALS,   /* tenant(16) arrival number(8, BE) -> event id(16); see ledger.h */
     TABLE_BLOCKS,     /* tenant(16) first arrival number(8, BE) -> event block, see below */
+    TABLE_ROLLUP_LOG, /* sequence(8, BE) -> rollup changes of a transaction; see rollup_log.c */
     TABLE_COUNT,
 };
 
@@ -113,6 +114,14 @@ struct ledger_txn {
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
 #define ROLLUP_VALUE_SIZE 24
+
+/* Reads a rollup row's value: the quantity (16 bytes) and the event count (8). */
+static inline void rollup_value_decode(const uint8_t *value, unsigned __int128 *quantity,
+                                       uint64_t *count)
+{
+    memcpy(quantity, value, 16);
+    memcpy(count, value + 16, 8);
+}
 
 /*
  * One limit for every ledger error line of a thread, so that a full map logs
@@ -261,6 +270,25 @@ typedef int (*record_visit)(void *context, const uint8_t tenant_id[UUID_SIZE], u
 int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                          uint64_t after_seq, uint64_t limit, record_visit visit, void *context,
                          uint64_t *visited_out, uint64_t *last_out);
+
+/* ---- The rollup log (rollup_log.c) ---- */
+
+/* Writes the changes of `deltas` of at least one event as the log's next record. */
+int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas);
+
+/* Receives one logged change; a status other than HM_OK stops the walk. */
+typedef int (*rollup_log_visit)(void *context, const uint8_t *key, size_t key_size,
+                                unsigned __int128 quantity, uint64_t count);
+
+/* Visits, oldest first, each logged change whose key starts with `prefix` (all: size 0). */
+int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
+                    size_t prefix_size, rollup_log_visit visit, void *context);
+
+/* Adds every logged change to the rollup rows and empties the log. */
+int rollup_log_fold(struct ledger *ledger, MDB_txn *txn);
+
+/* Folds the log when it holds more records or pages than its limits. */
+int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn);
 
 /* Fills the writer's id index from every stored event, about `expected` of them (blocks.c). */
 int dedup_rebuild(struct ledger *ledger, MDB_txn *txn, uint64_t expected);

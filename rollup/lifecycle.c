@@ -1139,6 +1139,57 @@ int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SI
 
 /* ---- Periods with events ---- */
 
+struct period_list {
+    uint32_t *periods;
+    size_t count;
+    size_t capacity;
+    uint32_t before;
+};
+
+/* Adds a period before list->before that the list lacks. HM_ERR_NOMEM. */
+static int period_list_add(struct period_list *list, uint32_t period)
+{
+    if (period >= list->before)
+        return HM_OK;
+    for (size_t i = 0; i < list->count; i++) {
+        if (list->periods[i] == period)
+            return HM_OK;
+    }
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? 2 * list->capacity : 16;
+        uint32_t *grown = realloc(list->periods, capacity * sizeof *grown);
+        if (grown == NULL)
+            return HM_ERR_NOMEM;
+        list->periods = grown;
+        list->capacity = capacity;
+    }
+    list->periods[list->count++] = period;
+    return HM_OK;
+}
+
+static uint32_t key_period(const uint8_t *key)
+{
+    const uint8_t *bytes = key + UUID_SIZE;
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
+           bytes[3];
+}
+
+/* Adds the period of a change in the rollup log that is not folded yet. */
+static int logged_period_add(void *context, const uint8_t *key, size_t key_size,
+                             unsigned __int128 quantity, uint64_t count)
+{
+    (void)key_size;
+    (void)quantity;
+    (void)count;
+    return period_list_add(context, key_period(key));
+}
+
+static int period_order(const void *a, const void *b)
+{
+    uint32_t left = *(const uint32_t *)a, right = *(const uint32_t *)b;
+    return left < right ? -1 : left > right;
+}
+
 int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
                          uint32_t before_period, uint32_t **periods_out, size_t *count_out)
 {
@@ -1152,8 +1203,7 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
         mdb_txn_abort(txn);
         return status_of(mdb_rc, "open rollup cursor");
     }
-    uint32_t *periods = NULL;
-    size_t count = 0, capacity = 0;
+    struct period_list list = { .before = before_period };
     int status = HM_OK;
     uint8_t seek[UUID_SIZE + 4];
     period_key(seek, tenant_id, 0);
@@ -1161,21 +1211,10 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
     mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (status == HM_OK && mdb_rc == 0 && key.mv_size >= UUID_SIZE + 4 &&
            memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        const uint8_t *bytes = (const uint8_t *)key.mv_data + UUID_SIZE;
-        uint32_t period = (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
-                          (uint32_t)bytes[2] << 8 | bytes[3];
+        uint32_t period = key_period(key.mv_data);
         if (period >= before_period)
             break;
-        if (count == capacity) {
-            capacity = capacity ? 2 * capacity : 16;
-            uint32_t *grown = realloc(periods, capacity * sizeof *grown);
-            if (grown == NULL) {
-                status = HM_ERR_NOMEM;
-                break;
-            }
-            periods = grown;
-        }
-        periods[count++] = period;
+        status = period_list_add(&list, period);
         /* Skips the period's other rows: the next key is at or after the next period number. */
         period_key(seek, tenant_id, period + 1);
         key.mv_size = sizeof seek;
@@ -1183,14 +1222,18 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
         mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     }
     cursor_close(cursor);
-    mdb_txn_abort(txn);
     if (status == HM_OK && mdb_rc != 0 && mdb_rc != MDB_NOTFOUND)
         status = status_of(mdb_rc, "read rollups");
+    if (status == HM_OK)
+        status = rollup_log_each(ledger, txn, tenant_id, UUID_SIZE, logged_period_add, &list);
+    mdb_txn_abort(txn);
     if (status != HM_OK) {
-        free(periods);
+        free(list.periods);
         return status;
     }
-    *periods_out = periods;
-    *count_out = count;
+    if (list.count > 1)
+        qsort(list.periods, list.count, sizeof *list.periods, period_order);
+    *periods_out = list.periods;
+    *count_out = list.count;
     return HM_OK;
 }

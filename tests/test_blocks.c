@@ -3,7 +3,9 @@
  * inside the pending block, aborts that roll the index back (also after it
  * grew), appends by another process, rollups summed per transaction, rollup
  * changes of conflicts taken away again, fingerprints of ids that a sender
- * chose, and corrupt blocks reported as errors.
+ * chose, corrupt blocks reported as errors, and the rollup log: read the
+ * same before and after a fold, folded when it grows, and damaged records
+ * reported as errors.
  */
 #include <criterion/criterion.h>
 #include <lmdb.h>
@@ -265,6 +267,62 @@ Test(blocks, append_by_another_process_is_seen)
     cr_expect_eq(total, 25);
 }
 
+/*
+ * Opens the closed ledger in `dir` with LMDB alone, rewrites the first value
+ * of `table` through `change` (which gets a copy and its size, and may
+ * shorten it), and commits.
+ */
+static void raw_first_value_rewrite(const char *table, void (*change)(uint8_t *copy, size_t *size))
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cursor;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    cr_assert_eq(mdb_cursor_open(txn, dbi, &cursor), 0);
+    MDB_val key, value;
+    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0, "table %s is empty", table);
+    uint8_t *copy = malloc(value.mv_size);
+    cr_assert_not_null(copy);
+    memcpy(copy, value.mv_data, value.mv_size);
+    size_t size = value.mv_size;
+    change(copy, &size);
+    MDB_val changed = { size, copy };
+    cr_assert_eq(mdb_cursor_put(cursor, &key, &changed, MDB_CURRENT), 0);
+    mdb_cursor_close(cursor);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(copy);
+}
+
+/* Returns the number of entries of `table` in the closed ledger in `dir`. */
+static size_t raw_entries(const char *table)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_stat stat;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    cr_assert_eq(mdb_stat(txn, dbi, &stat), 0);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return stat.ms_entries;
+}
+
+static void claim_four(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    copy[0] = 4;
+}
+
 Test(blocks, corrupt_block_is_an_error)
 {
     commit_range(tenant_a, 0, 3, 1);
@@ -272,29 +330,7 @@ Test(blocks, corrupt_block_is_an_error)
     ledger = NULL;
 
     /* Claims four records in a block of three, behind the ledger's back. */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi blocks;
-    MDB_cursor *cursor;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "blocks", 0, &blocks), 0);
-    cr_assert_eq(mdb_cursor_open(txn, blocks, &cursor), 0);
-    MDB_val key, value;
-    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0);
-    uint8_t *copy = malloc(value.mv_size);
-    cr_assert_not_null(copy);
-    memcpy(copy, value.mv_data, value.mv_size);
-    copy[0] = 4;
-    MDB_val changed = { value.mv_size, copy };
-    cr_assert_eq(mdb_cursor_put(cursor, &key, &changed, MDB_CURRENT), 0);
-    mdb_cursor_close(cursor);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
-    free(copy);
-
+    raw_first_value_rewrite("blocks", claim_four);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
     struct ledger_txn *append_txn;
@@ -486,4 +522,129 @@ Test(blocks, growth_inside_one_transaction)
     cr_expect_eq(commit_range(tenant_a, 50000, 20000, 1).duplicates, 20000);
     cr_expect_eq(event_count(tenant_a), 114000);
     cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+}
+
+/* Copies a tenant's rollup rows of a period; *count_out gets their number. */
+static struct rollup_row *rows_of(const uint8_t tenant[UUID_SIZE], uint32_t period,
+                                  size_t *count_out)
+{
+    struct rollup_row *rows = NULL;
+    cr_assert_eq(ledger_rollups(ledger, tenant, period, &rows, count_out), HM_OK);
+    return rows;
+}
+
+/* Commits one event of a tenant with a model of its own, at `timestamp_us`. */
+static void commit_model_event(const uint8_t tenant[UUID_SIZE], uint32_t number,
+                               const char *model, int64_t timestamp_us)
+{
+    struct event event = numbered(tenant, number, 3);
+    snprintf(event.u.inference.model, sizeof event.u.inference.model, "%s", model);
+    event.timestamp_us = timestamp_us;
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(&event, record);
+    cr_assert_gt(size, 0);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_append(txn, &event, record, (size_t)size), APPEND_STORED);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+}
+
+Test(blocks, rollup_log_reads_the_same_before_and_after_a_fold)
+{
+    const int64_t july_2_us = JUNE_10_US + INT64_C(22) * 86400 * 1000000;
+    commit_range(tenant_a, 1, 50, 7);
+    commit_range(tenant_b, 1, 20, 2);
+    /* Models that sort before and after m-small, and a month that only the log knows. */
+    commit_model_event(tenant_a, 1000, "a-first", JUNE_10_US);
+    commit_model_event(tenant_a, 1001, "z-last", JUNE_10_US);
+    commit_model_event(tenant_a, 1002, "m-small", july_2_us);
+    commit_range(tenant_a, 51, 10, 7);
+
+    size_t before_count = 0, after_count = 0;
+    struct rollup_row *before = rows_of(tenant_a, 202406, &before_count);
+    uint32_t *periods = NULL;
+    size_t period_count = 0;
+    cr_assert_eq(ledger_event_periods(ledger, tenant_a, 202412, &periods, &period_count), HM_OK);
+    cr_assert_eq(period_count, 2);
+    cr_assert_eq(periods[0], 202406);
+    cr_assert_eq(periods[1], 202407);
+    free(periods);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202407), HM_OK);
+
+    cr_assert_eq(ledger_rollups_fold(ledger), HM_OK);
+    struct rollup_row *after = rows_of(tenant_a, 202406, &after_count);
+    cr_assert_eq(after_count, before_count);
+    /* One row of inference events, and input and output tokens of three models, in key order. */
+    cr_assert_eq(before_count, 7, "%zu rows", before_count);
+    for (size_t i = 0; i < before_count; i++) {
+        cr_assert_eq(before[i].meter, after[i].meter, "row %zu", i);
+        cr_assert_str_eq(before[i].dimension, after[i].dimension, "row %zu", i);
+        cr_assert(before[i].quantity == after[i].quantity, "row %zu", i);
+        cr_assert_eq(before[i].event_count, after[i].event_count, "row %zu", i);
+    }
+    uint64_t events = 0;
+    cr_assert(input_tokens(tenant_a, &events) == 60 * 7);
+    cr_assert_eq(events, 60);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202407), HM_OK);
+    cr_assert_eq(ledger_verify(ledger, tenant_b, 202406), HM_OK);
+    /* A second fold finds the log empty. */
+    cr_assert_eq(ledger_rollups_fold(ledger), HM_OK);
+    free(before);
+    free(after);
+}
+
+Test(blocks, rollup_log_folded_as_it_grows)
+{
+    for (uint32_t i = 0; i < 300; i++)
+        commit_range(tenant_a, i, 1, 2);
+    ledger_close(ledger);
+    ledger = NULL;
+    size_t logged = raw_entries("rollup_log");
+    cr_assert_lt(logged, 256, "the log kept %zu records", logged);
+    cr_assert_gt(raw_entries("rollups"), 0, "no fold wrote the rollup rows");
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    uint64_t events = 0;
+    cr_assert(input_tokens(tenant_a, &events) == 600);
+    cr_assert_eq(events, 300);
+}
+
+Test(blocks, taking_away_more_than_the_transaction_added_fails)
+{
+    commit_range(tenant_a, 1, 1, 5);
+    struct event event = numbered(tenant_a, 1, 5);
+    struct rollup_deltas *not_stored = NULL;
+    cr_assert_eq(rollup_deltas_create(&not_stored, 64), HM_OK);
+    cr_assert_eq(rollup_deltas_add_event(not_stored, &event), HM_OK);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    /* The stored rollup holds the event, but this transaction added nothing to take away. */
+    cr_assert_eq(ledger_rollups_apply(txn, not_stored, 1), HM_ERR_STORAGE);
+    ledger_abort(txn);
+    rollup_deltas_free(not_stored);
+    uint64_t events = 0;
+    cr_assert(input_tokens(tenant_a, &events) == 5);
+    cr_assert_eq(events, 1);
+}
+
+static void cut_inside_change(uint8_t *copy, size_t *size)
+{
+    (void)copy;
+    *size = 30;
+}
+
+Test(blocks, damaged_rollup_log_record_is_an_error)
+{
+    commit_range(tenant_a, 1, 3, 1);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_first_value_rewrite("rollup_log", cut_inside_change);
+
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    struct rollup_row *rows = NULL;
+    size_t count = 0;
+    cr_expect_eq(ledger_rollups(ledger, tenant_a, 202406, &rows, &count), HM_ERR_STORAGE);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
+    /* A fold must not write rows from a damaged log. */
+    cr_expect_eq(ledger_rollups_fold(ledger), HM_ERR_STORAGE);
 }

@@ -1126,9 +1126,13 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
      * commit of meterd or of another close can land, so every tenant is rated
      * from the same state of the ledger that the seal is written on. The
      * rating reads through read transactions beside it (MDB_NOTLS allows that).
+     * The rollup log is folded before, so that each tenant's read finds its
+     * rows, not hundreds of logged changes to add.
      */
     struct ledger_txn *txn = NULL;
-    int rc = ledger_begin(ledger, &txn);
+    int rc = ledger_rollups_fold(ledger);
+    if (rc == HM_OK)
+        rc = ledger_begin(ledger, &txn);
     if (rc != HM_OK) {
         fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
                 period % 100, hm_status_str(rc));
