@@ -9,31 +9,11 @@
 #include "ingest/wire.h"
 #include "rollup/ledger.h"
 
-static char dir[256];
-static struct ledger *ledger;
+#include "ledger_fixture.h"
 
-static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
-static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static void setup(void) { ledger_fixture_open("arrivals"); }
 
-/* 2024-06-10T12:00:00Z */
-#define JUNE_10_US (INT64_C(1718020800) * 1000000)
-
-static void setup(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/hm-test-arrivals-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
-}
-
-static void teardown(void)
-{
-    ledger_close(ledger);
-    char command[512];
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    cr_assert_eq(system(command), 0);
-}
-
-TestSuite(arrivals, .init = setup, .fini = teardown);
+TestSuite(arrivals, .init = setup, .fini = ledger_fixture_remove);
 
 static struct event api_call(const uint8_t tenant[UUID_SIZE], uint8_t id_byte)
 {

@@ -21,31 +21,11 @@
 #include "rollup/deltas.h"
 #include "rollup/ledger.h"
 
-static char dir[256];
-static struct ledger *ledger;
+#include "ledger_fixture.h"
 
-static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
-static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static void setup(void) { ledger_fixture_open("blocks"); }
 
-/* 2024-06-10T12:00:00Z */
-#define JUNE_10_US (INT64_C(1718020800) * 1000000)
-
-static void setup(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/hm-test-blocks-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
-}
-
-static void teardown(void)
-{
-    ledger_close(ledger);
-    char command[512];
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    cr_assert_eq(system(command), 0);
-}
-
-TestSuite(blocks, .init = setup, .fini = teardown);
+TestSuite(blocks, .init = setup, .fini = ledger_fixture_remove);
 
 /* An inference event whose id holds `number`, with `tokens` input tokens. */
 static struct event numbered(const uint8_t tenant[UUID_SIZE], uint32_t number, uint64_t tokens)
@@ -265,56 +245,6 @@ Test(blocks, append_by_another_process_is_seen)
     uint64_t total = 0;
     cr_assert_eq(ledger_events_total(ledger, &total), HM_OK);
     cr_expect_eq(total, 25);
-}
-
-/*
- * Opens the closed ledger in `dir` with LMDB alone, rewrites the first value
- * of `table` through `change` (which gets a copy and its size, and may
- * shorten it), and commits.
- */
-static void raw_first_value_rewrite(const char *table, void (*change)(uint8_t *copy, size_t *size))
-{
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_cursor *cursor;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
-    cr_assert_eq(mdb_cursor_open(txn, dbi, &cursor), 0);
-    MDB_val key, value;
-    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0, "table %s is empty", table);
-    uint8_t *copy = malloc(value.mv_size);
-    cr_assert_not_null(copy);
-    memcpy(copy, value.mv_data, value.mv_size);
-    size_t size = value.mv_size;
-    change(copy, &size);
-    MDB_val changed = { size, copy };
-    cr_assert_eq(mdb_cursor_put(cursor, &key, &changed, MDB_CURRENT), 0);
-    mdb_cursor_close(cursor);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
-    free(copy);
-}
-
-/* Returns the number of entries of `table` in the closed ledger in `dir`. */
-static size_t raw_entries(const char *table)
-{
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_stat stat;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
-    cr_assert_eq(mdb_stat(txn, dbi, &stat), 0);
-    mdb_txn_abort(txn);
-    mdb_env_close(env);
-    return stat.ms_entries;
 }
 
 static void claim_four(uint8_t *copy, size_t *size)

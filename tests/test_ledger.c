@@ -8,31 +8,11 @@
 #include "ingest/wire.h"
 #include "rollup/ledger.h"
 
+#include "ledger_fixture.h"
+
 #include <lmdb.h>
 
-static char dir[256];
-static struct ledger *ledger;
-
-static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
-static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
-
-/* 2024-06-10T12:00:00Z */
-#define JUNE_10_US (INT64_C(1718020800) * 1000000)
-
-static void setup(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/hm-test-ledger-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
-}
-
-static void teardown(void)
-{
-    ledger_close(ledger);
-    char command[512];
-    snprintf(command, sizeof command, "rm -rf %s", dir);
-    cr_assert_eq(system(command), 0);
-}
+static void setup(void) { ledger_fixture_open("ledger"); }
 
 static struct event inference(const uint8_t tenant[UUID_SIZE], uint8_t id_byte, uint64_t input,
                               uint64_t output)
@@ -75,7 +55,7 @@ static unsigned __int128 quantity_of(const uint8_t tenant[UUID_SIZE], enum rollu
     return quantity;
 }
 
-TestSuite(ledger, .init = setup, .fini = teardown);
+TestSuite(ledger, .init = setup, .fini = ledger_fixture_remove);
 
 Test(ledger, same_event_twice_counted_once)
 {
@@ -315,6 +295,12 @@ Test(ledger, storage_samples_ordered_by_time_not_id)
     cr_assert(byte_seconds == UINT64_C(1000000000000));
 }
 
+static void add_one_token(uint8_t *copy, size_t *size)
+{
+    cr_assert_eq(*size, 24, "a rollup value holds a quantity and a count");
+    copy[0]++;
+}
+
 Test(ledger, verify_detects_tampered_rollup)
 {
     struct event event = inference(tenant_a, 0x61, 1000, 10);
@@ -327,27 +313,7 @@ Test(ledger, verify_detects_tampered_rollup)
     ledger = NULL;
 
     /* Add one token to the first rollup record behind the ledger's back. */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi rollups;
-    MDB_cursor *cursor;
-    MDB_val key, value;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "rollups", 0, &rollups), 0);
-    cr_assert_eq(mdb_cursor_open(txn, rollups, &cursor), 0);
-    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0);
-    uint8_t changed[24];
-    cr_assert_eq(value.mv_size, sizeof changed);
-    memcpy(changed, value.mv_data, sizeof changed);
-    changed[0]++;
-    MDB_val new_value = { sizeof changed, changed };
-    cr_assert_eq(mdb_cursor_put(cursor, &key, &new_value, MDB_CURRENT), 0);
-    mdb_cursor_close(cursor);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    raw_first_value_rewrite("rollups", add_one_token);
 
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_CONFLICT);

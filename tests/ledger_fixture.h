@@ -1,0 +1,101 @@
+/*
+ * What the ledger's test suites share: a fresh ledger in a temporary
+ * directory for each test, two tenants, a timestamp in June 2024, and ways
+ * to change or count the stored tables behind the ledger's back, with LMDB
+ * alone, while the ledger is closed.
+ *
+ * A suite includes this file once and names its directory:
+ *
+ *     static void setup(void) { ledger_fixture_open("blocks"); }
+ *     TestSuite(blocks, .init = setup, .fini = ledger_fixture_remove);
+ */
+#ifndef HM_TEST_LEDGER_FIXTURE_H
+#define HM_TEST_LEDGER_FIXTURE_H
+
+#include <criterion/criterion.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "rollup/ledger.h"
+
+static char dir[256];
+static struct ledger *ledger;
+
+static const uint8_t tenant_a[UUID_SIZE] = { 0xa0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+static const uint8_t tenant_b[UUID_SIZE] = { 0xb0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* 2024-06-10T12:00:00Z */
+#define JUNE_10_US (INT64_C(1718020800) * 1000000)
+
+/* Opens a new ledger in /tmp/hm-test-SUITE-XXXXXX. */
+static inline void ledger_fixture_open(const char *suite)
+{
+    snprintf(dir, sizeof dir, "/tmp/hm-test-%s-XXXXXX", suite);
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+}
+
+/* Closes the ledger, if open, and removes its directory. */
+static inline void ledger_fixture_remove(void)
+{
+    ledger_close(ledger);
+    ledger = NULL;
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", dir);
+    cr_assert_eq(system(command), 0);
+}
+
+/*
+ * Rewrites the first value of `table` in the closed ledger: `change` gets a
+ * copy and its size, and may shorten it.
+ */
+static inline void raw_first_value_rewrite(const char *table,
+                                           void (*change)(uint8_t *copy, size_t *size))
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cursor;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    cr_assert_eq(mdb_cursor_open(txn, dbi, &cursor), 0);
+    MDB_val key, value;
+    cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0, "table %s is empty", table);
+    uint8_t *copy = malloc(value.mv_size);
+    cr_assert_not_null(copy);
+    memcpy(copy, value.mv_data, value.mv_size);
+    size_t size = value.mv_size;
+    change(copy, &size);
+    MDB_val changed = { size, copy };
+    cr_assert_eq(mdb_cursor_put(cursor, &key, &changed, MDB_CURRENT), 0);
+    mdb_cursor_close(cursor);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(copy);
+}
+
+/* Returns the number of entries of `table` in the closed ledger. */
+static inline size_t raw_entries(const char *table)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_stat stat;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    cr_assert_eq(mdb_stat(txn, dbi, &stat), 0);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return stat.ms_entries;
+}
+
+#endif
