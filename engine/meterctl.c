@@ -62,6 +62,9 @@ static const char usage_text[] =
     "                               show a tenant's usage and its draft invoice\n"
     "  verify TENANT --period YYYY-MM\n"
     "                               recount the period from the ledger and compare rollups\n"
+    "  rollups rebuild              recount every tenant's rollups from the stored events and\n"
+    "                               replace them, when verify or a log says they are damaged;\n"
+    "                               meterd's commits wait while it runs\n"
     "  close --period YYYY-MM [--invoices DIR] [--allow-gaps]\n"
     "                               close the period for every tenant and seal the invoices\n"
     "                               (files under DIR, default DATA/invoices); refused while a\n"
@@ -1108,6 +1111,21 @@ static int verify_command(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
+static int rollups_command(struct ledger *ledger, int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "rebuild") != 0)
+        return fail("usage: meterctl rollups rebuild");
+    uint64_t events = 0;
+    size_t rows = 0;
+    int rc = ledger_rollups_rebuild(ledger, &events, &rows);
+    if (rc != HM_OK)
+        return fail("cannot rebuild the rollups: %s; the rollups are as they were",
+                    hm_status_str(rc));
+    printf("rollups rebuilt: %" PRIu64 " stored events recounted into %zu rollup rows\n", events,
+           rows);
+    return 0;
+}
+
 static int close_command(struct ledger *ledger, const char *data_dir, int argc, char **argv)
 {
     static const char *const with_value[] = { "--period", "--invoices", NULL };
@@ -1364,6 +1382,8 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return usage_command(ledger, argc, argv);
     if (strcmp(command, "verify") == 0)
         return verify_command(ledger, argc, argv);
+    if (strcmp(command, "rollups") == 0)
+        return rollups_command(ledger, argc, argv);
     if (strcmp(command, "close") == 0)
         return close_command(ledger, data_dir, argc, argv);
     if (strcmp(command, "invoice") == 0 && strcmp(sub, "explain") == 0)

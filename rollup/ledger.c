@@ -108,11 +108,13 @@ static int dir_space_low(const char *dir)
  * Layout of the stored events. 1: one record per event in the events
  * table. 2: blocks per tenant (blocks table), read beside the records of
  * layout 1. 3: rollup changes in the rollup log until they are folded into
- * the rollup rows (rollup_log.c); an older build would read the rows alone. The meta record "layout" contains the newest layout of any
- * build that wrote to this ledger. An older build rejects the ledger,
- * because it would store resent events where the newer build does not
- * look and count them twice. Builds from before the record existed cannot
- * check it.
+ * the rollup rows (rollup_log.c).
+ *
+ * The meta record "layout" contains the newest layout of any build that
+ * wrote to this ledger. An older build rejects the ledger: it would store
+ * resent events where the newer build does not look and count them twice,
+ * or read the rollup rows without the log. Builds from before the record
+ * existed cannot check it.
  */
 #define LEDGER_LAYOUT 3
 static const char layout_name[] = "layout";
@@ -1000,19 +1002,27 @@ struct recount_walk {
     int64_t end_us;
 };
 
-static int recount_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
-                         const uint8_t *record, size_t record_size)
+int stored_event_decode(const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t *record,
+                        size_t record_size, struct event *out)
 {
-    struct recount_walk *walk = context;
-    struct event event;
     size_t offset = 0;
     const char *reason = NULL;
-    if (record_decode(record, record_size, &offset, tenant_id, &event, &reason) ||
+    if (record_decode(record, record_size, &offset, tenant_id, out, &reason) ||
         offset != record_size) {
         log_error("ledger", "stored event %llu cannot be decoded: %s", (unsigned long long)seq,
                   reason ? reason : "trailing bytes");
         return HM_ERR_STORAGE;
     }
+    return HM_OK;
+}
+
+static int recount_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                         const uint8_t *record, size_t record_size)
+{
+    struct recount_walk *walk = context;
+    struct event event;
+    if (stored_event_decode(tenant_id, seq, record, record_size, &event) != HM_OK)
+        return HM_ERR_STORAGE;
     if (event.timestamp_us < walk->start_us || event.timestamp_us >= walk->end_us)
         return HM_OK;
     return ledger_event_rollups(&event, recount_sink, &walk->recount);

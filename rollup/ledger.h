@@ -130,6 +130,15 @@ int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *del
  */
 int ledger_rollups_fold(struct ledger *ledger);
 
+/*
+ * Recounts every rollup row from the stored events of every tenant and
+ * replaces the rows and the rollup log with the result, in one write
+ * transaction: the way out when the rollups are damaged. It reads every
+ * event, and meterd's commits wait for it meanwhile. Sets *events_out and
+ * *rows_out to the events read and the rows written.
+ */
+int ledger_rollups_rebuild(struct ledger *ledger, uint64_t *events_out, size_t *rows_out);
+
 /* ---- Arrival order ---- */
 
 /*

@@ -76,6 +76,11 @@ struct ledger {
     struct rollup_deltas *deltas;  /* rollup changes of ledger_append, written at commit */
     int64_t period_day_start_us;   /* the UTC day whose period append saw last; see period_of */
     uint32_t period_day;           /* 0: none yet */
+    /*
+     * Set when a fold found the rollup log or a rollup row damaged: commits
+     * go on without folding until `meterctl rollups rebuild` or a new open.
+     */
+    int fold_refused;
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */
@@ -287,7 +292,11 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
 /* Adds every logged change to the rollup rows and empties the log. */
 int rollup_log_fold(struct ledger *ledger, MDB_txn *txn);
 
-/* Folds the log when it holds more records or pages than its limits. */
+/*
+ * Folds the log when it holds more records or pages than its limits, in a
+ * nested transaction: a fold that finds damage is undone and logged, and
+ * the commit goes on without it.
+ */
 int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn);
 
 /* Fills the writer's id index from every stored event, about `expected` of them (blocks.c). */
@@ -324,6 +333,10 @@ int block_record_find(struct ledger *ledger, MDB_txn *txn, struct ledger_txn *pe
  */
 int records_walk(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                  uint64_t after_seq, uint64_t limit, record_visit visit, void *context);
+
+/* Decodes a stored record of a tenant into `out`; logs and returns HM_ERR_STORAGE when it cannot. */
+int stored_event_decode(const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t *record,
+                        size_t record_size, struct event *out);
 
 /* Counts a tenant's stored events: those of the older events table and of its blocks. */
 int events_count(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],

@@ -17,6 +17,9 @@
 #include "deltas.h"
 #include "deltas_private.h"
 
+
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 /* The log is folded at the commit that takes it to this many records or pages. */
@@ -24,6 +27,34 @@
 #define ROLLUP_LOG_FOLD_PAGES 1024
 
 #define CHANGE_FIXED_SIZE (1 + 16 + 8)
+
+/*
+ * Logs damage found in the rollup log (record `sequence`, 0 when unknown)
+ * or the rollup rows, with the way out.
+ */
+static void damaged(uint64_t sequence, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void damaged(uint64_t sequence, const char *format, ...)
+{
+    char what[256];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(what, sizeof what, format, args);
+    va_end(args);
+    char where[48] = "the rollup log";
+    if (sequence > 0)
+        snprintf(where, sizeof where, "rollup log record %llu", (unsigned long long)sequence);
+    log_error("ledger", "%s is damaged: %s. The rollups cannot be read until `meterctl rollups "
+              "rebuild` recounts them from the stored events", where, what);
+}
+
+/* A period of the form yyyymm with a month from 1 to 12. */
+static int period_valid(uint32_t period)
+{
+    uint32_t month = period % 100;
+    return period / 100 >= 1 && period / 100 <= 9999 && month >= 1 && month <= 12;
+}
 
 static int log_missing(const struct ledger *ledger)
 {
@@ -56,6 +87,10 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     if (rc == 0 && key.mv_size == 8)
         sequence = load_be64(key.mv_data) + 1;
     mdb_cursor_close(cursor);
+    if (rc == 0 && key.mv_size != 8) {
+        damaged(0, "its last key has %zu bytes, not 8", key.mv_size);
+        return HM_ERR_STORAGE;
+    }
     if (rc != 0 && rc != MDB_NOTFOUND)
         return status_of(rc, "read rollup log");
 
@@ -86,36 +121,52 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     return HM_OK;
 }
 
-/* Calls `visit` for each change of one record; HM_ERR_STORAGE for a damaged record. */
-static int record_each(const MDB_val *value, const uint8_t *prefix, size_t prefix_size,
-                       rollup_log_visit visit, void *context)
+/*
+ * Calls `visit` for each change of record `sequence` whose key starts with
+ * `prefix`. Every change is checked, whatever its tenant, since a damaged
+ * one makes the place of the next unknown: HM_ERR_STORAGE.
+ */
+static int record_each(uint64_t sequence, const MDB_val *value, const uint8_t *prefix,
+                       size_t prefix_size, rollup_log_visit visit, void *context)
 {
     const uint8_t *at = value->mv_data, *end = at + value->mv_size;
+    if (at == end) {
+        damaged(sequence, "it is empty");
+        return HM_ERR_STORAGE;
+    }
     while (at < end) {
         size_t key_size = *at;
         if (key_size <= ROLLUP_KEY_METER_AT || key_size > ROLLUP_KEY_MAX) {
-            log_error("ledger", "a rollup log record has a change with a key of %zu bytes",
-                      key_size);
+            damaged(sequence, "a change has a key of %zu bytes", key_size);
             return HM_ERR_STORAGE;
         }
         if ((size_t)(end - at) < CHANGE_FIXED_SIZE + key_size) {
-            log_error("ledger", "a rollup log record of %zu bytes ends inside a change",
-                      value->mv_size);
+            damaged(sequence, "its %zu bytes end inside a change", value->mv_size);
             return HM_ERR_STORAGE;
         }
         const uint8_t *key = at + 1;
         at += 1 + key_size;
+        uint64_t low, high, count;
+        memcpy(&low, at, 8);
+        memcpy(&high, at + 8, 8);
+        memcpy(&count, at + 16, 8);
+        at += 24;
+        count = le64toh(count);
+        uint8_t meter = key[ROLLUP_KEY_METER_AT];
+        uint32_t period = (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
+                          (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
+        if (count == 0 || meter < ROLLUP_GPU_SECONDS || meter > ROLLUP_EVENTS ||
+            meter == ROLLUP_STORAGE_BYTE_SECONDS || !period_valid(period)) {
+            damaged(sequence, "a change has %llu events, meter %u and period %u",
+                    (unsigned long long)count, meter, period);
+            return HM_ERR_STORAGE;
+        }
         if (prefix_size == 0 || memcmp(key, prefix, prefix_size) == 0) {
-            uint64_t low, high, count;
-            memcpy(&low, at, 8);
-            memcpy(&high, at + 8, 8);
-            memcpy(&count, at + 16, 8);
             unsigned __int128 quantity = (unsigned __int128)le64toh(high) << 64 | le64toh(low);
-            int rc = visit(context, key, key_size, quantity, le64toh(count));
+            int rc = visit(context, key, key_size, quantity, count);
             if (rc != HM_OK)
                 return rc;
         }
-        at += 24;
     }
     return HM_OK;
 }
@@ -132,8 +183,14 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
     MDB_val key, value;
     int status = HM_OK;
     for (rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST); rc == 0 && status == HM_OK;
-         rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT))
-        status = record_each(&value, prefix, prefix_size, visit, context);
+         rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size != 8) {
+            damaged(0, "a record has a key of %zu bytes, not 8", key.mv_size);
+            status = HM_ERR_STORAGE;
+            break;
+        }
+        status = record_each(load_be64(key.mv_data), &value, prefix, prefix_size, visit, context);
+    }
     mdb_cursor_close(cursor);
     if (status == HM_OK && rc != MDB_NOTFOUND)
         status = status_of(rc, "read rollup log");
@@ -159,10 +216,15 @@ static int rows_add(struct ledger *ledger, MDB_txn *txn, const struct rollup_del
         if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
             rollup_value_decode(value.mv_data, &total, &count);
         else if (rc == 0) {
-            log_error("ledger", "corrupt rollup record of size %zu", value.mv_size);
+            damaged(0, "the rollup row of meter %u has %zu bytes, not %d",
+                    delta->key[ROLLUP_KEY_METER_AT], value.mv_size, ROLLUP_VALUE_SIZE);
             return HM_ERR_STORAGE;
         } else if (rc != MDB_NOTFOUND) {
             return status_of(rc, "read rollup");
+        }
+        if (total + delta->quantity < total || count + delta->count < count) {
+            damaged(0, "a rollup row of meter %u would overflow", delta->key[ROLLUP_KEY_METER_AT]);
+            return HM_ERR_STORAGE;
         }
         total += delta->quantity;
         count += delta->count;
@@ -199,6 +261,8 @@ int rollup_log_fold(struct ledger *ledger, MDB_txn *txn)
 
 int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
 {
+    if (ledger->fold_refused)
+        return HM_OK;
     MDB_stat stat;
     int rc = mdb_stat(txn, ledger->tables[TABLE_ROLLUP_LOG], &stat);
     if (rc != 0)
@@ -206,7 +270,27 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
     if (stat.ms_entries < ROLLUP_LOG_FOLD_RECORDS &&
         stat.ms_leaf_pages + stat.ms_overflow_pages < ROLLUP_LOG_FOLD_PAGES)
         return HM_OK;
-    return rollup_log_fold(ledger, txn);
+    /*
+     * Damage must not stop the commits of every tenant: the events and
+     * their log records are stored either way. A nested transaction lets a
+     * fold that finds damage be undone while the commit goes on.
+     */
+    MDB_txn *fold;
+    rc = mdb_txn_begin(ledger->env, txn, 0, &fold);
+    if (rc != 0)
+        return status_of(rc, "begin rollup fold");
+    int status = rollup_log_fold(ledger, fold);
+    if (status == HM_OK) {
+        rc = mdb_txn_commit(fold);
+        return rc == 0 ? HM_OK : status_of(rc, "commit rollup fold");
+    }
+    mdb_txn_abort(fold);
+    if (status != HM_ERR_STORAGE)
+        return status;
+    ledger->fold_refused = 1;
+    log_error("ledger", "the rollup log is not folded while it or the rollup rows are damaged; "
+              "events are still stored, and it grows until `meterctl rollups rebuild`");
+    return HM_OK;
 }
 
 int ledger_rollups_fold(struct ledger *ledger)
@@ -229,4 +313,118 @@ int ledger_rollups_fold(struct ledger *ledger)
         return rc;
     }
     return ledger_commit(txn);
+}
+
+struct rebuild_walk {
+    struct rollup_deltas *sums;
+    uint64_t events;
+};
+
+static int rebuild_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint64_t seq,
+                         const uint8_t *record, size_t record_size)
+{
+    struct rebuild_walk *walk = context;
+    struct event event;
+    if (stored_event_decode(tenant_id, seq, record, record_size, &event) != HM_OK)
+        return HM_ERR_STORAGE;
+    walk->events++;
+    return rollup_deltas_add_event(walk->sums, &event);
+}
+
+/*
+ * Adds to `ids` each tenant that has a key in `table`, whose keys start
+ * with the tenant id and are `key_size` bytes long. HM_ERR_NOMEM.
+ */
+static int tenants_of_table(struct ledger *ledger, MDB_txn *txn, enum table table,
+                            size_t key_size, uint8_t (**ids)[UUID_SIZE], size_t *count,
+                            size_t *capacity)
+{
+    if (ledger->table_missing[table])
+        return HM_OK;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open(txn, ledger->tables[table], &cursor);
+    if (rc != 0)
+        return status_of(rc, "open a cursor");
+    uint8_t seek[UUID_SIZE + 16];
+    MDB_val key, value;
+    int status = HM_OK;
+    rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST);
+    while (rc == 0 && key.mv_size == key_size) {
+        size_t i = 0;
+        while (i < *count && memcmp((*ids)[i], key.mv_data, UUID_SIZE) != 0)
+            i++;
+        if (i == *count) {
+            if (*count == *capacity) {
+                size_t grown_capacity = *capacity ? 2 * *capacity : 64;
+                uint8_t(*grown)[UUID_SIZE] = realloc(*ids, grown_capacity * UUID_SIZE);
+                if (grown == NULL) {
+                    status = HM_ERR_NOMEM;
+                    break;
+                }
+                *ids = grown;
+                *capacity = grown_capacity;
+            }
+            memcpy((*ids)[(*count)++], key.mv_data, UUID_SIZE);
+        }
+        /* The next key is the first of the next tenant: past this tenant's highest key. */
+        memcpy(seek, key.mv_data, UUID_SIZE);
+        memset(seek + UUID_SIZE, 0xff, key_size - UUID_SIZE);
+        key = (MDB_val){ key_size, seek };
+        rc = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE);
+        if (rc == 0 && key.mv_size == key_size && memcmp(key.mv_data, seek, key_size) == 0)
+            rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read the tenants of the stored events");
+    if (status == HM_OK && rc == 0) {
+        log_error("ledger", "a stored event has a key of %zu bytes", key.mv_size);
+        status = HM_ERR_STORAGE;
+    }
+    return status;
+}
+
+int ledger_rollups_rebuild(struct ledger *ledger, uint64_t *events_out, size_t *rows_out)
+{
+    struct rebuild_walk walk = { .events = 0 };
+    int rc = rollup_deltas_create(&walk.sums, 4096);
+    if (rc != HM_OK)
+        return rc;
+    struct ledger_txn *txn = NULL;
+    if ((rc = ledger_begin(ledger, &txn)) != HM_OK) {
+        rollup_deltas_free(walk.sums);
+        return rc;
+    }
+    /* Every tenant with stored events: those of the blocks and of the older events table. */
+    uint8_t(*tenants)[UUID_SIZE] = NULL;
+    size_t tenant_count = 0, capacity = 0;
+    rc = tenants_of_table(ledger, txn->txn, TABLE_BLOCKS, BLOCK_KEY_SIZE, &tenants,
+                          &tenant_count, &capacity);
+    if (rc == HM_OK)
+        rc = tenants_of_table(ledger, txn->txn, TABLE_EVENTS, 2 * UUID_SIZE, &tenants,
+                              &tenant_count, &capacity);
+    for (size_t i = 0; rc == HM_OK && i < tenant_count; i++)
+        rc = records_walk(ledger, txn->txn, tenants[i], 0, 0, rebuild_visit, &walk);
+    free(tenants);
+    /* The rows and the log are replaced as a whole, in the transaction that read the events. */
+    int mdb_rc = 0;
+    if (rc == HM_OK && (mdb_rc = mdb_drop(txn->txn, ledger->tables[TABLE_ROLLUPS], 0)) == 0 &&
+        !log_missing(ledger))
+        mdb_rc = mdb_drop(txn->txn, ledger->tables[TABLE_ROLLUP_LOG], 0);
+    if (mdb_rc != 0)
+        rc = status_of(mdb_rc, "empty the rollups");
+    if (rc == HM_OK)
+        rc = rows_add(ledger, txn->txn, walk.sums);
+    size_t rows = rollup_deltas_count(walk.sums);
+    rollup_deltas_free(walk.sums);
+    if (rc != HM_OK) {
+        ledger_abort(txn);
+        return rc;
+    }
+    if ((rc = ledger_commit(txn)) != HM_OK)
+        return rc;
+    ledger->fold_refused = 0;
+    *events_out = walk.events;
+    *rows_out = rows;
+    return HM_OK;
 }

@@ -283,6 +283,19 @@ else
   failures=$((failures + 1))
 fi
 
+# A rebuild of the rollups recounts the stored events and changes no total.
+usage_before=$($meterctl usage beta --period 2023-11)
+rebuild_out=$($meterctl rollups rebuild 2>&1)
+if echo "$rebuild_out" | grep -Eq "^rollups rebuilt: [1-9][0-9]* stored events recounted into [1-9][0-9]* rollup rows$" &&
+   [ "$usage_before" = "$($meterctl usage beta --period 2023-11)" ] &&
+   $meterctl verify beta --period 2023-11 >/dev/null; then
+  echo "ok   rollups rebuild keeps every total"
+else
+  echo "FAIL rollups rebuild: $rebuild_out"
+  failures=$((failures + 1))
+fi
+expect_error "rollups without rebuild" "usage: meterctl rollups rebuild" $meterctl rollups
+
 # README lists every command exactly as `meterctl --help` prints it, between two markers.
 readme_help=$(sed -n '/^<!-- meterctl --help -->$/,/^<!-- end of meterctl --help -->$/p' \
   "$source_dir/README.md" | sed '1,2d;$d' | sed '$d')

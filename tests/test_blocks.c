@@ -563,18 +563,117 @@ static void cut_inside_change(uint8_t *copy, size_t *size)
     *size = 30;
 }
 
-Test(blocks, damaged_rollup_log_record_is_an_error)
+static void empty_record(uint8_t *copy, size_t *size)
+{
+    (void)copy;
+    *size = 0;
+}
+
+/* The first change of a record: key size, key, quantity, count. */
+static size_t first_count_at(const uint8_t *copy)
+{
+    return 1 + copy[0] + 16;
+}
+
+static void zero_events(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    memset(copy + first_count_at(copy), 0, 8);
+}
+
+static void unknown_meter(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    copy[1 + UUID_SIZE + 4] = 99;
+}
+
+static void month_13(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    copy[1 + UUID_SIZE + 3] = 13; /* period 202413: the low byte of the big-endian number */
+    copy[1 + UUID_SIZE + 2] = (uint8_t)(202413 >> 8);
+}
+
+static void short_row(uint8_t *copy, size_t *size)
+{
+    (void)copy;
+    *size = 23;
+}
+
+/*
+ * Damages the stored rollups with `change` on the first value of `table`,
+ * then checks: reads and the fold fail, commits go on past the fold limit,
+ * and `meterctl rollups rebuild` (ledger_rollups_rebuild) recounts them.
+ */
+static void damage_then_rebuild(const char *table, void (*change)(uint8_t *, size_t *))
 {
     commit_range(tenant_a, 1, 3, 1);
+    if (strcmp(table, "rollups") == 0)
+        cr_assert_eq(ledger_rollups_fold(ledger), HM_OK);
     ledger_close(ledger);
     ledger = NULL;
-    raw_first_value_rewrite("rollup_log", cut_inside_change);
+    raw_first_value_rewrite(table, change);
 
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     struct rollup_row *rows = NULL;
     size_t count = 0;
-    cr_expect_eq(ledger_rollups(ledger, tenant_a, 202406, &rows, &count), HM_ERR_STORAGE);
-    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
-    /* A fold must not write rows from a damaged log. */
-    cr_expect_eq(ledger_rollups_fold(ledger), HM_ERR_STORAGE);
+    if (strcmp(table, "rollup_log") == 0) {
+        cr_expect_eq(ledger_rollups(ledger, tenant_a, 202406, &rows, &count), HM_ERR_STORAGE);
+        cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
+        /* A fold must not write rows from a damaged log. */
+        cr_expect_eq(ledger_rollups_fold(ledger), HM_ERR_STORAGE);
+    }
+    /* Past the fold limit, the commits of every tenant still store their events. */
+    for (uint32_t i = 0; i < 300; i++)
+        commit_range(i % 2 ? tenant_a : tenant_b, 100 + i, 1, 1);
+    cr_assert_eq(event_count(tenant_a), 153);
+    cr_assert_eq(event_count(tenant_b), 150);
+
+    uint64_t events = 0;
+    size_t row_count = 0;
+    cr_assert_eq(ledger_rollups_rebuild(ledger, &events, &row_count), HM_OK);
+    cr_assert_eq(events, 303);
+    /* Per tenant: inference events, input and output tokens of m-small. */
+    cr_assert_eq(row_count, 6);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    cr_assert_eq(ledger_verify(ledger, tenant_b, 202406), HM_OK);
+    uint64_t counted = 0;
+    cr_assert(input_tokens(tenant_a, &counted) == 153);
+    cr_assert_eq(counted, 153);
+    /* Folds work again. */
+    for (uint32_t i = 0; i < 300; i++)
+        commit_range(tenant_b, 1000 + i, 1, 1);
+    ledger_close(ledger);
+    ledger = NULL;
+    cr_assert_lt(raw_entries("rollup_log"), 256);
+}
+
+Test(blocks, record_cut_inside_a_change_rebuilt)
+{
+    damage_then_rebuild("rollup_log", cut_inside_change);
+}
+
+Test(blocks, empty_log_record_rebuilt)
+{
+    damage_then_rebuild("rollup_log", empty_record);
+}
+
+Test(blocks, change_of_no_events_rebuilt)
+{
+    damage_then_rebuild("rollup_log", zero_events);
+}
+
+Test(blocks, change_of_unknown_meter_rebuilt)
+{
+    damage_then_rebuild("rollup_log", unknown_meter);
+}
+
+Test(blocks, change_of_month_13_rebuilt)
+{
+    damage_then_rebuild("rollup_log", month_13);
+}
+
+Test(blocks, short_rollup_row_rebuilt)
+{
+    damage_then_rebuild("rollups", short_row);
 }
