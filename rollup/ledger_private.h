@@ -77,10 +77,13 @@ struct ledger {
     int64_t period_day_start_us;   /* the UTC day whose period append saw last; see period_of */
     uint32_t period_day;           /* 0: none yet */
     /*
-     * Set when a fold found the rollup log or a rollup row damaged: commits
-     * go on without folding until `meterctl rollups rebuild` or a new open.
+     * Set when a fold found the rollup log or a rollup row damaged, with the
+     * log's records as this process last saw them. A damaged log only grows,
+     * so commits go on without folding until the log holds fewer records:
+     * `meterctl rollups rebuild`, or a fold by another process, emptied it.
      */
     int fold_refused;
+    size_t fold_refused_records;
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */

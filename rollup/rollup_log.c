@@ -261,14 +261,20 @@ int rollup_log_fold(struct ledger *ledger, MDB_txn *txn)
 
 int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
 {
-    if (ledger->fold_refused)
-        return HM_OK;
     MDB_stat stat;
     int rc = mdb_stat(txn, ledger->tables[TABLE_ROLLUP_LOG], &stat);
     if (rc != 0)
         return status_of(rc, "read rollup log size");
-    if (stat.ms_entries < ROLLUP_LOG_FOLD_RECORDS &&
-        stat.ms_leaf_pages + stat.ms_overflow_pages < ROLLUP_LOG_FOLD_PAGES)
+    if (ledger->fold_refused) {
+        /* Fewer records than last time: a rebuild or another process emptied the log. */
+        if (stat.ms_entries < ledger->fold_refused_records)
+            ledger->fold_refused = 0;
+        else
+            ledger->fold_refused_records = stat.ms_entries;
+    }
+    if (ledger->fold_refused || (stat.ms_entries < ROLLUP_LOG_FOLD_RECORDS &&
+                                 stat.ms_leaf_pages + stat.ms_overflow_pages <
+                                     ROLLUP_LOG_FOLD_PAGES))
         return HM_OK;
     /*
      * Damage must not stop the commits of every tenant: the events and
@@ -288,6 +294,7 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
     if (status != HM_ERR_STORAGE)
         return status;
     ledger->fold_refused = 1;
+    ledger->fold_refused_records = stat.ms_entries;
     log_error("ledger", "the rollup log is not folded while it or the rollup rows are damaged; "
               "events are still stored, and it grows until `meterctl rollups rebuild`");
     return HM_OK;

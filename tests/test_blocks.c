@@ -677,3 +677,44 @@ Test(blocks, short_rollup_row_rebuilt)
 {
     damage_then_rebuild("rollups", short_row);
 }
+
+Test(blocks, rebuild_by_another_process_lets_folds_resume)
+{
+    commit_range(tenant_a, 1, 3, 1);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_first_value_rewrite("rollup_log", cut_inside_change);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    /* This process finds the damage at the fold limit and stops folding. */
+    for (uint32_t i = 0; i < 300; i++)
+        commit_range(tenant_a, 100 + i, 1, 1);
+
+    fflush(NULL);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        /* The child rebuilds, as `meterctl rollups rebuild` beside a running meterd would. */
+        struct ledger *other;
+        uint64_t events = 0;
+        size_t rows = 0;
+        if (ledger_open(&other, dir, NULL) != HM_OK)
+            _exit(2);
+        int rc = ledger_rollups_rebuild(other, &events, &rows);
+        ledger_close(other);
+        _exit(rc == HM_OK && events == 303 ? 0 : 1);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+
+    /* The log was emptied by the rebuild, so this process folds again at the limit. */
+    for (uint32_t i = 0; i < 300; i++)
+        commit_range(tenant_a, 1000 + i, 1, 1);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+    uint64_t counted = 0;
+    cr_assert(input_tokens(tenant_a, &counted) == 603);
+    ledger_close(ledger);
+    ledger = NULL;
+    cr_assert_lt(raw_entries("rollup_log"), 256);
+    cr_assert_gt(raw_entries("rollups"), 0);
+}
