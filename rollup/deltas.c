@@ -174,8 +174,11 @@ int rollup_deltas_add_key(struct rollup_deltas *deltas, const uint8_t *key, size
     ptrdiff_t slot = slot_of(deltas, key, key_size, hash);
     if (slot < 0)
         return HM_ERR_NOMEM;
-    deltas->slots[slot].quantity += quantity;
-    deltas->slots[slot].count += count;
+    struct rollup_delta *delta = &deltas->slots[slot];
+    if (delta->quantity + quantity < delta->quantity || delta->count + count < delta->count)
+        return HM_ERR_STORAGE;
+    delta->quantity += quantity;
+    delta->count += count;
     return HM_OK;
 }
 

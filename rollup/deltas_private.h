@@ -72,7 +72,8 @@ int rollup_deltas_add(struct rollup_deltas *deltas, struct rollup_key_memo *memo
 
 /*
  * Adds a change to a whole rollup key, as stored (rollup_key). HM_ERR_INVALID
- * for a key too short to hold a meter or too long; HM_ERR_NOMEM.
+ * for a key too short to hold a meter or too long; HM_ERR_STORAGE when the
+ * sum would overflow (and nothing is added); HM_ERR_NOMEM.
  */
 int rollup_deltas_add_key(struct rollup_deltas *deltas, const uint8_t *key, size_t key_size,
                           unsigned __int128 quantity, uint64_t count);

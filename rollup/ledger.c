@@ -871,6 +871,11 @@ static int log_change_add(void *context, const uint8_t *key, size_t key_size,
         ledger_row_list_find(list, (enum rollup_meter)key[ROLLUP_KEY_METER_AT], dimension);
     if (row == NULL)
         return HM_ERR_NOMEM;
+    if (row->quantity + quantity < row->quantity || row->event_count + count < row->event_count) {
+        rollups_damaged("the rollup log", "its changes to a row of meter %u would overflow it",
+                        key[ROLLUP_KEY_METER_AT]);
+        return HM_ERR_STORAGE;
+    }
     row->quantity += quantity;
     row->event_count += count;
     return HM_OK;
@@ -910,7 +915,8 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
         size_t dimension_size = key.mv_size - sizeof prefix - 1;
         if (dimension_size > EVENT_ENDPOINT_MAX || value.mv_size != ROLLUP_VALUE_SIZE) {
             status = HM_ERR_STORAGE;
-            log_error("ledger", "corrupt rollup record of size %zu", value.mv_size);
+            rollups_damaged("a rollup row", "its key has %zu bytes and its value %zu",
+                            key.mv_size, value.mv_size);
             break;
         }
         memcpy(dimension, bytes + sizeof prefix + 1, dimension_size);

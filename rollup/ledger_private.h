@@ -281,6 +281,14 @@ int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
 
 /* ---- The rollup log (rollup_log.c) ---- */
 
+/*
+ * Logs that `where` (a log record, a rollup row) is damaged, and what to
+ * run, and counts it in rollups_damage_count.
+ */
+void rollups_damaged(const char *where, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+extern _Atomic uint64_t rollups_damage_count;
+
 /* Writes the changes of `deltas` of at least one event as the log's next record. */
 int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas);
 

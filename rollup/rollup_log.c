@@ -17,8 +17,11 @@
 #include "deltas.h"
 #include "deltas_private.h"
 
+#include "common/uuid.h"
+
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -29,9 +32,26 @@
 #define CHANGE_FIXED_SIZE (1 + 16 + 8)
 
 /*
- * Logs damage found in the rollup log (record `sequence`, 0 when unknown)
- * or the rollup rows, with the way out.
+ * More events than one transaction can store: a map is at most 16 TiB
+ * (meterd --map-size), and a stored record takes more than 16 bytes.
  */
+#define CHANGE_EVENTS_MAX (UINT64_C(1) << 40)
+
+_Atomic uint64_t rollups_damage_count;
+
+void rollups_damaged(const char *where, const char *format, ...)
+{
+    char what[256];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(what, sizeof what, format, args);
+    va_end(args);
+    atomic_fetch_add(&rollups_damage_count, 1);
+    log_error("ledger", "%s is damaged: %s. The rollups cannot be read until `meterctl rollups "
+              "rebuild` recounts them from the stored events", where, what);
+}
+
+/* Logs damage of the rollup log: record `sequence`, or the log as a whole when 0. */
 static void damaged(uint64_t sequence, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -45,8 +65,19 @@ static void damaged(uint64_t sequence, const char *format, ...)
     char where[48] = "the rollup log";
     if (sequence > 0)
         snprintf(where, sizeof where, "rollup log record %llu", (unsigned long long)sequence);
-    log_error("ledger", "%s is damaged: %s. The rollups cannot be read until `meterctl rollups "
-              "rebuild` recounts them from the stored events", where, what);
+    rollups_damaged(where, "%s", what);
+}
+
+/* Logs damage of the rollup row with key `key`. */
+static void row_damaged(const uint8_t *key, const char *what)
+{
+    char tenant[UUID_TEXT_SIZE], where[128];
+    uuid_format(key, tenant);
+    uint32_t period = (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
+                      (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
+    snprintf(where, sizeof where, "the rollup row of tenant %s, period %u, meter %u", tenant,
+             period, key[ROLLUP_KEY_METER_AT]);
+    rollups_damaged(where, "%s", what);
 }
 
 /* A period of the form yyyymm with a month from 1 to 12. */
@@ -81,16 +112,23 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     int rc = mdb_cursor_open(txn->txn, dbi, &cursor);
     if (rc != 0)
         return status_of(rc, "open rollup log");
+    /*
+     * The next sequence number follows the last valid key. Damaged keys at
+     * the end (another size, or the highest number) are stepped over, so
+     * that the events of every tenant are still stored; readers report them.
+     */
     MDB_val key, value;
     uint64_t sequence = 1;
-    rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
-    if (rc == 0 && key.mv_size == 8)
-        sequence = load_be64(key.mv_data) + 1;
-    mdb_cursor_close(cursor);
-    if (rc == 0 && key.mv_size != 8) {
-        damaged(0, "its last key has %zu bytes, not 8", key.mv_size);
-        return HM_ERR_STORAGE;
+    int tail_damaged = 0;
+    for (rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST); rc == 0;
+         rc = mdb_cursor_get(cursor, &key, &value, MDB_PREV)) {
+        if (key.mv_size == 8 && load_be64(key.mv_data) != UINT64_MAX) {
+            sequence = load_be64(key.mv_data) + 1;
+            break;
+        }
+        tail_damaged = 1;
     }
+    mdb_cursor_close(cursor);
     if (rc != 0 && rc != MDB_NOTFOUND)
         return status_of(rc, "read rollup log");
 
@@ -99,7 +137,8 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     key = (MDB_val){ sizeof key_bytes, key_bytes };
     value = (MDB_val){ size, NULL };
     /* MDB_RESERVE: the changes are written straight into the new record. */
-    rc = mdb_put(txn->txn, dbi, &key, &value, MDB_APPEND | MDB_RESERVE);
+    rc = mdb_put(txn->txn, dbi, &key, &value,
+                 (tail_damaged ? MDB_NOOVERWRITE : MDB_APPEND) | MDB_RESERVE);
     if (rc != 0)
         return status_of(rc, "write rollup log");
     uint8_t *out = value.mv_data;
@@ -155,10 +194,16 @@ static int record_each(uint64_t sequence, const MDB_val *value, const uint8_t *p
         uint8_t meter = key[ROLLUP_KEY_METER_AT];
         uint32_t period = (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
                           (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
-        if (count == 0 || meter < ROLLUP_GPU_SECONDS || meter > ROLLUP_EVENTS ||
+        if (count == 0 || count > CHANGE_EVENTS_MAX || meter < ROLLUP_GPU_SECONDS || meter > ROLLUP_EVENTS ||
             meter == ROLLUP_STORAGE_BYTE_SECONDS || !period_valid(period)) {
             damaged(sequence, "a change has %llu events, meter %u and period %u",
                     (unsigned long long)count, meter, period);
+            return HM_ERR_STORAGE;
+        }
+        /* Each event adds at most a 64-bit quantity. */
+        if (le64toh(high) >= count) {
+            damaged(sequence, "a change of %llu events has a quantity above 2^64 per event",
+                    (unsigned long long)count);
             return HM_ERR_STORAGE;
         }
         if (prefix_size == 0 || memcmp(key, prefix, prefix_size) == 0) {
@@ -184,8 +229,9 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
     int status = HM_OK;
     for (rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST); rc == 0 && status == HM_OK;
          rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
-        if (key.mv_size != 8) {
-            damaged(0, "a record has a key of %zu bytes, not 8", key.mv_size);
+        if (key.mv_size != 8 || load_be64(key.mv_data) == UINT64_MAX) {
+            damaged(0, "a record has a key of %zu bytes that is not a sequence number",
+                    key.mv_size);
             status = HM_ERR_STORAGE;
             break;
         }
@@ -200,7 +246,10 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
 static int sum_change(void *context, const uint8_t *key, size_t key_size,
                       unsigned __int128 quantity, uint64_t count)
 {
-    return rollup_deltas_add_key(context, key, key_size, quantity, count);
+    int rc = rollup_deltas_add_key(context, key, key_size, quantity, count);
+    if (rc == HM_ERR_STORAGE)
+        row_damaged(key, "the changes of the rollup log would overflow it");
+    return rc;
 }
 
 /* Adds summed changes to the rollup rows, one read and one write per key. */
@@ -216,14 +265,16 @@ static int rows_add(struct ledger *ledger, MDB_txn *txn, const struct rollup_del
         if (rc == 0 && value.mv_size == ROLLUP_VALUE_SIZE)
             rollup_value_decode(value.mv_data, &total, &count);
         else if (rc == 0) {
-            damaged(0, "the rollup row of meter %u has %zu bytes, not %d",
-                    delta->key[ROLLUP_KEY_METER_AT], value.mv_size, ROLLUP_VALUE_SIZE);
+            char what[64];
+            snprintf(what, sizeof what, "it has %zu bytes, not %d", value.mv_size,
+                     ROLLUP_VALUE_SIZE);
+            row_damaged(delta->key, what);
             return HM_ERR_STORAGE;
         } else if (rc != MDB_NOTFOUND) {
             return status_of(rc, "read rollup");
         }
         if (total + delta->quantity < total || count + delta->count < count) {
-            damaged(0, "a rollup row of meter %u would overflow", delta->key[ROLLUP_KEY_METER_AT]);
+            row_damaged(delta->key, "adding the rollup log would overflow it");
             return HM_ERR_STORAGE;
         }
         total += delta->quantity;
@@ -285,13 +336,15 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
     rc = mdb_txn_begin(ledger->env, txn, 0, &fold);
     if (rc != 0)
         return status_of(rc, "begin rollup fold");
+    uint64_t damage_before = atomic_load(&rollups_damage_count);
     int status = rollup_log_fold(ledger, fold);
     if (status == HM_OK) {
         rc = mdb_txn_commit(fold);
         return rc == 0 ? HM_OK : status_of(rc, "commit rollup fold");
     }
     mdb_txn_abort(fold);
-    if (status != HM_ERR_STORAGE)
+    /* Only damage is stepped over; a failed read or write fails the commit as before. */
+    if (status != HM_ERR_STORAGE || atomic_load(&rollups_damage_count) == damage_before)
         return status;
     ledger->fold_refused = 1;
     ledger->fold_refused_records = stat.ms_entries;
@@ -357,22 +410,18 @@ static int tenants_of_table(struct ledger *ledger, MDB_txn *txn, enum table tabl
     int status = HM_OK;
     rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST);
     while (rc == 0 && key.mv_size == key_size) {
-        size_t i = 0;
-        while (i < *count && memcmp((*ids)[i], key.mv_data, UUID_SIZE) != 0)
-            i++;
-        if (i == *count) {
-            if (*count == *capacity) {
-                size_t grown_capacity = *capacity ? 2 * *capacity : 64;
-                uint8_t(*grown)[UUID_SIZE] = realloc(*ids, grown_capacity * UUID_SIZE);
-                if (grown == NULL) {
-                    status = HM_ERR_NOMEM;
-                    break;
-                }
-                *ids = grown;
-                *capacity = grown_capacity;
+        /* Each tenant comes once per table; the caller drops those of both tables. */
+        if (*count == *capacity) {
+            size_t grown_capacity = *capacity ? 2 * *capacity : 64;
+            uint8_t(*grown)[UUID_SIZE] = realloc(*ids, grown_capacity * UUID_SIZE);
+            if (grown == NULL) {
+                status = HM_ERR_NOMEM;
+                break;
             }
-            memcpy((*ids)[(*count)++], key.mv_data, UUID_SIZE);
+            *ids = grown;
+            *capacity = grown_capacity;
         }
+        memcpy((*ids)[(*count)++], key.mv_data, UUID_SIZE);
         /* The next key is the first of the next tenant: past this tenant's highest key. */
         memcpy(seek, key.mv_data, UUID_SIZE);
         memset(seek + UUID_SIZE, 0xff, key_size - UUID_SIZE);
@@ -389,6 +438,11 @@ static int tenants_of_table(struct ledger *ledger, MDB_txn *txn, enum table tabl
         status = HM_ERR_STORAGE;
     }
     return status;
+}
+
+static int tenant_order(const void *a, const void *b)
+{
+    return memcmp(a, b, UUID_SIZE);
 }
 
 int ledger_rollups_rebuild(struct ledger *ledger, uint64_t *events_out, size_t *rows_out)
@@ -410,8 +464,14 @@ int ledger_rollups_rebuild(struct ledger *ledger, uint64_t *events_out, size_t *
     if (rc == HM_OK)
         rc = tenants_of_table(ledger, txn->txn, TABLE_EVENTS, 2 * UUID_SIZE, &tenants,
                               &tenant_count, &capacity);
-    for (size_t i = 0; rc == HM_OK && i < tenant_count; i++)
+    if (rc == HM_OK && tenant_count > 1)
+        qsort(tenants, tenant_count, UUID_SIZE, tenant_order);
+    for (size_t i = 0; rc == HM_OK && i < tenant_count; i++) {
+        /* records_walk visits both tables, so a tenant of both is walked once. */
+        if (i > 0 && memcmp(tenants[i], tenants[i - 1], UUID_SIZE) == 0)
+            continue;
         rc = records_walk(ledger, txn->txn, tenants[i], 0, 0, rebuild_visit, &walk);
+    }
     free(tenants);
     /* The rows and the log are replaced as a whole, in the transaction that read the events. */
     int mdb_rc = 0;

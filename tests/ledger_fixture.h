@@ -80,6 +80,24 @@ static inline void raw_first_value_rewrite(const char *table,
     free(copy);
 }
 
+/* Puts a record into `table` of the closed ledger. */
+static inline void raw_put(const char *table, const void *key, size_t key_size, const void *value,
+                           size_t value_size)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    MDB_val key_value = { key_size, (void *)key }, data = { value_size, (void *)value };
+    cr_assert_eq(mdb_put(txn, dbi, &key_value, &data, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
 /* Returns the number of entries of `table` in the closed ledger. */
 static inline size_t raw_entries(const char *table)
 {

@@ -605,19 +605,19 @@ static void short_row(uint8_t *copy, size_t *size)
  * then checks: reads and the fold fail, commits go on past the fold limit,
  * and `meterctl rollups rebuild` (ledger_rollups_rebuild) recounts them.
  */
-static void damage_then_rebuild(const char *table, void (*change)(uint8_t *, size_t *))
+static void damage_with(int in_rows, void (*damage)(void))
 {
     commit_range(tenant_a, 1, 3, 1);
-    if (strcmp(table, "rollups") == 0)
+    if (in_rows)
         cr_assert_eq(ledger_rollups_fold(ledger), HM_OK);
     ledger_close(ledger);
     ledger = NULL;
-    raw_first_value_rewrite(table, change);
+    damage();
 
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     struct rollup_row *rows = NULL;
     size_t count = 0;
-    if (strcmp(table, "rollup_log") == 0) {
+    if (!in_rows) {
         cr_expect_eq(ledger_rollups(ledger, tenant_a, 202406, &rows, &count), HM_ERR_STORAGE);
         cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
         /* A fold must not write rows from a damaged log. */
@@ -646,6 +646,82 @@ static void damage_then_rebuild(const char *table, void (*change)(uint8_t *, siz
     ledger_close(ledger);
     ledger = NULL;
     cr_assert_lt(raw_entries("rollup_log"), 256);
+}
+
+static const char *damaged_table;
+static void (*damage_change)(uint8_t *, size_t *);
+
+static void rewrite_first_value(void)
+{
+    raw_first_value_rewrite(damaged_table, damage_change);
+}
+
+/* damage_with, where the damage is `change` on the first value of `table`. */
+static void damage_then_rebuild(const char *table, void (*change)(uint8_t *, size_t *))
+{
+    damaged_table = table;
+    damage_change = change;
+    damage_with(strcmp(table, "rollups") == 0, rewrite_first_value);
+}
+
+static void quantity_above_its_events(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    memset(copy + first_count_at(copy) - 8, 0xff, 8);
+}
+
+static void events_near_overflow(uint8_t *copy, size_t *size)
+{
+    (void)size;
+    memset(copy + first_count_at(copy), 0xff, 8);
+}
+
+/* A record of 1 change of 1 event, as a commit writes it, under the log key `key`. */
+static void logged_record_put(const uint8_t *key, size_t key_size)
+{
+    uint8_t value[1 + UUID_SIZE + 5 + 7 + 24] = { 0 };
+    value[0] = UUID_SIZE + 5 + 7;
+    memcpy(value + 1, tenant_a, UUID_SIZE);
+    const uint8_t june[4] = { 0, 0x03, 0x16, 0x26 }; /* 202406, big-endian */
+    memcpy(value + 1 + UUID_SIZE, june, 4);
+    value[1 + UUID_SIZE + 4] = 2; /* input tokens */
+    memcpy(value + 1 + UUID_SIZE + 5, "m-small", 7);
+    value[1 + UUID_SIZE + 5 + 7] = 1;      /* quantity 1 */
+    value[1 + UUID_SIZE + 5 + 7 + 16] = 1; /* 1 event */
+    raw_put("rollup_log", key, key_size, value, sizeof value);
+}
+
+static void short_key_last(void)
+{
+    const uint8_t key[7] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+    logged_record_put(key, sizeof key);
+}
+
+static void highest_key_last(void)
+{
+    uint8_t key[8];
+    memset(key, 0xff, sizeof key);
+    logged_record_put(key, sizeof key);
+}
+
+Test(blocks, quantity_above_its_events_rebuilt)
+{
+    damage_then_rebuild("rollup_log", quantity_above_its_events);
+}
+
+Test(blocks, events_near_overflow_rebuilt)
+{
+    damage_then_rebuild("rollup_log", events_near_overflow);
+}
+
+Test(blocks, short_log_key_at_the_end_rebuilt)
+{
+    damage_with(0, short_key_last);
+}
+
+Test(blocks, highest_log_key_at_the_end_rebuilt)
+{
+    damage_with(0, highest_key_last);
 }
 
 Test(blocks, record_cut_inside_a_change_rebuilt)
