@@ -1028,7 +1028,8 @@ static void arm_committed(struct server *server)
     io_uring_sqe_set_data64(sqe, user_data_of(OP_COMMITTED, 0, 0));
 }
 
-const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1] = { 1, 2, 5, 10, 20, 50, 100, 250, 1000 };
+const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1] = { 1,  2,   5,   10,  20,
+                                                               50, 100, 250, 1000 };
 
 /* A commit that takes this long is logged: acks waited that long for the disk. */
 #define COMMIT_SLOW_MS 1000

@@ -142,7 +142,10 @@ struct server_stats {
     uint64_t commit_failures;
     uint64_t commit_us_total; /* time the commit hook took, over all batches */
     uint64_t commit_us_max;   /* the longest commit */
-    /* Commits by duration: [i] counts those over commit_ms_bounds[i - 1] and up to commit_ms_bounds[i] ms. */
+    /*
+     * Commits by duration: [i] counts those over commit_ms_bounds[i - 1] ms
+     * and up to commit_ms_bounds[i] ms.
+     */
     uint64_t commit_ms_counts[SERVER_COMMIT_BUCKETS];
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */

@@ -932,6 +932,10 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
     }
     cursor_close(cursor);
     size_t stored = list->count;
+    /*
+     * NOTE: each read walks the whole log, so a reader of every tenant
+     * (rerate, invoice explain) pays one walk per tenant until a fold.
+     */
     if (status == HM_OK)
         status = rollup_log_each(ledger, txn, prefix, sizeof prefix, log_change_add, list);
     if (status == HM_OK && list->count > stored)

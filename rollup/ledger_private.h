@@ -78,9 +78,9 @@ struct ledger {
     uint32_t period_day;           /* 0: none yet */
     /*
      * Set when a fold found the rollup log or a rollup row damaged, with the
-     * log's records as this process last saw them. A damaged log only grows,
-     * so commits go on without folding until the log holds fewer records:
-     * `meterctl rollups rebuild`, or a fold by another process, emptied it.
+     * log's record count as this process last read it. A damaged log only
+     * grows, so fewer records mean that a rebuild or another process
+     * emptied it. Until then commits go on without folding.
      */
     int fold_refused;
     size_t fold_refused_records;
@@ -281,6 +281,13 @@ int arrivals_walk_legacy(struct ledger *ledger, MDB_txn *txn, const uint8_t tena
 
 /* ---- The rollup log (rollup_log.c) ---- */
 
+/* Returns the period (yyyymm) of a rollup key: the 4 big-endian bytes after the tenant id. */
+static inline uint32_t rollup_key_period(const uint8_t *key)
+{
+    return (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
+           (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
+}
+
 /*
  * Logs that `where` (a log record, a rollup row) is damaged, and what to
  * run, and counts it in rollups_damage_count.
@@ -304,9 +311,9 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
 int rollup_log_fold(struct ledger *ledger, MDB_txn *txn);
 
 /*
- * Folds the log when it holds more records or pages than its limits, in a
- * nested transaction: a fold that finds damage is undone and logged, and
- * the commit goes on without it.
+ * Folds the log once it has more records or pages than its limits. The
+ * fold runs in a nested transaction, so a fold that finds damage is undone
+ * and logged, and the commit goes on without it.
  */
 int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn);
 
@@ -345,7 +352,10 @@ int block_record_find(struct ledger *ledger, MDB_txn *txn, struct ledger_txn *pe
 int records_walk(struct ledger *ledger, MDB_txn *txn, const uint8_t tenant_id[UUID_SIZE],
                  uint64_t after_seq, uint64_t limit, record_visit visit, void *context);
 
-/* Decodes a stored record of a tenant into `out`; logs and returns HM_ERR_STORAGE when it cannot. */
+/*
+ * Decodes a stored record of a tenant into `out`. Logs and returns
+ * HM_ERR_STORAGE when it cannot.
+ */
 int stored_event_decode(const uint8_t tenant_id[UUID_SIZE], uint64_t seq, const uint8_t *record,
                         size_t record_size, struct event *out);
 

@@ -1167,13 +1167,6 @@ static int period_list_add(struct period_list *list, uint32_t period)
     return HM_OK;
 }
 
-static uint32_t key_period(const uint8_t *key)
-{
-    const uint8_t *bytes = key + UUID_SIZE;
-    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
-           bytes[3];
-}
-
 /* Adds the period of a change in the rollup log that is not folded yet. */
 static int logged_period_add(void *context, const uint8_t *key, size_t key_size,
                              unsigned __int128 quantity, uint64_t count)
@@ -1181,7 +1174,7 @@ static int logged_period_add(void *context, const uint8_t *key, size_t key_size,
     (void)key_size;
     (void)quantity;
     (void)count;
-    return period_list_add(context, key_period(key));
+    return period_list_add(context, rollup_key_period(key));
 }
 
 static int period_order(const void *a, const void *b)
@@ -1211,7 +1204,7 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
     mdb_rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
     while (status == HM_OK && mdb_rc == 0 && key.mv_size >= UUID_SIZE + 4 &&
            memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
-        uint32_t period = key_period(key.mv_data);
+        uint32_t period = rollup_key_period(key.mv_data);
         if (period >= before_period)
             break;
         status = period_list_add(&list, period);

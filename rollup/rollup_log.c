@@ -11,14 +11,13 @@
  * Record: key = sequence number (8 bytes, big-endian, from 1 after each
  * fold); value = changes, each a key size (1 byte), the rollup key, the
  * quantity (16 bytes, little-endian) and the event count (8 bytes,
- * little-endian). A record holds only changes of at least one event.
+ * little-endian). A record contains only changes of at least one event.
  */
 #include "ledger_private.h"
 #include "deltas.h"
 #include "deltas_private.h"
 
 #include "common/uuid.h"
-
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -73,8 +72,7 @@ static void row_damaged(const uint8_t *key, const char *what)
 {
     char tenant[UUID_TEXT_SIZE], where[128];
     uuid_format(key, tenant);
-    uint32_t period = (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
-                      (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
+    uint32_t period = rollup_key_period(key);
     snprintf(where, sizeof where, "the rollup row of tenant %s, period %u, meter %u", tenant,
              period, key[ROLLUP_KEY_METER_AT]);
     rollups_damaged(where, "%s", what);
@@ -100,7 +98,8 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
         if (delta->count > 0)
             size += CHANGE_FIXED_SIZE + delta->key_size;
         else if (delta->quantity != 0) {
-            log_error("ledger", "a rollup change of no events has a quantity");
+            log_error("ledger", "a rollup change of no events has a quantity; the transaction "
+                      "is not committed");
             return HM_ERR_STORAGE;
         }
     }
@@ -114,8 +113,8 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
         return status_of(rc, "open rollup log");
     /*
      * The next sequence number follows the last valid key. Damaged keys at
-     * the end (another size, or the highest number) are stepped over, so
-     * that the events of every tenant are still stored; readers report them.
+     * the end (another size, or the highest number) are skipped, so that
+     * every tenant's events are still stored. Readers report the damage.
      */
     MDB_val key, value;
     uint64_t sequence = 1;
@@ -192,10 +191,10 @@ static int record_each(uint64_t sequence, const MDB_val *value, const uint8_t *p
         at += 24;
         count = le64toh(count);
         uint8_t meter = key[ROLLUP_KEY_METER_AT];
-        uint32_t period = (uint32_t)key[UUID_SIZE] << 24 | (uint32_t)key[UUID_SIZE + 1] << 16 |
-                          (uint32_t)key[UUID_SIZE + 2] << 8 | key[UUID_SIZE + 3];
-        if (count == 0 || count > CHANGE_EVENTS_MAX || meter < ROLLUP_GPU_SECONDS || meter > ROLLUP_EVENTS ||
-            meter == ROLLUP_STORAGE_BYTE_SECONDS || !period_valid(period)) {
+        uint32_t period = rollup_key_period(key);
+        int meter_valid = meter >= ROLLUP_GPU_SECONDS && meter <= ROLLUP_EVENTS &&
+                          meter != ROLLUP_STORAGE_BYTE_SECONDS;
+        if (count == 0 || count > CHANGE_EVENTS_MAX || !meter_valid || !period_valid(period)) {
             damaged(sequence, "a change has %llu events, meter %u and period %u",
                     (unsigned long long)count, meter, period);
             return HM_ERR_STORAGE;
@@ -323,9 +322,10 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
         else
             ledger->fold_refused_records = stat.ms_entries;
     }
-    if (ledger->fold_refused || (stat.ms_entries < ROLLUP_LOG_FOLD_RECORDS &&
-                                 stat.ms_leaf_pages + stat.ms_overflow_pages <
-                                     ROLLUP_LOG_FOLD_PAGES))
+    if (ledger->fold_refused)
+        return HM_OK;
+    size_t pages = stat.ms_leaf_pages + stat.ms_overflow_pages;
+    if (stat.ms_entries < ROLLUP_LOG_FOLD_RECORDS && pages < ROLLUP_LOG_FOLD_PAGES)
         return HM_OK;
     /*
      * Damage must not stop the commits of every tenant: the events and
@@ -343,7 +343,7 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
         return rc == 0 ? HM_OK : status_of(rc, "commit rollup fold");
     }
     mdb_txn_abort(fold);
-    /* Only damage is stepped over; a failed read or write fails the commit as before. */
+    /* Only damage is skipped. A failed read or write fails the commit, as before. */
     if (status != HM_ERR_STORAGE || atomic_load(&rollups_damage_count) == damage_before)
         return status;
     ledger->fold_refused = 1;
@@ -393,7 +393,8 @@ static int rebuild_visit(void *context, const uint8_t tenant_id[UUID_SIZE], uint
 
 /*
  * Adds to `ids` each tenant that has a key in `table`, whose keys start
- * with the tenant id and are `key_size` bytes long. HM_ERR_NOMEM.
+ * with the tenant id and are `key_size` bytes long. HM_ERR_NOMEM, or
+ * HM_ERR_STORAGE for a key of another size.
  */
 static int tenants_of_table(struct ledger *ledger, MDB_txn *txn, enum table table,
                             size_t key_size, uint8_t (**ids)[UUID_SIZE], size_t *count,
@@ -434,7 +435,8 @@ static int tenants_of_table(struct ledger *ledger, MDB_txn *txn, enum table tabl
     if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
         status = status_of(rc, "read the tenants of the stored events");
     if (status == HM_OK && rc == 0) {
-        log_error("ledger", "a stored event has a key of %zu bytes", key.mv_size);
+        log_error("ledger", "a stored event has a key of %zu bytes, expected %zu: the ledger is "
+                  "damaged; restore the data directory from a backup", key.mv_size, key_size);
         status = HM_ERR_STORAGE;
     }
     return status;
@@ -475,8 +477,9 @@ int ledger_rollups_rebuild(struct ledger *ledger, uint64_t *events_out, size_t *
     free(tenants);
     /* The rows and the log are replaced as a whole, in the transaction that read the events. */
     int mdb_rc = 0;
-    if (rc == HM_OK && (mdb_rc = mdb_drop(txn->txn, ledger->tables[TABLE_ROLLUPS], 0)) == 0 &&
-        !log_missing(ledger))
+    if (rc == HM_OK)
+        mdb_rc = mdb_drop(txn->txn, ledger->tables[TABLE_ROLLUPS], 0);
+    if (rc == HM_OK && mdb_rc == 0 && !log_missing(ledger))
         mdb_rc = mdb_drop(txn->txn, ledger->tables[TABLE_ROLLUP_LOG], 0);
     if (mdb_rc != 0)
         rc = status_of(mdb_rc, "empty the rollups");

@@ -1,8 +1,9 @@
 /*
- * What the ledger's test suites share: a fresh ledger in a temporary
- * directory for each test, two tenants, a timestamp in June 2024, and ways
- * to change or count the stored tables behind the ledger's back, with LMDB
- * alone, while the ledger is closed.
+ * The fixture of the ledger's test suites: a fresh ledger in a temporary
+ * directory for each test, two tenants and a timestamp in June 2024.
+ *
+ * The raw_ helpers change or count a table of the closed ledger with LMDB
+ * alone, as damage or an older build would leave it.
  *
  * A suite includes this file once and names its directory:
  *
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "ingest/wire.h"
 #include "rollup/ledger.h"
 
 static char dir[256];
@@ -46,6 +48,20 @@ static inline void ledger_fixture_remove(void)
     char command[512];
     snprintf(command, sizeof command, "rm -rf %s", dir);
     cr_assert_eq(system(command), 0);
+}
+
+/* Stores one event in a transaction of its own; returns its append_outcome. */
+static inline int append_one(const struct event *event)
+{
+    uint8_t record[RECORD_SIZE_MAX];
+    int size = record_encode(event, record);
+    cr_assert_gt(size, 0);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    int outcome = ledger_append(txn, event, record, (size_t)size);
+    cr_assert_geq(outcome, 0);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    return outcome;
 }
 
 /*

@@ -209,33 +209,50 @@ Test(blocks, failed_commit_forgets_ids)
     cr_expect_eq(retried.stored, 10);
 }
 
-Test(blocks, append_by_another_process_is_seen)
+/*
+ * Runs `work` in a child process on a ledger of its own, opened on `dir`,
+ * as another meterd or meterctl would, and checks that it returned HM_OK.
+ */
+static void in_other_process(int (*work)(struct ledger *other))
 {
-    commit_range(tenant_a, 0, 10, 1);
     fflush(NULL);
     pid_t child = fork();
     cr_assert_geq(child, 0);
     if (child == 0) {
-        /* The child opens the ledger on its own and stores events 10..19. */
         struct ledger *other;
         if (ledger_open(&other, dir, NULL) != HM_OK)
             _exit(2);
-        struct ledger_txn *txn;
-        int rc = ledger_begin(other, &txn);
-        for (uint32_t i = 10; rc == HM_OK && i < 20; i++) {
-            struct event event = numbered(tenant_a, i, 1);
-            uint8_t record[RECORD_SIZE_MAX];
-            int size = record_encode(&event, record);
-            rc = ledger_append(txn, &event, record, (size_t)size) == APPEND_STORED ? HM_OK : 1;
-        }
-        if (rc == HM_OK)
-            rc = ledger_commit(txn);
+        int rc = work(other);
         ledger_close(other);
         _exit(rc == HM_OK ? 0 : 1);
     }
     int status = 0;
     cr_assert_eq(waitpid(child, &status, 0), child);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+}
+
+/* Stores events 10..19 of tenant_a in one transaction. */
+static int store_ten_more(struct ledger *other)
+{
+    struct ledger_txn *txn = NULL;
+    int rc = ledger_begin(other, &txn);
+    for (uint32_t i = 10; rc == HM_OK && i < 20; i++) {
+        struct event event = numbered(tenant_a, i, 1);
+        uint8_t record[RECORD_SIZE_MAX];
+        int size = record_encode(&event, record);
+        rc = ledger_append(txn, &event, record, (size_t)size) == APPEND_STORED ? HM_OK : 1;
+    }
+    if (rc == HM_OK)
+        return ledger_commit(txn);
+    if (txn != NULL)
+        ledger_abort(txn);
+    return rc;
+}
+
+Test(blocks, append_by_another_process_is_seen)
+{
+    commit_range(tenant_a, 0, 10, 1);
+    in_other_process(store_ten_more);
 
     /* This process's index predates the child's events; they must still be duplicates. */
     struct outcomes again = commit_range(tenant_a, 0, 25, 1);
@@ -470,21 +487,15 @@ static void commit_model_event(const uint8_t tenant[UUID_SIZE], uint32_t number,
     struct event event = numbered(tenant, number, 3);
     snprintf(event.u.inference.model, sizeof event.u.inference.model, "%s", model);
     event.timestamp_us = timestamp_us;
-    uint8_t record[RECORD_SIZE_MAX];
-    int size = record_encode(&event, record);
-    cr_assert_gt(size, 0);
-    struct ledger_txn *txn;
-    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
-    cr_assert_eq(ledger_append(txn, &event, record, (size_t)size), APPEND_STORED);
-    cr_assert_eq(ledger_commit(txn), HM_OK);
+    cr_assert_eq(append_one(&event), APPEND_STORED);
 }
 
-Test(blocks, rollup_log_reads_the_same_before_and_after_a_fold)
+Test(blocks, log_reads_match_after_fold)
 {
     const int64_t july_2_us = JUNE_10_US + INT64_C(22) * 86400 * 1000000;
     commit_range(tenant_a, 1, 50, 7);
     commit_range(tenant_b, 1, 20, 2);
-    /* Models that sort before and after m-small, and a month that only the log knows. */
+    /* Models that sort before and after m-small, and a month found only in the log. */
     commit_model_event(tenant_a, 1000, "a-first", JUNE_10_US);
     commit_model_event(tenant_a, 1001, "z-last", JUNE_10_US);
     commit_model_event(tenant_a, 1002, "m-small", july_2_us);
@@ -524,7 +535,7 @@ Test(blocks, rollup_log_reads_the_same_before_and_after_a_fold)
     free(after);
 }
 
-Test(blocks, rollup_log_folded_as_it_grows)
+Test(blocks, log_folded_as_it_grows)
 {
     for (uint32_t i = 0; i < 300; i++)
         commit_range(tenant_a, i, 1, 2);
@@ -539,7 +550,7 @@ Test(blocks, rollup_log_folded_as_it_grows)
     cr_assert_eq(events, 300);
 }
 
-Test(blocks, taking_away_more_than_the_transaction_added_fails)
+Test(blocks, subtract_beyond_transaction_fails)
 {
     commit_range(tenant_a, 1, 1, 5);
     struct event event = numbered(tenant_a, 1, 5);
@@ -548,7 +559,7 @@ Test(blocks, taking_away_more_than_the_transaction_added_fails)
     cr_assert_eq(rollup_deltas_add_event(not_stored, &event), HM_OK);
     struct ledger_txn *txn;
     cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
-    /* The stored rollup holds the event, but this transaction added nothing to take away. */
+    /* The stored rollup contains the event, but this transaction added nothing to take away. */
     cr_assert_eq(ledger_rollups_apply(txn, not_stored, 1), HM_ERR_STORAGE);
     ledger_abort(txn);
     rollup_deltas_free(not_stored);
@@ -704,7 +715,7 @@ static void highest_key_last(void)
     logged_record_put(key, sizeof key);
 }
 
-Test(blocks, quantity_above_its_events_rebuilt)
+Test(blocks, oversized_quantity_rebuilt)
 {
     damage_then_rebuild("rollup_log", quantity_above_its_events);
 }
@@ -714,17 +725,17 @@ Test(blocks, events_near_overflow_rebuilt)
     damage_then_rebuild("rollup_log", events_near_overflow);
 }
 
-Test(blocks, short_log_key_at_the_end_rebuilt)
+Test(blocks, short_tail_key_rebuilt)
 {
     damage_with(0, short_key_last);
 }
 
-Test(blocks, highest_log_key_at_the_end_rebuilt)
+Test(blocks, highest_tail_key_rebuilt)
 {
     damage_with(0, highest_key_last);
 }
 
-Test(blocks, record_cut_inside_a_change_rebuilt)
+Test(blocks, cut_log_record_rebuilt)
 {
     damage_then_rebuild("rollup_log", cut_inside_change);
 }
@@ -739,12 +750,12 @@ Test(blocks, change_of_no_events_rebuilt)
     damage_then_rebuild("rollup_log", zero_events);
 }
 
-Test(blocks, change_of_unknown_meter_rebuilt)
+Test(blocks, unknown_meter_rebuilt)
 {
     damage_then_rebuild("rollup_log", unknown_meter);
 }
 
-Test(blocks, change_of_month_13_rebuilt)
+Test(blocks, month_13_rebuilt)
 {
     damage_then_rebuild("rollup_log", month_13);
 }
@@ -754,7 +765,16 @@ Test(blocks, short_rollup_row_rebuilt)
     damage_then_rebuild("rollups", short_row);
 }
 
-Test(blocks, rebuild_by_another_process_lets_folds_resume)
+/* Rebuilds the rollups and checks that they count the 303 stored events. */
+static int rebuild_all_303(struct ledger *other)
+{
+    uint64_t events = 0;
+    size_t rows = 0;
+    int rc = ledger_rollups_rebuild(other, &events, &rows);
+    return rc == HM_OK && events != 303 ? HM_ERR_CONFLICT : rc;
+}
+
+Test(blocks, other_process_rebuild_resumes_folds)
 {
     commit_range(tenant_a, 1, 3, 1);
     ledger_close(ledger);
@@ -765,23 +785,8 @@ Test(blocks, rebuild_by_another_process_lets_folds_resume)
     for (uint32_t i = 0; i < 300; i++)
         commit_range(tenant_a, 100 + i, 1, 1);
 
-    fflush(NULL);
-    pid_t child = fork();
-    cr_assert_geq(child, 0);
-    if (child == 0) {
-        /* The child rebuilds, as `meterctl rollups rebuild` beside a running meterd would. */
-        struct ledger *other;
-        uint64_t events = 0;
-        size_t rows = 0;
-        if (ledger_open(&other, dir, NULL) != HM_OK)
-            _exit(2);
-        int rc = ledger_rollups_rebuild(other, &events, &rows);
-        ledger_close(other);
-        _exit(rc == HM_OK && events == 303 ? 0 : 1);
-    }
-    int status = 0;
-    cr_assert_eq(waitpid(child, &status, 0), child);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    /* Another process rebuilds, as `meterctl rollups rebuild` beside a running meterd would. */
+    in_other_process(rebuild_all_303);
 
     /* The log was emptied by the rebuild, so this process folds again at the limit. */
     for (uint32_t i = 0; i < 300; i++)

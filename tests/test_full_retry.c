@@ -235,9 +235,9 @@ Test(full_retry, full_state_counts_and_logs)
 }
 
 /*
- * A commit that takes over a second, as when the disk stalls a sync: the
- * frame is still stored and acknowledged, the stats file sorts the commit
- * into its bucket, and one warning says what to check.
+ * A commit that takes over a second, as when the disk stalls a sync. The
+ * frame is still stored and acknowledged, the stats file counts the commit
+ * in its bucket, and one warning names what to check.
  */
 Test(full_retry, slow_commit_counted_and_logged)
 {

@@ -27,19 +27,6 @@ static struct event inference(const uint8_t tenant[UUID_SIZE], uint8_t id_byte, 
 }
 
 /* Appends one event in its own committed transaction and returns the outcome. */
-static int append_one(const struct event *event)
-{
-    uint8_t record[RECORD_SIZE_MAX];
-    int size = record_encode(event, record);
-    cr_assert_gt(size, 0);
-    struct ledger_txn *txn;
-    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
-    int outcome = ledger_append(txn, event, record, (size_t)size);
-    cr_assert_geq(outcome, 0);
-    cr_assert_eq(ledger_commit(txn), HM_OK);
-    return outcome;
-}
-
 static unsigned __int128 quantity_of(const uint8_t tenant[UUID_SIZE], enum rollup_meter meter,
                                      const char *dimension)
 {
