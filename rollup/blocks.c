@@ -139,9 +139,8 @@ static struct seq_cache_entry *seq_cache_slot(struct ledger_txn *txn,
     return &txn->seq_cache[hash % SEQ_CACHE_SIZE];
 }
 
-/* Returns the tenant's next arrival number: from the cache, else from the tables. */
-static int seq_next(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
-                    uint64_t *next_out)
+/* Returns the tenant's next arrival number after its flushed blocks: from the cache, else from the tables. */
+static int seq_next(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE], uint64_t *next_out)
 {
     struct seq_cache_entry *entry = seq_cache_slot(txn, tenant_id);
     if (entry->next != 0 && memcmp(entry->tenant_id, tenant_id, UUID_SIZE) == 0) {
@@ -213,6 +212,15 @@ int block_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
     *seq_out = txn->block_first + txn->block_count;
     txn->block_count++;
     return HM_OK;
+}
+
+int block_seq_end(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE], uint64_t *end_out)
+{
+    if (txn->block_count > 0 && memcmp(txn->block_tenant, tenant_id, UUID_SIZE) == 0) {
+        *end_out = txn->block_first + txn->block_count;
+        return HM_OK;
+    }
+    return seq_next(txn, tenant_id, end_out);
 }
 
 /* Positions a cursor on the block of a tenant that holds number `seq`. */

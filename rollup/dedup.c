@@ -5,102 +5,154 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
-#include <unistd.h>
 #include <sys/random.h>
 
-/* Slots of a new index: 1 MiB, grown by doubling as events are stored. */
-#define DEDUP_SLOTS_INITIAL (64 * 1024)
-enum { SPARE_NONE, SPARE_MAKING, SPARE_READY, SPARE_FAILED };
-
-/* Slots of `old` moved per commit at least, and per slot that the commit added. */
-#define DEDUP_MOVE_MIN 4096
-#define DEDUP_MOVE_PER_INSERT 4
-
+#define SEGMENT_BITS 13
+#define SEGMENT_SLOTS (UINT32_C(1) << SEGMENT_BITS)
+#define SEGMENT_MASK (SEGMENT_SLOTS - 1)
+/* Slots in use, live or removed, past which a segment splits (invariant 2). */
+#define SEGMENT_FULL (SEGMENT_SLOTS / 4 * 3)
 /*
- * Maps a zeroed table. The kernel supplies zero pages on first touch, so a
- * new table costs no time up front; huge pages halve the cost of a probe,
- * which is a random access that misses the TLB otherwise.
+ * A slot's home within its segment comes from the low SEGMENT_BITS of the
+ * fingerprint, the directory from its top bits. A directory of 2^24
+ * entries leads to room for up to about 10^11 ids.
  */
-static int table_make(struct dedup_table *table, size_t slot_count)
+#define DEPTH_MAX 24
+
+#define TAG_EMPTY 0
+#define TAG_REMOVED 1
+
+/* Each arena is one huge page, so that a probe's random access misses the TLB less often. */
+#define ARENA_BYTES ((size_t)2 << 20)
+
+struct dedup_segment {
+    /* Fingerprints, 8 to a cache line: most probes read one or two lines. */
+    _Alignas(64) uint64_t tags[SEGMENT_SLOTS];
+    uint32_t locators[SEGMENT_SLOTS]; /* see DEDUP_SPAN */
+    uint32_t used; /* live and removed slots */
+    uint32_t live;
+    unsigned depth; /* leading fingerprint bits that all its ids share */
+};
+
+#define ARENA_SEGMENTS (ARENA_BYTES / sizeof(struct dedup_segment))
+
+struct dedup_undo {
+    uint64_t tag;
+    uint32_t locator;
+};
+
+static inline uint64_t tag_of(uint64_t fingerprint)
 {
-    size_t bytes = slot_count * sizeof(struct dedup_slot);
-    void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (slots == MAP_FAILED)
-        return HM_ERR_NOMEM;
-    madvise(slots, bytes, MADV_HUGEPAGE);
-    table->slots = slots;
-    table->mask = slot_count - 1;
-    table->count = 0;
-    return HM_OK;
+    return fingerprint > TAG_REMOVED ? fingerprint : fingerprint + 2;
 }
 
-static void table_free_slots(struct dedup_table *table)
+static inline uint32_t locator_kept(uint64_t locator)
 {
-    if (table->slots != NULL)
-        munmap(table->slots, (table->mask + 1) * sizeof(struct dedup_slot));
-    table->slots = NULL;
+    return locator == DEDUP_LEGACY ? (uint32_t)DEDUP_SPAN : (uint32_t)(locator % DEDUP_SPAN);
 }
 
-static void *spare_make(void *context)
+static inline uint32_t home_of(uint64_t tag)
 {
-    struct dedup_index *index = context;
-    /*
-     * The lowest priority: the table is needed only later, and the ingest
-     * loop and the commit thread must not wait for the CPU meanwhile. On
-     * Linux a thread's nice value is its own. A failure only makes it slower.
-     */
-    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
-    /* Its own name, so that a profile separates its page zeroing from the commits. */
-    pthread_setname_np(pthread_self(), "ledger-index");
-    size_t bytes = (index->spare.mask + 1) * sizeof(struct dedup_slot);
-    void *slots = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (slots == MAP_FAILED) {
-        atomic_store(&index->spare_state, SPARE_FAILED);
+    return (uint32_t)tag & SEGMENT_MASK;
+}
+
+static inline struct dedup_segment *segment_of(const struct dedup_index *index, uint64_t tag)
+{
+    return index->directory[index->depth == 0 ? 0 : tag >> (64 - index->depth)];
+}
+
+static uint32_t empty_slot(const struct dedup_segment *segment, uint64_t tag)
+{
+    uint32_t at = home_of(tag);
+    while (segment->tags[at] != TAG_EMPTY)
+        at = (at + 1) & SEGMENT_MASK;
+    return at;
+}
+
+static inline void slot_put(struct dedup_segment *segment, uint32_t at, uint64_t tag,
+                            uint32_t locator)
+{
+    segment->tags[at] = tag;
+    segment->locators[at] = locator;
+    segment->used++;
+    segment->live++;
+}
+
+/* Maps `bytes` (a power of two) aligned to their size, which lets the kernel use a huge page. */
+static uint8_t *map_aligned(size_t bytes)
+{
+    size_t span = 2 * bytes;
+    uint8_t *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
         return NULL;
+    uintptr_t start = ((uintptr_t)raw + bytes - 1) & ~(uintptr_t)(bytes - 1);
+    size_t head = start - (uintptr_t)raw;
+    if (head > 0)
+        munmap(raw, head);
+    if (span - head - bytes > 0)
+        munmap((uint8_t *)start + bytes, span - head - bytes);
+    madvise((void *)start, bytes, MADV_HUGEPAGE);
+    return (uint8_t *)start;
+}
+
+/* Carves a zeroed segment from the newest arena, mapping another when it is used up. */
+static struct dedup_segment *segment_new(struct dedup_index *index, unsigned depth)
+{
+    struct dedup_arena *arena = index->arenas;
+    if (arena == NULL || arena->used == ARENA_SEGMENTS) {
+        arena = malloc(sizeof *arena);
+        if (arena == NULL)
+            return NULL;
+        arena->base = map_aligned(ARENA_BYTES);
+        if (arena->base == NULL) {
+            free(arena);
+            return NULL;
+        }
+        arena->used = 0;
+        arena->next = index->arenas;
+        index->arenas = arena;
     }
-    madvise(slots, bytes, MADV_HUGEPAGE);
-    /* Touch every page here, so that the writer never waits for a page to be zeroed. */
-    for (size_t offset = 0; offset < bytes; offset += 4096)
-        ((volatile uint8_t *)slots)[offset] = 0;
-    index->spare.slots = slots;
-    atomic_store(&index->spare_state, SPARE_READY);
-    return NULL;
+    struct dedup_segment *segment =
+        (struct dedup_segment *)(arena->base + arena->used++ * sizeof *segment);
+    segment->depth = depth;
+    index->segments++;
+    return segment;
 }
 
-/* Asks a helper thread for a table of `slot_count` slots. */
-static void spare_request(struct dedup_index *index, size_t slot_count)
+static void segments_free(struct dedup_index *index)
 {
-    index->spare.slots = NULL;
-    index->spare.mask = slot_count - 1;
-    index->spare.count = 0;
-    atomic_store(&index->spare_state, SPARE_MAKING);
-    if (pthread_create(&index->spare_thread, NULL, spare_make, index) != 0) {
-        atomic_store(&index->spare_state, SPARE_NONE);
-        return;
+    while (index->arenas != NULL) {
+        struct dedup_arena *arena = index->arenas;
+        index->arenas = arena->next;
+        munmap(arena->base, ARENA_BYTES);
+        free(arena);
     }
+    free(index->directory);
+    index->directory = NULL;
+    index->depth = 0;
+    index->segments = 0;
+    index->count = 0;
 }
 
-/* Waits for the helper thread, if one runs, and keeps or drops its table. */
-static void spare_settle(struct dedup_index *index, int keep)
+int dedup_clear(struct dedup_index *index, size_t expected)
 {
-    int state = atomic_load(&index->spare_state);
-    if (state == SPARE_NONE)
-        return;
-    pthread_join(index->spare_thread, NULL);
-    if (!keep || atomic_load(&index->spare_state) != SPARE_READY)
-        table_free_slots(&index->spare);
-    if (!keep)
-        atomic_store(&index->spare_state, SPARE_NONE);
-}
-
-static void table_free(struct dedup_table *table)
-{
-    if (table->slots != NULL)
-        munmap(table->slots, (table->mask + 1) * sizeof(struct dedup_slot));
-    table->slots = NULL;
-    table->mask = 0;
-    table->count = 0;
+    segments_free(index);
+    index->undo_count = 0;
+    unsigned depth = 0;
+    while (depth < DEPTH_MAX && ((size_t)SEGMENT_SLOTS / 2 << depth) < expected)
+        depth++;
+    size_t size = (size_t)1 << depth;
+    index->directory = calloc(size, sizeof *index->directory);
+    if (index->directory == NULL)
+        return HM_ERR_NOMEM;
+    index->depth = depth;
+    for (size_t i = 0; i < size; i++) {
+        if ((index->directory[i] = segment_new(index, depth)) == NULL) {
+            segments_free(index);
+            return HM_ERR_NOMEM;
+        }
+    }
+    return HM_OK;
 }
 
 int dedup_create(struct dedup_index **out)
@@ -113,8 +165,9 @@ int dedup_create(struct dedup_index **out)
         free(index);
         return HM_ERR_IO;
     }
-    if (table_make(&index->current, DEDUP_SLOTS_INITIAL) != HM_OK) {
-        free(index);
+    index->scratch = malloc(sizeof *index->scratch);
+    if (index->scratch == NULL || dedup_clear(index, 0) != HM_OK) {
+        dedup_free(index);
         return HM_ERR_NOMEM;
     }
     *out = index;
@@ -125,31 +178,21 @@ void dedup_free(struct dedup_index *index)
 {
     if (index == NULL)
         return;
-    spare_settle(index, 0);
-    table_free(&index->current);
-    table_free(&index->old);
+    segments_free(index);
+    free(index->scratch);
     free(index->undo);
     free(index);
 }
 
-int dedup_clear(struct dedup_index *index, size_t expected)
-{
-    spare_settle(index, 0);
-    /* Below 30 % load after `expected` ids, so that the first growth is still ahead. */
-    size_t slot_count = DEDUP_SLOTS_INITIAL;
-    while (slot_count / 10 * 3 < expected)
-        slot_count *= 2;
-    table_free(&index->current);
-    table_free(&index->old);
-    index->move_at = 0;
-    index->undo_count = 0;
-    index->resized = 0;
-    return table_make(&index->current, slot_count);
-}
-
 size_t dedup_count(const struct dedup_index *index)
 {
-    return index->current.count + index->old.count;
+    return index->count;
+}
+
+size_t dedup_bytes(const struct dedup_index *index)
+{
+    return index->segments * sizeof(struct dedup_segment) +
+           ((size_t)1 << index->depth) * sizeof *index->directory;
 }
 
 static inline uint64_t load64(const uint8_t *bytes)
@@ -183,164 +226,138 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
     return fingerprint != 0 ? fingerprint : 1;
 }
 
-static inline size_t first_slot(const struct dedup_table *table, uint64_t fingerprint)
-{
-    return (size_t)(fingerprint * UINT64_C(0x9e3779b97f4a7c15) >> 20) & table->mask;
-}
-
-/* Finds the empty slot where a fingerprint goes in `table`. */
-static size_t empty_slot(const struct dedup_table *table, uint64_t fingerprint)
-{
-    size_t at = first_slot(table, fingerprint);
-    while (table->slots[at].fingerprint != 0)
-        at = (at + 1) & table->mask;
-    return at;
-}
-
 void dedup_prefetch(const struct dedup_index *index, uint64_t fingerprint)
 {
-    __builtin_prefetch(&index->current.slots[first_slot(&index->current, fingerprint)]);
-    if (index->old.count > 0)
-        __builtin_prefetch(&index->old.slots[first_slot(&index->old, fingerprint)]);
+    uint64_t tag = tag_of(fingerprint);
+    __builtin_prefetch(&segment_of(index, tag)->tags[home_of(tag)]);
 }
 
 void dedup_probe_start(const struct dedup_index *index, uint64_t fingerprint,
                        struct dedup_probe *probe)
 {
-    probe->fingerprint = fingerprint;
-    probe->in_old = 0;
-    probe->at = first_slot(&index->current, fingerprint);
+    probe->tag = tag_of(fingerprint);
+    probe->segment = segment_of(index, probe->tag);
+    probe->at = home_of(probe->tag);
     probe->slot = 0;
 }
 
 int dedup_probe_next(const struct dedup_index *index, struct dedup_probe *probe,
                      uint64_t *locator_out)
 {
+    (void)index;
+    const struct dedup_segment *segment = probe->segment;
     for (;;) {
-        const struct dedup_table *table = probe->in_old ? &index->old : &index->current;
-        const struct dedup_slot *slot = &table->slots[probe->at];
-        if (slot->fingerprint == 0) {
-            if (probe->in_old)
-                return 0;
-            /* The end of the run in the current table is where a new id goes. */
-            probe->slot = probe->at;
-            if (index->old.count == 0)
-                return 0;
-            probe->in_old = 1;
-            probe->at = first_slot(&index->old, probe->fingerprint);
-            continue;
+        uint32_t at = probe->at;
+        uint64_t tag = segment->tags[at];
+        if (tag == TAG_EMPTY) {
+            probe->slot = at;
+            return 0;
         }
-        probe->at = (probe->at + 1) & table->mask;
-        if (slot->fingerprint == probe->fingerprint) {
-            *locator_out = slot->locator;
+        probe->at = (at + 1) & SEGMENT_MASK;
+        if (tag == probe->tag) {
+            uint32_t kept = segment->locators[at];
+            *locator_out = kept == (uint32_t)DEDUP_SPAN ? DEDUP_LEGACY : kept;
             return 1;
         }
     }
 }
 
-/*
- * Moves every slot of a table into one of twice its size, at once. Used
- * where no pause matters (a rebuild) or where nothing else is possible (a
- * single transaction that filled the table).
- */
-static int grow_now(struct dedup_index *index)
+static int directory_double(struct dedup_index *index)
 {
-    size_t slot_count = 2 * (index->current.mask + 1);
-    struct dedup_table bigger = { .slots = NULL };
-    if (atomic_load(&index->spare_state) != SPARE_NONE && index->spare.mask + 1 == slot_count) {
-        /*
-         * The helper's table has that size: wait for it rather than zero
-         * another one here, since part of its pages are done already.
-         */
-        spare_settle(index, 1);
-        if (atomic_load(&index->spare_state) == SPARE_READY) {
-            bigger = index->spare;
-            bigger.count = 0;
-            index->spare.slots = NULL;
-        }
-        atomic_store(&index->spare_state, SPARE_NONE);
-    } else {
-        spare_settle(index, 0);
-    }
-    if (bigger.slots == NULL && table_make(&bigger, slot_count) != HM_OK)
+    size_t size = (size_t)1 << index->depth;
+    struct dedup_segment **bigger = malloc(2 * size * sizeof *bigger);
+    if (bigger == NULL)
         return HM_ERR_NOMEM;
-    const struct dedup_table *tables[2] = { &index->current, &index->old };
-    for (int t = 0; t < 2; t++) {
-        const struct dedup_table *table = tables[t];
-        /* Slots of `old` before move_at are in `current` already. */
-        size_t from = t == 1 ? index->move_at : 0;
-        for (size_t i = from; table->slots != NULL && i <= table->mask; i++) {
-            if (table->slots[i].fingerprint == 0)
-                continue;
-            bigger.slots[empty_slot(&bigger, table->slots[i].fingerprint)] = table->slots[i];
-            bigger.count++;
-        }
-    }
-    table_free(&index->current);
-    table_free(&index->old);
-    index->move_at = 0;
-    index->current = bigger;
-    index->resized = 1;
+    /* Entry i covers the ids whose leading bits are i; the next bit picks 2i or 2i + 1. */
+    for (size_t i = 0; i < size; i++)
+        bigger[2 * i] = bigger[2 * i + 1] = index->directory[i];
+    free(index->directory);
+    index->directory = bigger;
+    index->depth++;
     return HM_OK;
 }
 
-/* Moves up to `budget` slots of `old` into `current`; frees `old` at its end. */
-static void move_some(struct dedup_index *index, size_t budget)
+/*
+ * Empties a segment and puts its live slots back. A slot goes into
+ * `sibling` instead when its fingerprint has the bit set that the new
+ * depth adds. Removed slots are dropped.
+ */
+static void segment_rehash(struct dedup_index *index, struct dedup_segment *segment,
+                           struct dedup_segment *sibling)
 {
-    struct dedup_table *old = &index->old;
-    while (old->slots != NULL && budget-- > 0) {
-        if (index->move_at > old->mask) {
-            table_free(old);
-            index->move_at = 0;
-            return;
-        }
-        const struct dedup_slot *slot = &old->slots[index->move_at++];
-        if (slot->fingerprint == 0)
+    struct dedup_segment *copy = index->scratch;
+    memcpy(copy->tags, segment->tags, sizeof copy->tags);
+    memcpy(copy->locators, segment->locators, sizeof copy->locators);
+    memset(segment->tags, 0, sizeof segment->tags);
+    segment->used = segment->live = 0;
+    unsigned bit = 64 - segment->depth;
+    for (uint32_t i = 0; i < SEGMENT_SLOTS; i++) {
+        uint64_t tag = copy->tags[i];
+        if (tag <= TAG_REMOVED)
             continue;
-        /*
-         * The slot stays in `old` too, so that the runs of the slots not yet
-         * moved stay whole; a lookup finds the copy in `current` first.
-         */
-        index->current.slots[empty_slot(&index->current, slot->fingerprint)] = *slot;
-        index->current.count++;
-        old->count--;
+        struct dedup_segment *to = sibling != NULL && (tag >> bit & 1) ? sibling : segment;
+        slot_put(to, empty_slot(to, tag), tag, copy->locators[i]);
     }
+}
+
+/*
+ * Splits the segment of `tag` by one more leading bit, doubling the
+ * directory when the segment uses all of its bits. A segment that cannot
+ * split any further only drops its removed slots.
+ */
+static int segment_split(struct dedup_index *index, struct dedup_segment *segment, uint64_t tag)
+{
+    if (segment->depth == DEPTH_MAX) {
+        if (segment->live == segment->used)
+            return HM_ERR_FULL;
+        segment_rehash(index, segment, NULL);
+        return HM_OK;
+    }
+    int rc;
+    if (segment->depth == index->depth && (rc = directory_double(index)) != HM_OK)
+        return rc;
+    struct dedup_segment *sibling = segment_new(index, segment->depth + 1);
+    if (sibling == NULL)
+        return HM_ERR_NOMEM;
+    /* The segment fills a block of 2^spread directory entries, and the upper half goes to the sibling. */
+    unsigned spread = index->depth - segment->depth;
+    size_t prefix = segment->depth == 0 ? 0 : tag >> (64 - segment->depth);
+    size_t first = prefix << spread, half = (size_t)1 << (spread - 1);
+    for (size_t i = first + half; i < first + 2 * half; i++)
+        index->directory[i] = sibling;
+    segment->depth++;
+    segment_rehash(index, segment, sibling);
+    return HM_OK;
 }
 
 int dedup_insert(struct dedup_index *index, const struct dedup_probe *probe, uint64_t locator,
                  int in_txn)
 {
-    struct dedup_table *table = &index->current;
-    size_t slot_count = table->mask + 1;
-    /*
-     * Between transactions the table grows gradually (dedup_txn_commit). A
-     * transaction that fills three quarters of it alone, or a rebuild past
-     * half, grows it at once.
-     */
-    size_t limit = in_txn ? slot_count / 4 * 3 : slot_count / 2;
-    if (table->count + index->old.count + 1 > limit) {
-        if (grow_now(index) != HM_OK)
-            return HM_ERR_NOMEM;
-        if (in_txn)
-            index->undo_count = 0;
-        table = &index->current;
-        size_t at = empty_slot(table, probe->fingerprint);
-        table->slots[at] = (struct dedup_slot){ probe->fingerprint, locator };
-        table->count++;
-        return HM_OK;
-    }
     if (in_txn && index->undo_count == index->undo_capacity) {
         size_t capacity = index->undo_capacity ? 2 * index->undo_capacity : 4096;
-        size_t *undo = realloc(index->undo, capacity * sizeof *undo);
+        struct dedup_undo *undo = realloc(index->undo, capacity * sizeof *undo);
         if (undo == NULL)
             return HM_ERR_NOMEM;
         index->undo = undo;
         index->undo_capacity = capacity;
     }
-    table->slots[probe->slot] = (struct dedup_slot){ probe->fingerprint, locator };
-    table->count++;
+    struct dedup_segment *segment = probe->segment;
+    uint32_t at = probe->slot;
+    if (segment->used + 1 > SEGMENT_FULL) {
+        /* A split moves slots but keeps every id. Skewed ids may need more than one split. */
+        do {
+            int rc = segment_split(index, segment, probe->tag);
+            if (rc != HM_OK)
+                return rc;
+            segment = segment_of(index, probe->tag);
+        } while (segment->used + 1 > SEGMENT_FULL);
+        at = empty_slot(segment, probe->tag);
+    }
+    uint32_t kept = locator_kept(locator);
+    slot_put(segment, at, probe->tag, kept);
+    index->count++;
     if (in_txn)
-        index->undo[index->undo_count++] = probe->slot;
+        index->undo[index->undo_count++] = (struct dedup_undo){ probe->tag, kept };
     return HM_OK;
 }
 
@@ -350,14 +367,12 @@ int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const ui
     for (size_t i = 0; i < count; i++)
         dedup_prefetch(index, fingerprints[i]);
     for (size_t i = 0; i < count; i++) {
-        struct dedup_table *table = &index->current;
-        if (2 * (table->count + index->old.count + 1) > table->mask + 1 &&
-            grow_now(index) != HM_OK)
-            return HM_ERR_NOMEM;
-        table = &index->current;
-        table->slots[empty_slot(table, fingerprints[i])] =
-            (struct dedup_slot){ fingerprints[i], locators[i] };
-        table->count++;
+        struct dedup_probe probe;
+        dedup_probe_start(index, fingerprints[i], &probe);
+        probe.slot = empty_slot(probe.segment, probe.tag);
+        int rc = dedup_insert(index, &probe, locators[i], 0);
+        if (rc != HM_OK)
+            return rc;
     }
     return HM_OK;
 }
@@ -365,54 +380,35 @@ int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const ui
 void dedup_txn_begin(struct dedup_index *index)
 {
     index->undo_count = 0;
-    index->resized = 0;
 }
 
 void dedup_txn_commit(struct dedup_index *index)
 {
-    size_t added = index->undo_count;
     index->undo_count = 0;
-    index->resized = 0;
-    /*
-     * From 20 % load on, a helper thread makes a table of twice the size;
-     * from 40 % on, once it is ready, that table takes the new slots.
-     */
-    struct dedup_table *table = &index->current;
-    size_t slot_count = table->mask + 1;
-    if (index->old.slots == NULL && atomic_load(&index->spare_state) == SPARE_NONE &&
-        table->count * 5 >= slot_count)
-        spare_request(index, 2 * slot_count);
-    if (index->old.slots == NULL && table->count * 5 >= slot_count * 2 &&
-        atomic_load(&index->spare_state) >= SPARE_READY) {
-        int ready = atomic_load(&index->spare_state) == SPARE_READY;
-        spare_settle(index, 1);
-        atomic_store(&index->spare_state, SPARE_NONE);
-        if (ready) {
-            index->old = *table;
-            index->current = index->spare;
-            index->spare.slots = NULL;
-            index->move_at = 0;
-        }
-    }
-    if (index->old.slots != NULL)
-        move_some(index, added * DEDUP_MOVE_PER_INSERT + DEDUP_MOVE_MIN);
 }
 
 int dedup_txn_abort(struct dedup_index *index)
 {
-    if (index->resized) {
-        index->undo_count = 0;
-        index->resized = 0;
-        return 1;
-    }
-    /*
-     * Inside a transaction slots are only added, each to an empty slot of
-     * the current table, so emptying them in reverse order gives back the
-     * exact earlier table: no slot placed before them probed past them.
-     */
+    int damaged = 0;
     while (index->undo_count > 0) {
-        index->current.slots[index->undo[--index->undo_count]].fingerprint = 0;
-        index->current.count--;
+        const struct dedup_undo *undo = &index->undo[--index->undo_count];
+        struct dedup_segment *segment = segment_of(index, undo->tag);
+        uint32_t at = home_of(undo->tag);
+        /*
+         * Splits since the insert may have moved the slot, but it stays in
+         * the run from its home, like any other. Two slots with the same tag
+         * and locator are interchangeable, so either may go.
+         */
+        while (segment->tags[at] != TAG_EMPTY &&
+               (segment->tags[at] != undo->tag || segment->locators[at] != undo->locator))
+            at = (at + 1) & SEGMENT_MASK;
+        if (segment->tags[at] == TAG_EMPTY) {
+            damaged = 1;
+            continue;
+        }
+        segment->tags[at] = TAG_REMOVED;
+        segment->live--;
+        index->count--;
     }
-    return 0;
+    return damaged;
 }

@@ -463,7 +463,8 @@ static int writer_prepare(struct ledger_txn *txn)
         ledger->dedup->generation = state.generation;
         struct timespec done;
         clock_gettime(CLOCK_MONOTONIC, &done);
-        log_info("ledger", "event id index built events=%zu ms=%lld", dedup_count(ledger->dedup),
+        log_info("ledger", "event id index built events=%zu bytes=%zu ms=%lld",
+                 dedup_count(ledger->dedup), dedup_bytes(ledger->dedup),
                  (long long)((done.tv_sec - started.tv_sec) * 1000 +
                              (done.tv_nsec - started.tv_nsec) / 1000000));
     }
@@ -696,12 +697,21 @@ static int indexed_record(struct ledger_txn *txn, const uint8_t tenant_id[UUID_S
         *size_out = value.mv_size;
         return HM_OK;
     }
-    int rc = block_record_find(ledger, txn->txn, txn, tenant_id, locator, record_out, size_out);
+    /* The slot kept the arrival number modulo DEDUP_SPAN: try each number it may stand for. */
+    uint64_t end;
+    int rc = block_seq_end(txn, tenant_id, &end);
     if (rc != HM_OK)
         return rc;
-    if (*size_out < RECORD_HEADER_SIZE || memcmp(*record_out + 4, event_id, UUID_SIZE) != 0)
-        return HM_ERR_NOT_FOUND;
-    return HM_OK;
+    for (uint64_t seq = locator; seq < end; seq += DEDUP_SPAN) {
+        rc = block_record_find(ledger, txn->txn, txn, tenant_id, seq, record_out, size_out);
+        if (rc == HM_ERR_NOT_FOUND)
+            continue;
+        if (rc != HM_OK)
+            return rc;
+        if (*size_out >= RECORD_HEADER_SIZE && memcmp(*record_out + 4, event_id, UUID_SIZE) == 0)
+            return HM_OK;
+    }
+    return HM_ERR_NOT_FOUND;
 }
 
 void ledger_append_prefetch(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],

@@ -336,6 +336,12 @@ int block_append(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],
 int block_flush(struct ledger_txn *txn);
 
 /*
+ * Returns the arrival number after the tenant's last record, the pending
+ * block included. HM_ERR_OVERFLOW when the numbers are used up.
+ */
+int block_seq_end(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE], uint64_t *end_out);
+
+/*
  * Finds the record with arrival number `seq` of a tenant: in the pending
  * block of `pending` when not NULL, else in TABLE_BLOCKS. HM_ERR_NOT_FOUND
  * when no block holds it, HM_ERR_STORAGE for a corrupt block.

@@ -64,6 +64,16 @@ static inline int append_one(const struct event *event)
     return outcome;
 }
 
+/* Opens the closed ledger with LMDB alone and begins a write transaction on `table`. */
+static inline void raw_begin(const char *table, MDB_env **env, MDB_txn **txn, MDB_dbi *dbi)
+{
+    cr_assert_eq(mdb_env_create(env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(*env, 64), 0);
+    cr_assert_eq(mdb_env_open(*env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(*env, NULL, 0, txn), 0);
+    cr_assert_eq(mdb_dbi_open(*txn, table, 0, dbi), 0);
+}
+
 /*
  * Rewrites the first value of `table` in the closed ledger: `change` gets a
  * copy and its size, and may shorten it.
@@ -75,11 +85,7 @@ static inline void raw_first_value_rewrite(const char *table,
     MDB_txn *txn;
     MDB_dbi dbi;
     MDB_cursor *cursor;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    raw_begin(table, &env, &txn, &dbi);
     cr_assert_eq(mdb_cursor_open(txn, dbi, &cursor), 0);
     MDB_val key, value;
     cr_assert_eq(mdb_cursor_get(cursor, &key, &value, MDB_FIRST), 0, "table %s is empty", table);
@@ -103,11 +109,7 @@ static inline void raw_put(const char *table, const void *key, size_t key_size, 
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_set_maxdbs(env, 64), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, table, 0, &dbi), 0);
+    raw_begin(table, &env, &txn, &dbi);
     MDB_val key_value = { key_size, (void *)key }, data = { value_size, (void *)value };
     cr_assert_eq(mdb_put(txn, dbi, &key_value, &data, 0), 0);
     cr_assert_eq(mdb_txn_commit(txn), 0);

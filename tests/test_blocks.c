@@ -408,6 +408,62 @@ Test(blocks, chosen_ids_get_distinct_fingerprints)
  * them, and between tenants, so that every lookup of a stored record starts
  * both after and before the record found last.
  */
+/*
+ * Moves tenant a's only block, in the closed ledger, to start at arrival
+ * number `first`, as if the tenant had stored that many events before.
+ */
+static void raw_block_renumber(uint64_t first)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    raw_begin("blocks", &env, &txn, &dbi);
+    uint8_t key_bytes[UUID_SIZE + 8];
+    memcpy(key_bytes, tenant_a, UUID_SIZE);
+    for (int i = 0; i < 8; i++)
+        key_bytes[UUID_SIZE + i] = (uint8_t)(1 >> (56 - 8 * i));
+    MDB_val key = { sizeof key_bytes, key_bytes }, value;
+    cr_assert_eq(mdb_get(txn, dbi, &key, &value), 0, "tenant a has no block at 1");
+    void *copy = malloc(value.mv_size);
+    cr_assert_not_null(copy);
+    memcpy(copy, value.mv_data, value.mv_size);
+    MDB_val moved = { value.mv_size, copy };
+    cr_assert_eq(mdb_del(txn, dbi, &key, NULL), 0);
+    for (int i = 0; i < 8; i++)
+        key_bytes[UUID_SIZE + i] = (uint8_t)(first >> (56 - 8 * i));
+    cr_assert_eq(mdb_put(txn, dbi, &key, &moved, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(copy);
+}
+
+Test(blocks, arrival_numbers_past_32_bits)
+{
+    /*
+     * The index keeps an arrival number modulo 2^32 - 1. Events numbered
+     * from 2 (2^32 - 1) + 1 keep the values 1, 2, 3, like the numbers 1, 2,
+     * 3 that no block holds: a resend must still be found.
+     */
+    const uint64_t first = 2 * DEDUP_SPAN + 1;
+    cr_assert_eq(commit_range(tenant_a, 0, 3, 1).stored, 3);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_block_renumber(first);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    struct outcomes resent = commit_range(tenant_a, 0, 3, 1);
+    cr_expect_eq(resent.duplicates, 3);
+    cr_expect_eq(resent.stored, 0);
+    cr_expect_eq(commit_range(tenant_a, 1, 1, 2).conflicts, 1);
+    /* New events continue the numbers, and a resend of them is found in the same way. */
+    cr_expect_eq(commit_range(tenant_a, 3, 3, 1).stored, 3);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_expect_eq(append_range(txn, tenant_a, 6, 2, 1).stored, 2);
+    cr_expect_eq(append_range(txn, tenant_a, 0, 8, 1).duplicates, 8);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    cr_expect_eq(event_count(tenant_a), 8);
+}
+
 Test(blocks, resends_in_shuffled_order)
 {
     enum { EVENTS = 9000 };
