@@ -229,7 +229,10 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
 void dedup_prefetch(const struct dedup_index *index, uint64_t fingerprint)
 {
     uint64_t tag = tag_of(fingerprint);
-    __builtin_prefetch(&segment_of(index, tag)->tags[home_of(tag)]);
+    const struct dedup_segment *segment = segment_of(index, tag);
+    /* A new id's locator is written next to its home too, so both lines are fetched. */
+    __builtin_prefetch(&segment->tags[home_of(tag)], 1);
+    __builtin_prefetch(&segment->locators[home_of(tag)], 1);
 }
 
 void dedup_probe_start(const struct dedup_index *index, uint64_t fingerprint,
