@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #define SEGMENT_BITS 13
 #define SEGMENT_SLOTS (UINT32_C(1) << SEGMENT_BITS)
@@ -35,6 +37,8 @@ struct dedup_segment {
 };
 
 #define ARENA_SEGMENTS (ARENA_BYTES / sizeof(struct dedup_segment))
+
+enum { SPARE_NONE, SPARE_MAKING, SPARE_READY, SPARE_FAILED };
 
 struct dedup_undo {
     uint64_t tag;
@@ -95,7 +99,73 @@ static uint8_t *map_aligned(size_t bytes)
     return (uint8_t *)start;
 }
 
-/* Carves a zeroed segment from the newest arena, mapping another when it is used up. */
+static void *spare_make(void *context)
+{
+    struct dedup_index *index = context;
+    /*
+     * The lowest priority: the writer takes the arena only later and maps
+     * one itself when this one is not ready, so the ingest loop and the
+     * commit thread must not wait for the CPU meanwhile. On Linux a thread's
+     * nice value is its own. A failure only makes it slower.
+     */
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
+    /* Its own name, so that a profile separates its page zeroing from the commits. */
+    pthread_setname_np(pthread_self(), "ledger-index");
+    uint8_t *base = map_aligned(ARENA_BYTES);
+    if (base == NULL) {
+        atomic_store(&index->spare_state, SPARE_FAILED);
+        return NULL;
+    }
+    /*
+     * Touching the arena here has the kernel zero its memory now: on the
+     * writer, the fault of a huge page stalled a commit for milliseconds.
+     */
+    for (size_t offset = 0; offset < ARENA_BYTES; offset += 4096)
+        ((volatile uint8_t *)base)[offset] = 0;
+    index->spare = base;
+    atomic_store(&index->spare_state, SPARE_READY);
+    return NULL;
+}
+
+static void spare_request(struct dedup_index *index)
+{
+    index->spare = NULL;
+    atomic_store(&index->spare_state, SPARE_MAKING);
+    if (pthread_create(&index->spare_thread, NULL, spare_make, index) != 0)
+        atomic_store(&index->spare_state, SPARE_NONE);
+}
+
+/*
+ * Returns the helper's arena if it is ready, else NULL without waiting.
+ * Asks for the next one unless a helper is still at work.
+ */
+static uint8_t *spare_take(struct dedup_index *index)
+{
+    int state = atomic_load(&index->spare_state);
+    if (state == SPARE_MAKING)
+        return NULL;
+    uint8_t *base = NULL;
+    if (state != SPARE_NONE) {
+        pthread_join(index->spare_thread, NULL);
+        base = state == SPARE_READY ? index->spare : NULL;
+    }
+    spare_request(index);
+    return base;
+}
+
+/* Waits for the helper thread, if one runs, and unmaps its arena. */
+static void spare_drop(struct dedup_index *index)
+{
+    if (atomic_load(&index->spare_state) == SPARE_NONE)
+        return;
+    pthread_join(index->spare_thread, NULL);
+    if (atomic_load(&index->spare_state) == SPARE_READY)
+        munmap(index->spare, ARENA_BYTES);
+    index->spare = NULL;
+    atomic_store(&index->spare_state, SPARE_NONE);
+}
+
+/* Carves a zeroed segment from the newest arena, taking another when it is used up. */
 static struct dedup_segment *segment_new(struct dedup_index *index, unsigned depth)
 {
     struct dedup_arena *arena = index->arenas;
@@ -103,7 +173,9 @@ static struct dedup_segment *segment_new(struct dedup_index *index, unsigned dep
         arena = malloc(sizeof *arena);
         if (arena == NULL)
             return NULL;
-        arena->base = map_aligned(ARENA_BYTES);
+        arena->base = spare_take(index);
+        if (arena->base == NULL)
+            arena->base = map_aligned(ARENA_BYTES);
         if (arena->base == NULL) {
             free(arena);
             return NULL;
@@ -178,6 +250,7 @@ void dedup_free(struct dedup_index *index)
 {
     if (index == NULL)
         return;
+    spare_drop(index);
     segments_free(index);
     free(index->scratch);
     free(index->undo);

@@ -23,11 +23,14 @@
  *   3. An abort marks the slots of its transaction as removed (a tombstone
  *      that probes step over). The segment's next split drops them.
  *
- * Threads: the ledger's single writer only.
+ * Threads: the ledger's single writer, and a helper thread that faults in
+ * the memory of the next arena ahead of need.
  */
 #ifndef HM_DEDUP_H
 #define HM_DEDUP_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,6 +62,10 @@ struct dedup_index {
     size_t count;                     /* ids in the index */
     size_t segments;
     struct dedup_arena *arenas;
+    /* The next arena, mapped and faulted in by a helper thread; see spare_state. */
+    uint8_t *spare;
+    pthread_t spare_thread;
+    _Atomic int spare_state; /* SPARE_NONE, SPARE_MAKING, SPARE_READY or SPARE_FAILED */
     struct dedup_segment *scratch; /* a split's copy of the segment it divides */
     uint64_t seed[2];
     uint64_t generation; /* the ledger's append generation that the slots reflect */
