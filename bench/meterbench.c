@@ -99,11 +99,19 @@ void bench_closed_phase(const struct bench *bench, const char *peer, struct phas
                              .time_cap_s = bench->time_cap_s };
 }
 
-int bench_open_phase(const struct bench *bench, const char *peer, double load, double max_eps,
+int bench_open_phase(struct bench *bench, const char *peer, double load, double max_eps,
                      struct phase *phase)
 {
-    const struct pool *pool = &bench->pool;
+    struct pool *pool = &bench->pool;
     double events = load * max_eps * bench->duration_s;
+    if (events > (double)pool->event_count && pool->event_count < BENCH_POOL_EVENTS_MAX) {
+        size_t target = events < (double)BENCH_POOL_EVENTS_MAX ? (size_t)events
+                                                                : BENCH_POOL_EVENTS_MAX;
+        fprintf(stderr, "meterbench:   the pool grows to %zu events for %.0f s of %s at %.0f%%\n",
+                target, bench->duration_s, peer, load * 100);
+        /* Out of memory, the phase runs on the frames that the pool has. */
+        (void)pool_extend(pool, target);
+    }
     size_t frames = pool_frames_for(pool, events > 1 ? (size_t)events : 1);
     if (frames > pool->frame_count)
         frames = pool->frame_count;
@@ -391,10 +399,11 @@ static int write_results(const char *path, const struct bench *bench,
             "\"trace_events\": %zu, \"events_per_frame\": %u, \"tenants\": %u, "
             "\"duration_s\": %.3f, \"connections\": %u, \"window\": %u, "
             "\"pg_connections\": %u, \"redis_connections\": %u, \"group_events\": %u, "
-            "\"peers\": [", options->mode, pool_events_in(&bench->pool, bench->closed_frames),
-            bench->pool.event_count, bench->pool.trace_event_count, options->events_per_frame,
-            options->tenants, options->duration_s, options->connections, options->window,
-            options->pg_connections, options->redis_connections, bench->group_events);
+            "\"pool_events_max\": %zu, \"peers\": [", options->mode,
+            pool_events_in(&bench->pool, bench->closed_frames), bench->pool.event_count,
+            bench->pool.trace_event_count, options->events_per_frame, options->tenants,
+            options->duration_s, options->connections, options->window, options->pg_connections,
+            options->redis_connections, bench->group_events, BENCH_POOL_EVENTS_MAX);
     int first = 1;
     for (int i = 0; i < PEER_COUNT; i++) {
         const struct peer_result *r = &results[i];

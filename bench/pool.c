@@ -305,6 +305,34 @@ uint64_t pool_random(uint64_t *state)
     return next_random(state);
 }
 
+/* Opens one frame per tenant, to be filled by frame_event. NULL when out of memory. */
+static struct client_frame *frames_open(const struct pool *pool)
+{
+    struct client_frame *frames = calloc(pool->tenant_count, sizeof *frames);
+    if (frames == NULL)
+        return NULL;
+    size_t body_limit = (size_t)pool->events_per_frame * RECORD_SIZE_MAX;
+    if (body_limit > FRAME_BODY_MAX)
+        body_limit = FRAME_BODY_MAX;
+    for (uint32_t i = 0; i < pool->tenant_count; i++) {
+        if (client_frame_open(&frames[i], pool->tenants[i].id, &pool->tenants[i].key,
+                              pool->events_per_frame, body_limit) != HM_OK) {
+            for (uint32_t j = 0; j < i; j++)
+                client_frame_close(&frames[j]);
+            free(frames);
+            return NULL;
+        }
+    }
+    return frames;
+}
+
+static void frames_close(const struct pool *pool, struct client_frame *frames)
+{
+    for (uint32_t i = 0; frames != NULL && i < pool->tenant_count; i++)
+        client_frame_close(&frames[i]);
+    free(frames);
+}
+
 int pool_build(struct pool *pool, const struct pool_options *options)
 {
     memset(pool, 0, sizeof *pool);
@@ -317,15 +345,9 @@ int pool_build(struct pool *pool, const struct pool_options *options)
     rc = replay_traces(&collector, options);
     pool->trace_events = collector.events;
     pool->trace_event_count = collector.count;
-    struct client_frame *frames = calloc(pool->tenant_count, sizeof *frames);
-    if (frames == NULL)
+    struct client_frame *frames = frames_open(pool);
+    if (rc == HM_OK && frames == NULL)
         rc = HM_ERR_NOMEM;
-    size_t body_limit = (size_t)options->events_per_frame * RECORD_SIZE_MAX;
-    if (body_limit > FRAME_BODY_MAX)
-        body_limit = FRAME_BODY_MAX;
-    for (uint32_t i = 0; rc == HM_OK && i < pool->tenant_count; i++)
-        rc = client_frame_open(&frames[i], pool->tenants[i].id, &pool->tenants[i].key,
-                               options->events_per_frame, body_limit);
 
     /* The replayed events first, in replay order, then synthetic ones up to the target. */
     size_t total = options->event_target > collector.count ? options->event_target
@@ -340,15 +362,39 @@ int pool_build(struct pool *pool, const struct pool_options *options)
             pool_draw_event(pool, &state, SYNTHETIC_START_US, SYNTHETIC_END_US, &drawn);
         rc = frame_event(pool, frames, event);
     }
+    pool->draw_state = state;
     for (uint32_t i = 0; rc == HM_OK && i < pool->tenant_count; i++) {
         if (client_frame_event_count(&frames[i]) > 0)
             rc = seal_frame(pool, &frames[i], i);
     }
-    for (uint32_t i = 0; frames != NULL && i < pool->tenant_count; i++)
-        client_frame_close(&frames[i]);
-    free(frames);
+    frames_close(pool, frames);
     if (rc != HM_OK && rc != HM_ERR_INVALID)
         fprintf(stderr, "meterbench: building the event pool failed: %s\n", hm_status_str(rc));
+    return rc;
+}
+
+int pool_extend(struct pool *pool, size_t event_target)
+{
+    if (pool->event_count >= event_target || pool->trace_event_count == 0)
+        return HM_OK;
+    struct client_frame *frames = frames_open(pool);
+    if (frames == NULL)
+        return HM_ERR_NOMEM;
+    int rc = HM_OK;
+    size_t pending = 0;
+    while (rc == HM_OK && pool->event_count + pending < event_target) {
+        struct event drawn;
+        pool_draw_event(pool, &pool->draw_state, SYNTHETIC_START_US, SYNTHETIC_END_US, &drawn);
+        size_t before = pool->event_count;
+        rc = frame_event(pool, frames, &drawn);
+        /* A sealed frame moved its events from pending to the pool. */
+        pending = pending + 1 - (pool->event_count - before);
+    }
+    for (uint32_t i = 0; rc == HM_OK && i < pool->tenant_count; i++) {
+        if (client_frame_event_count(&frames[i]) > 0)
+            rc = seal_frame(pool, &frames[i], i);
+    }
+    frames_close(pool, frames);
     return rc;
 }
 

@@ -141,10 +141,10 @@ def commit_cells(entry):
 
 
 def load_table(peers):
-    lines = ["| peer | load | offered events/s | achieved events/s | frames measured | "
+    lines = ["| peer | load | offered events/s | achieved events/s | seconds | frames measured | "
              "p50 ms | p99 ms | p99.9 ms | max ms | commits | commits over 10 ms | "
              "slowest commit ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for peer in peers:
         for entry in peer["open"]:
             mark = " (incomplete)" if entry["incomplete"] else ""
@@ -152,7 +152,7 @@ def load_table(peers):
                 mark += " (saturated)"
             lines.append(f"| {peer['name']} | {entry['load']:.2f}{mark} | "
                          f"{number(entry['offered_eps'])} | {number(entry['achieved_eps'])} | "
-                         f"{entry['samples']:,} | {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} | "
+                         f"{entry['seconds']:.2f} | {entry['samples']:,} | {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} | "
                          f"{entry['p999_ms']:.2f} | {entry['max_ms']:.2f} | "
                          f"{commit_cells(entry)} |")
     return lines
@@ -266,8 +266,10 @@ def write_markdown(results, path, source_dir):
         f"{results['pool_events']:,} events, {results['trace_events']:,} of them replayed "
         "from the bundled traces and the rest drawn from them; "
         f"{results['events_per_frame']} events per frame, {results['tenants']} tenants",
-        f"- open loop: Poisson arrivals of frames for {results['duration_s']:g} s per load; "
-        "latency from each frame's scheduled arrival to its acknowledgement",
+        f"- open loop: Poisson arrivals of frames for {results['duration_s']:g} s per load, "
+        f"from a pool grown to at most {results['pool_events_max']:,} events, so a peer "
+        "faster than that gets a shorter phase (the seconds column); latency from each "
+        "frame's scheduled arrival to its acknowledgement",
         f"- group commit of the embedded peers: {results['group_events']} events per commit "
         "(meterd's own average in its closed loop)",
         "",
