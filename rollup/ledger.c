@@ -173,6 +173,10 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     struct ledger *ledger = calloc(1, sizeof *ledger);
     if (ledger == NULL)
         return HM_ERR_NOMEM;
+    if (rollup_log_summary_create(ledger) != HM_OK) {
+        free(ledger);
+        return HM_ERR_NOMEM;
+    }
 
     /*
      * An existing ledger keeps the map size recorded in it unless the caller
@@ -240,6 +244,7 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
         goto fail_open;
     if (!(options && options->read_only) && (rc = arrivals_backfill(ledger)) != HM_OK) {
         mdb_env_close(ledger->env);
+        rollup_log_summary_free(ledger);
         free(ledger);
         return rc;
     }
@@ -251,6 +256,7 @@ fail_open:
     open_error_set(dir, rc == EIO && dir_space_low(dir) ? ENOSPC : rc);
 fail_env:
     mdb_env_close(ledger->env);
+    rollup_log_summary_free(ledger);
     free(ledger);
     return rc == MDB_MAP_FULL || rc == ENOSPC ? HM_ERR_FULL : HM_ERR_STORAGE;
 }
@@ -274,6 +280,7 @@ void ledger_close(struct ledger *ledger)
     dedup_free(ledger->dedup);
     free(ledger->block);
     rollup_deltas_free(ledger->deltas);
+    rollup_log_summary_free(ledger);
     free(ledger);
 }
 
@@ -942,12 +949,8 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
     }
     cursor_close(cursor);
     size_t stored = list->count;
-    /*
-     * NOTE: each read walks the whole log, so a reader of every tenant
-     * (rerate, invoice explain) pays one walk per tenant until a fold.
-     */
     if (status == HM_OK)
-        status = rollup_log_each(ledger, txn, prefix, sizeof prefix, log_change_add, list);
+        status = rollup_log_each_read(ledger, txn, prefix, sizeof prefix, log_change_add, list);
     if (status == HM_OK && list->count > stored)
         qsort(list->rows, list->count, sizeof *list->rows, row_order);
     return status;

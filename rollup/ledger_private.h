@@ -84,6 +84,8 @@ struct ledger {
      */
     int fold_refused;
     size_t fold_refused_records;
+    /* The rollup log summed per key for read transactions (rollup_log_each_read). */
+    struct log_summary *log_summary;
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */
@@ -306,6 +308,20 @@ typedef int (*rollup_log_visit)(void *context, const uint8_t *key, size_t key_si
 /* Visits, oldest first, each logged change whose key starts with `prefix` (all: size 0). */
 int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
                     size_t prefix_size, rollup_log_visit visit, void *context);
+
+/*
+ * rollup_log_each for a read-only transaction: the log of the transaction's
+ * snapshot is read once, summed per key and sorted, and kept for every
+ * later reader of the same snapshot. A reader of a thousand tenants then
+ * pays one walk of the log, not one per tenant. A change visited is the sum
+ * of the logged changes of its key.
+ */
+int rollup_log_each_read(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
+                         size_t prefix_size, rollup_log_visit visit, void *context);
+
+/* Makes and frees the summary that rollup_log_each_read keeps. HM_ERR_NOMEM. */
+int rollup_log_summary_create(struct ledger *ledger);
+void rollup_log_summary_free(struct ledger *ledger);
 
 /* Adds every logged change to the rollup rows and empties the log. */
 int rollup_log_fold(struct ledger *ledger, MDB_txn *txn);

@@ -1218,7 +1218,7 @@ int ledger_event_periods(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZ
     if (status == HM_OK && mdb_rc != 0 && mdb_rc != MDB_NOTFOUND)
         status = status_of(mdb_rc, "read rollups");
     if (status == HM_OK)
-        status = rollup_log_each(ledger, txn, tenant_id, UUID_SIZE, logged_period_add, &list);
+        status = rollup_log_each_read(ledger, txn, tenant_id, UUID_SIZE, logged_period_add, &list);
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         free(list.periods);

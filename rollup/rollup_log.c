@@ -19,6 +19,7 @@
 
 #include "common/uuid.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -248,6 +249,114 @@ static int sum_change(void *context, const uint8_t *key, size_t key_size,
     int rc = rollup_deltas_add_key(context, key, key_size, quantity, count);
     if (rc == HM_ERR_STORAGE)
         row_damaged(key, "the changes of the rollup log would overflow it");
+    return rc;
+}
+
+/* ---- The summary of one snapshot's log, for readers ---- */
+
+struct log_summary {
+    pthread_mutex_t lock; /* held while the summary is made or visited */
+    size_t snapshot;      /* mdb_txn_id of the snapshot summed; 0: none */
+    struct rollup_deltas *sums;
+    const struct rollup_delta **sorted; /* the keys of `sums` in the order of the rollup rows */
+    size_t sorted_capacity;
+};
+
+int rollup_log_summary_create(struct ledger *ledger)
+{
+    struct log_summary *summary = calloc(1, sizeof *summary);
+    if (summary == NULL)
+        return HM_ERR_NOMEM;
+    if (rollup_deltas_create(&summary->sums, 64) != HM_OK) {
+        free(summary);
+        return HM_ERR_NOMEM;
+    }
+    pthread_mutex_init(&summary->lock, NULL);
+    ledger->log_summary = summary;
+    return HM_OK;
+}
+
+void rollup_log_summary_free(struct ledger *ledger)
+{
+    struct log_summary *summary = ledger->log_summary;
+    if (summary == NULL)
+        return;
+    pthread_mutex_destroy(&summary->lock);
+    rollup_deltas_free(summary->sums);
+    free(summary->sorted);
+    free(summary);
+    ledger->log_summary = NULL;
+}
+
+/* Orders keys as LMDB orders the rollup rows: by their bytes, a prefix first. */
+static int key_compare(const uint8_t *a, size_t a_size, const uint8_t *b, size_t b_size)
+{
+    int order = memcmp(a, b, a_size < b_size ? a_size : b_size);
+    if (order != 0)
+        return order;
+    return a_size < b_size ? -1 : a_size > b_size;
+}
+
+static int delta_order(const void *a, const void *b)
+{
+    const struct rollup_delta *x = *(const struct rollup_delta *const *)a;
+    const struct rollup_delta *y = *(const struct rollup_delta *const *)b;
+    return key_compare(x->key, x->key_size, y->key, y->key_size);
+}
+
+/* Sums the log of the transaction's snapshot, unless the summary is of that snapshot already. */
+static int summary_update(struct ledger *ledger, struct log_summary *summary, MDB_txn *txn)
+{
+    size_t snapshot = mdb_txn_id(txn);
+    if (summary->snapshot == snapshot && snapshot != 0)
+        return HM_OK;
+    summary->snapshot = 0;
+    rollup_deltas_clear(summary->sums);
+    int rc = rollup_log_each(ledger, txn, NULL, 0, sum_change, summary->sums);
+    if (rc != HM_OK)
+        return rc;
+    size_t count = summary->sums->count;
+    if (count > summary->sorted_capacity) {
+        const struct rollup_delta **sorted = realloc(summary->sorted, count * sizeof *sorted);
+        if (sorted == NULL)
+            return HM_ERR_NOMEM;
+        summary->sorted = sorted;
+        summary->sorted_capacity = count;
+    }
+    for (size_t i = 0; i < count; i++)
+        summary->sorted[i] = &summary->sums->slots[summary->sums->used[i]];
+    if (count > 1)
+        qsort(summary->sorted, count, sizeof *summary->sorted, delta_order);
+    summary->snapshot = snapshot;
+    return HM_OK;
+}
+
+int rollup_log_each_read(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
+                         size_t prefix_size, rollup_log_visit visit, void *context)
+{
+    if (log_missing(ledger))
+        return HM_OK;
+    struct log_summary *summary = ledger->log_summary;
+    pthread_mutex_lock(&summary->lock);
+    int rc = summary_update(ledger, summary, txn);
+    size_t count = rc == HM_OK ? summary->sums->count : 0;
+    /* The first key at or after the prefix: every key that starts with it follows. */
+    size_t low = 0, high = count;
+    while (low < high) {
+        size_t middle = low + (high - low) / 2;
+        const struct rollup_delta *delta = summary->sorted[middle];
+        if (key_compare(delta->key, delta->key_size, prefix, prefix_size) < 0)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    for (size_t i = low; rc == HM_OK && i < count; i++) {
+        const struct rollup_delta *delta = summary->sorted[i];
+        if (delta->key_size < prefix_size || memcmp(delta->key, prefix, prefix_size) != 0)
+            break;
+        rc = visit(context, delta->key, delta->key_size, delta->quantity, delta->count);
+    }
+    pthread_mutex_unlock(&summary->lock);
     return rc;
 }
 
