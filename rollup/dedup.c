@@ -2,6 +2,7 @@
 
 #include "common/status.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -131,8 +132,18 @@ static void spare_request(struct dedup_index *index)
 {
     index->spare = NULL;
     atomic_store(&index->spare_state, SPARE_MAKING);
+    /*
+     * The helper starts with every signal blocked. It may be created before
+     * meterd blocks SIGTERM and SIGINT to read them from a signalfd. If the
+     * helper did not block them, the kernel could deliver one to it, and
+     * the default action would end the process instead of a clean stop.
+     */
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
     if (pthread_create(&index->spare_thread, NULL, spare_make, index) != 0)
         atomic_store(&index->spare_state, SPARE_NONE);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
 }
 
 /*
@@ -211,7 +222,11 @@ int dedup_clear(struct dedup_index *index, size_t expected)
     segments_free(index);
     index->undo_count = 0;
     unsigned depth = 0;
-    while (depth < DEPTH_MAX && ((size_t)SEGMENT_SLOTS / 2 << depth) < expected)
+    /*
+     * The fewest segments that hold `expected` ids below their split point on
+     * average: 16 to 32 bytes per id, as while the index grows by splits.
+     */
+    while (depth < DEPTH_MAX && ((size_t)SEGMENT_FULL << depth) < expected)
         depth++;
     size_t size = (size_t)1 << depth;
     index->directory = calloc(size, sizeof *index->directory);
@@ -379,11 +394,14 @@ static void segment_rehash(struct dedup_index *index, struct dedup_segment *segm
 /*
  * Splits the segment of `tag` by one more leading bit, doubling the
  * directory when the segment uses all of its bits. A segment that cannot
- * split any further only drops its removed slots.
+ * split any further, or that has at most SEGMENT_FULL / 2 live slots, only
+ * drops its removed slots. Without that second case, a commit that keeps
+ * failing would add segments on every retry of its batch, since each abort
+ * leaves removed slots behind and no segment is ever merged.
  */
 static int segment_split(struct dedup_index *index, struct dedup_segment *segment, uint64_t tag)
 {
-    if (segment->depth == DEPTH_MAX) {
+    if (segment->depth == DEPTH_MAX || segment->live <= SEGMENT_FULL / 2) {
         if (segment->live == segment->used)
             return HM_ERR_FULL;
         segment_rehash(index, segment, NULL);

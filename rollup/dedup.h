@@ -21,7 +21,9 @@
  *   1. Every stored event has a slot, so a missing slot proves the event new.
  *   2. A segment always has an empty slot, which ends every probe.
  *   3. An abort marks the slots of its transaction as removed (a tombstone
- *      that probes step over). The segment's next split drops them.
+ *      that probes step over). When the segment reaches three quarters
+ *      full, it drops them: by a split, or by putting its live slots back in
+ *      place when at most half of its threshold is live.
  *
  * Threads: the ledger's single writer, and a helper thread that faults in
  * the memory of the next arena ahead of need.
@@ -92,8 +94,10 @@ int dedup_create(struct dedup_index **out);
 void dedup_free(struct dedup_index *index);
 
 /*
- * Empties the index, keeping its seeds, with room for `expected` ids at
- * half load. HM_ERR_NOMEM when the segments cannot be made.
+ * Empties the index, keeping its seeds, with the fewest segments that take
+ * `expected` ids before they are three quarters full on average. Segments
+ * that get more than that split as usual. HM_ERR_NOMEM when the segments
+ * cannot be made.
  */
 int dedup_clear(struct dedup_index *index, size_t expected);
 

@@ -421,7 +421,7 @@ static void raw_block_renumber(uint64_t first)
     uint8_t key_bytes[UUID_SIZE + 8];
     memcpy(key_bytes, tenant_a, UUID_SIZE);
     for (int i = 0; i < 8; i++)
-        key_bytes[UUID_SIZE + i] = (uint8_t)(1 >> (56 - 8 * i));
+        key_bytes[UUID_SIZE + i] = (uint8_t)(UINT64_C(1) >> (56 - 8 * i));
     MDB_val key = { sizeof key_bytes, key_bytes }, value;
     cr_assert_eq(mdb_get(txn, dbi, &key, &value), 0, "tenant a has no block at 1");
     void *copy = malloc(value.mv_size);
@@ -462,6 +462,34 @@ Test(blocks, arrival_numbers_past_32_bits)
     cr_expect_eq(append_range(txn, tenant_a, 0, 8, 1).duplicates, 8);
     cr_assert_eq(ledger_commit(txn), HM_OK);
     cr_expect_eq(event_count(tenant_a), 8);
+}
+
+Test(blocks, arrival_numbers_across_span)
+{
+    /*
+     * A block numbered from 2^32 - 2 holds the numbers 2^32 - 2, 2^32 - 1
+     * and 2^32, which the index keeps as 2^32 - 2, 0 and 1. The kept value 0
+     * also matches number 0, which no block contains, and the resend must
+     * still be found.
+     */
+    const uint64_t first = DEDUP_SPAN - 1;
+    cr_assert_eq(commit_range(tenant_a, 0, 3, 1).stored, 3);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_block_renumber(first);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    struct outcomes resent = commit_range(tenant_a, 0, 3, 1);
+    cr_expect_eq(resent.duplicates, 3);
+    cr_expect_eq(resent.stored, 0);
+    cr_expect_eq(commit_range(tenant_a, 1, 1, 2).conflicts, 1);
+    /* New events continue the numbers, and their resends in the same transaction are found. */
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_expect_eq(append_range(txn, tenant_a, 3, 4, 1).stored, 4);
+    cr_expect_eq(append_range(txn, tenant_a, 0, 7, 1).duplicates, 7);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+    cr_expect_eq(commit_range(tenant_a, 0, 7, 1).duplicates, 7);
+    cr_expect_eq(event_count(tenant_a), 7);
 }
 
 Test(blocks, resends_in_shuffled_order)

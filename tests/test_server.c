@@ -1,6 +1,8 @@
 /* meterd on loopback: acks, every reject reason, exactly-once across restarts, UDP. */
 #include "meterd_harness.h"
 
+#include <sys/stat.h>
+
 static struct harness server;
 static struct test_tenant tenant_a, tenant_b;
 static uint8_t frame[FRAME_SIZE_MAX];
@@ -251,6 +253,30 @@ Test(server, udp_frame_stored)
 Test(server, sigterm_stops_cleanly)
 {
     cr_assert_eq(harness_stop(&server), 0);
+}
+
+/*
+ * A SIGTERM sent as soon as the port file exists still stops meterd
+ * cleanly. Threads started before meterd blocks the signal, such as the id
+ * index's helper, must not take it, or the signal's default action ends the
+ * process. The port file is polled without sleeping to hit that moment.
+ */
+Test(server, sigterm_at_listen_stops_cleanly)
+{
+    cr_assert_eq(harness_stop(&server), 0);
+    char port_file[300];
+    snprintf(port_file, sizeof port_file, "%s/ports", server.dir);
+    for (int attempt = 0; attempt < 20; attempt++) {
+        harness_spawn(&server, 0);
+        struct stat status;
+        struct timespec started, now;
+        clock_gettime(CLOCK_MONOTONIC, &started);
+        while (stat(port_file, &status) != 0 || status.st_size == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            cr_assert_lt(now.tv_sec - started.tv_sec, 5, "meterd did not start within 5 s");
+        }
+        cr_assert_eq(harness_stop(&server), 0, "attempt %d", attempt);
+    }
 }
 
 Test(server, thousand_frames_acked_in_order)
