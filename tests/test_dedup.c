@@ -47,6 +47,18 @@ static int add(struct dedup_index *index, uint64_t fingerprint, uint64_t locator
     return dedup_insert(index, &probe, locator, in_txn);
 }
 
+/* Returns a new index with ids 0 to count - 1 added in one committed transaction. */
+static struct dedup_index *index_with(uint64_t count)
+{
+    struct dedup_index *index = NULL;
+    cr_assert_eq(dedup_create(&index), HM_OK);
+    dedup_txn_begin(index);
+    for (uint64_t i = 0; i < count; i++)
+        cr_assert_eq(add(index, spread(i), i + 1, 1), HM_OK);
+    dedup_txn_commit(index);
+    return index;
+}
+
 Test(dedup, found_after_many_splits)
 {
     enum { IDS = 300000 };
@@ -85,12 +97,7 @@ Test(dedup, found_after_many_splits)
 Test(dedup, abort_across_splits)
 {
     enum { KEPT = 20000, ABORTED = 50000 };
-    struct dedup_index *index = NULL;
-    cr_assert_eq(dedup_create(&index), HM_OK);
-    dedup_txn_begin(index);
-    for (uint64_t i = 0; i < KEPT; i++)
-        cr_assert_eq(add(index, spread(i), i + 1, 1), HM_OK);
-    dedup_txn_commit(index);
+    struct dedup_index *index = index_with(KEPT);
     size_t bytes_before = dedup_bytes(index);
 
     dedup_txn_begin(index);
@@ -131,12 +138,7 @@ Test(dedup, abort_across_splits)
 Test(dedup, repeated_aborts_bounded_memory)
 {
     enum { KEPT = 100000, BATCH = 10000, RETRIES = 100 };
-    struct dedup_index *index = NULL;
-    cr_assert_eq(dedup_create(&index), HM_OK);
-    dedup_txn_begin(index);
-    for (uint64_t i = 0; i < KEPT; i++)
-        cr_assert_eq(add(index, spread(i), i + 1, 1), HM_OK);
-    dedup_txn_commit(index);
+    struct dedup_index *index = index_with(KEPT);
 
     size_t bytes_after_first = 0;
     for (int retry = 0; retry < RETRIES; retry++) {
