@@ -7,14 +7,19 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #define SEGMENT_BITS 13
 #define SEGMENT_SLOTS (UINT32_C(1) << SEGMENT_BITS)
 #define SEGMENT_MASK (SEGMENT_SLOTS - 1)
-/* Slots in use, live or removed, past which a segment splits (invariant 2). */
-#define SEGMENT_FULL (SEGMENT_SLOTS / 4 * 3)
+/*
+ * Each segment splits once its slots in use, live or removed, pass a point
+ * drawn between these two (invariant 2 needs them below SEGMENT_SLOTS).
+ * Segments that fill at the same pace, as uniform fingerprints make them,
+ * then split over a stretch of inserts instead of all in one burst that
+ * would stall commits and outrun the helper thread's arenas.
+ */
+#define SEGMENT_FULL_MIN (SEGMENT_SLOTS / 2)
+#define SEGMENT_FULL_MAX (SEGMENT_SLOTS / 5 * 4)
 /*
  * A slot's home within its segment comes from the low SEGMENT_BITS of the
  * fingerprint, the directory from its top bits. A directory of 2^24
@@ -35,6 +40,7 @@ struct dedup_segment {
     uint32_t used; /* live and removed slots */
     uint32_t live;
     unsigned depth; /* leading fingerprint bits that all its ids share */
+    uint32_t full;  /* slots in use past which it splits */
 };
 
 #define ARENA_SEGMENTS (ARENA_BYTES / sizeof(struct dedup_segment))
@@ -83,8 +89,12 @@ static inline void slot_put(struct dedup_segment *segment, uint32_t at, uint64_t
     segment->live++;
 }
 
-/* Maps `bytes` (a power of two) aligned to their size, which lets the kernel use a huge page. */
-static uint8_t *map_aligned(size_t bytes)
+/*
+ * Maps `bytes` (a power of two) aligned to their size. With `huge` set, the
+ * kernel is asked for huge pages, whose first touch may wait for it to
+ * compact memory: only the helper thread asks.
+ */
+static uint8_t *map_aligned(size_t bytes, int huge)
 {
     size_t span = 2 * bytes;
     uint8_t *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -96,23 +106,17 @@ static uint8_t *map_aligned(size_t bytes)
         munmap(raw, head);
     if (span - head - bytes > 0)
         munmap((uint8_t *)start + bytes, span - head - bytes);
-    madvise((void *)start, bytes, MADV_HUGEPAGE);
+    if (huge)
+        madvise((void *)start, bytes, MADV_HUGEPAGE);
     return (uint8_t *)start;
 }
 
 static void *spare_make(void *context)
 {
     struct dedup_index *index = context;
-    /*
-     * The lowest priority: the writer takes the arena only later and maps
-     * one itself when this one is not ready, so the ingest loop and the
-     * commit thread must not wait for the CPU meanwhile. On Linux a thread's
-     * nice value is its own. A failure only makes it slower.
-     */
-    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), 19);
     /* Its own name, so that a profile separates its page zeroing from the commits. */
     pthread_setname_np(pthread_self(), "ledger-index");
-    uint8_t *base = map_aligned(ARENA_BYTES);
+    uint8_t *base = map_aligned(ARENA_BYTES, 1);
     if (base == NULL) {
         atomic_store(&index->spare_state, SPARE_FAILED);
         return NULL;
@@ -186,7 +190,7 @@ static struct dedup_segment *segment_new(struct dedup_index *index, unsigned dep
             return NULL;
         arena->base = spare_take(index);
         if (arena->base == NULL)
-            arena->base = map_aligned(ARENA_BYTES);
+            arena->base = map_aligned(ARENA_BYTES, 0);
         if (arena->base == NULL) {
             free(arena);
             return NULL;
@@ -198,6 +202,12 @@ static struct dedup_segment *segment_new(struct dedup_index *index, unsigned dep
     struct dedup_segment *segment =
         (struct dedup_segment *)(arena->base + arena->used++ * sizeof *segment);
     segment->depth = depth;
+    /* A split point from the seeds and the segment's number (splitmix64). */
+    uint64_t mixed = index->seed[0] + (index->segments + 1) * UINT64_C(0x9e3779b97f4a7c15);
+    mixed = (mixed ^ mixed >> 30) * UINT64_C(0xbf58476d1ce4e5b9);
+    mixed = (mixed ^ mixed >> 27) * UINT64_C(0x94d049bb133111eb);
+    mixed ^= mixed >> 31;
+    segment->full = SEGMENT_FULL_MIN + (uint32_t)(mixed % (SEGMENT_FULL_MAX - SEGMENT_FULL_MIN));
     index->segments++;
     return segment;
 }
@@ -223,10 +233,11 @@ int dedup_clear(struct dedup_index *index, size_t expected)
     index->undo_count = 0;
     unsigned depth = 0;
     /*
-     * The fewest segments that hold `expected` ids below their split point on
-     * average: 16 to 32 bytes per id, as while the index grows by splits.
+     * The fewest segments that hold `expected` ids below the average split
+     * point, as many bytes per id as while the index grows by splits.
      */
-    while (depth < DEPTH_MAX && ((size_t)SEGMENT_FULL << depth) < expected)
+    while (depth < DEPTH_MAX &&
+           ((size_t)(SEGMENT_FULL_MIN + SEGMENT_FULL_MAX) / 2 << depth) < expected)
         depth++;
     size_t size = (size_t)1 << depth;
     index->directory = calloc(size, sizeof *index->directory);
@@ -394,14 +405,14 @@ static void segment_rehash(struct dedup_index *index, struct dedup_segment *segm
 /*
  * Splits the segment of `tag` by one more leading bit, doubling the
  * directory when the segment uses all of its bits. A segment that cannot
- * split any further, or that has at most SEGMENT_FULL / 2 live slots, only
+ * split any further, or that has at most half its split point live, only
  * drops its removed slots. Without that second case, a commit that keeps
  * failing would add segments on every retry of its batch, since each abort
  * leaves removed slots behind and no segment is ever merged.
  */
 static int segment_split(struct dedup_index *index, struct dedup_segment *segment, uint64_t tag)
 {
-    if (segment->depth == DEPTH_MAX || segment->live <= SEGMENT_FULL / 2) {
+    if (segment->depth == DEPTH_MAX || segment->live <= segment->full / 2) {
         if (segment->live == segment->used)
             return HM_ERR_FULL;
         segment_rehash(index, segment, NULL);
@@ -437,14 +448,14 @@ int dedup_insert(struct dedup_index *index, const struct dedup_probe *probe, uin
     }
     struct dedup_segment *segment = probe->segment;
     uint32_t at = probe->slot;
-    if (segment->used + 1 > SEGMENT_FULL) {
+    if (segment->used + 1 > segment->full) {
         /* A split moves slots but keeps every id. Skewed ids may need more than one split. */
         do {
             int rc = segment_split(index, segment, probe->tag);
             if (rc != HM_OK)
                 return rc;
             segment = segment_of(index, probe->tag);
-        } while (segment->used + 1 > SEGMENT_FULL);
+        } while (segment->used + 1 > segment->full);
         at = empty_slot(segment, probe->tag);
     }
     uint32_t kept = locator_kept(locator);

@@ -10,20 +10,21 @@
  *
  * The table is split into segments of 8,192 slots, found through a
  * directory indexed by the top bits of the fingerprint (extendible
- * hashing). A segment that reaches three quarters full splits in two by the
- * next bit, and no other segment moves. Growth thus pauses for one segment
- * at a time and never needs a second copy of the table. A slot keeps the 64-bit fingerprint
+ * hashing). A segment splits in two by the next bit once it passes its own
+ * split point, drawn between half and four fifths full, and no other
+ * segment moves. Growth thus pauses for one segment at a time, spread over
+ * the inserts, and never needs a second copy of the table. A slot keeps the 64-bit fingerprint
  * and 32 bits of the locator, in separate arrays, so that a probe compares
- * eight fingerprints per cache line: 12 bytes a slot, 16 to 32 bytes per
- * stored id between splits.
+ * eight fingerprints per cache line: 12 bytes a slot, about 25 to 29 bytes
+ * per stored id.
  *
  * Invariants:
  *   1. Every stored event has a slot, so a missing slot proves the event new.
  *   2. A segment always has an empty slot, which ends every probe.
  *   3. An abort marks the slots of its transaction as removed (a tombstone
- *      that probes step over). When the segment reaches three quarters
- *      full, it drops them: by a split, or by putting its live slots back in
- *      place when at most half of its threshold is live.
+ *      that probes step over). When the segment reaches its split point,
+ *      it drops them: by a split, or by putting its live slots back in place
+ *      when at most half of its split point is live.
  *
  * Threads: the ledger's single writer, and a helper thread that faults in
  * the memory of the next arena ahead of need.
@@ -95,8 +96,8 @@ void dedup_free(struct dedup_index *index);
 
 /*
  * Empties the index, keeping its seeds, with the fewest segments that take
- * `expected` ids before they are three quarters full on average. Segments
- * that get more than that split as usual. HM_ERR_NOMEM when the segments
+ * `expected` ids below the average split point. Segments that get more
+ * than their own split point split as usual. HM_ERR_NOMEM when the segments
  * cannot be made.
  */
 int dedup_clear(struct dedup_index *index, size_t expected);

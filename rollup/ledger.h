@@ -85,8 +85,8 @@ int ledger_append(struct ledger_txn *txn, const struct event *event, const uint8
  * Builds the writer's index of stored event ids now, which the first
  * ledger_append of a process does otherwise. It reads every stored event
  * once: tests/crash/restart_time.sh measured about 0.3 s for 3,000,000
- * events on a 2-core VM. The index takes 12 bytes per slot and keeps 37.5 %
- * to 75 % of its slots in use, so 16 to 32 bytes of memory per stored
+ * events on a 2-core VM. The index takes 12 bytes per slot and keeps 25 %
+ * to 80 % of its slots in use, about 25 to 29 bytes of memory per stored
  * event. HM_ERR_NOMEM, HM_ERR_STORAGE.
  */
 int ledger_writer_prepare(struct ledger *ledger);
