@@ -4,7 +4,7 @@
 #   tests/tsan/run.sh TSAN_BUILD_DIR [BUILD_DIR]
 #
 # meterd has three threads: the ingest loop, the commit thread and a helper
-# that makes the next id index table. The Criterion test programs do not run
+# that faults in the next arena of the id index. The Criterion test programs do not run
 # under ThreadSanitizer, so this script drives the sanitized meterd from the
 # normal build's meterctl: three tenants, every bundled trace replayed over
 # TCP twice (the second time every event is a duplicate) and once over UDP,
