@@ -233,11 +233,11 @@ int dedup_clear(struct dedup_index *index, size_t expected)
     index->undo_count = 0;
     unsigned depth = 0;
     /*
-     * The fewest segments that hold `expected` ids below the average split
-     * point, as many bytes per id as while the index grows by splits.
+     * The fewest segments that could hold `expected` ids below their split
+     * points. Those whose points are lower split while the ids are loaded,
+     * so the index ends about as dense as one that grew by splits.
      */
-    while (depth < DEPTH_MAX &&
-           ((size_t)(SEGMENT_FULL_MIN + SEGMENT_FULL_MAX) / 2 << depth) < expected)
+    while (depth < DEPTH_MAX && ((size_t)SEGMENT_FULL_MAX << depth) < expected)
         depth++;
     size_t size = (size_t)1 << depth;
     index->directory = calloc(size, sizeof *index->directory);

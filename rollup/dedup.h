@@ -95,9 +95,9 @@ int dedup_create(struct dedup_index **out);
 void dedup_free(struct dedup_index *index);
 
 /*
- * Empties the index, keeping its seeds, with the fewest segments that take
- * `expected` ids below the average split point. Segments that get more
- * than their own split point split as usual. HM_ERR_NOMEM when the segments
+ * Empties the index, keeping its seeds, with the fewest segments that could
+ * take `expected` ids below their split points. Segments that get more than
+ * their own split point split as usual. HM_ERR_NOMEM when the segments
  * cannot be made.
  */
 int dedup_clear(struct dedup_index *index, size_t expected);

@@ -462,7 +462,19 @@ static int writer_prepare(struct ledger_txn *txn)
         MDB_stat legacy = { 0 };
         if (!ledger->table_missing[TABLE_EVENTS])
             mdb_stat(txn->txn, ledger->tables[TABLE_EVENTS], &legacy);
-        rc = dedup_rebuild(ledger, txn->txn, state.block_events + legacy.ms_entries);
+        /*
+         * The count sizes the index. A damaged one must not ask for more
+         * events than the ledger's pages can hold, at a record's header each.
+         */
+        MDB_envinfo info;
+        MDB_stat env_stat;
+        mdb_env_info(ledger->env, &info);
+        mdb_env_stat(ledger->env, &env_stat);
+        uint64_t used_bytes = ((uint64_t)info.me_last_pgno + 1) * env_stat.ms_psize;
+        uint64_t expected = state.block_events + legacy.ms_entries;
+        if (expected > used_bytes / RECORD_HEADER_SIZE)
+            expected = used_bytes / RECORD_HEADER_SIZE;
+        rc = dedup_rebuild(ledger, txn->txn, expected);
         if (rc != HM_OK) {
             ledger->dedup->generation = DEDUP_STALE;
             return rc;

@@ -310,11 +310,11 @@ int rollup_log_each(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
                     size_t prefix_size, rollup_log_visit visit, void *context);
 
 /*
- * rollup_log_each for a read-only transaction: the log of the transaction's
- * snapshot is read once, summed per key and sorted, and kept for every
- * later reader of the same snapshot. A reader of a thousand tenants then
- * pays one walk of the log, not one per tenant. A change visited is the sum
- * of the logged changes of its key.
+ * rollup_log_each for a read-only transaction. The first read of a snapshot
+ * walks the log. The second sums the log per key, sorted, and keeps the
+ * sum for every later reader of the same snapshot, so a reader of a
+ * thousand tenants walks the log twice, not a thousand times. A change
+ * visited from the sum is the sum of the logged changes of its key.
  */
 int rollup_log_each_read(struct ledger *ledger, MDB_txn *txn, const uint8_t *prefix,
                          size_t prefix_size, rollup_log_visit visit, void *context);

@@ -257,6 +257,7 @@ static int sum_change(void *context, const uint8_t *key, size_t key_size,
 struct log_summary {
     pthread_mutex_t lock; /* held while the summary is made or visited */
     size_t snapshot;      /* mdb_txn_id of the snapshot summed; 0: none */
+    size_t seen;          /* the snapshot of the last read, summed or not */
     struct rollup_deltas *sums;
     const struct rollup_delta **sorted; /* the keys of `sums` in the order of the rollup rows */
     size_t sorted_capacity;
@@ -337,7 +338,19 @@ int rollup_log_each_read(struct ledger *ledger, MDB_txn *txn, const uint8_t *pre
     if (log_missing(ledger))
         return HM_OK;
     struct log_summary *summary = ledger->log_summary;
+    size_t snapshot = mdb_txn_id(txn);
     pthread_mutex_lock(&summary->lock);
+    if (snapshot != summary->snapshot && snapshot != summary->seen) {
+        /*
+         * The first read of a snapshot walks the log for its own prefix, as
+         * cheap as a walk gets, and in parallel with other readers. Only a
+         * second read of the same snapshot, the sign of a reader of many
+         * tenants, pays for the sum.
+         */
+        summary->seen = snapshot;
+        pthread_mutex_unlock(&summary->lock);
+        return rollup_log_each(ledger, txn, prefix, prefix_size, visit, context);
+    }
     int rc = summary_update(ledger, summary, txn);
     size_t count = rc == HM_OK ? summary->sums->count : 0;
     /* The first key at or after the prefix: every key that starts with it follows. */

@@ -9,6 +9,8 @@
  */
 #include <criterion/criterion.h>
 #include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -652,6 +654,100 @@ Test(blocks, log_summary_follows_snapshots)
     cr_assert(input_tokens(tenant_a, &events) == 20);
 }
 
+/* Stores events 10..19 of tenant_a and folds the rollup log into the rows. */
+static int store_ten_more_and_fold(struct ledger *other)
+{
+    int rc = store_ten_more(other);
+    return rc == HM_OK ? ledger_rollups_fold(other) : rc;
+}
+
+Test(blocks, log_summary_after_fold_elsewhere)
+{
+    /* This process sums a log of 10 events, then another process adds 10 and empties the log. */
+    commit_range(tenant_a, 0, 10, 1);
+    uint64_t events = 0;
+    cr_assert(input_tokens(tenant_a, &events) == 10);
+    in_other_process(store_ten_more_and_fold);
+    /* A sum kept from the old snapshot would count the first 10 twice. */
+    cr_assert(input_tokens(tenant_a, &events) == 20);
+    cr_assert_eq(events, 20);
+    cr_assert_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+}
+
+/* A reader thread's tenant, and the reads that did not match their own snapshot. */
+struct summary_reader {
+    const uint8_t *tenant;
+    uint64_t tokens; /* input tokens of each of the tenant's events */
+    _Atomic int *stop;
+    int reads;
+    int mismatches;
+    int failures;
+};
+
+static void *summary_reader_run(void *context)
+{
+    struct summary_reader *reader = context;
+    uint64_t last_events = 0;
+    while (!atomic_load(reader->stop)) {
+        struct rollup_row *rows = NULL;
+        size_t count = 0;
+        if (ledger_rollups(ledger, reader->tenant, 202406, &rows, &count) != HM_OK ||
+            ledger_verify(ledger, reader->tenant, 202406) != HM_OK) {
+            free(rows);
+            reader->failures++;
+            continue;
+        }
+        for (size_t i = 0; i < count; i++) {
+            if (rows[i].meter != ROLLUP_INPUT_TOKENS)
+                continue;
+            if (rows[i].quantity != (unsigned __int128)rows[i].event_count * reader->tokens ||
+                rows[i].event_count < last_events)
+                reader->mismatches++;
+            last_events = rows[i].event_count;
+        }
+        free(rows);
+        reader->reads++;
+    }
+    return NULL;
+}
+
+Test(blocks, log_summary_readers_in_threads)
+{
+    /*
+     * Two threads read one tenant each while this thread commits past a
+     * fold, so that their snapshots and the shared sum change under them.
+     */
+    _Atomic int stop = 0;
+    struct summary_reader readers[2] = {
+        { .tenant = tenant_a, .tokens = 3, .stop = &stop },
+        { .tenant = tenant_b, .tokens = 5, .stop = &stop },
+    };
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&threads[i], NULL, summary_reader_run, &readers[i]), 0);
+    for (uint32_t i = 0; i < 300; i++) {
+        struct ledger_txn *txn;
+        cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+        append_range(txn, tenant_a, i * 2, 2, 3);
+        append_range(txn, tenant_b, i, 1, 5);
+        cr_assert_eq(ledger_commit(txn), HM_OK);
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(pthread_join(threads[i], NULL), 0);
+        cr_expect_eq(readers[i].failures, 0, "reader %d: %d failed reads", i,
+                     readers[i].failures);
+        cr_expect_eq(readers[i].mismatches, 0, "reader %d: %d reads off their snapshot", i,
+                     readers[i].mismatches);
+        cr_expect_gt(readers[i].reads, 0, "reader %d never read", i);
+    }
+    uint64_t events = 0;
+    cr_assert(input_tokens(tenant_a, &events) == 600 * 3);
+    cr_assert_eq(events, 600);
+    cr_assert(input_tokens(tenant_b, &events) == 300 * 5);
+    cr_assert_eq(events, 300);
+}
+
 Test(blocks, log_folded_as_it_grows)
 {
     for (uint32_t i = 0; i < 300; i++)
@@ -889,6 +985,30 @@ static int rebuild_all_303(struct ledger *other)
     size_t rows = 0;
     int rc = ledger_rollups_rebuild(other, &events, &rows);
     return rc == HM_OK && events != 303 ? HM_ERR_CONFLICT : rc;
+}
+
+Test(blocks, damaged_log_fails_every_read)
+{
+    /* A failed sum is not kept: each read, of any tenant, walks the log again and fails. */
+    commit_range(tenant_a, 1, 3, 1);
+    commit_range(tenant_b, 1, 3, 1);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_first_value_rewrite("rollup_log", unknown_meter);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    for (int round = 0; round < 3; round++) {
+        struct rollup_row *rows = NULL;
+        size_t count = 0;
+        cr_expect_eq(ledger_rollups(ledger, tenant_a, 202406, &rows, &count), HM_ERR_STORAGE,
+                     "round %d", round);
+        cr_expect_eq(ledger_rollups(ledger, tenant_b, 202406, &rows, &count), HM_ERR_STORAGE,
+                     "round %d", round);
+        uint32_t *periods = NULL;
+        cr_expect_eq(ledger_event_periods(ledger, tenant_b, 202412, &periods, &count),
+                     HM_ERR_STORAGE, "round %d", round);
+        /* A commit in between makes a new snapshot with the same damage. */
+        commit_range(tenant_b, 10 + (uint32_t)round, 1, 1);
+    }
 }
 
 Test(blocks, other_process_rebuild_resumes_folds)
