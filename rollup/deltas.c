@@ -4,8 +4,30 @@
 
 #include "common/status.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+/*
+ * The keys of rollup_key_hash, random per process. A rollup key ends in the
+ * sender's model name or endpoint, and with a public hash a sender could
+ * choose names whose keys share one probe run, making every sum quadratic.
+ */
+static uint64_t key_seed[2];
+static pthread_once_t key_seed_once = PTHREAD_ONCE_INIT;
+
+static void key_seed_make(void)
+{
+    if (getrandom(key_seed, sizeof key_seed, 0) == sizeof key_seed)
+        return;
+    /* Without randomness, the clock and an address, which a sender cannot read. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    key_seed[0] = (uint64_t)now.tv_nsec * UINT64_C(0x9e3779b97f4a7c15) ^ (uintptr_t)&now;
+    key_seed[1] = (uint64_t)now.tv_sec * UINT64_C(0xbf58476d1ce4e5b9) ^ (uintptr_t)key_seed;
+}
 
 static size_t slots_for(size_t keys)
 {
@@ -17,6 +39,8 @@ static size_t slots_for(size_t keys)
 
 int rollup_deltas_create(struct rollup_deltas **out, size_t keys)
 {
+    /* Every hash of a key goes into a table, so the seeds exist before the first. */
+    pthread_once(&key_seed_once, key_seed_make);
     struct rollup_deltas *deltas = calloc(1, sizeof *deltas);
     if (deltas == NULL)
         return HM_ERR_NOMEM;
@@ -88,21 +112,34 @@ int rollup_deltas_reserve(struct rollup_deltas *deltas, size_t keys)
     return regrow(deltas, slots_for(deltas->count + keys));
 }
 
-/* Hashes a rollup key 8 bytes at a time; the keys are the engine's own, not a sender's. */
+/* A 64x64 -> 128 bit multiply folded to 64 bits, as in the wyhash family of hashes. */
+static inline uint64_t mix(uint64_t a, uint64_t b)
+{
+    unsigned __int128 product = (unsigned __int128)a * b;
+    return (uint64_t)product ^ (uint64_t)(product >> 64);
+}
+
+/*
+ * Hashes a rollup key 16 bytes at a time. Both factors of each multiply
+ * carry a seed, so that a sender who cannot read the seeds has no known way
+ * to choose bytes that collide.
+ */
 uint64_t rollup_key_hash(const uint8_t *bytes, size_t size)
 {
-    uint64_t hash = UINT64_C(0x9e3779b97f4a7c15) ^ size;
+    uint64_t hash = key_seed[0] ^ size;
     size_t i = 0;
-    for (; i + 8 <= size; i += 8) {
-        uint64_t word;
-        memcpy(&word, bytes + i, 8);
-        hash = (hash ^ word) * UINT64_C(0xff51afd7ed558ccd);
-        hash ^= hash >> 29;
+    for (; i + 16 <= size; i += 16) {
+        uint64_t low, high;
+        memcpy(&low, bytes + i, 8);
+        memcpy(&high, bytes + i + 8, 8);
+        hash = mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1]);
     }
-    uint64_t tail = 0;
-    memcpy(&tail, bytes + i, size - i);
-    hash = (hash ^ tail) * UINT64_C(0xc4ceb9fe1a85ec53);
-    return hash ^ (hash >> 32);
+    uint64_t low = 0, high = 0;
+    size_t rest = size - i;
+    memcpy(&low, bytes + i, rest < 8 ? rest : 8);
+    if (rest > 8)
+        memcpy(&high, bytes + i + 8, rest - 8);
+    return mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1] ^ UINT64_C(0xa0761d6478bd642f));
 }
 
 /*

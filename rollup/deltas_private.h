@@ -59,6 +59,10 @@ static inline size_t rollup_key(uint8_t *key, const uint8_t tenant_id[UUID_SIZE]
     return UUID_SIZE + 5 + dimension_size;
 }
 
+/*
+ * Hashes a rollup key with the process's random seeds, which
+ * rollup_deltas_create makes: call it only after one table exists.
+ */
 uint64_t rollup_key_hash(const uint8_t *bytes, size_t size);
 
 /*

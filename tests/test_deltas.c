@@ -129,3 +129,31 @@ Test(deltas, clear_then_reuse)
     cr_expect_eq(rollup_deltas_count(deltas), keys);
     rollup_deltas_free(deltas);
 }
+
+Test(deltas, hash_resists_chosen_names)
+{
+    /*
+     * Pairs of keys that collide in a multiply-and-shift hash for every
+     * seed: flipping the top bit of one word flips two known bits of the
+     * state, and the next word flips them back. With both factors of each
+     * multiply seeded, no pair may share a hash.
+     */
+    struct rollup_deltas *deltas = NULL;
+    cr_assert_eq(rollup_deltas_create(&deltas, 64), HM_OK);
+    uint64_t state = 12345;
+    for (int pair = 0; pair < 256; pair++) {
+        uint8_t key[48], partner[48];
+        for (size_t i = 0; i < sizeof key; i++) {
+            state = state * 6364136223846793005u + 1442695040888963407u;
+            key[i] = (uint8_t)(state >> 56);
+        }
+        memcpy(partner, key, sizeof key);
+        size_t word = 8 * (size_t)(pair % 4);
+        partner[word + 7] ^= 0x80;
+        partner[word + 15] ^= 0x80;
+        partner[word + 12] ^= 0x04;
+        cr_assert_neq(rollup_key_hash(key, sizeof key), rollup_key_hash(partner, sizeof partner),
+                      "pair %d", pair);
+    }
+    rollup_deltas_free(deltas);
+}
