@@ -102,7 +102,7 @@ int pool_build(struct pool *pool, const struct pool_options *options);
 
 /*
  * Appends synthetic frames, drawn as pool_build draws them, until the pool
- * holds at least `event_target` events. HM_ERR_NOMEM leaves the frames that
+ * contains at least `event_target` events. HM_ERR_NOMEM leaves the frames that
  * were sealed.
  */
 int pool_extend(struct pool *pool, size_t event_target);
@@ -334,7 +334,7 @@ struct bench {
 void bench_closed_phase(const struct bench *bench, const char *peer, struct phase *phase);
 /*
  * Prepares an open-loop phase at `load` times max_eps for bench->duration_s.
- * The pool grows first when it holds fewer events, up to
+ * The pool grows first when it contains fewer events, up to
  * BENCH_POOL_EVENTS_MAX; a faster peer gets a shorter phase, which the
  * report shows. Returns HM_OK or HM_ERR_NOMEM.
  */

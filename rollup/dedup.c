@@ -1,4 +1,5 @@
 #include "dedup.h"
+#include "hash_mix.h"
 
 #include "common/status.h"
 
@@ -91,8 +92,8 @@ static inline void slot_put(struct dedup_segment *segment, uint32_t at, uint64_t
 
 /*
  * Maps `bytes` (a power of two) aligned to their size. With `huge` set, the
- * kernel is asked for huge pages, whose first touch may wait for it to
- * compact memory: only the helper thread asks.
+ * mapping requests huge pages, whose first touch may wait while the kernel
+ * compacts memory, so only the helper thread sets it.
  */
 static uint8_t *map_aligned(size_t bytes, int huge)
 {
@@ -301,13 +302,6 @@ static inline uint64_t load64(const uint8_t *bytes)
     return value;
 }
 
-/* A 64x64 -> 128 bit multiply folded to 64 bits, as in the wyhash family of hashes. */
-static inline uint64_t mix(uint64_t a, uint64_t b)
-{
-    unsigned __int128 product = (unsigned __int128)a * b;
-    return (uint64_t)product ^ (uint64_t)(product >> 64);
-}
-
 uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant_id[UUID_SIZE],
                            const uint8_t event_id[UUID_SIZE])
 {
@@ -317,11 +311,11 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
      * alone, a sender could pick the id bytes that make a factor zero, and
      * every id that shares those bytes would get one fingerprint.
      */
-    uint64_t tenant = mix(load64(tenant_id) ^ index->seed[0],
+    uint64_t tenant = hash_mix(load64(tenant_id) ^ index->seed[0],
                           load64(tenant_id + 8) ^ index->seed[1] ^ k1);
-    uint64_t id = mix(load64(event_id) ^ index->seed[1] ^ tenant,
+    uint64_t id = hash_mix(load64(event_id) ^ index->seed[1] ^ tenant,
                       load64(event_id + 8) ^ index->seed[0] ^ k2);
-    uint64_t fingerprint = mix(id ^ k1, tenant ^ k2 ^ index->seed[0]);
+    uint64_t fingerprint = hash_mix(id ^ k1, tenant ^ k2 ^ index->seed[0]);
     return fingerprint != 0 ? fingerprint : 1;
 }
 

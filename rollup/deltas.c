@@ -1,6 +1,7 @@
 #include "deltas.h"
 #include "deltas_private.h"
 #include "ledger_private.h"
+#include "hash_mix.h"
 
 #include "common/status.h"
 
@@ -112,13 +113,6 @@ int rollup_deltas_reserve(struct rollup_deltas *deltas, size_t keys)
     return regrow(deltas, slots_for(deltas->count + keys));
 }
 
-/* A 64x64 -> 128 bit multiply folded to 64 bits, as in the wyhash family of hashes. */
-static inline uint64_t mix(uint64_t a, uint64_t b)
-{
-    unsigned __int128 product = (unsigned __int128)a * b;
-    return (uint64_t)product ^ (uint64_t)(product >> 64);
-}
-
 /*
  * Hashes a rollup key 16 bytes at a time. Both factors of each multiply
  * carry a seed, so that a sender who cannot read the seeds has no known way
@@ -132,14 +126,14 @@ uint64_t rollup_key_hash(const uint8_t *bytes, size_t size)
         uint64_t low, high;
         memcpy(&low, bytes + i, 8);
         memcpy(&high, bytes + i + 8, 8);
-        hash = mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1]);
+        hash = hash_mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1]);
     }
     uint64_t low = 0, high = 0;
     size_t rest = size - i;
     memcpy(&low, bytes + i, rest < 8 ? rest : 8);
     if (rest > 8)
         memcpy(&high, bytes + i + 8, rest - 8);
-    return mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1] ^ UINT64_C(0xa0761d6478bd642f));
+    return hash_mix(low ^ key_seed[0] ^ hash, high ^ key_seed[1] ^ UINT64_C(0xa0761d6478bd642f));
 }
 
 /*

@@ -102,6 +102,16 @@ static inline void raw_first_value_rewrite(const char *table,
     free(copy);
 }
 
+/* Closes the ledger, rewrites the first value of `table` as raw_first_value_rewrite does, and reopens it. */
+static inline void ledger_reopen_rewritten(const char *table,
+                                           void (*change)(uint8_t *copy, size_t *size))
+{
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_first_value_rewrite(table, change);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+}
+
 /* Puts a record into `table` of the closed ledger. */
 static inline void raw_put(const char *table, const void *key, size_t key_size, const void *value,
                            size_t value_size)

@@ -275,12 +275,8 @@ static void claim_four(uint8_t *copy, size_t *size)
 Test(blocks, corrupt_block_is_an_error)
 {
     commit_range(tenant_a, 0, 3, 1);
-    ledger_close(ledger);
-    ledger = NULL;
-
     /* Claims four records in a block of three, behind the ledger's back. */
-    raw_first_value_rewrite("blocks", claim_four);
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    ledger_reopen_rewritten("blocks", claim_four);
     cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_ERR_STORAGE);
     struct ledger_txn *append_txn;
     cr_assert_eq(ledger_begin(ledger, &append_txn), HM_OK);
@@ -992,10 +988,7 @@ Test(blocks, damaged_log_fails_every_read)
     /* A failed sum is not kept: each read, of any tenant, walks the log again and fails. */
     commit_range(tenant_a, 1, 3, 1);
     commit_range(tenant_b, 1, 3, 1);
-    ledger_close(ledger);
-    ledger = NULL;
-    raw_first_value_rewrite("rollup_log", unknown_meter);
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    ledger_reopen_rewritten("rollup_log", unknown_meter);
     for (int round = 0; round < 3; round++) {
         struct rollup_row *rows = NULL;
         size_t count = 0;
@@ -1014,10 +1007,7 @@ Test(blocks, damaged_log_fails_every_read)
 Test(blocks, other_process_rebuild_resumes_folds)
 {
     commit_range(tenant_a, 1, 3, 1);
-    ledger_close(ledger);
-    ledger = NULL;
-    raw_first_value_rewrite("rollup_log", cut_inside_change);
-    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    ledger_reopen_rewritten("rollup_log", cut_inside_change);
     /* This process finds the damage at the fold limit and stops folding. */
     for (uint32_t i = 0; i < 300; i++)
         commit_range(tenant_a, 100 + i, 1, 1);
