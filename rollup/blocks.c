@@ -139,7 +139,10 @@ static struct seq_cache_entry *seq_cache_slot(struct ledger_txn *txn,
     return &txn->seq_cache[hash % SEQ_CACHE_SIZE];
 }
 
-/* Returns the tenant's next arrival number after its flushed blocks: from the cache, else from the tables. */
+/*
+ * Returns the tenant's next arrival number after its flushed blocks, from
+ * the cache or else from the tables.
+ */
 static int seq_next(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE], uint64_t *next_out)
 {
     struct seq_cache_entry *entry = seq_cache_slot(txn, tenant_id);

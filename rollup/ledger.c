@@ -472,8 +472,14 @@ static int writer_prepare(struct ledger_txn *txn)
         mdb_env_stat(ledger->env, &env_stat);
         uint64_t used_bytes = ((uint64_t)info.me_last_pgno + 1) * env_stat.ms_psize;
         uint64_t expected = state.block_events + legacy.ms_entries;
-        if (expected > used_bytes / RECORD_HEADER_SIZE)
+        if (expected > used_bytes / RECORD_HEADER_SIZE) {
+            log_warn("ledger", "the stored event count %llu is more than the ledger's %llu bytes "
+                     "can contain; the id index is sized for %llu events. Run `meterctl verify` "
+                     "on the tenants if this repeats",
+                     (unsigned long long)expected, (unsigned long long)used_bytes,
+                     (unsigned long long)(used_bytes / RECORD_HEADER_SIZE));
             expected = used_bytes / RECORD_HEADER_SIZE;
+        }
         rc = dedup_rebuild(ledger, txn->txn, expected);
         if (rc != HM_OK) {
             ledger->dedup->generation = DEDUP_STALE;

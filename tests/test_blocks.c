@@ -490,6 +490,24 @@ Test(blocks, arrival_numbers_across_span)
     cr_expect_eq(event_count(tenant_a), 7);
 }
 
+Test(blocks, damaged_event_count_sizes_index)
+{
+    /*
+     * The stored count of events sizes the id index at start. Damaged to
+     * 2^40, it would ask for millions of segments; the ledger's pages cap it,
+     * and duplicates are still found.
+     */
+    cr_assert_eq(commit_range(tenant_a, 0, 3, 1).stored, 3);
+    ledger_close(ledger);
+    ledger = NULL;
+    const uint64_t state[2] = { 12345, UINT64_C(1) << 40 };
+    raw_put("meta", "append_state", strlen("append_state"), state, sizeof state);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    struct outcomes resent = commit_range(tenant_a, 0, 4, 1);
+    cr_expect_eq(resent.duplicates, 3);
+    cr_expect_eq(resent.stored, 1);
+}
+
 Test(blocks, resends_in_shuffled_order)
 {
     enum { EVENTS = 9000 };
