@@ -22,7 +22,7 @@ static uint64_t spread(uint64_t x)
     return x != 0 ? x : 1;
 }
 
-/* Looks a fingerprint up: returns the number of matching slots and sets *found to the last locator. */
+/* Looks a fingerprint up: returns the matching slots and sets *found to the last locator. */
 static int lookup(struct dedup_index *index, uint64_t fingerprint, uint64_t *found,
                   struct dedup_probe *probe_out)
 {
