@@ -418,7 +418,7 @@ static int segment_split(struct dedup_index *index, struct dedup_segment *segmen
     struct dedup_segment *sibling = segment_new(index, segment->depth + 1);
     if (sibling == NULL)
         return HM_ERR_NOMEM;
-    /* The segment fills a block of 2^spread directory entries, and the sibling takes the upper half. */
+    /* The segment fills 2^spread directory entries, and the sibling takes the upper half. */
     unsigned spread = index->depth - segment->depth;
     size_t prefix = segment->depth == 0 ? 0 : tag >> (64 - segment->depth);
     size_t first = prefix << spread, half = (size_t)1 << (spread - 1);
