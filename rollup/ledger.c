@@ -280,6 +280,7 @@ void ledger_close(struct ledger *ledger)
     dedup_free(ledger->dedup);
     free(ledger->block);
     rollup_deltas_free(ledger->deltas);
+    rollup_log_writer_free(ledger);
     rollup_log_summary_free(ledger);
     free(ledger);
 }
@@ -301,6 +302,9 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
     txn->block_size = 0;
     memset(txn->seq_cache, 0, sizeof txn->seq_cache);
     txn->found.valid = 0;
+    txn->log_records = 0;
+    txn->log_base = 0;
+    txn->log_folded = 0;
     *out = txn;
     return HM_OK;
 }
@@ -431,10 +435,13 @@ static int writer_alloc(struct ledger *ledger)
     int rc = ledger->block ? rollup_deltas_create(&ledger->deltas, ROLLUP_DELTAS_MAX)
                            : HM_ERR_NOMEM;
     if (rc == HM_OK)
+        rc = rollup_log_writer_create(ledger);
+    if (rc == HM_OK)
         rc = dedup_create(&ledger->dedup);
     if (rc != HM_OK) {
         free(ledger->block);
         rollup_deltas_free(ledger->deltas);
+        rollup_log_writer_free(ledger);
         ledger->block = NULL;
         ledger->deltas = NULL;
         return rc;
@@ -517,6 +524,7 @@ static void writer_abort(struct ledger_txn *txn)
     if (dedup_txn_abort(txn->ledger->dedup))
         txn->ledger->dedup->generation = DEDUP_STALE;
     rollup_deltas_clear(txn->ledger->deltas);
+    rollup_log_aborted(txn);
     txn->block_count = 0;
     txn->appending = 0;
 }
@@ -551,7 +559,7 @@ static int writer_flush(struct ledger_txn *txn)
     if (rc == HM_OK)
         rc = deltas_flush(txn);
     if (rc == HM_OK)
-        rc = rollup_log_fold_due(txn->ledger, txn->txn);
+        rc = rollup_log_fold_due(txn);
     if (rc != HM_OK || txn->appended == 0)
         return rc;
     struct append_state state;
@@ -585,6 +593,7 @@ int ledger_commit(struct ledger_txn *txn)
     int appending = txn->appending, appended = txn->appended > 0;
     int rc = mdb_txn_commit(txn->txn);
     if (appending && rc == 0) {
+        rollup_log_committed(txn);
         dedup_txn_commit(ledger->dedup);
         if (appended && ledger->dedup->generation != DEDUP_STALE)
             ledger->dedup->generation++;

@@ -131,6 +131,13 @@ int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *del
 int ledger_rollups_fold(struct ledger *ledger);
 
 /*
+ * Counts the folds of the rollup log that this handle's commits made: from
+ * the writer's sums of the log, and by reading the log back, as a commit
+ * does after a restart or after another process wrote to the log.
+ */
+void ledger_fold_counts(const struct ledger *ledger, uint64_t *summed, uint64_t *read);
+
+/*
  * Recounts every rollup row from the stored events of every tenant and
  * replaces the rows and the rollup log with the result, in one write
  * transaction: the way out when the rollups are damaged. It reads every

@@ -86,6 +86,19 @@ struct ledger {
     size_t fold_refused_records;
     /* The rollup log summed per key for read transactions (rollup_log_each_read). */
     struct log_summary *log_summary;
+    /*
+     * The writer's sum of the rollup log, so that a fold adds it to the rows
+     * without reading the log back (rollup_log.c). It is the log's sum while
+     * the log's last record is the one this process wrote last, which
+     * log_sum_last and log_sum_hash name, or while both are empty.
+     */
+    struct rollup_deltas *log_sum;
+    struct rollup_deltas *log_txn;  /* the changes that the open transaction logged */
+    struct rollup_deltas *log_fold; /* log_sum and log_txn added, for a fold */
+    uint64_t log_sum_last;          /* sequence number of the last record; 0: the log is empty */
+    uint64_t log_sum_hash;          /* rollup_key_hash of that record's value */
+    int log_sum_valid;
+    uint64_t folds_summed, folds_read; /* ledger_fold_counts */
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */
@@ -120,6 +133,12 @@ struct ledger_txn {
         size_t at;
         int valid;
     } found;
+    /* The rollup log as this transaction wrote it (rollup_log.c). */
+    uint32_t log_records;   /* records it appended */
+    int log_base;           /* 1: ledger->log_sum matched the log before its first record */
+    int log_folded;         /* 1: it folded the log */
+    uint64_t log_last;      /* sequence number of its last record */
+    uint64_t log_last_hash; /* and that record's hash */
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)
@@ -327,11 +346,22 @@ void rollup_log_summary_free(struct ledger *ledger);
 int rollup_log_fold(struct ledger *ledger, MDB_txn *txn);
 
 /*
- * Folds the log once it has more records or pages than its limits. The
+ * Folds the log once it has more records or pages than its limits, from
+ * the writer's sum when that matches the log, else by reading the log. The
  * fold runs in a nested transaction, so a fold that finds damage is undone
  * and logged, and the commit goes on without it.
  */
-int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn);
+int rollup_log_fold_due(struct ledger_txn *txn);
+
+/* Makes the writer's sums of the log (writer_alloc). HM_ERR_NOMEM. */
+int rollup_log_writer_create(struct ledger *ledger);
+void rollup_log_writer_free(struct ledger *ledger);
+
+/* Takes the log records of a committed transaction into the writer's sum. */
+void rollup_log_committed(struct ledger_txn *txn);
+
+/* Forgets the log records of a transaction that was aborted or failed to commit. */
+void rollup_log_aborted(struct ledger_txn *txn);
 
 /* Fills the writer's id index from every stored event, about `expected` of them (blocks.c). */
 int dedup_rebuild(struct ledger *ledger, MDB_txn *txn, uint64_t expected);

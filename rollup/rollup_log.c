@@ -4,9 +4,11 @@
  * rollup rows. A batch of events then copies the log's last page and its own
  * event blocks, and not one B-tree page for each tenant and month it
  * touches. Every few hundred records a transaction folds the log into the
- * rows and empties it. Readers add the records still in the log to the rows
- * they read, in the same read transaction, so that they see the totals that
- * the stored events give at every commit.
+ * rows and empties it. The writer keeps the log summed per key in memory as
+ * its commits write it, so that the fold does not read the records back
+ * within a commit that acks wait for. Readers add the records still in the
+ * log to the rows they read, in the same read transaction, so that they see
+ * the totals that the stored events give at every commit.
  *
  * Record: key = sequence number (8 bytes, big-endian, from 1 after each
  * fold); value = changes, each a key size (1 byte), the rollup key, the
@@ -91,6 +93,112 @@ static int log_missing(const struct ledger *ledger)
     return ledger->table_missing[TABLE_ROLLUP_LOG];
 }
 
+/* ---- The writer's sum of the log ---- */
+
+int rollup_log_writer_create(struct ledger *ledger)
+{
+    int rc = rollup_deltas_create(&ledger->log_sum, 1024);
+    if (rc == HM_OK)
+        rc = rollup_deltas_create(&ledger->log_txn, 1024);
+    if (rc == HM_OK)
+        rc = rollup_deltas_create(&ledger->log_fold, 1024);
+    if (rc != HM_OK)
+        rollup_log_writer_free(ledger);
+    ledger->log_sum_valid = 0;
+    return rc;
+}
+
+void rollup_log_writer_free(struct ledger *ledger)
+{
+    rollup_deltas_free(ledger->log_sum);
+    rollup_deltas_free(ledger->log_txn);
+    rollup_deltas_free(ledger->log_fold);
+    ledger->log_sum = ledger->log_txn = ledger->log_fold = NULL;
+    ledger->log_sum_valid = 0;
+}
+
+/* Adds the changes of `deltas` that a log record keeps: those of at least one event. */
+static int logged_add(struct rollup_deltas *into, const struct rollup_deltas *deltas)
+{
+    for (size_t i = 0; i < deltas->count; i++) {
+        const struct rollup_delta *delta = &deltas->slots[deltas->used[i]];
+        if (delta->count == 0)
+            continue;
+        int rc = rollup_deltas_add_key(into, delta->key, delta->key_size, delta->quantity,
+                                       delta->count);
+        if (rc != HM_OK)
+            return rc;
+    }
+    return HM_OK;
+}
+
+/*
+ * Returns 1 when ledger->log_sum is the sum of the log whose last valid
+ * record is `last` (NULL: the log is empty), numbered `sequence`. An empty
+ * log sums to nothing, whoever emptied it. Otherwise the last record must
+ * be the one this process wrote last: another writer's commit changes the
+ * last number, and a fold elsewhere followed by as many records would also
+ * need a last record of the same bytes, whose hash has a per-process seed.
+ */
+static int log_sum_matches(struct ledger *ledger, const MDB_val *last, uint64_t sequence)
+{
+    if (last == NULL) {
+        rollup_deltas_clear(ledger->log_sum);
+        ledger->log_sum_last = 0;
+        ledger->log_sum_valid = 1;
+        return 1;
+    }
+    return ledger->log_sum_valid && sequence == ledger->log_sum_last &&
+           rollup_key_hash(last->mv_data, last->mv_size) == ledger->log_sum_hash;
+}
+
+/* log_sum_matches for the log of `txn`; 0 when the log ends in a damaged key. */
+static int log_sum_matches_now(struct ledger *ledger, MDB_txn *txn)
+{
+    MDB_cursor *cursor;
+    if (mdb_cursor_open(txn, ledger->tables[TABLE_ROLLUP_LOG], &cursor) != 0)
+        return 0;
+    MDB_val key, value;
+    int rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
+    int holds = 0;
+    if (rc == MDB_NOTFOUND)
+        holds = log_sum_matches(ledger, NULL, 0);
+    else if (rc == 0 && key.mv_size == 8 && load_be64(key.mv_data) != UINT64_MAX)
+        holds = log_sum_matches(ledger, &value, load_be64(key.mv_data));
+    mdb_cursor_close(cursor);
+    return holds;
+}
+
+void rollup_log_committed(struct ledger_txn *txn)
+{
+    struct ledger *ledger = txn->ledger;
+    if (ledger->log_sum == NULL)
+        return;
+    if (txn->log_folded) {
+        rollup_deltas_clear(ledger->log_sum);
+        ledger->log_sum_last = 0;
+        ledger->log_sum_valid = 1;
+    } else if (txn->log_records > 0) {
+        ledger->log_sum_valid =
+            txn->log_base && rollup_deltas_merge(ledger->log_sum, ledger->log_txn, 0) == HM_OK;
+        ledger->log_sum_last = txn->log_last;
+        ledger->log_sum_hash = txn->log_last_hash;
+    }
+    rollup_deltas_clear(ledger->log_txn);
+}
+
+void ledger_fold_counts(const struct ledger *ledger, uint64_t *summed, uint64_t *read)
+{
+    *summed = ledger->folds_summed;
+    *read = ledger->folds_read;
+}
+
+void rollup_log_aborted(struct ledger_txn *txn)
+{
+    if (txn->ledger->log_txn != NULL)
+        rollup_deltas_clear(txn->ledger->log_txn);
+}
+
 int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas)
 {
     size_t size = 0;
@@ -132,6 +240,10 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     if (rc != 0 && rc != MDB_NOTFOUND)
         return status_of(rc, "read rollup log");
 
+    if (txn->log_records == 0)
+        txn->log_base = !tail_damaged && log_sum_matches(txn->ledger, rc == 0 ? &value : NULL,
+                                                       sequence - 1);
+
     uint8_t key_bytes[8];
     store_be64(key_bytes, sequence);
     key = (MDB_val){ sizeof key_bytes, key_bytes };
@@ -157,6 +269,12 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
         memcpy(out + 16, &count, 8);
         out += 24;
     }
+    txn->log_records++;
+    txn->log_last = sequence;
+    txn->log_last_hash = rollup_key_hash(value.mv_data, size);
+    /* Without room for the sum, the fold reads the log back, as it does after a restart. */
+    if (txn->log_base && logged_add(txn->ledger->log_txn, deltas) != HM_OK)
+        txn->log_base = 0;
     return HM_OK;
 }
 
@@ -431,8 +549,29 @@ int rollup_log_fold(struct ledger *ledger, MDB_txn *txn)
     return mdb_rc == 0 ? HM_OK : status_of(mdb_rc, "empty rollup log");
 }
 
-int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
+/* rollup_log_fold from the writer's sums: the log is not read. */
+static int fold_sums(struct ledger *ledger, MDB_txn *txn)
 {
+    rollup_deltas_clear(ledger->log_fold);
+    int rc = rollup_deltas_merge(ledger->log_fold, ledger->log_sum, 0);
+    if (rc == HM_OK)
+        rc = rollup_deltas_merge(ledger->log_fold, ledger->log_txn, 0);
+    if (rc == HM_OK)
+        rc = rows_add(ledger, txn, ledger->log_fold);
+    if (rc == HM_OK)
+        log_debug("ledger", "rollup log folded into %zu rollup rows",
+                  rollup_deltas_count(ledger->log_fold));
+    rollup_deltas_clear(ledger->log_fold);
+    if (rc != HM_OK)
+        return rc;
+    int mdb_rc = mdb_drop(txn, ledger->tables[TABLE_ROLLUP_LOG], 0);
+    return mdb_rc == 0 ? HM_OK : status_of(mdb_rc, "empty rollup log");
+}
+
+int rollup_log_fold_due(struct ledger_txn *writer)
+{
+    struct ledger *ledger = writer->ledger;
+    MDB_txn *txn = writer->txn;
     MDB_stat stat;
     int rc = mdb_stat(txn, ledger->tables[TABLE_ROLLUP_LOG], &stat);
     if (rc != 0)
@@ -459,9 +598,17 @@ int rollup_log_fold_due(struct ledger *ledger, MDB_txn *txn)
     if (rc != 0)
         return status_of(rc, "begin rollup fold");
     uint64_t damage_before = atomic_load(&rollups_damage_count);
-    int status = rollup_log_fold(ledger, fold);
+    int summed = writer->log_records > 0 ? writer->log_base : log_sum_matches_now(ledger, txn);
+    int status = summed ? fold_sums(ledger, fold) : rollup_log_fold(ledger, fold);
     if (status == HM_OK) {
         rc = mdb_txn_commit(fold);
+        if (rc == 0) {
+            writer->log_folded = 1;
+            if (summed)
+                ledger->folds_summed++;
+            else
+                ledger->folds_read++;
+        }
         return rc == 0 ? HM_OK : status_of(rc, "commit rollup fold");
     }
     mdb_txn_abort(fold);

@@ -4,8 +4,9 @@
  * grew), appends by another process, rollups summed per transaction, rollup
  * changes of conflicts taken away again, fingerprints of ids that a sender
  * chose, corrupt blocks reported as errors, and the rollup log: read the
- * same before and after a fold, folded when it grows, and damaged records
- * reported as errors.
+ * same before and after a fold, folded when it grows (from the writer's sum,
+ * which leaves out aborted and failed commits, or read back after another
+ * process or a restart), and damaged records reported as errors.
  */
 #include <criterion/criterion.h>
 #include <lmdb.h>
@@ -775,6 +776,133 @@ Test(blocks, log_folded_as_it_grows)
     uint64_t events = 0;
     cr_assert(input_tokens(tenant_a, &events) == 600);
     cr_assert_eq(events, 300);
+}
+
+/* Commits `commits` transactions of one new event of tenant_a each, from event `first` on. */
+static void commit_singles(uint32_t first, uint32_t commits, uint64_t tokens)
+{
+    for (uint32_t i = first; i < first + commits; i++)
+        commit_range(tenant_a, i, 1, tokens);
+}
+
+static void expect_folds(uint64_t summed, uint64_t read)
+{
+    uint64_t got_summed = 0, got_read = 0;
+    ledger_fold_counts(ledger, &got_summed, &got_read);
+    cr_expect_eq(got_summed, summed, "%llu folds from the writer's sum, expected %llu",
+                 (unsigned long long)got_summed, (unsigned long long)summed);
+    cr_expect_eq(got_read, read, "%llu folds read the log, expected %llu",
+                 (unsigned long long)got_read, (unsigned long long)read);
+}
+
+/* Expects tenant_a's input tokens and events, from the rows and the log, and from the events. */
+static void expect_tokens(unsigned __int128 tokens, uint64_t events)
+{
+    uint64_t got = 0;
+    cr_expect(input_tokens(tenant_a, &got) == tokens, "input tokens differ");
+    cr_expect_eq(got, events, "%llu events, expected %llu", (unsigned long long)got,
+                 (unsigned long long)events);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
+}
+
+Test(blocks, log_fold_from_writer_sum)
+{
+    commit_singles(0, 100, 2);
+    /* Resends only: the commit logs nothing. */
+    commit_range(tenant_a, 0, 50, 2);
+    /*
+     * Events of more models than a transaction sums in memory, so a record
+     * is logged before the end, and then the transaction is aborted.
+     */
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    for (uint32_t i = 0; i < 2100; i++) {
+        struct event event = numbered(tenant_a, 100000 + i, 9);
+        snprintf(event.u.inference.model, sizeof event.u.inference.model, "model-%u", i);
+        uint8_t record[RECORD_SIZE_MAX];
+        int size = record_encode(&event, record);
+        cr_assert_eq(ledger_append(txn, &event, record, (size_t)size), APPEND_STORED);
+    }
+    ledger_abort(txn);
+    commit_singles(100, 500, 2);
+    /* Two folds, both from the sum, which counts neither the resends nor the aborted events. */
+    expect_folds(2, 0);
+    expect_tokens(600 * 2, 600);
+    cr_expect_eq(ledger_rollups_fold(ledger), HM_OK);
+    expect_tokens(600 * 2, 600);
+}
+
+Test(blocks, log_fold_after_failed_commit)
+{
+    /* The first commit of this process fails after it wrote its log record. */
+    cr_assert_eq(setenv("METER_TEST_FAIL_COMMITS", "1", 1), 0);
+    struct ledger_txn *txn;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    append_range(txn, tenant_a, 0, 5, 2);
+    cr_assert_eq(ledger_commit(txn), HM_ERR_STORAGE);
+    commit_singles(0, 302, 2);
+    expect_folds(1, 0);
+    expect_tokens(302 * 2, 302);
+}
+
+Test(blocks, log_fold_after_another_writer)
+{
+    commit_singles(0, 10, 1);
+    in_other_process(store_ten_more);
+    /* The other process's record is not in this process's sum: the fold reads the log. */
+    commit_singles(20, 300, 1);
+    expect_folds(0, 1);
+    expect_tokens(320, 320);
+    commit_singles(320, 256, 1);
+    expect_folds(1, 1);
+    expect_tokens(576, 576);
+}
+
+/* Folds the log, then commits five events of 7 tokens, one per transaction. */
+static int fold_and_commit_five(struct ledger *other)
+{
+    int rc = ledger_rollups_fold(other);
+    for (uint32_t i = 0; rc == HM_OK && i < 5; i++) {
+        struct event event = numbered(tenant_a, 5000 + i, 7);
+        uint8_t record[RECORD_SIZE_MAX];
+        int size = record_encode(&event, record);
+        struct ledger_txn *txn = NULL;
+        rc = ledger_begin(other, &txn);
+        if (rc != HM_OK)
+            break;
+        if (ledger_append(txn, &event, record, (size_t)size) != APPEND_STORED) {
+            ledger_abort(txn);
+            return 1;
+        }
+        rc = ledger_commit(txn);
+    }
+    return rc;
+}
+
+Test(blocks, log_fold_after_same_records_elsewhere)
+{
+    /*
+     * This process logs records 1 to 5. Another process folds them and logs
+     * its own records 1 to 5, so the log's last number is the one this
+     * process wrote last, but its bytes are not.
+     */
+    commit_singles(0, 5, 1);
+    in_other_process(fold_and_commit_five);
+    commit_singles(5, 300, 1);
+    expect_folds(0, 1);
+    expect_tokens(305 + 5 * 7, 310);
+}
+
+Test(blocks, log_fold_after_restart)
+{
+    commit_singles(0, 100, 3);
+    ledger_close(ledger);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    commit_singles(100, 200, 3);
+    expect_folds(0, 1);
+    commit_singles(300, 256, 3);
+    expect_folds(1, 1);
+    expect_tokens(556 * 3, 556);
 }
 
 Test(blocks, subtract_beyond_transaction_fails)
