@@ -310,7 +310,9 @@ int pg_exec(PGconn *conn, const char *sql, const char *what, char *error, size_t
     if (!ok) {
         char message[1024];
         pg_message_scrub(NULL, PQerrorMessage(conn), message, sizeof message);
-        snprintf(error, error_size, "%s failed: %s", what, message);
+        /* A message longer than the caller's buffer is cut to fit it. */
+        if (snprintf(error, error_size, "%s failed: %s", what, message) < 0 && error_size > 0)
+            error[0] = '\0';
     }
     PQclear(result);
     return ok ? HM_OK : HM_ERR_IO;
