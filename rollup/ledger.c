@@ -464,6 +464,8 @@ static int writer_prepare(struct ledger_txn *txn)
     if ((rc = append_state_get(ledger, txn->txn, &state)) != HM_OK)
         return rc;
     if (ledger->dedup->generation != state.generation) {
+        /* Another process stored events or logged changes: the log is not what this one summed. */
+        ledger->log_sum_valid = 0;
         struct timespec started;
         clock_gettime(CLOCK_MONOTONIC, &started);
         MDB_stat legacy = { 0 };
@@ -560,7 +562,8 @@ static int writer_flush(struct ledger_txn *txn)
         rc = deltas_flush(txn);
     if (rc == HM_OK)
         rc = rollup_log_fold_due(txn);
-    if (rc != HM_OK || txn->appended == 0)
+    /* Each transaction that stores events or logs changes counts in the generation. */
+    if (rc != HM_OK || (txn->appended == 0 && txn->log_records == 0))
         return rc;
     struct append_state state;
     if ((rc = append_state_get(txn->ledger, txn->txn, &state)) != HM_OK)
@@ -590,7 +593,7 @@ int ledger_commit(struct ledger_txn *txn)
         return injected;
     }
 #endif
-    int appending = txn->appending, appended = txn->appended > 0;
+    int appending = txn->appending, appended = txn->appended > 0 || txn->log_records > 0;
     int rc = mdb_txn_commit(txn->txn);
     if (appending && rc == 0) {
         rollup_log_committed(txn);

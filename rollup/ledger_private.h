@@ -89,14 +89,14 @@ struct ledger {
     /*
      * The writer's sum of the rollup log, so that a fold adds it to the rows
      * without reading the log back (rollup_log.c). It is the log's sum while
-     * the log's last record is the one this process wrote last, which
-     * log_sum_last and log_sum_hash name, or while both are empty.
+     * no other process has stored events or logged changes since this
+     * process's last commit (the append generation, writer_prepare), and the
+     * log still ends at log_sum_last; an empty log sums to nothing.
      */
     struct rollup_deltas *log_sum;
     struct rollup_deltas *log_txn;  /* the changes that the open transaction logged */
     struct rollup_deltas *log_fold; /* log_sum and log_txn added, for a fold */
     uint64_t log_sum_last;          /* sequence number of the last record; 0: the log is empty */
-    uint64_t log_sum_hash;          /* rollup_key_hash of that record's value */
     int log_sum_valid;
     uint64_t folds_summed, folds_read; /* ledger_fold_counts */
 };
@@ -138,7 +138,6 @@ struct ledger_txn {
     int log_base;           /* 1: ledger->log_sum matched the log before its first record */
     int log_folded;         /* 1: it folded the log */
     uint64_t log_last;      /* sequence number of its last record */
-    uint64_t log_last_hash; /* and that record's hash */
 };
 
 #define ROLLUP_KEY_MAX (UUID_SIZE + 4 + 1 + EVENT_ENDPOINT_MAX)

@@ -135,10 +135,10 @@ static int logged_add(struct rollup_deltas *into, const struct rollup_deltas *de
 /*
  * Returns 1 when ledger->log_sum is the sum of the log whose last valid
  * record is `last` (NULL: the log is empty), numbered `sequence`. An empty
- * log sums to nothing, whoever emptied it. Otherwise the last record must
- * be the one this process wrote last: another writer's commit changes the
- * last number, and a fold elsewhere followed by as many records would also
- * need a last record of the same bytes, whose hash has a per-process seed.
+ * log sums to nothing, whoever emptied it. Otherwise the sum must be valid:
+ * writer_prepare makes it invalid when another process stored events or
+ * logged changes, which is the only way to add records to the log. Folds
+ * and rebuilds elsewhere only empty it.
  */
 static int log_sum_matches(struct ledger *ledger, const MDB_val *last, uint64_t sequence)
 {
@@ -148,8 +148,7 @@ static int log_sum_matches(struct ledger *ledger, const MDB_val *last, uint64_t 
         ledger->log_sum_valid = 1;
         return 1;
     }
-    return ledger->log_sum_valid && sequence == ledger->log_sum_last &&
-           rollup_key_hash(last->mv_data, last->mv_size) == ledger->log_sum_hash;
+    return ledger->log_sum_valid && sequence == ledger->log_sum_last;
 }
 
 /* log_sum_matches for the log of `txn`; 0 when the log ends in a damaged key. */
@@ -182,7 +181,6 @@ void rollup_log_committed(struct ledger_txn *txn)
         ledger->log_sum_valid =
             txn->log_base && rollup_deltas_merge(ledger->log_sum, ledger->log_txn, 0) == HM_OK;
         ledger->log_sum_last = txn->log_last;
-        ledger->log_sum_hash = txn->log_last_hash;
     }
     rollup_deltas_clear(ledger->log_txn);
 }
@@ -271,7 +269,6 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     }
     txn->log_records++;
     txn->log_last = sequence;
-    txn->log_last_hash = rollup_key_hash(value.mv_data, size);
     /* Without room for the sum, the fold reads the log back, as it does after a restart. */
     if (txn->log_base && logged_add(txn->ledger->log_txn, deltas) != HM_OK)
         txn->log_base = 0;

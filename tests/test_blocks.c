@@ -858,12 +858,18 @@ Test(blocks, log_fold_after_another_writer)
     expect_tokens(576, 576);
 }
 
-/* Folds the log, then commits five events of 7 tokens, one per transaction. */
+/* Input tokens of the last of the five events that fold_and_commit_five commits. */
+static uint64_t last_of_five_tokens = 7;
+
+/*
+ * Folds the log, then commits five events, one per transaction: four of 7
+ * input tokens and one of last_of_five_tokens.
+ */
 static int fold_and_commit_five(struct ledger *other)
 {
     int rc = ledger_rollups_fold(other);
     for (uint32_t i = 0; rc == HM_OK && i < 5; i++) {
-        struct event event = numbered(tenant_a, 5000 + i, 7);
+        struct event event = numbered(tenant_a, 5000 + i, i < 4 ? 7 : last_of_five_tokens);
         uint8_t record[RECORD_SIZE_MAX];
         int size = record_encode(&event, record);
         struct ledger_txn *txn = NULL;
@@ -891,6 +897,20 @@ Test(blocks, log_fold_after_same_records_elsewhere)
     commit_singles(5, 300, 1);
     expect_folds(0, 1);
     expect_tokens(305 + 5 * 7, 310);
+}
+
+Test(blocks, log_fold_after_same_last_record_elsewhere)
+{
+    /*
+     * As above, but the other process's last record has the bytes of this
+     * process's last one: four events of 7 tokens, then one of 1 token.
+     */
+    commit_singles(0, 5, 1);
+    last_of_five_tokens = 1;
+    in_other_process(fold_and_commit_five);
+    commit_singles(5, 300, 1);
+    expect_folds(0, 1);
+    expect_tokens(305 + 4 * 7 + 1, 310);
 }
 
 Test(blocks, log_fold_after_restart)
