@@ -3,7 +3,8 @@
  * directory for each test, two tenants and a timestamp in June 2024.
  *
  * The raw_ helpers change or count a table of the closed ledger with LMDB
- * alone, as damage or an older build would leave it.
+ * alone, as damage or an older build would leave it. in_other_process runs
+ * work on the ledger from a child process, as another meterd or meterctl.
  *
  * A suite includes this file once and names its directory:
  *
@@ -18,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/status.h"
 #include "ingest/wire.h"
@@ -48,6 +51,28 @@ static inline void ledger_fixture_remove(void)
     char command[512];
     snprintf(command, sizeof command, "rm -rf %s", dir);
     cr_assert_eq(system(command), 0);
+}
+
+/*
+ * Runs `work` in a child process on a ledger of its own, opened on `dir`,
+ * as another meterd or meterctl would, and checks that it returned HM_OK.
+ */
+static inline void in_other_process(int (*work)(struct ledger *other))
+{
+    fflush(NULL);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        struct ledger *other;
+        if (ledger_open(&other, dir, NULL) != HM_OK)
+            _exit(2);
+        int rc = work(other);
+        ledger_close(other);
+        _exit(rc == HM_OK ? 0 : 1);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 
 /* Stores one event in a transaction of its own; returns its append_outcome. */

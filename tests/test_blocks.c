@@ -15,8 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "common/status.h"
 #include "ingest/wire.h"
@@ -210,28 +208,6 @@ Test(blocks, failed_commit_forgets_ids)
     struct outcomes retried = commit_range(tenant_a, 0, 20, 1);
     cr_expect_eq(retried.duplicates, 10);
     cr_expect_eq(retried.stored, 10);
-}
-
-/*
- * Runs `work` in a child process on a ledger of its own, opened on `dir`,
- * as another meterd or meterctl would, and checks that it returned HM_OK.
- */
-static void in_other_process(int (*work)(struct ledger *other))
-{
-    fflush(NULL);
-    pid_t child = fork();
-    cr_assert_geq(child, 0);
-    if (child == 0) {
-        struct ledger *other;
-        if (ledger_open(&other, dir, NULL) != HM_OK)
-            _exit(2);
-        int rc = work(other);
-        ledger_close(other);
-        _exit(rc == HM_OK ? 0 : 1);
-    }
-    int status = 0;
-    cr_assert_eq(waitpid(child, &status, 0), child);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 
 /* Stores events 10..19 of tenant_a in one transaction. */

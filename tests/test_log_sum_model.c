@@ -21,8 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "common/status.h"
 #include "ingest/wire.h"
@@ -179,6 +177,7 @@ static int child_tokens_distinct;
 
 static int other_process_work(struct ledger *other)
 {
+    commit_fail_countdown = 0;
     rng_state = child_seed;
     uint32_t roll = below(100);
     int rc = HM_OK;
@@ -210,24 +209,11 @@ static int other_process_work(struct ledger *other)
     return rc;
 }
 
-static void in_other_process(void)
+/* Runs other_process_work in another process, from a seed drawn here. */
+static void other_process_run(void)
 {
     child_seed = next_random() | 1;
-    fflush(NULL);
-    pid_t child = fork();
-    cr_assert_geq(child, 0);
-    if (child == 0) {
-        commit_fail_countdown = 0;
-        struct ledger *other;
-        if (ledger_open(&other, dir, NULL) != HM_OK)
-            _exit(2);
-        int rc = other_process_work(other);
-        ledger_close(other);
-        _exit(rc == HM_OK ? 0 : 1);
-    }
-    int status = 0;
-    cr_assert_eq(waitpid(child, &status, 0), child);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    in_other_process(other_process_work);
 }
 
 static uint64_t folds_total(void)
@@ -313,7 +299,7 @@ static void run_model(uint64_t seed, uint32_t steps, int tokens_distinct)
             cr_assert_eq(ledger_rollups_rebuild(ledger, &events, &rows), HM_OK);
         } else if (roll < 9995) {
             operation = "other process";
-            in_other_process();
+            other_process_run();
             verify_all(step, operation);
         } else {
             operation = "reopen";
