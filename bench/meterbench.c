@@ -37,7 +37,7 @@ static const char usage_text[] =
     "                        peer must store exactly the events sent and produce the\n"
     "                        expected rollups, and the close must finalize every invoice;\n"
     "                        writes no report; exit status 1 otherwise\n"
-    "  --events N            events of the closed loop (default 1000000)\n"
+    "  --events N            events of the closed loop (default 3000000)\n"
     "  --loads LIST          open-loop loads as fractions of each peer's closed-loop\n"
     "                        maximum, comma-separated, each above 0 and at most 1\n"
     "                        (default 0.25,0.5,0.75,0.9)\n"
@@ -255,7 +255,7 @@ static void set_mode(struct options *options, const char *mode)
 /* Returns -1 to go on, or an exit status. */
 static int parse_options(int argc, char **argv, struct options *options)
 {
-    *options = (struct options){ .mode = "full", .events = 1000000,
+    *options = (struct options){ .mode = "full", .events = 3000000,
                                  .loads = { 0.25, 0.5, 0.75, 0.9 }, .load_count = 4,
                                  .duration_s = 4, .events_per_frame = 256, .tenants = 8,
                                  .connections = 1, .window = 512, .pg_connections = 4,
