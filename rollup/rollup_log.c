@@ -159,13 +159,13 @@ static int log_sum_matches_now(struct ledger *ledger, MDB_txn *txn)
         return 0;
     MDB_val key, value;
     int rc = mdb_cursor_get(cursor, &key, &value, MDB_LAST);
-    int holds = 0;
+    int matches = 0;
     if (rc == MDB_NOTFOUND)
-        holds = log_sum_matches(ledger, NULL, 0);
+        matches = log_sum_matches(ledger, NULL, 0);
     else if (rc == 0 && key.mv_size == 8 && load_be64(key.mv_data) != UINT64_MAX)
-        holds = log_sum_matches(ledger, &value, load_be64(key.mv_data));
+        matches = log_sum_matches(ledger, &value, load_be64(key.mv_data));
     mdb_cursor_close(cursor);
-    return holds;
+    return matches;
 }
 
 void rollup_log_committed(struct ledger_txn *txn)
