@@ -464,7 +464,7 @@ static int writer_prepare(struct ledger_txn *txn)
     if ((rc = append_state_get(ledger, txn->txn, &state)) != HM_OK)
         return rc;
     if (ledger->dedup->generation != state.generation) {
-        /* Another process stored events or logged changes: the log is not what this one summed. */
+        /* Another process changed the ledger, or the index is stale: so is the sum of the log. */
         ledger->log_sum_valid = 0;
         struct timespec started;
         clock_gettime(CLOCK_MONOTONIC, &started);
@@ -554,6 +554,16 @@ static int deltas_flush(struct ledger_txn *txn)
     return rc;
 }
 
+/*
+ * Returns 1 when a transaction stored events or logged rollup changes. Such
+ * a transaction advances the append generation, from which other processes
+ * learn that their id index and their sum of the log are out of date.
+ */
+static int generation_advances(const struct ledger_txn *txn)
+{
+    return txn->appended > 0 || txn->log_records > 0;
+}
+
 /* Writes what the appends of a transaction keep in memory: the pending block, rollups, state. */
 static int writer_flush(struct ledger_txn *txn)
 {
@@ -562,8 +572,7 @@ static int writer_flush(struct ledger_txn *txn)
         rc = deltas_flush(txn);
     if (rc == HM_OK)
         rc = rollup_log_fold_due(txn);
-    /* Each transaction that stores events or logs changes counts in the generation. */
-    if (rc != HM_OK || (txn->appended == 0 && txn->log_records == 0))
+    if (rc != HM_OK || !generation_advances(txn))
         return rc;
     struct append_state state;
     if ((rc = append_state_get(txn->ledger, txn->txn, &state)) != HM_OK)
@@ -593,12 +602,12 @@ int ledger_commit(struct ledger_txn *txn)
         return injected;
     }
 #endif
-    int appending = txn->appending, appended = txn->appended > 0 || txn->log_records > 0;
+    int appending = txn->appending, advanced = generation_advances(txn);
     int rc = mdb_txn_commit(txn->txn);
     if (appending && rc == 0) {
         rollup_log_committed(txn);
         dedup_txn_commit(ledger->dedup);
-        if (appended && ledger->dedup->generation != DEDUP_STALE)
+        if (advanced && ledger->dedup->generation != DEDUP_STALE)
             ledger->dedup->generation++;
         txn->appending = 0;
     }

@@ -131,9 +131,11 @@ int ledger_rollups_apply(struct ledger_txn *txn, const struct rollup_deltas *del
 int ledger_rollups_fold(struct ledger *ledger);
 
 /*
- * Counts the folds of the rollup log that this handle's commits made: from
- * the writer's sums of the log, and by reading the log back, as a commit
- * does after a restart or after another process wrote to the log.
+ * Returns the counts of rollup log folds in this handle's committed
+ * transactions: those from the writer's sum of the log, and those that read
+ * the log back, as the first fold after a restart or after another process
+ * wrote to the log does. Call it on the thread that commits: the counts are
+ * plain fields that each commit updates.
  */
 void ledger_fold_counts(const struct ledger *ledger, uint64_t *summed, uint64_t *read);
 

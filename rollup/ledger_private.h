@@ -88,10 +88,10 @@ struct ledger {
     struct log_summary *log_summary;
     /*
      * The writer's sum of the rollup log, so that a fold adds it to the rows
-     * without reading the log back (rollup_log.c). It is the log's sum while
-     * no other process has stored events or logged changes since this
-     * process's last commit (the append generation, writer_prepare), and the
-     * log still ends at log_sum_last; an empty log sums to nothing.
+     * without reading the log back (rollup_log.c). It is valid while no other
+     * process has stored events or logged changes since this process's last
+     * commit, which writer_prepare checks by the append generation. It is
+     * used only while the log still ends at log_sum_last.
      */
     struct rollup_deltas *log_sum;
     struct rollup_deltas *log_txn;  /* the changes that the open transaction logged */
@@ -107,6 +107,12 @@ struct ledger {
 struct seq_cache_entry {
     uint8_t tenant_id[UUID_SIZE];
     uint64_t next; /* 0: empty */
+};
+
+/* How a transaction folded the rollup log (ledger_txn.log_folded). */
+enum log_fold_kind {
+    LOG_FOLDED_FROM_SUM = 1, /* from ledger->log_sum */
+    LOG_FOLDED_BY_READING,   /* by reading the log back */
 };
 
 struct ledger_txn {
@@ -136,7 +142,7 @@ struct ledger_txn {
     /* The rollup log as this transaction wrote it (rollup_log.c). */
     uint32_t log_records;   /* records it appended */
     int log_base;           /* 1: ledger->log_sum matched the log before its first record */
-    int log_folded;         /* 1: it folded the log */
+    int log_folded;         /* 0, or how it folded the log: enum log_fold_kind */
     uint64_t log_last;      /* sequence number of its last record */
 };
 

@@ -135,10 +135,10 @@ static int logged_add(struct rollup_deltas *into, const struct rollup_deltas *de
 /*
  * Returns 1 when ledger->log_sum is the sum of the log whose last valid
  * record is `last` (NULL: the log is empty), numbered `sequence`. An empty
- * log sums to nothing, whoever emptied it. Otherwise the sum must be valid:
- * writer_prepare makes it invalid when another process stored events or
- * logged changes, which is the only way to add records to the log. Folds
- * and rebuilds elsewhere only empty it.
+ * log sums to nothing, also after a fold or rebuild by another process.
+ * Otherwise the sum must be valid: writer_prepare makes it invalid when
+ * another process stored events or logged changes, the only way to add
+ * records to the log. Folds and rebuilds elsewhere only empty it.
  */
 static int log_sum_matches(struct ledger *ledger, const MDB_val *last, uint64_t sequence)
 {
@@ -173,6 +173,10 @@ void rollup_log_committed(struct ledger_txn *txn)
     struct ledger *ledger = txn->ledger;
     if (ledger->log_sum == NULL)
         return;
+    if (txn->log_folded == LOG_FOLDED_FROM_SUM)
+        ledger->folds_summed++;
+    else if (txn->log_folded == LOG_FOLDED_BY_READING)
+        ledger->folds_read++;
     if (txn->log_folded) {
         rollup_deltas_clear(ledger->log_sum);
         ledger->log_sum_last = 0;
@@ -599,13 +603,8 @@ int rollup_log_fold_due(struct ledger_txn *writer)
     int status = summed ? fold_sums(ledger, fold) : rollup_log_fold(ledger, fold);
     if (status == HM_OK) {
         rc = mdb_txn_commit(fold);
-        if (rc == 0) {
-            writer->log_folded = 1;
-            if (summed)
-                ledger->folds_summed++;
-            else
-                ledger->folds_read++;
-        }
+        if (rc == 0)
+            writer->log_folded = summed ? LOG_FOLDED_FROM_SUM : LOG_FOLDED_BY_READING;
         return rc == 0 ? HM_OK : status_of(rc, "commit rollup fold");
     }
     mdb_txn_abort(fold);

@@ -75,17 +75,35 @@ static inline void in_other_process(int (*work)(struct ledger *other))
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 
-/* Stores one event in a transaction of its own; returns its append_outcome. */
-static inline int append_one(const struct event *event)
+/*
+ * Stores one event through `target` in a transaction of its own, without
+ * asserts, so that a child process can call it. Returns the append_outcome,
+ * or a negative status when the append or the commit failed.
+ */
+static inline int store_one(struct ledger *target, const struct event *event)
 {
     uint8_t record[RECORD_SIZE_MAX];
     int size = record_encode(event, record);
-    cr_assert_gt(size, 0);
-    struct ledger_txn *txn;
-    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    if (size <= 0)
+        return HM_ERR_INVALID;
+    struct ledger_txn *txn = NULL;
+    int rc = ledger_begin(target, &txn);
+    if (rc != HM_OK)
+        return rc;
     int outcome = ledger_append(txn, event, record, (size_t)size);
-    cr_assert_geq(outcome, 0);
-    cr_assert_eq(ledger_commit(txn), HM_OK);
+    if (outcome < 0) {
+        ledger_abort(txn);
+        return outcome;
+    }
+    rc = ledger_commit(txn);
+    return rc == HM_OK ? outcome : rc;
+}
+
+/* Stores one event in a transaction of its own and returns its append_outcome. */
+static inline int append_one(const struct event *event)
+{
+    int outcome = store_one(ledger, event);
+    cr_assert_geq(outcome, 0, "storing an event failed: %d", outcome);
     return outcome;
 }
 

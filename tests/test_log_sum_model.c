@@ -193,18 +193,9 @@ static int other_process_work(struct ledger *other)
         uint32_t id = 0x80000000u + (uint32_t)(next_random() % 0x7fffffffu);
         struct event event = make_event(below(TENANTS), id, below(2), below(MODELS),
                                         child_tokens_distinct ? 1000 + below(3) : below(3));
-        uint8_t record[RECORD_SIZE_MAX];
-        int size = record_encode(&event, record);
-        struct ledger_txn *txn = NULL;
-        rc = ledger_begin(other, &txn);
-        if (rc != HM_OK)
-            break;
-        int outcome = ledger_append(txn, &event, record, (size_t)size);
-        if (outcome < 0) {
-            ledger_abort(txn);
+        int outcome = store_one(other, &event);
+        if (outcome < 0)
             return outcome;
-        }
-        rc = ledger_commit(txn);
     }
     return rc;
 }
