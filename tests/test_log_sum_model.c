@@ -217,10 +217,20 @@ static uint64_t folds_total(void)
 static void run_model(uint64_t seed, uint32_t steps, int tokens_distinct)
 {
     /* MODEL_SEED and MODEL_STEPS replace the test's seed and number of steps. */
-    if (getenv("MODEL_SEED") != NULL)
-        seed = strtoull(getenv("MODEL_SEED"), NULL, 0) | 1;
-    if (getenv("MODEL_STEPS") != NULL)
-        steps = (uint32_t)strtoul(getenv("MODEL_STEPS"), NULL, 10);
+    const char *seed_text = getenv("MODEL_SEED"), *steps_text = getenv("MODEL_STEPS");
+    char *end = NULL;
+    if (seed_text != NULL) {
+        seed = strtoull(seed_text, &end, 0) | 1;
+        cr_assert(end != seed_text && *end == '\0',
+                  "MODEL_SEED=%s is not a number; give one such as 12345 or 0x3039", seed_text);
+    }
+    if (steps_text != NULL) {
+        unsigned long parsed = strtoul(steps_text, &end, 10);
+        cr_assert(end != steps_text && *end == '\0' && parsed >= 1 && parsed <= 10000000,
+                  "MODEL_STEPS=%s is invalid; give a number of steps from 1 to 10000000",
+                  steps_text);
+        steps = (uint32_t)parsed;
+    }
     rng_state = seed;
     child_tokens_distinct = tokens_distinct;
     sent = calloc(STORED_MAX, sizeof *sent);
