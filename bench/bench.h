@@ -283,6 +283,8 @@ struct open_result {
     /* meterd: its commits in the phase, those that took over 10 ms, and the slowest; else -1 */
     long long commits, commits_over_10ms;
     double commit_max_ms;
+    /* meterd: the mean commit, and the part of it spent writing and syncing; else -1 */
+    double commit_mean_ms, write_mean_ms;
 };
 
 struct peer_result {
@@ -319,6 +321,7 @@ struct bench {
     double loads[BENCH_LOADS_MAX];
     size_t load_count;
     double duration_s;  /* of each open-loop phase */
+    double open_max_eps; /* when above 0, the maximum that open-loop loads are fractions of */
     double time_cap_s;  /* of each phase */
     uint32_t group_events; /* events per commit of the embedded peers (meterd's own, measured) */
     struct rollup_map expected; /* rollups of the closed-loop frames */

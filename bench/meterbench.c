@@ -42,6 +42,9 @@ static const char usage_text[] =
     "                        maximum, comma-separated, each above 0 and at most 1\n"
     "                        (default 0.25,0.5,0.75,0.9)\n"
     "  --duration SECONDS    length of each open-loop phase (default 4)\n"
+    "  --open-max EPS        events/s that --loads are fractions of, for every peer,\n"
+    "                        instead of each peer's closed-loop maximum: compares\n"
+    "                        builds or hosts at the same offered load\n"
     "  --peers LIST          peers to run, comma-separated, from meterd-tcp, lmdb,\n"
     "                        sqlite, postgres, redis, meterd-udp, socket, and close for\n"
     "                        the close phase (default all)\n"
@@ -74,6 +77,7 @@ struct options {
     double loads[BENCH_LOADS_MAX];
     size_t load_count;
     double duration_s;
+    double open_max_eps; /* 0: each peer's closed-loop maximum */
     int peers[PEER_COUNT];
     int close;            /* run the close phase */
     uint64_t close_events;
@@ -103,6 +107,8 @@ int bench_open_phase(struct bench *bench, const char *peer, double load, double 
                      struct phase *phase)
 {
     struct pool *pool = &bench->pool;
+    if (bench->open_max_eps > 0)
+        max_eps = bench->open_max_eps;
     double events = load * max_eps * bench->duration_s;
     if (events > (double)pool->event_count && pool->event_count < BENCH_POOL_EVENTS_MAX) {
         size_t target = events < (double)BENCH_POOL_EVENTS_MAX ? (size_t)events
@@ -149,7 +155,7 @@ void bench_record_open(struct peer_result *result, struct phase *phase)
     open->achieved_eps = phase->seconds > 0 ? (double)phase->events_done / phase->seconds : 0;
     open->stopped_by_cap = phase->stopped_by_cap;
     open->commits = open->commits_over_10ms = -1;
-    open->commit_max_ms = -1;
+    open->commit_max_ms = open->commit_mean_ms = open->write_mean_ms = -1;
     open->failed = phase->failed || phase->frames_done < phase->frame_count;
     latency_summarize(phase->latency_ns, phase->latency_count, &open->latency);
     fprintf(stderr, "meterbench:   %s open loop %.0f%%: %zu events, %.0f events/s, p50 %.2f ms "
@@ -308,6 +314,9 @@ static int parse_options(int argc, char **argv, struct options *options)
             if (end == value || *end != '\0' || !(options->duration_s >= 0.1) ||
                 options->duration_s > 120)
                 rc = option_error(option, value, "seconds from 0.1 to 120");
+        } else if (strcmp(option, "--open-max") == 0) {
+            rc = parse_unsigned(option, value, 1000, 100000000, &number);
+            options->open_max_eps = (double)number;
         } else if (strcmp(option, "--peers") == 0) {
             rc = parse_peers(value, options);
         } else if (strcmp(option, "--events-per-frame") == 0) {
@@ -429,11 +438,13 @@ static int write_results(const char *path, const struct bench *bench,
             fprintf(file, "%s{\"load\": %.3f, \"offered_eps\": %.1f, \"achieved_eps\": %.1f, "
                     "\"events\": %zu, \"seconds\": %.3f, \"samples\": %zu, \"p50_ms\": %.3f, "
                     "\"p99_ms\": %.3f, \"p999_ms\": %.3f, \"max_ms\": %.3f, \"incomplete\": %d, "
-                    "\"commits\": %lld, \"commits_over_10ms\": %lld, \"commit_max_ms\": %.3f}",
+                    "\"commits\": %lld, \"commits_over_10ms\": %lld, \"commit_max_ms\": %.3f, "
+                    "\"commit_mean_ms\": %.3f, \"write_mean_ms\": %.3f}",
                     j ? ", " : "", o->load_fraction, o->offered_eps, o->achieved_eps, o->events,
                     o->seconds, o->latency.samples, o->latency.p50_ms, o->latency.p99_ms,
                     o->latency.p999_ms, o->latency.max_ms, o->failed || o->stopped_by_cap,
-                    o->commits, o->commits_over_10ms, o->commit_max_ms);
+                    o->commits, o->commits_over_10ms, o->commit_max_ms, o->commit_mean_ms,
+                    o->write_mean_ms);
         }
         fprintf(file, "]}");
     }
@@ -498,6 +509,7 @@ static int prepare(struct bench *bench, const struct options *options)
     bench->pg_connections = options->pg_connections;
     bench->redis_connections = options->redis_connections;
     bench->duration_s = options->duration_s;
+    bench->open_max_eps = options->open_max_eps;
     bench->time_cap_s = options->smoke ? 120 : 300;
     bench->load_count = options->load_count;
     memcpy(bench->loads, options->loads, sizeof bench->loads);

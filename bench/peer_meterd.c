@@ -87,6 +87,8 @@ struct meterd_counters {
     uint64_t events_stored;
     uint64_t commits;
     uint64_t commit_us_max;
+    uint64_t commit_us_total;
+    uint64_t write_us_total;  /* the part of commit_us_total spent writing and syncing */
     uint64_t commits_le_10ms; /* commits that took at most 10 ms */
 };
 
@@ -112,6 +114,8 @@ static int meterd_stop(struct meterd_instance *instance, struct meterd_counters 
         counters->events_stored = counter_after(text, "\"events_stored\": ");
         counters->commits = counter_after(text, "\"commits\": ");
         counters->commit_us_max = counter_after(text, "\"commit_us_max\": ");
+        counters->commit_us_total = counter_after(text, "\"commit_us_total\": ");
+        counters->write_us_total = counter_after(text, "\"write_us_total\": ");
         /* In the cumulative histogram "commit_ms_le": {"1": .., "2": .., "5": .., "10": ..}. */
         const char *histogram = strstr(text, "\"commit_ms_le\": ");
         counters->commits_le_10ms = histogram ? counter_after(histogram, "\"10\": ") : 0;
@@ -229,9 +233,15 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
         open->commits = (long long)counters.commits;
         open->commits_over_10ms = (long long)(counters.commits - counters.commits_le_10ms);
         open->commit_max_ms = (double)counters.commit_us_max / 1000.0;
+        if (counters.commits > 0) {
+            open->commit_mean_ms = (double)counters.commit_us_total / 1000.0 / counters.commits;
+            open->write_mean_ms = (double)counters.write_us_total / 1000.0 / counters.commits;
+        }
         fprintf(stderr, "meterbench:   %s open loop %.0f%%: %lld commits, %lld over 10 ms, the "
-                "slowest %.2f ms\n", result->name, open->load_fraction * 100, open->commits,
-                open->commits_over_10ms, open->commit_max_ms);
+                "slowest %.2f ms; a commit took %.2f ms on average, %.2f ms of it writing and "
+                "syncing\n", result->name, open->load_fraction * 100, open->commits,
+                open->commits_over_10ms, open->commit_max_ms, open->commit_mean_ms,
+                open->write_mean_ms);
         phase_free(&phase);
     }
     return HM_OK;

@@ -135,16 +135,20 @@ def main_table(results, peers):
 def commit_cells(entry):
     """Return the commit columns of an open-loop row: meterd's own counts, n/a for the peers."""
     if entry.get("commits", -1) < 0:
-        return "n/a | n/a | n/a"
+        return "n/a | n/a | n/a | n/a | n/a"
+    mean = write = "n/a"
+    if entry.get("commit_mean_ms", -1) >= 0:
+        mean = f"{entry['commit_mean_ms']:.2f}"
+        write = f"{entry['write_mean_ms']:.2f}"
     return (f"{entry['commits']:,} | {entry['commits_over_10ms']:,} | "
-            f"{entry['commit_max_ms']:.2f}")
+            f"{entry['commit_max_ms']:.2f} | {mean} | {write}")
 
 
 def load_table(peers):
     lines = ["| peer | load | offered events/s | achieved events/s | seconds | frames measured | "
              "p50 ms | p99 ms | p99.9 ms | max ms | commits | commits over 10 ms | "
-             "slowest commit ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "slowest commit ms | mean commit ms | of it writing and syncing, ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for peer in peers:
         for entry in peer["open"]:
             mark = " (incomplete)" if entry["incomplete"] else ""

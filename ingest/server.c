@@ -1034,25 +1034,44 @@ const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1] = { 1,  2,   5,   10,
 /* A commit that takes this long is logged: acks waited that long for the disk. */
 #define COMMIT_SLOW_MS 1000
 
-/* Counts one run of the commit hook (failed ones too) by its duration, and logs a slow one. */
-static void commit_duration_count(struct server *server, uint64_t duration_us)
+/* Adds one duration to a total, a maximum and the bucket counts of commit_ms_bounds. */
+static void duration_count(uint64_t duration_us, uint64_t *total, uint64_t *max,
+                           uint64_t counts[SERVER_COMMIT_BUCKETS])
 {
-    struct server_stats *stats = &server->stats;
-    stats->commit_us_total += duration_us;
-    if (duration_us > stats->commit_us_max)
-        stats->commit_us_max = duration_us;
+    *total += duration_us;
+    if (duration_us > *max)
+        *max = duration_us;
     size_t bucket = 0;
     while (bucket < SERVER_COMMIT_BUCKETS - 1 &&
            duration_us > (uint64_t)commit_ms_bounds[bucket] * 1000)
         bucket++;
-    stats->commit_ms_counts[bucket]++;
+    counts[bucket]++;
+}
+
+/*
+ * Counts one run of the commit hook (failed ones too) by its duration and
+ * by the part of it that was the store's durable write, and logs a slow one.
+ */
+static void commit_duration_count(struct server *server, uint64_t duration_us, uint64_t write_us)
+{
+    struct server_stats *stats = &server->stats;
+    duration_count(duration_us, &stats->commit_us_total, &stats->commit_us_max,
+                   stats->commit_ms_counts);
+    duration_count(write_us, &stats->write_us_total, &stats->write_us_max,
+                   stats->write_ms_counts);
     uint64_t suppressed = 0;
-    if (duration_us >= (uint64_t)COMMIT_SLOW_MS * 1000 &&
-        log_limit_pass(&server->slow_commit_log, &suppressed))
-        log_warn("server", "slow commit: storing a batch took %llu ms, and its senders waited "
-                 "as long for their acks. Most of a commit is the disk's sync: check the device "
-                 "of the data directory for other load or a failing disk (suppressed=%llu)",
-                 (unsigned long long)(duration_us / 1000), (unsigned long long)suppressed);
+    if (duration_us < (uint64_t)COMMIT_SLOW_MS * 1000 ||
+        !log_limit_pass(&server->slow_commit_log, &suppressed))
+        return;
+    const char *hint = 2 * write_us >= duration_us
+                           ? "Check the device of the data directory for other load or a "
+                             "failing disk"
+                           : "The rest was work of the CPU: check whether meterd gets the CPU "
+                             "time it needs";
+    log_warn("server", "slow commit: storing a batch took %llu ms, %llu ms of it writing and "
+             "syncing, and its senders waited as long for their acks. %s (suppressed=%llu)",
+             (unsigned long long)(duration_us / 1000), (unsigned long long)(write_us / 1000),
+             hint, (unsigned long long)suppressed);
 }
 
 /* Hands `committing` to the commit thread. */
@@ -1104,7 +1123,7 @@ static int commit_collect(struct server *server, int wait)
         accepted |= batch->entries[i].status == FRAME_ACCEPTED;
     /* A batch of rejects only never reached the commit thread. */
     if (accepted)
-        commit_duration_count(server, duration_us);
+        commit_duration_count(server, duration_us, batch->write_us);
     if (rc == HM_ERR_FULL) {
         server->stats.commit_failures++;
         full_enter(server, rc);
@@ -1407,12 +1426,32 @@ static void on_udp(struct server *server, uint32_t index, int result)
         arm_udp(server, index);
 }
 
+/*
+ * Prints bucket counts of commit_ms_bounds as a JSON object, cumulative as
+ * in a Prometheus histogram: commits that took at most that many ms.
+ */
+static void histogram_print(FILE *file, const uint64_t counts[SERVER_COMMIT_BUCKETS])
+{
+    fputc('{', file);
+    uint64_t cumulative = 0;
+    for (int i = 0; i < SERVER_COMMIT_BUCKETS; i++) {
+        cumulative += counts[i];
+        if (i < SERVER_COMMIT_BUCKETS - 1)
+            fprintf(file, "%s\"%u\": %llu", i ? ", " : "", commit_ms_bounds[i],
+                    (unsigned long long)cumulative);
+        else
+            fprintf(file, ", \"+Inf\": %llu", (unsigned long long)cumulative);
+    }
+    fputc('}', file);
+}
+
 /* Writes the counters as JSON to `file`; returns 0, or -1 when a write failed. */
 static int stats_print(FILE *file, const struct server_stats *stats)
 {
     fprintf(file, "{\"frames_received\": %llu, \"events_stored\": %llu, "
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"commit_us_total\": %llu, \"commit_us_max\": %llu, "
+            "\"write_us_total\": %llu, \"write_us_max\": %llu, "
             "\"connections_accepted\": %llu, "
             "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
             "\"connections_evicted\": %llu, \"connections_closed_rejects\": %llu, "
@@ -1423,6 +1462,7 @@ static int stats_print(FILE *file, const struct server_stats *stats)
             (unsigned long long)stats->events_conflict, (unsigned long long)stats->commits,
             (unsigned long long)stats->commit_failures,
             (unsigned long long)stats->commit_us_total, (unsigned long long)stats->commit_us_max,
+            (unsigned long long)stats->write_us_total, (unsigned long long)stats->write_us_max,
             (unsigned long long)stats->connections_accepted,
             (unsigned long long)stats->connections_rejected,
             (unsigned long long)stats->connections_timed_out,
@@ -1433,18 +1473,11 @@ static int stats_print(FILE *file, const struct server_stats *stats)
     for (int i = 0; i < FRAME_STATUS_COUNT; i++)
         fprintf(file, "%s\"%s\": %llu", i ? ", " : "", frame_status_name((enum frame_status)i),
                 (unsigned long long)stats->frames_by_status[i]);
-    /* Cumulative, as in a Prometheus histogram: commits that took at most that many ms. */
-    fprintf(file, "}, \"commit_ms_le\": {");
-    uint64_t cumulative = 0;
-    for (int i = 0; i < SERVER_COMMIT_BUCKETS; i++) {
-        cumulative += stats->commit_ms_counts[i];
-        if (i < SERVER_COMMIT_BUCKETS - 1)
-            fprintf(file, "%s\"%u\": %llu", i ? ", " : "", commit_ms_bounds[i],
-                    (unsigned long long)cumulative);
-        else
-            fprintf(file, ", \"+Inf\": %llu", (unsigned long long)cumulative);
-    }
-    fprintf(file, "}}\n");
+    fprintf(file, "}, \"commit_ms_le\": ");
+    histogram_print(file, stats->commit_ms_counts);
+    fprintf(file, ", \"write_ms_le\": ");
+    histogram_print(file, stats->write_ms_counts);
+    fprintf(file, "}\n");
     return fflush(file) == 0 && !ferror(file) ? 0 : -1;
 }
 

@@ -46,6 +46,11 @@ struct ingest_batch {
     size_t arena_size;
     size_t arena_capacity;
     void *hook_state; /* the hooks' own state of this batch (prepare, batch_reset); starts NULL */
+    /*
+     * Set by the commit hook: microseconds of the commit that the store
+     * spent in its durable write (writing and syncing), 0 when unknown.
+     */
+    uint64_t write_us;
 };
 
 struct server_hooks {
@@ -147,6 +152,13 @@ struct server_stats {
      * and up to commit_ms_bounds[i] ms.
      */
     uint64_t commit_ms_counts[SERVER_COMMIT_BUCKETS];
+    /*
+     * The part of the commits that the store spent in its durable write
+     * (ingest_batch.write_us); the rest is work of the CPU. Same buckets.
+     */
+    uint64_t write_us_total;
+    uint64_t write_us_max;
+    uint64_t write_ms_counts[SERVER_COMMIT_BUCKETS];
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */

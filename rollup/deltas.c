@@ -235,6 +235,25 @@ int rollup_deltas_merge(struct rollup_deltas *into, const struct rollup_deltas *
     return HM_OK;
 }
 
+int rollup_deltas_add_counted(struct rollup_deltas *into, const struct rollup_deltas *from)
+{
+    for (size_t i = 0; i < from->count; i++) {
+        const struct rollup_delta *change = &from->slots[from->used[i]];
+        if (change->count == 0)
+            continue;
+        ptrdiff_t slot = slot_of(into, change->key, change->key_size, change->hash);
+        if (slot < 0)
+            return HM_ERR_NOMEM;
+        struct rollup_delta *delta = &into->slots[slot];
+        if (delta->quantity + change->quantity < delta->quantity ||
+            delta->count + change->count < delta->count)
+            return HM_ERR_STORAGE;
+        delta->quantity += change->quantity;
+        delta->count += change->count;
+    }
+    return HM_OK;
+}
+
 struct event_sink {
     struct rollup_deltas *deltas;
     struct rollup_key_memo memo;

@@ -91,4 +91,11 @@ int rollup_deltas_add_key(struct rollup_deltas *deltas, const uint8_t *key, size
 int rollup_deltas_merge(struct rollup_deltas *into, const struct rollup_deltas *from,
                         int subtract);
 
+/*
+ * Adds the changes of `from` that count at least one event to `into`,
+ * with the hashes that `from` keeps. HM_ERR_STORAGE when a sum would
+ * overflow (`into` is then left part changed); HM_ERR_NOMEM.
+ */
+int rollup_deltas_add_counted(struct rollup_deltas *into, const struct rollup_deltas *from);
+
 #endif

@@ -585,6 +585,7 @@ static int writer_flush(struct ledger_txn *txn)
 int ledger_commit(struct ledger_txn *txn)
 {
     struct ledger *ledger = txn->ledger;
+    ledger->write_us_last = 0;
     if (txn->appending) {
         int rc = writer_flush(txn);
         if (rc != HM_OK) {
@@ -603,7 +604,12 @@ int ledger_commit(struct ledger_txn *txn)
     }
 #endif
     int appending = txn->appending, advanced = generation_advances(txn);
+    struct timespec write_start, write_end;
+    clock_gettime(CLOCK_MONOTONIC, &write_start);
     int rc = mdb_txn_commit(txn->txn);
+    clock_gettime(CLOCK_MONOTONIC, &write_end);
+    ledger->write_us_last = (uint64_t)((write_end.tv_sec - write_start.tv_sec) * 1000000 +
+                                       (write_end.tv_nsec - write_start.tv_nsec) / 1000);
     if (appending && rc == 0) {
         rollup_log_committed(txn);
         dedup_txn_commit(ledger->dedup);
@@ -618,6 +624,11 @@ int ledger_commit(struct ledger_txn *txn)
     if (rc == 0)
         ledger_full_logged = 0;
     return rc == 0 ? HM_OK : status_of(rc, "commit");
+}
+
+uint64_t ledger_commit_write_us(const struct ledger *ledger)
+{
+    return ledger->write_us_last;
 }
 
 void ledger_abort(struct ledger_txn *txn)

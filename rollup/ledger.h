@@ -62,6 +62,13 @@ int ledger_begin(struct ledger *ledger, struct ledger_txn **out);
 
 /* Commits and syncs. On error the transaction is gone and nothing of it is stored. */
 int ledger_commit(struct ledger_txn *txn);
+
+/*
+ * Microseconds that the last ledger_commit spent in its durable write:
+ * LMDB writing the transaction's pages and waiting for the disk to sync
+ * them and then the meta page. The rest of a commit is work of the CPU.
+ */
+uint64_t ledger_commit_write_us(const struct ledger *ledger);
 void ledger_abort(struct ledger_txn *txn);
 
 /* Outcome of appending one event. */

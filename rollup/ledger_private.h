@@ -99,6 +99,7 @@ struct ledger {
     uint64_t log_sum_last;          /* sequence number of the last record; 0: the log is empty */
     int log_sum_valid;
     uint64_t folds_summed, folds_read; /* ledger_fold_counts */
+    uint64_t write_us_last;            /* ledger_commit_write_us */
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */

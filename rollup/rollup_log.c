@@ -117,21 +117,6 @@ void rollup_log_writer_free(struct ledger *ledger)
     ledger->log_sum_valid = 0;
 }
 
-/* Adds the changes of `deltas` that a log record keeps: those of at least one event. */
-static int logged_add(struct rollup_deltas *into, const struct rollup_deltas *deltas)
-{
-    for (size_t i = 0; i < deltas->count; i++) {
-        const struct rollup_delta *delta = &deltas->slots[deltas->used[i]];
-        if (delta->count == 0)
-            continue;
-        int rc = rollup_deltas_add_key(into, delta->key, delta->key_size, delta->quantity,
-                                       delta->count);
-        if (rc != HM_OK)
-            return rc;
-    }
-    return HM_OK;
-}
-
 /*
  * Returns 1 when ledger->log_sum is the sum of the log whose last valid
  * record is `last` (NULL: the log is empty), numbered `sequence`. An empty
@@ -274,7 +259,8 @@ int rollup_log_append(struct ledger_txn *txn, const struct rollup_deltas *deltas
     txn->log_records++;
     txn->log_last = sequence;
     /* Without room for the sum, the fold reads the log back, as it does after a restart. */
-    if (txn->log_base && logged_add(txn->ledger->log_txn, deltas) != HM_OK)
+    /* A log record keeps the changes of at least one event, and so does the sum. */
+    if (txn->log_base && rollup_deltas_add_counted(txn->ledger->log_txn, deltas) != HM_OK)
         txn->log_base = 0;
     return HM_OK;
 }

@@ -130,6 +130,69 @@ Test(deltas, clear_then_reuse)
     rollup_deltas_free(deltas);
 }
 
+/*
+ * Adding a table's counted changes keeps its hashes: the keys land where
+ * adding each key whole puts them, so a later change of the same key adds
+ * to the same row. Changes of no event are left out, and an overflow is
+ * refused.
+ */
+Test(deltas, counted_changes_added_under_their_keys)
+{
+    struct rollup_deltas *events, *sum, *by_key;
+    cr_assert_eq(rollup_deltas_create(&events, 16), HM_OK);
+    cr_assert_eq(rollup_deltas_create(&sum, 16), HM_OK);
+    cr_assert_eq(rollup_deltas_create(&by_key, 16), HM_OK);
+    for (uint32_t i = 0; i < 300; i++) {
+        struct event event = varied(tenant_a, i);
+        cr_assert_eq(rollup_deltas_add_events(events, &event, 1), HM_OK);
+    }
+    /* A key taken away to zero stays in the table with no events. */
+    struct rollup_deltas *taken;
+    cr_assert_eq(rollup_deltas_create(&taken, 16), HM_OK);
+    struct event gone = varied(tenant_b, 7);
+    cr_assert_eq(rollup_deltas_add_events(taken, &gone, 1), HM_OK);
+    cr_assert_eq(rollup_deltas_merge(events, taken, 0), HM_OK);
+    cr_assert_eq(rollup_deltas_merge(events, taken, 1), HM_OK);
+
+    for (int round = 0; round < 2; round++) {
+        cr_assert_eq(rollup_deltas_add_counted(sum, events), HM_OK);
+        for (size_t i = 0; i < events->count; i++) {
+            const struct rollup_delta *delta = &events->slots[events->used[i]];
+            if (delta->count > 0)
+                cr_assert_eq(rollup_deltas_add_key(by_key, delta->key, delta->key_size,
+                                                   delta->quantity, delta->count),
+                             HM_OK);
+        }
+    }
+    cr_assert_eq(rollup_deltas_count(sum), rollup_deltas_count(by_key));
+    cr_assert_eq(rollup_deltas_count(sum) + rollup_deltas_count(taken),
+                 rollup_deltas_count(events));
+    for (size_t i = 0; i < by_key->count; i++) {
+        const struct rollup_delta *want = &by_key->slots[by_key->used[i]];
+        const struct rollup_delta *got = delta_find(sum, want);
+        cr_assert_not_null(got);
+        cr_assert_eq(got->hash, want->hash);
+        cr_assert(got->quantity == want->quantity);
+        cr_assert_eq(got->count, want->count);
+    }
+    for (size_t i = 0; i < taken->count; i++)
+        cr_assert_null(delta_find(sum, &taken->slots[taken->used[i]]));
+
+    /* A sum past 2^128 is refused. */
+    struct rollup_deltas *huge;
+    cr_assert_eq(rollup_deltas_create(&huge, 16), HM_OK);
+    const struct rollup_delta *first = &sum->slots[sum->used[0]];
+    cr_assert_eq(rollup_deltas_add_key(huge, first->key, first->key_size, ~(unsigned __int128)0,
+                                       1),
+                 HM_OK);
+    cr_assert_eq(rollup_deltas_add_counted(huge, sum), HM_ERR_STORAGE);
+    rollup_deltas_free(huge);
+    rollup_deltas_free(taken);
+    rollup_deltas_free(by_key);
+    rollup_deltas_free(sum);
+    rollup_deltas_free(events);
+}
+
 Test(deltas, hash_resists_chosen_names)
 {
     /*

@@ -191,6 +191,18 @@ Test(server, oversized_body_rejected)
     close(fd);
 }
 
+/* Reads the stats file of the stopped server into `out`. */
+static void stats_read(char *out, size_t size)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/meterd-stats.json", server.dir);
+    FILE *file = fopen(path, "r");
+    cr_assert_not_null(file, "no stats file %s", path);
+    size_t read = fread(out, 1, size - 1, file);
+    fclose(file);
+    out[read] = '\0';
+}
+
 Test(server, truncated_frame_counted)
 {
     struct event event = harness_inference(18, "m-large", 10, 1);
@@ -201,15 +213,46 @@ Test(server, truncated_frame_counted)
     harness_sleep_ms(200);
     cr_assert_eq(harness_stop(&server), 0);
 
-    char path[300], stats[4096] = "";
-    snprintf(path, sizeof path, "%s/meterd-stats.json", server.dir);
-    FILE *file = fopen(path, "r");
-    cr_assert_not_null(file);
-    size_t read = fread(stats, 1, sizeof stats - 1, file);
-    fclose(file);
-    stats[read] = '\0';
+    char stats[4096];
+    stats_read(stats, sizeof stats);
     cr_assert_not_null(strstr(stats, "\"truncated\": 1"), "stats: %s", stats);
     cr_assert_eq(harness_quantity(&server, tenant_a.id, ROLLUP_EVENTS, "inference"), 0);
+}
+
+/* Reads the number after "name": in meterd's stats file, or fails the test. */
+static unsigned long long stats_number(const char *stats, const char *name)
+{
+    char pattern[80];
+    snprintf(pattern, sizeof pattern, "\"%s\": ", name);
+    const char *at = strstr(stats, pattern);
+    cr_assert_not_null(at, "no %s in stats: %s", name, stats);
+    return strtoull(at + strlen(pattern), NULL, 10);
+}
+
+Test(server, commit_time_split_into_write_and_cpu)
+{
+    struct frame_ack ack;
+    for (uint32_t i = 0; i < 5; i++) {
+        struct event event = harness_inference(40 + i, "m-large", 10, 1);
+        size_t size = harness_frame(frame, &tenant_a, 50 + i, &event, 1);
+        ack = harness_send_frame(&server, frame, size);
+        cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    }
+    cr_assert_eq(harness_stop(&server), 0);
+
+    char stats[4096];
+    stats_read(stats, sizeof stats);
+    unsigned long long commits = stats_number(stats, "commits");
+    unsigned long long commit_us = stats_number(stats, "commit_us_total");
+    unsigned long long write_us = stats_number(stats, "write_us_total");
+    cr_assert_geq(commits, 5, "each frame waited for its own commit: %s", stats);
+    /* Every commit syncs, so it writes for some microseconds, and the write is part of it. */
+    cr_assert_gt(write_us, 0, "stats: %s", stats);
+    cr_assert_leq(write_us, commit_us, "stats: %s", stats);
+    cr_assert_leq(stats_number(stats, "write_us_max"), stats_number(stats, "commit_us_max"));
+    const char *histogram = strstr(stats, "\"write_ms_le\": {");
+    cr_assert_not_null(histogram, "stats: %s", stats);
+    cr_assert_eq(stats_number(histogram, "+Inf"), commits, "stats: %s", stats);
 }
 
 Test(server, frames_split_across_writes)

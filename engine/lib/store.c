@@ -145,6 +145,7 @@ static int commit(void *context, struct ingest_batch *batch)
             return rc;
     }
     rollup_deltas_clear(store->not_stored);
+    batch->write_us = 0;
     struct ledger_txn *txn;
     int rc = ledger_begin(store->ledger, &txn);
     if (rc != HM_OK)
@@ -168,7 +169,9 @@ static int commit(void *context, struct ingest_batch *batch)
         ledger_abort(txn);
         return rc;
     }
-    return ledger_commit(txn);
+    rc = ledger_commit(txn);
+    batch->write_us = ledger_commit_write_us(store->ledger);
+    return rc;
 }
 
 void store_release(struct store *store)
