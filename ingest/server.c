@@ -1770,7 +1770,22 @@ static int server_setup(struct server *server, sigset_t *signals)
     return HM_OK;
 }
 
-/* Drains the completions that are ready, without waiting. */
+/* Says whether the commit thread has finished the batch in flight. */
+static int commit_finished(struct server *server)
+{
+    struct committer *committer = &server->committer;
+    pthread_mutex_lock(&committer->lock);
+    int done = committer->done;
+    pthread_mutex_unlock(&committer->lock);
+    return done;
+}
+
+/*
+ * Handles every completion that is ready. A run of completions can take as
+ * long as a commit. So when the commit thread finishes its batch during
+ * the run, it gets the next batch between two completions, and the acks of
+ * the finished batch are sent at once.
+ */
 static void drain_completions(struct server *server)
 {
     struct io_uring_cqe *cqe;
@@ -1778,6 +1793,10 @@ static void drain_completions(struct server *server)
         server->ops_outstanding--;
         on_completion(server, cqe);
         io_uring_cqe_seen(&server->ring, cqe);
+        if (server->in_flight && !server->stopping && commit_finished(server)) {
+            commit_batch(server);
+            io_uring_submit(&server->ring);
+        }
     }
 }
 
