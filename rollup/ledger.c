@@ -867,6 +867,22 @@ struct rollup_row *ledger_row_list_find(struct row_list *list, enum rollup_meter
     return row;
 }
 
+/* Reads the level of a storage sample; logs and returns HM_ERR_STORAGE for a damaged one. */
+static int storage_level_read(const uint8_t tenant_id[UUID_SIZE], const MDB_val *value,
+                              uint64_t *level)
+{
+    if (value->mv_size != sizeof *level) {
+        char tenant[UUID_TEXT_SIZE];
+        uuid_format(tenant_id, tenant);
+        log_error("ledger", "a storage sample of tenant %s has %zu bytes, expected %zu: the "
+                  "ledger is damaged; restore the data directory from a backup", tenant,
+                  value->mv_size, sizeof *level);
+        return HM_ERR_STORAGE;
+    }
+    memcpy(level, value->mv_data, sizeof *level);
+    return HM_OK;
+}
+
 int ledger_storage_integrate(struct ledger *ledger, MDB_txn *txn,
                              const uint8_t tenant_id[UUID_SIZE], int64_t start_s, int64_t end_s,
                              unsigned __int128 *out)
@@ -882,31 +898,39 @@ int ledger_storage_integrate(struct ledger *ledger, MDB_txn *txn,
     store_be64(seek + UUID_SIZE, biased_time(start_s * 1000000));
     MDB_val key = { sizeof seek, seek }, value;
     uint64_t level = 0;
+    int status = HM_OK;
     rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    int have_previous = rc == 0 ? cursor_get(cursor, &key, &value, MDB_PREV) == 0
-                                : cursor_get(cursor, &key, &value, MDB_LAST) == 0;
-    if (have_previous && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0 && value.mv_size == 8)
-        memcpy(&level, value.mv_data, 8);
+    if (rc == 0 || rc == MDB_NOTFOUND)
+        rc = rc == 0 ? cursor_get(cursor, &key, &value, MDB_PREV)
+                     : cursor_get(cursor, &key, &value, MDB_LAST);
+    if (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0)
+        status = storage_level_read(tenant_id, &value, &level);
+    else if (rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read storage samples");
 
     unsigned __int128 total = 0;
     int64_t at = start_s;
     key.mv_size = sizeof seek;
     key.mv_data = seek;
-    rc = cursor_get(cursor, &key, &value, MDB_SET_RANGE);
-    while (rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
+    rc = status == HM_OK ? cursor_get(cursor, &key, &value, MDB_SET_RANGE) : MDB_NOTFOUND;
+    while (status == HM_OK && rc == 0 && memcmp(key.mv_data, tenant_id, UUID_SIZE) == 0) {
         int64_t sample_us = (int64_t)(load_be64((const uint8_t *)key.mv_data + UUID_SIZE) ^
                                       (UINT64_C(1) << 63));
         int64_t sample_s = floor_seconds(sample_us);
         if (sample_s >= end_s)
             break;
         total += (unsigned __int128)level * (uint64_t)(sample_s - at);
-        if (value.mv_size == 8)
-            memcpy(&level, value.mv_data, 8);
+        status = storage_level_read(tenant_id, &value, &level);
         at = sample_s;
         rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
-    total += (unsigned __int128)level * (uint64_t)(end_s - at);
     cursor_close(cursor);
+    /* A failed read or a damaged sample is an error, because the level would stay as it was. */
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read storage samples");
+    if (status != HM_OK)
+        return status;
+    total += (unsigned __int128)level * (uint64_t)(end_s - at);
     *out = total;
     return HM_OK;
 }
@@ -998,6 +1022,9 @@ static int rollups_read(struct ledger *ledger, MDB_txn *txn, const uint8_t tenan
         rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
     cursor_close(cursor);
+    /* A failed read is an error, not the end of the rows, because totals would miss the rest. */
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read rollups");
     size_t stored = list->count;
     if (status == HM_OK)
         status = rollup_log_each_read(ledger, txn, prefix, sizeof prefix, log_change_add, list);

@@ -317,7 +317,7 @@ static int issuers_read(struct ledger *ledger, MDB_txn *txn, struct issuer **iss
         issuer_default(&issuers[0]);
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (status == HM_OK && cursor_get(cursor, &key, &value, op) == 0) {
+    while (status == HM_OK && (rc = cursor_get(cursor, &key, &value, op)) == 0) {
         op = MDB_NEXT;
         if (count == capacity) {
             capacity *= 2;
@@ -334,6 +334,9 @@ static int issuers_read(struct ledger *ledger, MDB_txn *txn, struct issuer **iss
         count++;
     }
     cursor_close(cursor);
+    /* A failed read is an error, not the end, because the prefix check would miss the rest. */
+    if (status == HM_OK && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read issuers");
     if (status != HM_OK) {
         free(issuers);
         return status;
@@ -517,7 +520,7 @@ static int table_each(MDB_txn *txn, const struct ledger *ledger, enum table tabl
     int status = HM_OK;
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (status == HM_OK && cursor_get(cursor, &key, &value, op) == 0) {
+    while (status == HM_OK && (rc = cursor_get(cursor, &key, &value, op)) == 0) {
         op = MDB_NEXT;
         if (legacy_only && (value.mv_size == 0 || ((const char *)value.mv_data)[0] != '{'))
             continue;
@@ -531,6 +534,8 @@ static int table_each(MDB_txn *txn, const struct ledger *ledger, enum table tabl
         free(json);
     }
     cursor_close(cursor);
+    if (status == HM_OK && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read documents");
     return status;
 }
 
@@ -843,6 +848,9 @@ int ledger_credit_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     }
     cursor_close(cursor);
     mdb_txn_abort(txn);
+    /* A failed read is an error, not the end, because a close would skip the grants after it. */
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read credit grants");
     if (status != HM_OK) {
         ledger_credit_grants_free(grants, count);
         return status;
@@ -914,6 +922,8 @@ int ledger_credit_revoke(struct ledger *ledger, uint64_t grant_id, const char *r
         mdb_rc = cursor_get(cursor, &key, &value, MDB_NEXT);
     }
     cursor_close(cursor);
+    if (rc == HM_ERR_NOT_FOUND && mdb_rc != MDB_NOTFOUND)
+        rc = status_of(mdb_rc, "read credit grants");
     if (rc != HM_OK)
         return write_end(txn, rc);
 
@@ -1076,6 +1086,9 @@ int ledger_billed_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE]
     }
     cursor_close(cursor);
     mdb_txn_abort(txn);
+    /* A failed read is an error, not the end, because a close would skip the later periods. */
+    if (status == HM_OK && rc != 0 && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read billed periods");
     if (status != HM_OK) {
         for (size_t i = 0; i < count; i++)
             ledger_billed_free(&periods[i]);

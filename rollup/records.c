@@ -148,6 +148,9 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
         count++;
     }
     cursor_close(cursor);
+    /* A failed read is an error, not the end of the list, because a close would skip the rest. */
+    if (status == HM_OK && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read tenants");
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         free(tenants);
@@ -270,7 +273,7 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
     int status = HM_OK;
     MDB_val key, value;
     MDB_cursor_op op = MDB_FIRST;
-    while (cursor_get(cursor, &key, &value, op) == 0) {
+    while ((rc = cursor_get(cursor, &key, &value, op)) == 0) {
         op = MDB_NEXT;
         struct key_record record;
         if (key_decode(&value, &record) != HM_OK ||
@@ -288,6 +291,8 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
         keys[count++] = record;
     }
     cursor_close(cursor);
+    if (status == HM_OK && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read keys");
     mdb_txn_abort(txn);
     if (status != HM_OK) {
         free(keys);

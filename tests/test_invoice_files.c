@@ -166,16 +166,9 @@ Test(invoice_files, unchanged_files_kept)
     assert_file_of(missing, 299);
 }
 
-Test(invoice_files, document_failure_reported_once)
+/* Runs billing_files_write for PERIOD with stderr captured into `log`; returns its status. */
+static int files_write_logged(char *log, size_t size)
 {
-    /* A regular file where the documents folder belongs: every document file fails. */
-    char path[512];
-    cr_assert_eq(mkdir(invoices_dir, 0700), 0);
-    snprintf(path, sizeof path, "%s/documents", invoices_dir);
-    FILE *blocker = fopen(path, "w");
-    cr_assert_not_null(blocker);
-    fclose(blocker);
-
     char log_path[512];
     snprintf(log_path, sizeof log_path, "%s/stderr.log", dir);
     fflush(stderr);
@@ -188,10 +181,24 @@ Test(invoice_files, document_failure_reported_once)
     dup2(saved, STDERR_FILENO);
     close(saved);
     close(log_fd);
+    cr_assert_geq(file_text(log_path, log, size), 0);
+    return rc;
+}
+
+Test(invoice_files, document_failure_reported_once)
+{
+    /* A regular file where the documents folder belongs: every document file fails. */
+    char path[512];
+    cr_assert_eq(mkdir(invoices_dir, 0700), 0);
+    snprintf(path, sizeof path, "%s/documents", invoices_dir);
+    FILE *blocker = fopen(path, "w");
+    cr_assert_not_null(blocker);
+    fclose(blocker);
+
+    char log[8192];
+    int rc = files_write_logged(log, sizeof log);
 
     cr_assert_eq(rc, HM_ERR_IO);
-    char log[8192];
-    cr_assert_geq(file_text(log_path, log, sizeof log), 0);
     const char *first = strstr(log, "writing ");
     cr_assert_not_null(first, "no failure message: %s", log);
     cr_assert_not_null(strstr(first, "the document is stored in the ledger"), "%s", log);
@@ -201,4 +208,26 @@ Test(invoice_files, document_failure_reported_once)
         period_path(i, path, sizeof path);
         assert_file_of(path, i);
     }
+}
+
+Test(invoice_files, unreadable_invoice_reported)
+{
+    /* The period of tenant-007 points at an invoice number that no document has. */
+    uint8_t id[UUID_SIZE] = { 0, 7 };
+    struct ledger_txn *txn = NULL;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_invoice_point(txn, id, PERIOD, "HM-999999"), HM_OK);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+
+    char log[8192];
+    int rc = files_write_logged(log, sizeof log);
+
+    cr_assert_eq(rc, HM_ERR_IO, "a missing invoice file was reported as written");
+    cr_assert_not_null(strstr(log, "invoice of tenant tenant-007"), "no message: %s", log);
+    char path[512];
+    period_path(7, path, sizeof path);
+    cr_assert_eq(access(path, F_OK), -1, "%s was written", path);
+    /* The other tenants' files are written all the same. */
+    period_path(8, path, sizeof path);
+    assert_file_of(path, 8);
 }

@@ -205,6 +205,15 @@ static int document_has_number(void *context, const char *number, const char *te
     return 1;
 }
 
+/* Reports a walk over the stored documents that failed, so some of their files are missing. */
+static void documents_unread_report(const char *invoices_dir, int status, struct file_batch *batch)
+{
+    fprintf(stderr, "meterctl: cannot read the documents of the ledger to write their files "
+            "under %s: %s; the ledger error above names the cause\n", invoices_dir,
+            hm_status_str(status));
+    batch->failed = 1;
+}
+
 struct document_files {
     char dir[4096];
     struct file_batch *batch;
@@ -239,8 +248,16 @@ static void period_files_stage(struct ledger *ledger, uint32_t period, const cha
     int period_dir_made = 0;
     for (size_t i = 0; i < count; i++) {
         char *text = NULL;
-        if (ledger_invoice_get(ledger, tenants[i].id, period, &text) != HM_OK)
+        int rc = ledger_invoice_get(ledger, tenants[i].id, period, &text);
+        if (rc == HM_ERR_NOT_FOUND)
             continue;
+        if (rc != HM_OK) {
+            fprintf(stderr, "meterctl: cannot read the %04u-%02u invoice of tenant %s to write "
+                    "its file: %s; the ledger error above names the cause\n",
+                    period / 100, period % 100, tenants[i].name, hm_status_str(rc));
+            batch->failed = 1;
+            continue;
+        }
         if (!period_dir_made &&
             (directory_make(invoices_dir) != HM_OK || directory_make(path) != HM_OK)) {
             free(text);
@@ -275,18 +292,21 @@ int billing_files_write(struct ledger *ledger, uint32_t period, const char *invo
     struct document_files files = { .batch = batch };
     snprintf(files.dir, sizeof files.dir, "%s/documents", invoices_dir);
     int has_documents = 0;
-    ledger_document_each(ledger, document_has_number, &has_documents);
+    /* document_has_number stops the walk with 1 at the first document stored by number. */
+    int rc = ledger_document_each(ledger, document_has_number, &has_documents);
+    if (rc < 0)
+        documents_unread_report(invoices_dir, rc, batch);
     /* NOTE: every call compares the files of all documents ever stored, so it grows with them. */
     if (has_documents) {
-        if (directory_make(invoices_dir) == HM_OK && directory_make(files.dir) == HM_OK)
-            ledger_document_each(ledger, document_file_write, &files);
-        else
+        if (directory_make(invoices_dir) != HM_OK || directory_make(files.dir) != HM_OK)
             batch->failed = batch->document_failed = 1;
+        else if ((rc = ledger_document_each(ledger, document_file_write, &files)) != HM_OK)
+            documents_unread_report(invoices_dir, rc, batch);
     }
     if (period != 0)
         period_files_stage(ledger, period, invoices_dir, batch);
     file_batch_flush(batch);
-    int rc = batch->failed ? HM_ERR_IO : HM_OK;
+    rc = batch->failed ? HM_ERR_IO : HM_OK;
     free(batch);
     return rc;
 }
