@@ -1105,7 +1105,10 @@ static int verify_command(struct ledger *ledger, int argc, char **argv)
     if (rc != HM_OK)
         return fail("cannot verify: %s", hm_status_str(rc));
     uint64_t events = 0;
-    ledger_event_count(ledger, tenant.id, &events);
+    rc = ledger_event_count(ledger, tenant.id, &events);
+    if (rc != HM_OK)
+        return fail("tenant %s %04u-%02u: the rollups match, but the stored events cannot be "
+                    "counted: %s", tenant.name, period / 100, period % 100, hm_status_str(rc));
     printf("tenant %s %04u-%02u: rollups match the ledger (%" PRIu64 " events stored in all "
            "periods)\n", tenant.name, period / 100, period % 100, events);
     return 0;

@@ -78,8 +78,17 @@ static int backfill_step(struct ledger *ledger, MDB_txn *txn, int *done)
     /* Resumes after the last event that an earlier step numbered, in (tenant, event id) order. */
     MDB_val progress = { sizeof backfill_progress - 1, (void *)backfill_progress }, after;
     uint8_t after_key[2 * UUID_SIZE];
-    int resume = mdb_get(txn, ledger->tables[TABLE_META], &progress, &after) == 0 &&
-                 after.mv_size == sizeof after_key;
+    rc = mdb_get(txn, ledger->tables[TABLE_META], &progress, &after);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return status_of(rc, "read arrival progress");
+    int resume = rc == 0;
+    /* Starting over would give the events numbered so far a second number. */
+    if (resume && after.mv_size != sizeof after_key) {
+        log_error("ledger", "the progress record of the arrival numbering (meta key %s) has %zu "
+                  "bytes, expected %zu: the ledger is damaged; restore the data directory from "
+                  "a backup", backfill_progress, after.mv_size, sizeof after_key);
+        return HM_ERR_STORAGE;
+    }
     if (resume)
         memcpy(after_key, after.mv_data, sizeof after_key);
 

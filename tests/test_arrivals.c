@@ -9,9 +9,14 @@
 #include "ingest/wire.h"
 #include "rollup/ledger.h"
 
+#include "get_failure.h"
 #include "ledger_fixture.h"
 
-static void setup(void) { ledger_fixture_open("arrivals"); }
+static void setup(void)
+{
+    get_failure_armed = 0;
+    ledger_fixture_open("arrivals");
+}
 
 TestSuite(arrivals, .init = setup, .fini = ledger_fixture_remove);
 
@@ -306,4 +311,39 @@ Test(arrivals, older_ledger_numbered_in_steps)
     /* Every older event is in the id index: sending them again stores nothing. */
     cr_expect_eq(append_all(events, EVENT_COUNT), 0);
     free(events);
+}
+
+/* Meta key of the numbering's saved position, as rollup/arrivals.c names it. */
+static const char progress_key[] = "arrival_index_after";
+
+Test(arrivals, damaged_progress_fails_open)
+{
+    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_a, 2) };
+    put_old_layout(events, 2);
+    static const uint8_t cut[5] = { 0xa0, 1, 2, 3, 4 };
+    raw_put("meta", progress_key, strlen(progress_key), cut, sizeof cut);
+
+    int rc = ledger_open(&ledger, dir, NULL);
+    cr_expect_eq(rc, HM_ERR_STORAGE, "an open with a damaged progress record returned %d", rc);
+    if (rc == HM_OK) {
+        ledger_close(ledger);
+        ledger = NULL;
+    }
+    cr_expect_eq(raw_entries("arrivals"), 0, "events were numbered from the first again");
+}
+
+Test(arrivals, progress_read_error_fails_open)
+{
+    struct event events[] = { api_call(tenant_a, 1), api_call(tenant_a, 2) };
+    put_old_layout(events, 2);
+
+    get_failure_arm(progress_key, strlen(progress_key));
+    int rc = ledger_open(&ledger, dir, NULL);
+    cr_expect_eq(get_failure_armed, 0, "the open did not read the progress record");
+    cr_expect_eq(rc, HM_ERR_STORAGE, "an open whose progress read failed returned %d", rc);
+    if (rc == HM_OK) {
+        ledger_close(ledger);
+        ledger = NULL;
+    }
+    cr_expect_eq(raw_entries("arrivals"), 0, "events were numbered from the first again");
 }

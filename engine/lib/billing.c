@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -768,7 +769,8 @@ static int close_rate_one(struct ledger *ledger, uint32_t period, struct book_sh
 /*
  * Rates every tenant whose period is open. A tenant that cannot be rated is
  * reported on stderr, counted in *failures_out and left out, so that it
- * stays open while the others close.
+ * stays open while the others close. A failed read of the tenants or of a
+ * tenant's period is reported on stderr and returned, and the close stops.
  */
 static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_shelf *shelf,
                           struct closing **out, size_t *count_out, int *failures_out,
@@ -777,8 +779,11 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_sh
     struct tenant *tenants = NULL;
     size_t tenant_count = 0;
     int rc = ledger_tenant_list(ledger, &tenants, &tenant_count);
-    if (rc != HM_OK)
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
+                period / 100, period % 100, hm_status_str(rc));
         return rc;
+    }
     struct closing *closings = calloc(tenant_count ? tenant_count : 1, sizeof *closings);
     if (closings == NULL) {
         free(tenants);
@@ -788,14 +793,18 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_sh
     int failures = 0;
     for (size_t i = 0; i < tenant_count; i++) {
         int closed = ledger_period_closed(ledger, tenants[i].id, period);
-        if (closed > 0)
+        if (closed < 0) {
+            fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot read whether it is "
+                    "closed for tenant %s: %s\n", period / 100, period % 100, tenants[i].name,
+                    hm_status_str(closed));
+            free(tenants);
+            closings_free(closings, count, shelf);
+            return closed;
+        }
+        if (closed > 0) {
             sealed++;
-        if (closed != 0) {
-            if (closed > 0)
-                fprintf(stderr, "meterctl: tenant %s: period %04u-%02u is already closed; "
-                        "skipped\n", tenants[i].name, period / 100, period % 100);
-            else
-                failures++;
+            fprintf(stderr, "meterctl: tenant %s: period %04u-%02u is already closed; "
+                    "skipped\n", tenants[i].name, period / 100, period % 100);
             continue;
         }
         struct closing *closing = &closings[count];
@@ -1022,6 +1031,61 @@ static int meter_events_read(struct ledger *ledger, const struct tenant *tenant,
 }
 
 /*
+ * Reads the revision of a tenant's new invoice for `period`: one more than
+ * that of the void invoice a reopened period points at (its number goes to
+ * `previous`), or 1 for a period never closed. An invoice of a ledger from
+ * before revisions has no "revision" and counts as 1. A failed read or a
+ * damaged void invoice is reported on stderr and returned.
+ */
+static int revision_next_read(struct ledger_txn *txn, const struct tenant *tenant,
+                              uint32_t period, char previous[DOCUMENT_NUMBER_MAX],
+                              int *revision_out)
+{
+    *revision_out = 1;
+    previous[0] = '\0';
+    int rc = ledger_invoice_number_txn(txn, tenant->id, period, previous, DOCUMENT_NUMBER_MAX);
+    if (rc == HM_ERR_NOT_FOUND)
+        return HM_OK;
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: tenant %s: cannot read the number of the void invoice that "
+                "period %04u-%02u was reopened from: %s; its new invoice is not stored\n",
+                tenant->name, period / 100, period % 100, hm_status_str(rc));
+        return rc;
+    }
+
+    char *text = NULL;
+    rc = ledger_document_get_txn(txn, previous, &text);
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: tenant %s: cannot read the void invoice %s that period "
+                "%04u-%02u was reopened from: %s; its new invoice is not stored\n",
+                tenant->name, previous, period / 100, period % 100, hm_status_str(rc));
+        return rc == HM_ERR_NOT_FOUND ? HM_ERR_STORAGE : rc;
+    }
+    json_error_t json_error;
+    json_t *old = json_loads(text, 0, &json_error);
+    free(text);
+    json_t *revision = json_object_get(old, "revision");
+    json_int_t old_revision = revision == NULL ? 1 : json_integer_value(revision);
+    const char *damage = NULL;
+    if (old == NULL)
+        damage = json_error.text;
+    else if (!json_is_object(old))
+        damage = "it is not a JSON object";
+    else if (old_revision < 1 || old_revision >= INT_MAX)
+        damage = "its revision is not a positive integer";
+    json_decref(old);
+    if (damage != NULL) {
+        fprintf(stderr, "meterctl: tenant %s: the void invoice %s that period %04u-%02u was "
+                "reopened from is damaged (%s), so the revision of the new invoice is unknown; "
+                "its new invoice is not stored: restore the data directory from a backup\n",
+                tenant->name, previous, period / 100, period % 100, damage);
+        return HM_ERR_STORAGE;
+    }
+    *revision_out = (int)old_revision + 1;
+    return HM_OK;
+}
+
+/*
  * Stores one closing in the close's transaction: takes the issuer's next
  * number, seals and stores the invoice, points the period at it, keeps the
  * book snapshot and the billed state, burns the credits and settles the
@@ -1040,20 +1104,11 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     if (rc != HM_OK)
         return rc;
 
-    /* A period reopened by a void points at the void invoice: this one is its next revision. */
     char previous[DOCUMENT_NUMBER_MAX] = "";
     int revision = 1;
-    if (ledger_invoice_number_txn(txn, tenant->id, period, previous, sizeof previous) == HM_OK) {
-        char *text = NULL;
-        if (ledger_document_get_txn(txn, previous, &text) == HM_OK) {
-            json_error_t json_error;
-            json_t *old = json_loads(text, 0, &json_error);
-            json_int_t old_revision = json_integer_value(json_object_get(old, "revision"));
-            revision = (int)(old_revision > 0 ? old_revision : 1) + 1;
-            json_decref(old);
-            free(text);
-        }
-    }
+    rc = revision_next_read(txn, tenant, period, previous, &revision);
+    if (rc != HM_OK)
+        return rc;
     rc = invoice_seal(closing, revision, previous[0] ? previous : NULL, now_s);
     char *text = rc == HM_OK ? json_dumps(closing->json, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (rc == HM_OK && text == NULL)
@@ -1146,8 +1201,6 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
     if (rc != HM_OK) {
         ledger_abort(txn);
         book_shelf_free(&shelf);
-        fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot list the tenants: %s\n",
-                period / 100, period % 100, hm_status_str(rc));
         return rc;
     }
     if (count == 0) {
@@ -1264,10 +1317,12 @@ static void open_month_add(struct open_months *months, const char *tenant, uint3
 
 /*
  * Checks one tenant for open months before `period` in which it was in
- * service or has events, and adds them to `months`.
+ * service or has events, and adds them to `months`. A failed read is
+ * returned with the tenant named in `error`.
  */
 static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant,
-                              uint32_t period, struct open_months *months)
+                              uint32_t period, struct open_months *months, char *error,
+                              size_t error_size)
 {
     struct tenant_settings settings;
     uint32_t *event_periods = NULL;
@@ -1275,8 +1330,12 @@ static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant
     int rc = ledger_tenant_settings_get(ledger, tenant->id, &settings);
     if (rc == HM_OK)
         rc = ledger_event_periods(ledger, tenant->id, period, &event_periods, &event_count);
-    if (rc != HM_OK)
+    if (rc != HM_OK) {
+        snprintf(error, error_size, "period %04u-%02u not closed: cannot read the settings and "
+                 "event periods of tenant %s: %s", period / 100, period % 100, tenant->name,
+                 hm_status_str(rc));
         return rc;
+    }
     /* A tenant without a service start (0) is checked by its events only. */
     uint32_t month = tenant->service_start_s > 0
                          ? event_period_of(tenant->service_start_s * 1000000)
@@ -1291,12 +1350,21 @@ static int tenant_open_months(struct ledger *ledger, const struct tenant *tenant
         int has_events = 0;
         for (size_t i = 0; i < event_count; i++)
             has_events |= event_periods[i] == month;
-        if ((!in_service && !has_events) || ledger_period_closed(ledger, tenant->id, month) != 0)
+        if (!in_service && !has_events)
             continue;
-        open_month_add(months, tenant->name, month, has_events ? "has events" : "in service");
+        int closed = ledger_period_closed(ledger, tenant->id, month);
+        if (closed < 0) {
+            snprintf(error, error_size, "period %04u-%02u not closed: cannot read whether "
+                     "period %04u-%02u of tenant %s is closed: %s", period / 100, period % 100,
+                     month / 100, month % 100, tenant->name, hm_status_str(closed));
+            rc = closed;
+            break;
+        }
+        if (closed == 0)
+            open_month_add(months, tenant->name, month, has_events ? "has events" : "in service");
     }
     free(event_periods);
-    return HM_OK;
+    return rc;
 }
 
 /*
@@ -1349,13 +1417,10 @@ int billing_close_order_check(struct ledger *ledger, uint32_t period, char *erro
     }
     struct open_months months = { .found = 0 };
     for (size_t i = 0; i < count && rc == HM_OK; i++)
-        rc = tenant_open_months(ledger, &tenants[i], period, &months);
+        rc = tenant_open_months(ledger, &tenants[i], period, &months, error, error_size);
     free(tenants);
-    if (rc != HM_OK) {
-        snprintf(error, error_size, "cannot read the open months of the tenants: %s",
-                 hm_status_str(rc));
+    if (rc != HM_OK)
         return rc;
-    }
     if (months.found == 0)
         return HM_OK;
     /* List fewer months rather than cut the message when the caller's buffer is small. */

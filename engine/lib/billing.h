@@ -84,8 +84,10 @@ int64_t billing_billed_usage_minor(const struct billed_period *billed);
  * A tenant that cannot be rated (a missing price, an overflow) stays open
  * and makes the result HM_ERR_INVALID, so that one tenant's usage never
  * holds back the others. Files that cannot be written after the commit make
- * it HM_ERR_IO (the ledger stays the record; a rerun writes them).
- * Errors are printed to stderr.
+ * it HM_ERR_IO (the ledger stays the record; a rerun writes them). A
+ * failed read of whether a tenant's period is closed, or of the invoice a
+ * reopened period replaces, stops the close with that error and stores
+ * nothing. Errors are printed to stderr.
  */
 int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_dir, FILE *out);
 
@@ -122,7 +124,8 @@ int billing_close_allowed(struct ledger *ledger, uint32_t period, int64_t now_s,
  * (from its service start, when it has one) or has events. Returns HM_OK,
  * or HM_ERR_STATE with the fix in `error`: the count of such months, the
  * first ten by tenant, the oldest, and never a cut sentence (fewer months
- * are named when error_size is small).
+ * are named when error_size is small). A failed read of the ledger returns
+ * its error, and `error` names the tenant and month being read, if any.
  */
 int billing_close_order_check(struct ledger *ledger, uint32_t period, char *error,
                               size_t error_size);
