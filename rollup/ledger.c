@@ -243,6 +243,9 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     if (rc != 0)
         goto fail_open;
     if (!(options && options->read_only) && (rc = arrivals_backfill(ledger)) != HM_OK) {
+        snprintf(open_error, sizeof open_error, "numbering the stored events of the ledger in "
+                 "%s failed (%s); the ledger error logged above names the cause", dir,
+                 hm_status_str(rc));
         mdb_env_close(ledger->env);
         rollup_log_summary_free(ledger);
         free(ledger);

@@ -329,6 +329,8 @@ Test(arrivals, damaged_progress_fails_open)
         ledger_close(ledger);
         ledger = NULL;
     }
+    cr_expect_not_null(strstr(ledger_open_error(), "numbering the stored events"),
+                       "the open error names no cause: \"%s\"", ledger_open_error());
     cr_expect_eq(raw_entries("arrivals"), 0, "events were numbered from the first again");
 }
 
