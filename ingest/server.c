@@ -600,7 +600,13 @@ static void sweep_timeouts(struct server *server)
         }
         if (connection->closing)
             continue;
-        /* Only while reading: a paused read (too many acks owed) is the server's own doing. */
+        /*
+         * Only while reading: a paused read (too many acks owed, or the ledger
+         * full) is the server's own doing. The frame's clock restarts at every
+         * tick of the pause, so the sender gets the whole timeout once reads resume.
+         */
+        if (connection->in_size > 0 && !connection->recv_armed)
+            connection->frame_started_ms = now;
         if (connection->in_size > 0 && connection->recv_armed &&
             now - connection->frame_started_ms > (int64_t)server->frame_timeout_ms) {
             server->stats.connections_timed_out++;

@@ -14,6 +14,8 @@ static struct harness server;
 static struct test_tenant tenant;
 static uint8_t frame[FRAME_SIZE_MAX];
 static char log_path[300];
+/* meterd's --frame-timeout-ms for the next start_with, or NULL for its default. */
+static const char *frame_timeout_ms;
 
 /* Starts meterd with its stderr in log_path and the test hook `variable` set to `value`. */
 static void start_with(const char *variable, const char *value)
@@ -25,6 +27,11 @@ static void start_with(const char *variable, const char *value)
     server.extra_args[0] = "--log-level";
     server.extra_args[1] = "info";
     server.extra_args[2] = NULL;
+    if (frame_timeout_ms != NULL) {
+        server.extra_args[2] = "--frame-timeout-ms";
+        server.extra_args[3] = frame_timeout_ms;
+        server.extra_args[4] = NULL;
+    }
     int saved = dup(2);
     int log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     cr_assert_geq(log, 0);
@@ -267,4 +274,46 @@ Test(full_retry, slow_commit_counted_and_logged)
     cr_assert_eq(stats_counter("+Inf"), 2);
     cr_assert_eq(log_count("slow commit: storing a batch took 11"), 1,
                  "slow commit lines: %d", log_count("slow commit:"));
+}
+
+/*
+ * A frame that was half received when the ledger filled: reads pause for
+ * about 1.5 s, longer than the frame timeout of 1 s. That pause is the
+ * server's, so the sender still has the whole timeout to send the rest
+ * once its first frame is acknowledged.
+ */
+Test(full_retry, frame_timeout_pauses_while_full)
+{
+    /* Two failed commits: the retry after 0.5 s fails, the one 1 s later succeeds. */
+    frame_timeout_ms = "1000";
+    start_logged("2");
+    frame_timeout_ms = NULL;
+    int fd = harness_connect(&server);
+    struct timeval timeout = { 10, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    size_t size = small_frame(1, 1);
+    harness_send_all(fd, frame, size);
+    harness_sleep_ms(200);
+
+    /* The first part of frame 2 arrives while the ledger is full. */
+    enum { FIRST_PART = 60 };
+    size = small_frame(2, 2);
+    harness_send_all(fd, frame, FIRST_PART);
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack after the ledger had room again");
+    cr_assert_eq(ack.frame_id, 1);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+
+    /* Over one timer tick of 250 ms, and well within the frame timeout. */
+    harness_sleep_ms(400);
+    harness_send_all(fd, frame + FIRST_PART, size - FIRST_PART);
+    cr_assert_eq(harness_read_ack(fd, &ack), 0, "frame 2 got no ack: the connection was "
+                 "closed for its frame timeout");
+    cr_assert_eq(ack.frame_id, 2);
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 1);
+    close(fd);
+    cr_assert_eq(harness_stop(&server), 0);
+    cr_assert_eq(stats_counter("connections_timed_out"), 0);
+    cr_assert_eq(log_count("reason=frame_timeout"), 0);
 }
