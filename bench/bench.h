@@ -87,6 +87,7 @@ struct pool {
     size_t text_size;
     size_t text_capacity;
     uint64_t draw_state; /* the random state after the last synthetic event drawn */
+    int64_t synthetic_end_us; /* synthetic timestamps fall from 2023-11-01 up to this instant */
 };
 
 struct pool_options {
@@ -95,7 +96,11 @@ struct pool_options {
     size_t event_target;     /* pool size in events: the traces, then synthetic events */
     uint32_t events_per_frame;
     uint64_t seed;
+    uint32_t months; /* calendar months, from 2023-11, that synthetic timestamps spread over: 1 to 6 */
 };
+
+/* The most calendar months that synthetic timestamps can spread over. */
+#define POOL_MONTHS_MAX 6
 
 /* Builds the pool. Returns HM_OK, or an error after printing its cause. */
 int pool_build(struct pool *pool, const struct pool_options *options);

@@ -53,6 +53,10 @@ static const char usage_text[] =
     "  --close-tenants N     tenants of the close phase, 1 to 100000 (default 1000)\n"
     "  --events-per-frame N  events per frame and per batch, 1 to 4096 (default 256)\n"
     "  --tenants N           tenants, 1 to 64 (default 8)\n"
+    "  --months N            calendar months from 2023-11 that the drawn events'\n"
+    "                        timestamps spread over, 1 to 6 (default 6, so that every\n"
+    "                        month partition of PostgreSQL is used; 1 is closer to a\n"
+    "                        live stream, whose events fall in the current month)\n"
     "  --connections N       TCP connections to meterd and the socket, 1 to 16 (default 1)\n"
     "  --window N            closed-loop frames in flight per connection, 1 to 4096\n"
     "                        (default 512)\n"
@@ -83,6 +87,7 @@ struct options {
     uint64_t close_events;
     uint32_t close_tenants;
     uint32_t events_per_frame, tenants, connections, window, pg_connections, redis_connections;
+    uint32_t months; /* that synthetic timestamps spread over */
     const char *traces;
     const char *out;
     int keep_temp;
@@ -264,6 +269,7 @@ static int parse_options(int argc, char **argv, struct options *options)
     *options = (struct options){ .mode = "full", .events = 3000000,
                                  .loads = { 0.25, 0.5, 0.75, 0.9 }, .load_count = 4,
                                  .duration_s = 4, .events_per_frame = 256, .tenants = 8,
+                                 .months = POOL_MONTHS_MAX,
                                  .connections = 1, .window = 512, .pg_connections = 4,
                                  .redis_connections = 2, .close = 1,
                                  .close_events = 100000000, .close_tenants = 1000,
@@ -314,6 +320,9 @@ static int parse_options(int argc, char **argv, struct options *options)
             if (end == value || *end != '\0' || !(options->duration_s >= 0.1) ||
                 options->duration_s > 120)
                 rc = option_error(option, value, "seconds from 0.1 to 120");
+        } else if (strcmp(option, "--months") == 0) {
+            rc = parse_unsigned(option, value, 1, POOL_MONTHS_MAX, &number);
+            options->months = (uint32_t)number;
         } else if (strcmp(option, "--open-max") == 0) {
             rc = parse_unsigned(option, value, 1000, 100000000, &number);
             options->open_max_eps = (double)number;
@@ -405,12 +414,13 @@ static int write_results(const char *path, const struct bench *bench,
     fprintf(file, "{\"command\": ");
     json_string(file, command);
     fprintf(file, ", \"mode\": \"%s\", \"closed_events\": %zu, \"pool_events\": %zu, "
-            "\"trace_events\": %zu, \"events_per_frame\": %u, \"tenants\": %u, "
+            "\"trace_events\": %zu, \"events_per_frame\": %u, \"tenants\": %u, \"months\": %u, "
             "\"duration_s\": %.3f, \"connections\": %u, \"window\": %u, "
             "\"pg_connections\": %u, \"redis_connections\": %u, \"group_events\": %u, "
             "\"pool_events_max\": %zu, \"peers\": [", options->mode,
             pool_events_in(&bench->pool, bench->closed_frames), bench->pool.event_count,
             bench->pool.trace_event_count, options->events_per_frame, options->tenants,
+            options->months,
             options->duration_s, options->connections, options->window, options->pg_connections,
             options->redis_connections, bench->group_events, BENCH_POOL_EVENTS_MAX);
     int first = 1;
@@ -527,7 +537,7 @@ static int build_pool(struct bench *bench, const struct options *options)
                                          .trace_dir = options->traces,
                                          .event_target = options->events,
                                          .events_per_frame = options->events_per_frame,
-                                         .seed = bench->seed };
+                                         .seed = bench->seed, .months = options->months };
     if (rc == HM_OK)
         rc = pool_build(&bench->pool, &pool_options);
     if (rc != HM_OK)

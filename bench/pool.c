@@ -18,9 +18,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Synthetic timestamps are spread over six calendar months, so that every month partition is used. */
+/*
+ * Synthetic timestamps are spread over calendar months from 2023-11 on, by
+ * default six of them, so that every month partition of PostgreSQL is used.
+ */
 #define SYNTHETIC_START_US (INT64_C(1698796800) * 1000000) /* 2023-11-01T00:00:00Z */
-#define SYNTHETIC_END_US (INT64_C(1714521600) * 1000000)   /* 2024-05-01T00:00:00Z */
+
+/* The first instant of each month from 2023-11 to 2024-05, in seconds. */
+static const int64_t month_starts_s[POOL_MONTHS_MAX + 1] = {
+    1698796800, 1701388800, 1704067200, 1706745600, 1709251200, 1711929600, 1714521600,
+};
 
 /* ---- a small deterministic generator (splitmix64) ---- */
 
@@ -337,6 +344,10 @@ int pool_build(struct pool *pool, const struct pool_options *options)
 {
     memset(pool, 0, sizeof *pool);
     pool->events_per_frame = options->events_per_frame;
+    uint32_t months = options->months >= 1 && options->months <= POOL_MONTHS_MAX
+                          ? options->months
+                          : POOL_MONTHS_MAX;
+    pool->synthetic_end_us = month_starts_s[months] * 1000000;
     int rc = keys_load(pool, options->keys_path);
     if (rc != HM_OK)
         return rc;
@@ -359,7 +370,7 @@ int pool_build(struct pool *pool, const struct pool_options *options)
         if (i < collector.count)
             event = &collector.events[i];
         else
-            pool_draw_event(pool, &state, SYNTHETIC_START_US, SYNTHETIC_END_US, &drawn);
+            pool_draw_event(pool, &state, SYNTHETIC_START_US, pool->synthetic_end_us, &drawn);
         rc = frame_event(pool, frames, event);
     }
     pool->draw_state = state;
@@ -384,7 +395,8 @@ int pool_extend(struct pool *pool, size_t event_target)
     size_t pending = 0;
     while (rc == HM_OK && pool->event_count + pending < event_target) {
         struct event drawn;
-        pool_draw_event(pool, &pool->draw_state, SYNTHETIC_START_US, SYNTHETIC_END_US, &drawn);
+        pool_draw_event(pool, &pool->draw_state, SYNTHETIC_START_US, pool->synthetic_end_us,
+                        &drawn);
         size_t before = pool->event_count;
         rc = frame_event(pool, frames, &drawn);
         /* A sealed frame moved its events from pending to the pool. */

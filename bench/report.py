@@ -269,7 +269,9 @@ def write_markdown(results, path, source_dir):
         f"- events: {results['closed_events']:,} in the closed loop; the pool holds "
         f"{results['pool_events']:,} events, {results['trace_events']:,} of them replayed "
         "from the bundled traces and the rest drawn from them; "
-        f"{results['events_per_frame']} events per frame, {results['tenants']} tenants",
+        f"{results['events_per_frame']} events per frame, {results['tenants']} tenants; "
+        f"the drawn events' timestamps spread over {results.get('months', 6)} calendar "
+        "months from 2023-11",
         f"- open loop: Poisson arrivals of frames for {results['duration_s']:g} s per load, "
         f"from a pool grown to at most {results['pool_events_max']:,} events, so a peer "
         "faster than that gets a shorter phase (the seconds column); latency from each "
