@@ -214,7 +214,8 @@ int child_stop(pid_t pid, int timeout_ms);
 struct phase {
     const char *peer;     /* for progress lines */
     int open_loop;
-    double load_fraction; /* of the peer's closed-loop maximum; 0 for the closed loop */
+    double load_fraction; /* of the peer's closed-loop maximum, or of --open-max; 0 for the closed loop */
+    double offered_eps;   /* open loop: load_fraction times that maximum */
     double frames_per_second; /* open loop: mean arrival rate (Poisson arrivals) */
     size_t frame_count;       /* frames of the pool, from the first */
     int64_t *schedule_ns;     /* open loop: arrival time of each frame, from the phase start */

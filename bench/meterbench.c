@@ -130,6 +130,7 @@ int bench_open_phase(struct bench *bench, const char *peer, double load, double 
         frames = 1;
     double mean_events = (double)pool->event_count / (double)pool->frame_count;
     *phase = (struct phase){ .peer = peer, .open_loop = 1, .load_fraction = load,
+                             .offered_eps = load * max_eps,
                              .frames_per_second = load * max_eps / mean_events,
                              .frame_count = frames,
                              .time_cap_s = bench->duration_s * 3 + 10 };
@@ -154,7 +155,7 @@ void bench_record_open(struct peer_result *result, struct phase *phase)
         return;
     struct open_result *open = &result->open[result->open_count++];
     open->load_fraction = phase->load_fraction;
-    open->offered_eps = phase->load_fraction * result->closed_eps;
+    open->offered_eps = phase->offered_eps;
     open->events = phase->events_done;
     open->seconds = phase->seconds;
     open->achieved_eps = phase->seconds > 0 ? (double)phase->events_done / phase->seconds : 0;
@@ -417,12 +418,13 @@ static int write_results(const char *path, const struct bench *bench,
             "\"trace_events\": %zu, \"events_per_frame\": %u, \"tenants\": %u, \"months\": %u, "
             "\"duration_s\": %.3f, \"connections\": %u, \"window\": %u, "
             "\"pg_connections\": %u, \"redis_connections\": %u, \"group_events\": %u, "
-            "\"pool_events_max\": %zu, \"peers\": [", options->mode,
+            "\"pool_events_max\": %zu, \"open_max_eps\": %.0f, \"peers\": [", options->mode,
             pool_events_in(&bench->pool, bench->closed_frames), bench->pool.event_count,
             bench->pool.trace_event_count, options->events_per_frame, options->tenants,
             options->months,
             options->duration_s, options->connections, options->window, options->pg_connections,
-            options->redis_connections, bench->group_events, BENCH_POOL_EVENTS_MAX);
+            options->redis_connections, bench->group_events, BENCH_POOL_EVENTS_MAX,
+            options->open_max_eps);
     int first = 1;
     for (int i = 0; i < PEER_COUNT; i++) {
         const struct peer_result *r = &results[i];
