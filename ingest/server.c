@@ -1056,28 +1056,37 @@ static void duration_count(uint64_t duration_us, uint64_t *total, uint64_t *max,
 
 /*
  * Counts one run of the commit hook (failed ones too) by its duration and
- * by the part of it that was the store's durable write, and logs a slow one.
+ * by its parts: the store's durable write and its wait for the write lock.
+ * Logs a slow one, with a hint for the part that took half of it or more.
  */
-static void commit_duration_count(struct server *server, uint64_t duration_us, uint64_t write_us)
+static void commit_duration_count(struct server *server, uint64_t duration_us, uint64_t write_us,
+                                  uint64_t lock_us)
 {
     struct server_stats *stats = &server->stats;
     duration_count(duration_us, &stats->commit_us_total, &stats->commit_us_max,
                    stats->commit_ms_counts);
     duration_count(write_us, &stats->write_us_total, &stats->write_us_max,
                    stats->write_ms_counts);
+    stats->lock_us_total += lock_us;
+    if (lock_us > stats->lock_us_max)
+        stats->lock_us_max = lock_us;
     uint64_t suppressed = 0;
     if (duration_us < (uint64_t)COMMIT_SLOW_MS * 1000 ||
         !log_limit_pass(&server->slow_commit_log, &suppressed))
         return;
-    const char *hint = 2 * write_us >= duration_us
-                           ? "Check the device of the data directory for other load or a "
-                             "failing disk"
-                           : "The rest was work of the CPU: check whether meterd gets the CPU "
-                             "time it needs";
-    log_warn("server", "slow commit: storing a batch took %llu ms, %llu ms of it writing and "
-             "syncing, and its senders waited as long for their acks. %s (suppressed=%llu)",
-             (unsigned long long)(duration_us / 1000), (unsigned long long)(write_us / 1000),
-             hint, (unsigned long long)suppressed);
+    const char *hint;
+    if (2 * lock_us >= duration_us)
+        hint = "Another process held the ledger's write lock: a meterctl command that writes "
+               "(close, rollups rebuild, tenant or key changes) makes commits wait until it ends";
+    else if (2 * write_us >= duration_us)
+        hint = "Check the device of the data directory for other load or a failing disk";
+    else
+        hint = "The rest was work of the CPU: check whether meterd gets the CPU time it needs";
+    log_warn("server", "slow commit: storing a batch took %llu ms, %llu ms of it waiting for the "
+             "ledger's write lock and %llu ms writing and syncing, and its senders waited as "
+             "long for their acks. %s (suppressed=%llu)",
+             (unsigned long long)(duration_us / 1000), (unsigned long long)(lock_us / 1000),
+             (unsigned long long)(write_us / 1000), hint, (unsigned long long)suppressed);
 }
 
 /* Hands `committing` to the commit thread. */
@@ -1129,7 +1138,7 @@ static int commit_collect(struct server *server, int wait)
         accepted |= batch->entries[i].status == FRAME_ACCEPTED;
     /* A batch of rejects only never reached the commit thread. */
     if (accepted)
-        commit_duration_count(server, duration_us, batch->write_us);
+        commit_duration_count(server, duration_us, batch->write_us, batch->lock_us);
     if (rc == HM_ERR_FULL) {
         server->stats.commit_failures++;
         full_enter(server, rc);
@@ -1458,6 +1467,7 @@ static int stats_print(FILE *file, const struct server_stats *stats)
             "\"events_duplicate\": %llu, \"events_conflict\": %llu, \"commits\": %llu, "
             "\"commit_failures\": %llu, \"commit_us_total\": %llu, \"commit_us_max\": %llu, "
             "\"write_us_total\": %llu, \"write_us_max\": %llu, "
+            "\"lock_us_total\": %llu, \"lock_us_max\": %llu, "
             "\"connections_accepted\": %llu, "
             "\"connections_rejected\": %llu, \"connections_timed_out\": %llu, "
             "\"connections_evicted\": %llu, \"connections_closed_rejects\": %llu, "
@@ -1469,6 +1479,7 @@ static int stats_print(FILE *file, const struct server_stats *stats)
             (unsigned long long)stats->commit_failures,
             (unsigned long long)stats->commit_us_total, (unsigned long long)stats->commit_us_max,
             (unsigned long long)stats->write_us_total, (unsigned long long)stats->write_us_max,
+            (unsigned long long)stats->lock_us_total, (unsigned long long)stats->lock_us_max,
             (unsigned long long)stats->connections_accepted,
             (unsigned long long)stats->connections_rejected,
             (unsigned long long)stats->connections_timed_out,

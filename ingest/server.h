@@ -51,6 +51,8 @@ struct ingest_batch {
      * spent in its durable write (writing and syncing), 0 when unknown.
      */
     uint64_t write_us;
+    /* Set by the commit hook: microseconds it waited for the store's write lock, 0 when unknown. */
+    uint64_t lock_us;
 };
 
 struct server_hooks {
@@ -159,6 +161,9 @@ struct server_stats {
     uint64_t write_us_total;
     uint64_t write_us_max;
     uint64_t write_ms_counts[SERVER_COMMIT_BUCKETS];
+    /* The part of the commits spent waiting for the store's write lock (ingest_batch.lock_us). */
+    uint64_t lock_us_total;
+    uint64_t lock_us_max;
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */

@@ -288,12 +288,25 @@ void ledger_close(struct ledger *ledger)
     free(ledger);
 }
 
+/* Microseconds from `start` to now on the monotonic clock. */
+static uint64_t elapsed_us(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)((now.tv_sec - start->tv_sec) * 1000000 +
+                      (now.tv_nsec - start->tv_nsec) / 1000);
+}
+
 int ledger_begin(struct ledger *ledger, struct ledger_txn **out)
 {
     struct ledger_txn *txn = malloc(sizeof *txn);
     if (txn == NULL)
         return HM_ERR_NOMEM;
+    /* LMDB's write lock: another process's write transaction makes this wait. */
+    struct timespec lock_start;
+    clock_gettime(CLOCK_MONOTONIC, &lock_start);
     int rc = txn_begin(ledger, 0, &txn->txn);
+    ledger->lock_us_last = elapsed_us(&lock_start);
     if (rc != 0) {
         free(txn);
         return status_of(rc, "begin write transaction");
@@ -607,12 +620,10 @@ int ledger_commit(struct ledger_txn *txn)
     }
 #endif
     int appending = txn->appending, advanced = generation_advances(txn);
-    struct timespec write_start, write_end;
+    struct timespec write_start;
     clock_gettime(CLOCK_MONOTONIC, &write_start);
     int rc = mdb_txn_commit(txn->txn);
-    clock_gettime(CLOCK_MONOTONIC, &write_end);
-    ledger->write_us_last = (uint64_t)((write_end.tv_sec - write_start.tv_sec) * 1000000 +
-                                       (write_end.tv_nsec - write_start.tv_nsec) / 1000);
+    ledger->write_us_last = elapsed_us(&write_start);
     if (appending && rc == 0) {
         rollup_log_committed(txn);
         dedup_txn_commit(ledger->dedup);
@@ -632,6 +643,11 @@ int ledger_commit(struct ledger_txn *txn)
 uint64_t ledger_commit_write_us(const struct ledger *ledger)
 {
     return ledger->write_us_last;
+}
+
+uint64_t ledger_begin_lock_us(const struct ledger *ledger)
+{
+    return ledger->lock_us_last;
 }
 
 void ledger_abort(struct ledger_txn *txn)

@@ -69,6 +69,13 @@ int ledger_commit(struct ledger_txn *txn);
  * them and then the meta page. The rest of a commit is work of the CPU.
  */
 uint64_t ledger_commit_write_us(const struct ledger *ledger);
+
+/*
+ * Microseconds that the last ledger_begin waited for LMDB's write lock,
+ * which another process's write transaction holds (meterctl close, a
+ * rollups rebuild).
+ */
+uint64_t ledger_begin_lock_us(const struct ledger *ledger);
 void ledger_abort(struct ledger_txn *txn);
 
 /* Outcome of appending one event. */

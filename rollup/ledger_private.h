@@ -100,6 +100,7 @@ struct ledger {
     int log_sum_valid;
     uint64_t folds_summed, folds_read; /* ledger_fold_counts */
     uint64_t write_us_last;            /* ledger_commit_write_us */
+    uint64_t lock_us_last;             /* ledger_begin_lock_us */
 };
 
 /* Tenants whose next arrival number a write transaction remembers. */

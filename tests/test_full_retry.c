@@ -317,3 +317,39 @@ Test(full_retry, frame_timeout_pauses_while_full)
     cr_assert_eq(stats_counter("connections_timed_out"), 0);
     cr_assert_eq(log_count("reason=frame_timeout"), 0);
 }
+
+/*
+ * Another process holds the ledger's write lock for 1.2 s while a frame
+ * arrives. The commit waits for it, and the slow commit's log line and the
+ * counters name the wait for the lock, not the disk or the CPU.
+ */
+Test(full_retry, slow_commit_names_lock_wait)
+{
+    start_with("METER_TEST_FULL_COMMITS", "0");
+    struct ledger *holder = NULL;
+    cr_assert_eq(ledger_open(&holder, server.dir, NULL), HM_OK);
+    struct ledger_txn *held = NULL;
+    cr_assert_eq(ledger_begin(holder, &held), HM_OK);
+
+    int fd = harness_connect(&server);
+    struct timeval timeout = { 10, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    size_t size = small_frame(1, 1);
+    harness_send_all(fd, frame, size);
+    harness_sleep_ms(1200);
+    ledger_abort(held);
+    ledger_close(holder);
+
+    struct frame_ack ack;
+    cr_assert_eq(harness_read_ack(fd, &ack), 0, "no ack once the lock was released");
+    cr_assert_eq(ack.status, FRAME_ACCEPTED);
+    cr_assert_eq(ack.stored, 1);
+    close(fd);
+    cr_assert_eq(harness_stop(&server), 0);
+
+    cr_assert_geq(stats_counter("lock_us_max"), 1000000);
+    cr_assert_leq(stats_counter("lock_us_max"), stats_counter("commit_us_max"));
+    cr_assert_lt(stats_counter("write_us_max"), 1000000);
+    cr_assert_eq(log_count("Another process held the ledger's write lock"), 1,
+                 "slow commit lines: %d", log_count("slow commit:"));
+}

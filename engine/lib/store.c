@@ -139,15 +139,16 @@ static int append_frame(struct store *store, struct ledger_txn *txn, struct batc
 static int commit(void *context, struct ingest_batch *batch)
 {
     struct store *store = context;
+    batch->write_us = batch->lock_us = 0;
     if (store->not_stored == NULL) {
         int rc = rollup_deltas_create(&store->not_stored, 64);
         if (rc != HM_OK)
             return rc;
     }
     rollup_deltas_clear(store->not_stored);
-    batch->write_us = 0;
     struct ledger_txn *txn;
     int rc = ledger_begin(store->ledger, &txn);
+    batch->lock_us = ledger_begin_lock_us(store->ledger);
     if (rc != HM_OK)
         return rc;
     for (size_t i = 0; i < batch->entry_count; i++) {
