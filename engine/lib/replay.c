@@ -726,7 +726,10 @@ static void on_ack(void *context, const struct frame_ack *ack, uint16_t event_co
         return;
     if (ack->status == FRAME_ACCEPTED)
         log_error(MODULE, "events conflict frame_id=%" PRIu64 " conflicts=%u events=%u "
-                          "suppressed=%" PRIu64,
+                          "suppressed=%" PRIu64 ": the ledger holds events with the same ids "
+                          "and other content, from an earlier replay of other rows or options "
+                          "(a --limit replay conflicts with a full one, see replay --help); "
+                          "replay into a fresh data directory to store these events",
                   ack->frame_id, ack->conflicts, event_count, suppressed);
     else
         log_error(MODULE, "frame rejected status=%s frame_id=%" PRIu64 " detail=%u events=%u "
