@@ -155,23 +155,41 @@ struct client_tcp {
 /* Result of a pump round that needs a new connection (never returned to callers). */
 #define RECONNECT_NEEDED 1
 
+/* The errno of this thread's last failed connection attempt (client_connect_error). */
+static _Thread_local int connect_error;
+
+int client_connect_error(void)
+{
+    return connect_error;
+}
+
 /* Connects to the first address that accepts within the timeout; returns the fd or -1. */
 static int connect_any(const struct addrinfo *addresses, uint32_t timeout_ms)
 {
     for (const struct addrinfo *a = addresses; a != NULL; a = a->ai_next) {
         int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                         a->ai_protocol);
-        if (fd < 0)
+        if (fd < 0) {
+            connect_error = errno;
             continue;
+        }
         if (connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
+            connect_error = errno;
             close(fd);
             continue;
         }
         struct pollfd pfd = { .fd = fd, .events = POLLOUT };
         int error = 0;
         socklen_t error_size = sizeof error;
-        if (poll(&pfd, 1, (int)timeout_ms) != 1 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &error_size) != 0 || error != 0) {
+        int ready = poll(&pfd, 1, (int)timeout_ms);
+        if (ready != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &error_size) != 0 ||
+            error != 0) {
+            if (ready == 0)
+                connect_error = ETIMEDOUT;
+            else if (error != 0)
+                connect_error = error;
+            else
+                connect_error = errno;
             close(fd);
             continue;
         }

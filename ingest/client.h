@@ -170,6 +170,13 @@ struct client_tcp;
 int client_tcp_open(const struct client_tcp_options *options, struct client_tcp **client_out);
 
 /*
+ * Returns the errno of the calling thread's last failed connection
+ * attempt (ECONNREFUSED, ETIMEDOUT, ...), or 0 when none failed, so that a
+ * caller can name why HM_ERR_IO came back.
+ */
+int client_connect_error(void);
+
+/*
  * Copies a sealed frame into a free window slot and sends it. When the
  * window is full it first waits for acknowledgements. The frame id is read
  * from the frame's header and must differ from every frame in flight (use

@@ -3,6 +3,8 @@
 
 #include "ingest/client.h"
 
+#include <errno.h>
+
 static struct harness server;
 static struct test_tenant tenant;
 
@@ -177,4 +179,32 @@ Test(client, udp_frames_stored)
         stored = stored_inference_events();
     }
     cr_assert_eq(stored, 200);
+}
+
+/* A port that nothing listens on: the open fails, and the reason is the system's, not only HM_ERR_IO. */
+Test(client, refused_connect_names_reason)
+{
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(listener, 0);
+    struct sockaddr_in address = { .sin_family = AF_INET,
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    cr_assert_eq(bind(listener, (struct sockaddr *)&address, sizeof address), 0);
+    socklen_t size = sizeof address;
+    cr_assert_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
+    /* Bound but not listening: a connection to it is refused. */
+    char port[16];
+    snprintf(port, sizeof port, "%u", ntohs(address.sin_port));
+    struct client_tcp_options options = {
+        .host = "127.0.0.1",
+        .port = port,
+        .reconnect_attempts = 1,
+        .backoff_initial_ms = 1,
+        .ack_timeout_ms = 1000,
+    };
+    struct client_tcp *client = NULL;
+    cr_assert_eq(client_tcp_open(&options, &client), HM_ERR_IO);
+    cr_assert_null(client);
+    cr_assert_eq(client_connect_error(), ECONNREFUSED, "connect error %d",
+                 client_connect_error());
+    close(listener);
 }

@@ -794,12 +794,16 @@ static int transport_open(struct replay *replay)
         struct client_udp_options udp_options = { .host = options->host, .port = options->port };
         rc = client_udp_open(&udp_options, &replay->udp);
     }
-    if (rc != HM_OK)
+    if (rc != HM_OK) {
+        /* The system's error of the last failed attempt names the cause better than HM_ERR_IO. */
+        int connect_errno = rc == HM_ERR_IO ? client_connect_error() : 0;
         log_error(MODULE, "connect failed transport=%s host=%s port=%s error=%s after %u "
                           "attempts with backoff; check that meterd listens there (meterd "
                           "--tcp-port and --udp-port)",
                   options->transport == TRANSPORT_TCP ? "tcp" : "udp", options->host,
-                  options->port, hm_status_str(rc), options->reconnect_attempts);
+                  options->port, connect_errno ? strerror(connect_errno) : hm_status_str(rc),
+                  options->reconnect_attempts);
+    }
     return rc;
 }
 
