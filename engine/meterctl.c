@@ -1061,6 +1061,13 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
     pending_adjustments_report(ledger, &tenant);
 
     int closed = ledger_period_closed(ledger, tenant.id, period);
+    if (closed < 0) {
+        /* A draft would show an open period that may be closed and billed. */
+        fprintf(stderr, "meterctl: cannot read whether %04u-%02u is closed for tenant %s: %s; "
+                "the ledger error above names the cause\n", period / 100, period % 100,
+                tenant.name, hm_status_str(closed));
+        return 1;
+    }
     char *stored = NULL;
     if (closed > 0 && ledger_invoice_get(ledger, tenant.id, period, &stored) == HM_OK) {
         printf("\nThe period is closed; its invoice:\n\n");

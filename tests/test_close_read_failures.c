@@ -95,6 +95,22 @@ static int close_logged(char *log, size_t log_size)
     return rc;
 }
 
+/* Counts meterctl's error lines in a captured stderr, leaving out the notes on closed tenants. */
+static int meterctl_errors(const char *log)
+{
+    int count = 0;
+    for (const char *line = log; *line != '\0';) {
+        const char *end = strchr(line, '\n');
+        size_t size = end != NULL ? (size_t)(end - line) : strlen(line);
+        char text[1024];
+        snprintf(text, sizeof text, "%.*s", (int)size, line);
+        if (strncmp(text, "meterctl: ", 10) == 0 && strstr(text, "is already closed") == NULL)
+            count++;
+        line += size + (end != NULL);
+    }
+    return count;
+}
+
 /* Copies a JSON string member of the tenant's June invoice into `out`. */
 static void invoice_text(const uint8_t tenant[UUID_SIZE], const char *member, char *out,
                          size_t size)
@@ -157,6 +173,9 @@ Test(close_read_failures, void_invoice_read_error_stops_close)
     cr_expect(strstr(log, "tenant alpha") != NULL, "stderr does not name the tenant: %s", log);
     cr_expect(strstr(log, "2024-06") != NULL, "stderr does not name the period: %s", log);
     cr_expect(strstr(log, voided) != NULL, "stderr does not name %s: %s", voided, log);
+    cr_expect(strstr(log, "not closed") != NULL, "stderr does not say June is not closed: %s",
+              log);
+    cr_expect_eq(meterctl_errors(log), 1, "the failure is reported more than once: %s", log);
     assert_nothing_stored(voided);
 
     /* Once the read succeeds, the new invoice is the void one's next revision. */
@@ -187,6 +206,9 @@ static void damaged_void_invoice_check(const char *damaged_json)
     cr_expect(strstr(log, "2024-06") != NULL, "stderr does not name the period: %s", log);
     cr_expect(strstr(log, voided) != NULL, "stderr does not name %s: %s", voided, log);
     cr_expect(strstr(log, "damaged") != NULL, "stderr does not say it is damaged: %s", log);
+    cr_expect(strstr(log, "restore the data directory from a backup") != NULL,
+              "stderr does not name the fix: %s", log);
+    cr_expect_eq(meterctl_errors(log), 1, "the failure is reported more than once: %s", log);
     cr_expect_eq(ledger_period_closed(ledger, tenant_a, JUNE), 0, "alpha's June was closed");
 }
 
@@ -198,6 +220,27 @@ Test(close_read_failures, void_invoice_bad_json_stops_close)
 Test(close_read_failures, void_invoice_bad_revision_stops_close)
 {
     damaged_void_invoice_check("{\"revision\": \"two\"}");
+}
+
+Test(close_read_failures, void_invoice_missing_stops_close)
+{
+    char voided[DOCUMENT_NUMBER_MAX];
+    close_then_void(voided);
+    static const char missing[] = "HM-999999";
+    struct ledger_txn *txn = NULL;
+    cr_assert_eq(ledger_begin(ledger, &txn), HM_OK);
+    cr_assert_eq(ledger_invoice_point(txn, tenant_a, JUNE, missing), HM_OK);
+    cr_assert_eq(ledger_commit(txn), HM_OK);
+
+    char log[4096];
+    int rc = close_logged(log, sizeof log);
+    cr_expect_eq(rc, HM_ERR_STORAGE, "the close returned %d; stderr: %s", rc, log);
+    cr_expect(strstr(log, "tenant alpha") != NULL, "stderr does not name the tenant: %s", log);
+    cr_expect(strstr(log, missing) != NULL, "stderr does not name %s: %s", missing, log);
+    cr_expect(strstr(log, "restore the data directory from a backup") != NULL,
+              "stderr does not name the fix: %s", log);
+    cr_expect_eq(meterctl_errors(log), 1, "the failure is reported more than once: %s", log);
+    cr_expect_eq(ledger_period_closed(ledger, tenant_a, JUNE), 0, "alpha's June was closed");
 }
 
 Test(close_read_failures, period_read_error_stops_close)

@@ -69,3 +69,18 @@ Test(meterctl_read_failures, verify_event_count_error)
     cr_expect(strstr(out, "cannot be counted") != NULL, "the error does not say what failed: %s",
               out);
 }
+
+Test(meterctl_read_failures, usage_closed_flag_error)
+{
+    char out[4096];
+    int status = meterctl_failing("none", out, sizeof out, "usage alpha --period 2024-06");
+    cr_assert_eq(status, 0, "usage failed without a failing read: %s", out);
+    cr_assert(strstr(out, "draft invoice") != NULL, "unexpected output: %s", out);
+
+    /* Whether the period is closed cannot be read: no draft of a period that may be billed. */
+    status = meterctl_failing("periods", out, sizeof out, "usage alpha --period 2024-06");
+    cr_expect_neq(status, 0, "usage exited 0 with a failed read: %s", out);
+    cr_expect(strstr(out, "draft invoice") == NULL, "usage went on to a draft: %s", out);
+    cr_expect(strstr(out, "cannot read whether 2024-06 is closed for tenant alpha") != NULL,
+              "the error does not name the period and tenant: %s", out);
+}

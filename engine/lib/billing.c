@@ -1035,11 +1035,12 @@ static int meter_events_read(struct ledger *ledger, const struct tenant *tenant,
  * that of the void invoice a reopened period points at (its number goes to
  * `previous`), or 1 for a period never closed. An invoice of a ledger from
  * before revisions has no "revision" and counts as 1. A failed read or a
- * damaged void invoice is reported on stderr and returned.
+ * missing or damaged void invoice is returned, with the tenant, the invoice
+ * and the fix in `error`.
  */
 static int revision_next_read(struct ledger_txn *txn, const struct tenant *tenant,
                               uint32_t period, char previous[DOCUMENT_NUMBER_MAX],
-                              int *revision_out)
+                              int *revision_out, char *error, size_t error_size)
 {
     *revision_out = 1;
     previous[0] = '\0';
@@ -1047,19 +1048,25 @@ static int revision_next_read(struct ledger_txn *txn, const struct tenant *tenan
     if (rc == HM_ERR_NOT_FOUND)
         return HM_OK;
     if (rc != HM_OK) {
-        fprintf(stderr, "meterctl: tenant %s: cannot read the number of the void invoice that "
-                "period %04u-%02u was reopened from: %s; its new invoice is not stored\n",
-                tenant->name, period / 100, period % 100, hm_status_str(rc));
+        snprintf(error, error_size, "cannot read which invoice tenant %s's %04u-%02u points at: "
+                 "%s", tenant->name, period / 100, period % 100, hm_status_str(rc));
         return rc;
     }
 
     char *text = NULL;
     rc = ledger_document_get_txn(txn, previous, &text);
+    if (rc == HM_ERR_NOT_FOUND) {
+        snprintf(error, error_size, "tenant %s's %04u-%02u was reopened from the void invoice "
+                 "%s, which is not stored, so the revision of its new invoice is unknown; "
+                 "restore the data directory from a backup", tenant->name, period / 100,
+                 period % 100, previous);
+        return HM_ERR_STORAGE;
+    }
     if (rc != HM_OK) {
-        fprintf(stderr, "meterctl: tenant %s: cannot read the void invoice %s that period "
-                "%04u-%02u was reopened from: %s; its new invoice is not stored\n",
-                tenant->name, previous, period / 100, period % 100, hm_status_str(rc));
-        return rc == HM_ERR_NOT_FOUND ? HM_ERR_STORAGE : rc;
+        snprintf(error, error_size, "cannot read the void invoice %s that tenant %s's "
+                 "%04u-%02u was reopened from: %s", previous, tenant->name, period / 100,
+                 period % 100, hm_status_str(rc));
+        return rc;
     }
     json_error_t json_error;
     json_t *old = json_loads(text, 0, &json_error);
@@ -1073,14 +1080,15 @@ static int revision_next_read(struct ledger_txn *txn, const struct tenant *tenan
         damage = "it is not a JSON object";
     else if (old_revision < 1 || old_revision >= INT_MAX)
         damage = "its revision is not a positive integer";
-    json_decref(old);
     if (damage != NULL) {
-        fprintf(stderr, "meterctl: tenant %s: the void invoice %s that period %04u-%02u was "
-                "reopened from is damaged (%s), so the revision of the new invoice is unknown; "
-                "its new invoice is not stored: restore the data directory from a backup\n",
-                tenant->name, previous, period / 100, period % 100, damage);
+        snprintf(error, error_size, "the void invoice %s that tenant %s's %04u-%02u was "
+                 "reopened from is damaged (%s), so the revision of its new invoice is unknown; "
+                 "restore the data directory from a backup", previous, tenant->name,
+                 period / 100, period % 100, damage);
+        json_decref(old);
         return HM_ERR_STORAGE;
     }
+    json_decref(old);
     *revision_out = (int)old_revision + 1;
     return HM_OK;
 }
@@ -1089,10 +1097,11 @@ static int revision_next_read(struct ledger_txn *txn, const struct tenant *tenan
  * Stores one closing in the close's transaction: takes the issuer's next
  * number, seals and stores the invoice, points the period at it, keeps the
  * book snapshot and the billed state, burns the credits and settles the
- * late usage of earlier periods.
+ * late usage of earlier periods. A void invoice that cannot be read or is
+ * damaged is described in `error`, which the caller prints.
  */
 static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *closing,
-                       int64_t now_s, FILE *out)
+                       int64_t now_s, FILE *out, char *error, size_t error_size)
 {
     const struct tenant *tenant = &closing->tenant;
     int rc = ledger_number_next(txn, closing->input.settings.issuer, DOCUMENT_INVOICE,
@@ -1106,7 +1115,7 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
 
     char previous[DOCUMENT_NUMBER_MAX] = "";
     int revision = 1;
-    rc = revision_next_read(txn, tenant, period, previous, &revision);
+    rc = revision_next_read(txn, tenant, period, previous, &revision, error, error_size);
     if (rc != HM_OK)
         return rc;
     rc = invoice_seal(closing, revision, previous[0] ? previous : NULL, now_s);
@@ -1223,9 +1232,10 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
 
     /* Numbers are taken inside the transaction: a close that aborts takes none. */
     int64_t now_s = (int64_t)time(NULL);
+    char error[1024] = "";
     crash_point("close-after-rate");
     for (size_t i = 0; rc == HM_OK && i < count; i++) {
-        rc = close_store(txn, period, &closings[i], now_s, out);
+        rc = close_store(txn, period, &closings[i], now_s, out, error, sizeof error);
         if (i == 0)
             crash_point("close-mid-store");
     }
@@ -1236,7 +1246,7 @@ int billing_close(struct ledger *ledger, uint32_t period, const char *invoices_d
         ledger_abort(txn);
     if (rc != HM_OK) {
         fprintf(stderr, "meterctl: period %04u-%02u not closed: %s\n", period / 100,
-                period % 100, hm_status_str(rc));
+                period % 100, error[0] ? error : hm_status_str(rc));
         closings_free(closings, count, &shelf);
         return rc;
     }

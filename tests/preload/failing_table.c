@@ -1,7 +1,7 @@
 /*
- * Preloaded into meterctl by tests (LD_PRELOAD): every cursor read of the
- * LMDB table named by the environment variable HM_TEST_FAILING_TABLE fails
- * with MDB_CORRUPTED, as a damaged page would. The table is recognized by
+ * Preloaded into meterctl by tests (LD_PRELOAD): every cursor read and
+ * every mdb_get of the LMDB table named by the environment variable
+ * HM_TEST_FAILING_TABLE fails with MDB_CORRUPTED, as a damaged page would. The table is recognized by
  * the handle that mdb_dbi_open returns for its name.
  */
 #include <dlfcn.h>
@@ -36,4 +36,14 @@ int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_o
     if (failing_dbi_known && mdb_cursor_dbi(cursor) == failing_dbi)
         return MDB_CORRUPTED;
     return real_get(cursor, key, data, op);
+}
+
+int mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data)
+{
+    static int (*real_get)(MDB_txn *, MDB_dbi, MDB_val *, MDB_val *);
+    if (real_get == NULL)
+        real_get = (int (*)(MDB_txn *, MDB_dbi, MDB_val *, MDB_val *))dlsym(RTLD_NEXT, "mdb_get");
+    if (failing_dbi_known && dbi == failing_dbi)
+        return MDB_CORRUPTED;
+    return real_get(txn, dbi, key, data);
 }
