@@ -1037,7 +1037,7 @@ static void arm_committed(struct server *server)
 const uint32_t commit_ms_bounds[SERVER_COMMIT_BUCKETS - 1] = { 1,  2,   5,   10,  20,
                                                                50, 100, 250, 1000 };
 
-/* A commit that takes this long is logged: acks waited that long for the disk. */
+/* A commit that takes this long is logged: its acks waited that long. */
 #define COMMIT_SLOW_MS 1000
 
 /* Adds one duration to a total, a maximum and the bucket counts of commit_ms_bounds. */
