@@ -99,7 +99,7 @@ struct pool_options {
     uint32_t months; /* calendar months, from 2023-11, that synthetic timestamps spread over: 1 to 6 */
 };
 
-/* The most calendar months that synthetic timestamps can spread over. */
+/* Maximum number of calendar months that synthetic timestamps spread over. */
 #define POOL_MONTHS_MAX 6
 
 /* Builds the pool. Returns HM_OK, or an error after printing its cause. */

@@ -182,7 +182,7 @@ def close_target_line(close):
 
 
 def open_loop_basis(results):
-    """Return the line that says what the open-loop loads are fractions of."""
+    """Return the line that names what the open-loop loads are fractions of."""
     fixed = results.get("open_max_eps", 0)
     if fixed > 0:
         return (f"- loads: fractions of {number(fixed)} events/s for every peer (--open-max), "

@@ -511,12 +511,9 @@ static int writer_prepare(struct ledger_txn *txn)
             return rc;
         }
         ledger->dedup->generation = state.generation;
-        struct timespec done;
-        clock_gettime(CLOCK_MONOTONIC, &done);
-        log_info("ledger", "event id index built events=%zu bytes=%zu ms=%lld",
+        log_info("ledger", "event id index built events=%zu bytes=%zu ms=%llu",
                  dedup_count(ledger->dedup), dedup_bytes(ledger->dedup),
-                 (long long)((done.tv_sec - started.tv_sec) * 1000 +
-                             (done.tv_nsec - started.tv_nsec) / 1000000));
+                 (unsigned long long)(elapsed_us(&started) / 1000));
     }
     dedup_txn_begin(ledger->dedup);
     txn->appending = 1;
