@@ -30,6 +30,8 @@ static void usage(FILE *out)
             "  --stats-file FILE     write the counters here as JSON every 2 s and at the stop\n"
             "                        (default DIR/meterd-stats.json of --data)\n"
             "  --map-size MIB        ledger map size in MiB (default 16384)\n"
+            "  --index-memory MIB    memory for the index of stored event ids (default 128);\n"
+            "                        past it, older ids go to sorted runs on disk\n"
             "  --max-connections N   open TCP connections (default 256); at the limit a new\n"
             "                        connection takes the slot of the oldest one without an\n"
             "                        accepted frame, or else of the one idle the longest\n"
@@ -161,6 +163,7 @@ int main(int argc, char **argv)
         { "port-file", required_argument, NULL, 'p' },
         { "stats-file", required_argument, NULL, 'S' },
         { "map-size", required_argument, NULL, 'm' },
+        { "index-memory", required_argument, NULL, 'x' },
         { "max-connections", required_argument, NULL, 'c' },
         { "frame-timeout-ms", required_argument, NULL, 'f' },
         { "idle-timeout-ms", required_argument, NULL, 'i' },
@@ -196,6 +199,11 @@ int main(int argc, char **argv)
             if (parse_number("--map-size", optarg, 1, 1 << 24, &value))
                 return 2;
             ledger_options.map_size = (size_t)value << 20;
+            break;
+        case 'x':
+            if (parse_number("--index-memory", optarg, 1, 1 << 20, &value))
+                return 2;
+            ledger_options.index_memory = (size_t)value << 20;
             break;
         case 'c':
             if (parse_number("--max-connections", optarg, 1, SERVER_CONNECTIONS_MAX, &value))

@@ -1137,8 +1137,11 @@ static int commit_collect(struct server *server, int wait)
     for (size_t i = 0; i < batch->entry_count; i++)
         accepted |= batch->entries[i].status == FRAME_ACCEPTED;
     /* A batch of rejects only never reached the commit thread. */
-    if (accepted)
+    if (accepted) {
         commit_duration_count(server, duration_us, batch->write_us, batch->lock_us);
+        if (batch->index.ids > 0 || batch->index.memory_bytes > 0)
+            server->stats.index = batch->index;
+    }
     if (rc == HM_ERR_FULL) {
         server->stats.commit_failures++;
         full_enter(server, rc);
@@ -1494,7 +1497,11 @@ static int stats_print(FILE *file, const struct server_stats *stats)
     histogram_print(file, stats->commit_ms_counts);
     fprintf(file, ", \"write_ms_le\": ");
     histogram_print(file, stats->write_ms_counts);
-    fprintf(file, "}\n");
+    fprintf(file, ", \"index\": {\"ids\": %llu, \"memory_bytes\": %llu, \"disk_bytes\": %llu, "
+            "\"runs\": %llu, \"spill_failures\": %llu}}\n",
+            (unsigned long long)stats->index.ids, (unsigned long long)stats->index.memory_bytes,
+            (unsigned long long)stats->index.disk_bytes, (unsigned long long)stats->index.runs,
+            (unsigned long long)stats->index.spill_failures);
     return fflush(file) == 0 && !ferror(file) ? 0 : -1;
 }
 

@@ -53,6 +53,14 @@ struct ingest_batch {
     uint64_t write_us;
     /* Set by the commit hook: microseconds it waited for the store's write lock, 0 when unknown. */
     uint64_t lock_us;
+    /* Set by the commit hook: the store's index of event ids after the commit, 0 when unknown. */
+    struct batch_index {
+        uint64_t ids;
+        uint64_t memory_bytes;
+        uint64_t disk_bytes; /* sorted runs of ids on disk */
+        uint64_t runs;
+        uint64_t spill_failures;
+    } index;
 };
 
 struct server_hooks {
@@ -164,6 +172,7 @@ struct server_stats {
     /* The part of the commits spent waiting for the store's write lock (ingest_batch.lock_us). */
     uint64_t lock_us_total;
     uint64_t lock_us_max;
+    struct batch_index index; /* as the last commit left it */
     uint64_t connections_accepted;
     uint64_t connections_rejected; /* above connections_max */
     uint64_t connections_timed_out; /* a frame too slow, or idle too long */

@@ -3,11 +3,16 @@
 
 #include "common/status.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #define SEGMENT_BITS 13
 #define SEGMENT_SLOTS (UINT32_C(1) << SEGMENT_BITS)
@@ -47,6 +52,44 @@ struct dedup_segment {
 #define ARENA_SEGMENTS (ARENA_BYTES / sizeof(struct dedup_segment))
 
 enum { SPARE_NONE, SPARE_MAKING, SPARE_READY, SPARE_FAILED };
+enum { SPILL_NONE, SPILL_RUNNING, SPILL_DONE };
+
+/* Transactions after a failed spill before the next try. */
+#define SPILL_RETRY_WAIT 1000
+
+/* Mapped memory that segments are carved from, kept until the table is emptied. */
+struct dedup_arena {
+    struct dedup_arena *next;
+    uint8_t *base;
+    size_t used; /* segments carved */
+};
+
+/* A hash table of ids in memory: the one that takes the inserts, or a frozen one. */
+struct dedup_table {
+    struct dedup_segment **directory; /* 1 << depth entries */
+    unsigned depth;                   /* bits of the fingerprint that index the directory */
+    size_t count;                     /* live ids */
+    size_t segments;
+    struct dedup_arena *arenas;
+    /* The next arena, mapped and faulted in by a helper thread; see spare_state. */
+    uint8_t *spare;
+    pthread_t spare_thread;
+    _Atomic int spare_state;
+    uint64_t split_seed;
+};
+
+/*
+ * Ids on disk: the tags in ascending order, then the locators in the same
+ * order, in a file with no name. Nothing changes a run once it is written.
+ */
+struct dedup_run {
+    int fd;
+    uint8_t *map;
+    size_t map_bytes;
+    size_t count;
+    const uint64_t *tags;
+    const uint32_t *locators;
+};
 
 struct dedup_undo {
     uint64_t tag;
@@ -68,9 +111,9 @@ static inline uint32_t home_of(uint64_t tag)
     return (uint32_t)tag & SEGMENT_MASK;
 }
 
-static inline struct dedup_segment *segment_of(const struct dedup_index *index, uint64_t tag)
+static inline struct dedup_segment *segment_of(const struct dedup_table *table, uint64_t tag)
 {
-    return index->directory[index->depth == 0 ? 0 : tag >> (64 - index->depth)];
+    return table->directory[table->depth == 0 ? 0 : tag >> (64 - table->depth)];
 }
 
 static uint32_t empty_slot(const struct dedup_segment *segment, uint64_t tag)
@@ -114,12 +157,12 @@ static uint8_t *map_aligned(size_t bytes, int huge)
 
 static void *spare_make(void *context)
 {
-    struct dedup_index *index = context;
+    struct dedup_table *table = context;
     /* Its own name, so that a profile separates its page zeroing from the commits. */
     pthread_setname_np(pthread_self(), "ledger-index");
     uint8_t *base = map_aligned(ARENA_BYTES, 1);
     if (base == NULL) {
-        atomic_store(&index->spare_state, SPARE_FAILED);
+        atomic_store(&table->spare_state, SPARE_FAILED);
         return NULL;
     }
     /*
@@ -128,68 +171,74 @@ static void *spare_make(void *context)
      */
     for (size_t offset = 0; offset < ARENA_BYTES; offset += 4096)
         ((volatile uint8_t *)base)[offset] = 0;
-    index->spare = base;
-    atomic_store(&index->spare_state, SPARE_READY);
+    table->spare = base;
+    atomic_store(&table->spare_state, SPARE_READY);
     return NULL;
 }
 
-static void spare_request(struct dedup_index *index)
+/*
+ * Starts `thread` with every signal blocked. It may be created before
+ * meterd blocks SIGTERM and SIGINT to read them from a signalfd. If the
+ * thread did not block them, the kernel could deliver one to it, and the
+ * default action would end the process instead of a clean stop.
+ */
+static int thread_start(pthread_t *thread, void *(*run)(void *), void *context)
 {
-    index->spare = NULL;
-    atomic_store(&index->spare_state, SPARE_MAKING);
-    /*
-     * The helper starts with every signal blocked. It may be created before
-     * meterd blocks SIGTERM and SIGINT to read them from a signalfd. If the
-     * helper did not block them, the kernel could deliver one to it, and
-     * the default action would end the process instead of a clean stop.
-     */
     sigset_t all, previous;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &previous);
-    if (pthread_create(&index->spare_thread, NULL, spare_make, index) != 0)
-        atomic_store(&index->spare_state, SPARE_NONE);
+    int rc = pthread_create(thread, NULL, run, context);
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    return rc;
+}
+
+static void spare_request(struct dedup_table *table)
+{
+    table->spare = NULL;
+    atomic_store(&table->spare_state, SPARE_MAKING);
+    if (thread_start(&table->spare_thread, spare_make, table) != 0)
+        atomic_store(&table->spare_state, SPARE_NONE);
 }
 
 /*
  * Returns the helper's arena if it is ready, else NULL without waiting.
  * Asks for the next one unless a helper is still at work.
  */
-static uint8_t *spare_take(struct dedup_index *index)
+static uint8_t *spare_take(struct dedup_table *table)
 {
-    int state = atomic_load(&index->spare_state);
+    int state = atomic_load(&table->spare_state);
     if (state == SPARE_MAKING)
         return NULL;
     uint8_t *base = NULL;
     if (state != SPARE_NONE) {
-        pthread_join(index->spare_thread, NULL);
-        base = state == SPARE_READY ? index->spare : NULL;
+        pthread_join(table->spare_thread, NULL);
+        base = state == SPARE_READY ? table->spare : NULL;
     }
-    spare_request(index);
+    spare_request(table);
     return base;
 }
 
 /* Waits for the helper thread, if one runs, and unmaps its arena. */
-static void spare_drop(struct dedup_index *index)
+static void spare_drop(struct dedup_table *table)
 {
-    if (atomic_load(&index->spare_state) == SPARE_NONE)
+    if (atomic_load(&table->spare_state) == SPARE_NONE)
         return;
-    pthread_join(index->spare_thread, NULL);
-    if (atomic_load(&index->spare_state) == SPARE_READY)
-        munmap(index->spare, ARENA_BYTES);
-    index->spare = NULL;
-    atomic_store(&index->spare_state, SPARE_NONE);
+    pthread_join(table->spare_thread, NULL);
+    if (atomic_load(&table->spare_state) == SPARE_READY)
+        munmap(table->spare, ARENA_BYTES);
+    table->spare = NULL;
+    atomic_store(&table->spare_state, SPARE_NONE);
 }
 
 /* Carves a zeroed segment from the newest arena, taking another when it is used up. */
-static struct dedup_segment *segment_new(struct dedup_index *index, unsigned depth)
+static struct dedup_segment *segment_new(struct dedup_table *table, unsigned depth)
 {
-    struct dedup_arena *arena = index->arenas;
+    struct dedup_arena *arena = table->arenas;
     if (arena == NULL || arena->used == ARENA_SEGMENTS) {
         arena = malloc(sizeof *arena);
         if (arena == NULL)
             return NULL;
-        arena->base = spare_take(index);
+        arena->base = spare_take(table);
         if (arena->base == NULL)
             arena->base = map_aligned(ARENA_BYTES, 0);
         if (arena->base == NULL) {
@@ -197,61 +246,428 @@ static struct dedup_segment *segment_new(struct dedup_index *index, unsigned dep
             return NULL;
         }
         arena->used = 0;
-        arena->next = index->arenas;
-        index->arenas = arena;
+        arena->next = table->arenas;
+        table->arenas = arena;
     }
     struct dedup_segment *segment =
         (struct dedup_segment *)(arena->base + arena->used++ * sizeof *segment);
     segment->depth = depth;
     /* A split point from the seeds and the segment's number (splitmix64). */
-    uint64_t mixed = index->seed[0] + (index->segments + 1) * UINT64_C(0x9e3779b97f4a7c15);
+    uint64_t mixed = table->split_seed + (table->segments + 1) * UINT64_C(0x9e3779b97f4a7c15);
     mixed = (mixed ^ mixed >> 30) * UINT64_C(0xbf58476d1ce4e5b9);
     mixed = (mixed ^ mixed >> 27) * UINT64_C(0x94d049bb133111eb);
     mixed ^= mixed >> 31;
     segment->full = SEGMENT_FULL_MIN + (uint32_t)(mixed % (SEGMENT_FULL_MAX - SEGMENT_FULL_MIN));
-    index->segments++;
+    table->segments++;
     return segment;
 }
 
-static void segments_free(struct dedup_index *index)
+static void segments_free(struct dedup_table *table)
 {
-    while (index->arenas != NULL) {
-        struct dedup_arena *arena = index->arenas;
-        index->arenas = arena->next;
+    while (table->arenas != NULL) {
+        struct dedup_arena *arena = table->arenas;
+        table->arenas = arena->next;
         munmap(arena->base, ARENA_BYTES);
         free(arena);
     }
-    free(index->directory);
-    index->directory = NULL;
-    index->depth = 0;
-    index->segments = 0;
-    index->count = 0;
+    free(table->directory);
+    table->directory = NULL;
+    table->depth = 0;
+    table->segments = 0;
+    table->count = 0;
 }
 
-int dedup_clear(struct dedup_index *index, size_t expected)
+static size_t table_bytes(const struct dedup_table *table)
 {
-    segments_free(index);
-    index->undo_count = 0;
+    if (table == NULL)
+        return 0;
+    return table->segments * sizeof(struct dedup_segment) +
+           ((size_t)1 << table->depth) * sizeof *table->directory;
+}
+
+/*
+ * Empties a table with the fewest segments that could hold `expected` ids
+ * below their split points, and no more than `memory_max` bytes of them
+ * (0: no bound). Those whose points are lower split while the ids are
+ * loaded, so the table ends about as dense as one that grew by splits.
+ */
+static int table_clear(struct dedup_table *table, size_t expected, size_t memory_max)
+{
+    segments_free(table);
     unsigned depth = 0;
-    /*
-     * The fewest segments that could hold `expected` ids below their split
-     * points. Those whose points are lower split while the ids are loaded,
-     * so the index ends about as dense as one that grew by splits.
-     */
-    while (depth < DEPTH_MAX && ((size_t)SEGMENT_FULL_MAX << depth) < expected)
+    while (depth < DEPTH_MAX && ((size_t)SEGMENT_FULL_MAX << depth) < expected &&
+           (memory_max == 0 || ((size_t)2 << depth) * sizeof(struct dedup_segment) <= memory_max))
         depth++;
     size_t size = (size_t)1 << depth;
-    index->directory = calloc(size, sizeof *index->directory);
-    if (index->directory == NULL)
+    table->directory = calloc(size, sizeof *table->directory);
+    if (table->directory == NULL)
         return HM_ERR_NOMEM;
-    index->depth = depth;
+    table->depth = depth;
     for (size_t i = 0; i < size; i++) {
-        if ((index->directory[i] = segment_new(index, depth)) == NULL) {
-            segments_free(index);
+        if ((table->directory[i] = segment_new(table, depth)) == NULL) {
+            segments_free(table);
             return HM_ERR_NOMEM;
         }
     }
     return HM_OK;
+}
+
+static void table_free(struct dedup_table *table)
+{
+    if (table == NULL)
+        return;
+    spare_drop(table);
+    segments_free(table);
+    free(table);
+}
+
+static int table_new(const struct dedup_index *index, size_t expected,
+                     struct dedup_table **out)
+{
+    struct dedup_table *table = calloc(1, sizeof *table);
+    if (table == NULL)
+        return HM_ERR_NOMEM;
+    table->split_seed = index->seed[0];
+    int rc = table_clear(table, expected, index->memory_max / 2);
+    if (rc != HM_OK) {
+        free(table);
+        return rc;
+    }
+    *out = table;
+    return HM_OK;
+}
+
+/* ---- Runs ---- */
+
+static void run_free(struct dedup_run *run)
+{
+    if (run == NULL)
+        return;
+    if (run->map != NULL)
+        munmap(run->map, run->map_bytes);
+    close(run->fd);
+    free(run);
+}
+
+/*
+ * Makes a run of `count` entries in a new file with no name in the spill
+ * directory, mapped for writing. The file's blocks are allocated first: a
+ * full disk then fails here, not as a fault on a write to the mapping.
+ */
+static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_out)
+{
+    struct dedup_run *run = calloc(1, sizeof *run);
+    if (run == NULL)
+        return HM_ERR_NOMEM;
+    run->count = count;
+    run->map_bytes = count * (sizeof *run->tags + sizeof *run->locators);
+    run->fd = openat(dir, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (run->fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        /* A file system without O_TMPFILE: a named file, removed at once. */
+        static _Atomic unsigned made;
+        char name[64];
+        snprintf(name, sizeof name, ".ids-%ld-%u", (long)getpid(), atomic_fetch_add(&made, 1));
+        run->fd = openat(dir, name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+        if (run->fd >= 0)
+            unlinkat(dir, name, 0);
+    }
+    int rc = run->fd < 0 ? errno : posix_fallocate(run->fd, 0, (off_t)run->map_bytes);
+    if (rc == 0) {
+        run->map = mmap(NULL, run->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
+        if (run->map == MAP_FAILED) {
+            rc = errno;
+            run->map = NULL;
+        }
+    }
+    if (rc != 0) {
+        *errno_out = rc;
+        if (run->fd < 0)
+            free(run);
+        else
+            run_free(run);
+        return rc == ENOSPC || rc == EDQUOT ? HM_ERR_FULL : HM_ERR_IO;
+    }
+    run->tags = (const uint64_t *)run->map;
+    run->locators = (const uint32_t *)(run->map + count * sizeof *run->tags);
+    *out = run;
+    return HM_OK;
+}
+
+/* Returns the first entry of the run whose tag is not below `tag`, or the run's count. */
+static size_t run_seek(const struct dedup_run *run, uint64_t tag)
+{
+    const uint64_t *tags = run->tags;
+    size_t lo = 0, hi = run->count; /* the entry is in [lo, hi] */
+    uint64_t low = 0, high = UINT64_MAX; /* tags[lo - 1] < tag <= tags[hi] */
+    /*
+     * Tags are uniform, so the entry's place is about where `tag` falls
+     * between the bounds; a few such guesses, then halving, bound the reads.
+     */
+    for (unsigned step = 0; hi - lo > 8; step++) {
+        size_t at;
+        if (step < 6) {
+            unsigned __int128 span = (unsigned __int128)(high - low) + 1;
+            at = lo + (size_t)((unsigned __int128)(tag - low) * (hi - lo) / span);
+        } else {
+            at = lo + (hi - lo) / 2;
+        }
+        if (tags[at] < tag) {
+            lo = at + 1;
+            low = tags[at];
+        } else {
+            hi = at;
+            high = tags[at];
+        }
+    }
+    while (lo < hi && tags[lo] < tag)
+        lo++;
+    return lo;
+}
+
+static void run_prefetch(const struct dedup_run *run, uint64_t tag)
+{
+    size_t at = (size_t)((unsigned __int128)tag * run->count >> 64);
+    __builtin_prefetch(&run->tags[at], 0);
+}
+
+static int entry_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * Writes the live ids of a frozen table to a new run. The directory lists
+ * the segments in the order of their leading bits, so sorting each
+ * segment's ids sorts the run.
+ */
+static int run_from_table(int dir, const struct dedup_table *table, struct dedup_run **out,
+                          int *errno_out)
+{
+    struct dedup_run *run;
+    int rc = run_create(dir, table->count, &run, errno_out);
+    if (rc != HM_OK)
+        return rc;
+    struct entry {
+        uint64_t tag;
+        uint64_t locator;
+    } *sorted = malloc(SEGMENT_SLOTS * sizeof *sorted);
+    if (sorted == NULL) {
+        run_free(run);
+        return HM_ERR_NOMEM;
+    }
+    uint64_t *tags = (uint64_t *)run->tags;
+    uint32_t *locators = (uint32_t *)run->locators;
+    size_t written = 0, size = (size_t)1 << table->depth;
+    for (size_t i = 0; i < size;) {
+        const struct dedup_segment *segment = table->directory[i];
+        size_t n = 0;
+        for (uint32_t at = 0; at < SEGMENT_SLOTS; at++) {
+            if (segment->tags[at] > TAG_REMOVED)
+                sorted[n++] = (struct entry){ segment->tags[at], segment->locators[at] };
+        }
+        qsort(sorted, n, sizeof *sorted, entry_order);
+        for (size_t k = 0; k < n && written < run->count; k++, written++) {
+            tags[written] = sorted[k].tag;
+            locators[written] = (uint32_t)sorted[k].locator;
+        }
+        i += (size_t)1 << (table->depth - segment->depth);
+    }
+    free(sorted);
+    if (written != run->count) {
+        /* The table's count disagrees with its slots: it is damaged. */
+        run_free(run);
+        return HM_ERR_STATE;
+    }
+    *out = run;
+    return HM_OK;
+}
+
+/* Merges two runs into a new one. */
+static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run *b,
+                     struct dedup_run **out, int *errno_out)
+{
+    struct dedup_run *run;
+    int rc = run_create(dir, a->count + b->count, &run, errno_out);
+    if (rc != HM_OK)
+        return rc;
+    uint64_t *tags = (uint64_t *)run->tags;
+    uint32_t *locators = (uint32_t *)run->locators;
+    size_t i = 0, j = 0, k = 0;
+    while (i < a->count && j < b->count) {
+        if (a->tags[i] <= b->tags[j]) {
+            tags[k] = a->tags[i];
+            locators[k++] = a->locators[i++];
+        } else {
+            tags[k] = b->tags[j];
+            locators[k++] = b->locators[j++];
+        }
+    }
+    for (; i < a->count; i++, k++) {
+        tags[k] = a->tags[i];
+        locators[k] = a->locators[i];
+    }
+    for (; j < b->count; j++, k++) {
+        tags[k] = b->tags[j];
+        locators[k] = b->locators[j];
+    }
+    *out = run;
+    return HM_OK;
+}
+
+static int run_listed(struct dedup_run *const *runs, size_t count, const struct dedup_run *run)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (runs[i] == run)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * The spill: writes the frozen table to a run, then merges the newest two
+ * runs while the older is at most twice the newer, which keeps about
+ * log2 of the spills of them. Builds a new list of runs; runs of the old
+ * list are only read. Sets spill_runs or spill_status.
+ */
+static void spill_work(struct dedup_index *index)
+{
+    size_t old_count = index->run_count;
+    struct dedup_run **runs = malloc((old_count + 1) * sizeof *runs);
+    int rc = runs == NULL ? HM_ERR_NOMEM : HM_OK;
+    int sys = 0;
+    size_t count = old_count;
+    if (rc == HM_OK) {
+        if (old_count > 0)
+            memcpy(runs, index->runs, old_count * sizeof *runs);
+        rc = run_from_table(index->spill_dir, index->frozen, &runs[count], &sys);
+        if (rc == HM_OK)
+            count++;
+    }
+    while (rc == HM_OK && count >= 2 && runs[count - 2]->count <= 2 * runs[count - 1]->count) {
+        struct dedup_run *merged;
+        rc = run_merge(index->spill_dir, runs[count - 2], runs[count - 1], &merged, &sys);
+        if (rc != HM_OK)
+            break;
+        /* Runs this spill wrote are its own to free; the old ones the writer frees. */
+        for (size_t k = count - 2; k < count; k++) {
+            if (!run_listed(index->runs, old_count, runs[k]))
+                run_free(runs[k]);
+        }
+        runs[count - 2] = merged;
+        count--;
+    }
+    if (rc != HM_OK && runs != NULL) {
+        for (size_t k = 0; k < count; k++) {
+            if (!run_listed(index->runs, old_count, runs[k]))
+                run_free(runs[k]);
+        }
+        free(runs);
+        runs = NULL;
+    }
+    index->spill_runs = runs;
+    index->spill_run_count = count;
+    index->spill_status = rc;
+    index->spill_errno = sys;
+}
+
+static void *spill_thread_run(void *context)
+{
+    struct dedup_index *index = context;
+    pthread_setname_np(pthread_self(), "ledger-spill");
+    /* Below the loop and the commit thread: a spill has no deadline, their acks do. */
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+    spill_work(index);
+    atomic_store(&index->spill_state, SPILL_DONE);
+    return NULL;
+}
+
+/*
+ * Takes the result of a spill: the new list of runs, and the end of the
+ * frozen table; or, after a failure, a wait before the next try.
+ */
+static void spill_finish(struct dedup_index *index)
+{
+    atomic_store(&index->spill_state, SPILL_NONE);
+    if (index->spill_status != HM_OK) {
+        index->spill_failures++;
+        index->spill_reported = 0;
+        index->spill_wait = SPILL_RETRY_WAIT;
+        return;
+    }
+    for (size_t i = 0; i < index->run_count; i++) {
+        if (!run_listed(index->spill_runs, index->spill_run_count, index->runs[i]))
+            run_free(index->runs[i]);
+    }
+    free(index->runs);
+    index->runs = index->spill_runs;
+    index->run_count = index->spill_run_count;
+    index->spill_runs = NULL;
+    index->spill_run_count = 0;
+    table_free(index->frozen);
+    index->frozen = NULL;
+    index->spills++;
+}
+
+/* Takes the result of a spill thread that ended; with `wait` set, waits for one that runs. */
+static void spill_collect(struct dedup_index *index, int wait)
+{
+    int state = atomic_load(&index->spill_state);
+    if (state == SPILL_NONE || (state == SPILL_RUNNING && !wait))
+        return;
+    pthread_join(index->spill_thread, NULL);
+    spill_finish(index);
+}
+
+/*
+ * Freezes a full table in memory and starts its spill, between
+ * transactions. `inline_work` runs the spill on this thread (a rebuild,
+ * which waits anyway), as does a failure to start the thread.
+ */
+static void spill_maybe_start(struct dedup_index *index, int inline_work)
+{
+    if (index->spill_dir < 0 || atomic_load(&index->spill_state) != SPILL_NONE)
+        return;
+    if (index->frozen == NULL) {
+        if (table_bytes(index->hot) < index->memory_max / 2 || index->hot->count == 0)
+            return;
+        struct dedup_table *fresh;
+        if (table_new(index, 0, &fresh) != HM_OK)
+            return;
+        index->frozen = index->hot;
+        index->hot = fresh;
+    } else if (index->spill_wait > 0) {
+        /* An earlier spill failed: its table stays searched in memory until a try succeeds. */
+        index->spill_wait--;
+        return;
+    }
+    atomic_store(&index->spill_state, SPILL_RUNNING);
+    if (inline_work || thread_start(&index->spill_thread, spill_thread_run, index) != 0) {
+        spill_work(index);
+        spill_finish(index);
+    }
+}
+
+/* ---- The index ---- */
+
+static void runs_free(struct dedup_index *index)
+{
+    for (size_t i = 0; i < index->run_count; i++)
+        run_free(index->runs[i]);
+    free(index->runs);
+    index->runs = NULL;
+    index->run_count = 0;
+}
+
+int dedup_clear(struct dedup_index *index, size_t expected)
+{
+    spill_collect(index, 1);
+    table_free(index->frozen);
+    index->frozen = NULL;
+    runs_free(index);
+    index->spill_wait = 0;
+    index->undo_count = 0;
+    return table_clear(index->hot, expected, index->memory_max / 2);
 }
 
 int dedup_create(struct dedup_index **out)
@@ -259,13 +675,14 @@ int dedup_create(struct dedup_index **out)
     struct dedup_index *index = calloc(1, sizeof *index);
     if (index == NULL)
         return HM_ERR_NOMEM;
+    index->spill_dir = -1;
     /* Random seeds keep a sender from choosing event ids that all land in one probe run. */
     if (getrandom(index->seed, sizeof index->seed, 0) != sizeof index->seed) {
         free(index);
         return HM_ERR_IO;
     }
     index->scratch = malloc(sizeof *index->scratch);
-    if (index->scratch == NULL || dedup_clear(index, 0) != HM_OK) {
+    if (index->scratch == NULL || table_new(index, 0, &index->hot) != HM_OK) {
         dedup_free(index);
         return HM_ERR_NOMEM;
     }
@@ -277,22 +694,64 @@ void dedup_free(struct dedup_index *index)
 {
     if (index == NULL)
         return;
-    spare_drop(index);
-    segments_free(index);
+    spill_collect(index, 1);
+    table_free(index->hot);
+    table_free(index->frozen);
+    runs_free(index);
+    if (index->spill_dir >= 0)
+        close(index->spill_dir);
     free(index->scratch);
     free(index->undo);
     free(index);
 }
 
+int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max)
+{
+    spill_collect(index, 1);
+    if (index->spill_dir >= 0) {
+        close(index->spill_dir);
+        index->spill_dir = -1;
+    }
+    index->memory_max = memory_max;
+    if (memory_max == 0)
+        return HM_OK;
+    index->spill_dir = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return index->spill_dir >= 0 ? HM_OK : HM_ERR_IO;
+}
+
+int dedup_spill_failure(struct dedup_index *index, int *errno_out)
+{
+    if (index->spill_failures == 0 || index->spill_reported)
+        return HM_OK;
+    index->spill_reported = 1;
+    *errno_out = index->spill_errno;
+    return index->spill_status;
+}
+
 size_t dedup_count(const struct dedup_index *index)
 {
-    return index->count;
+    size_t count = index->hot->count + (index->frozen ? index->frozen->count : 0);
+    for (size_t i = 0; i < index->run_count; i++)
+        count += index->runs[i]->count;
+    return count;
 }
 
 size_t dedup_bytes(const struct dedup_index *index)
 {
-    return index->segments * sizeof(struct dedup_segment) +
-           ((size_t)1 << index->depth) * sizeof *index->directory;
+    return table_bytes(index->hot) + table_bytes(index->frozen);
+}
+
+size_t dedup_disk_bytes(const struct dedup_index *index)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < index->run_count; i++)
+        bytes += index->runs[i]->map_bytes;
+    return bytes;
+}
+
+size_t dedup_run_count(const struct dedup_index *index)
+{
+    return index->run_count;
 }
 
 static inline uint64_t load64(const uint8_t *bytes)
@@ -322,54 +781,87 @@ uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant
 void dedup_prefetch(const struct dedup_index *index, uint64_t fingerprint)
 {
     uint64_t tag = tag_of(fingerprint);
-    const struct dedup_segment *segment = segment_of(index, tag);
+    const struct dedup_segment *segment = segment_of(index->hot, tag);
     /* A new id's locator is written next to its home too, so both lines are fetched. */
     __builtin_prefetch(&segment->tags[home_of(tag)], 1);
     __builtin_prefetch(&segment->locators[home_of(tag)], 1);
+    if (index->frozen != NULL)
+        __builtin_prefetch(&segment_of(index->frozen, tag)->tags[home_of(tag)], 0);
+    /* A new id reads every run, where its first guess lands. */
+    for (size_t i = 0; i < index->run_count; i++)
+        run_prefetch(index->runs[i], tag);
 }
 
 void dedup_probe_start(const struct dedup_index *index, uint64_t fingerprint,
                        struct dedup_probe *probe)
 {
     probe->tag = tag_of(fingerprint);
-    probe->segment = segment_of(index, probe->tag);
+    probe->segment = segment_of(index->hot, probe->tag);
+    probe->looking = probe->segment;
     probe->at = home_of(probe->tag);
     probe->slot = 0;
+    probe->tier = 0;
+    probe->run_at = SIZE_MAX;
 }
 
 int dedup_probe_next(const struct dedup_index *index, struct dedup_probe *probe,
                      uint64_t *locator_out)
 {
-    (void)index;
-    const struct dedup_segment *segment = probe->segment;
+    uint32_t kept;
     for (;;) {
-        uint32_t at = probe->at;
-        uint64_t tag = segment->tags[at];
-        if (tag == TAG_EMPTY) {
-            probe->slot = at;
+        if (probe->tier <= 1) {
+            const struct dedup_segment *segment = probe->looking;
+            uint32_t at = probe->at;
+            uint64_t tag = segment->tags[at];
+            while (tag != TAG_EMPTY && tag != probe->tag) {
+                at = (at + 1) & SEGMENT_MASK;
+                tag = segment->tags[at];
+            }
+            if (tag != TAG_EMPTY) {
+                probe->at = (at + 1) & SEGMENT_MASK;
+                kept = segment->locators[at];
+                break;
+            }
+            if (probe->tier == 0)
+                probe->slot = at;
+            probe->tier++;
+            if (probe->tier == 1 && index->frozen != NULL) {
+                probe->looking = segment_of(index->frozen, probe->tag);
+                probe->at = home_of(probe->tag);
+            } else {
+                probe->tier = 2;
+            }
+            continue;
+        }
+        size_t k = probe->tier - 2;
+        if (k >= index->run_count)
             return 0;
+        const struct dedup_run *run = index->runs[k];
+        if (probe->run_at == SIZE_MAX)
+            probe->run_at = run_seek(run, probe->tag);
+        if (probe->run_at < run->count && run->tags[probe->run_at] == probe->tag) {
+            kept = run->locators[probe->run_at++];
+            break;
         }
-        probe->at = (at + 1) & SEGMENT_MASK;
-        if (tag == probe->tag) {
-            uint32_t kept = segment->locators[at];
-            *locator_out = kept == (uint32_t)DEDUP_SPAN ? DEDUP_LEGACY : kept;
-            return 1;
-        }
+        probe->tier++;
+        probe->run_at = SIZE_MAX;
     }
+    *locator_out = kept == (uint32_t)DEDUP_SPAN ? DEDUP_LEGACY : kept;
+    return 1;
 }
 
-static int directory_double(struct dedup_index *index)
+static int directory_double(struct dedup_table *table)
 {
-    size_t size = (size_t)1 << index->depth;
+    size_t size = (size_t)1 << table->depth;
     struct dedup_segment **bigger = malloc(2 * size * sizeof *bigger);
     if (bigger == NULL)
         return HM_ERR_NOMEM;
     /* Entry i covers the ids whose leading bits are i; the next bit picks 2i or 2i + 1. */
     for (size_t i = 0; i < size; i++)
-        bigger[2 * i] = bigger[2 * i + 1] = index->directory[i];
-    free(index->directory);
-    index->directory = bigger;
-    index->depth++;
+        bigger[2 * i] = bigger[2 * i + 1] = table->directory[i];
+    free(table->directory);
+    table->directory = bigger;
+    table->depth++;
     return HM_OK;
 }
 
@@ -397,15 +889,17 @@ static void segment_rehash(struct dedup_index *index, struct dedup_segment *segm
 }
 
 /*
- * Splits the segment of `tag` by one more leading bit, doubling the
- * directory when the segment uses all of its bits. A segment that cannot
- * split any further, or that has at most half its split point live, only
- * drops its removed slots. Without that second case, a commit that keeps
- * failing would add segments on every retry of its batch, since each abort
- * leaves removed slots behind and no segment is ever merged.
+ * Splits the segment of `tag` in the table in memory by one more leading
+ * bit, doubling the directory when the segment uses all of its bits. A
+ * segment that cannot split any further, or that has at most half its
+ * split point live, only drops its removed slots. Without that second
+ * case, a commit that keeps failing would add segments on every retry of
+ * its batch, since each abort leaves removed slots behind and no segment
+ * is ever merged.
  */
 static int segment_split(struct dedup_index *index, struct dedup_segment *segment, uint64_t tag)
 {
+    struct dedup_table *table = index->hot;
     if (segment->depth == DEPTH_MAX || segment->live <= segment->full / 2) {
         if (segment->live == segment->used)
             return HM_ERR_FULL;
@@ -413,17 +907,17 @@ static int segment_split(struct dedup_index *index, struct dedup_segment *segmen
         return HM_OK;
     }
     int rc;
-    if (segment->depth == index->depth && (rc = directory_double(index)) != HM_OK)
+    if (segment->depth == table->depth && (rc = directory_double(table)) != HM_OK)
         return rc;
-    struct dedup_segment *sibling = segment_new(index, segment->depth + 1);
+    struct dedup_segment *sibling = segment_new(table, segment->depth + 1);
     if (sibling == NULL)
         return HM_ERR_NOMEM;
     /* The segment fills 2^spread directory entries, and the sibling takes the upper half. */
-    unsigned spread = index->depth - segment->depth;
+    unsigned spread = table->depth - segment->depth;
     size_t prefix = segment->depth == 0 ? 0 : tag >> (64 - segment->depth);
     size_t first = prefix << spread, half = (size_t)1 << (spread - 1);
     for (size_t i = first + half; i < first + 2 * half; i++)
-        index->directory[i] = sibling;
+        table->directory[i] = sibling;
     segment->depth++;
     segment_rehash(index, segment, sibling);
     return HM_OK;
@@ -448,13 +942,13 @@ int dedup_insert(struct dedup_index *index, const struct dedup_probe *probe, uin
             int rc = segment_split(index, segment, probe->tag);
             if (rc != HM_OK)
                 return rc;
-            segment = segment_of(index, probe->tag);
+            segment = segment_of(index->hot, probe->tag);
         } while (segment->used + 1 > segment->full);
         at = empty_slot(segment, probe->tag);
     }
     uint32_t kept = locator_kept(locator);
     slot_put(segment, at, probe->tag, kept);
-    index->count++;
+    index->hot->count++;
     if (in_txn)
         index->undo[index->undo_count++] = (struct dedup_undo){ probe->tag, kept };
     return HM_OK;
@@ -473,12 +967,23 @@ int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const ui
         if (rc != HM_OK)
             return rc;
     }
+    /* A rebuild spills as the writer would, so that it needs no more memory than the bound. */
+    spill_maybe_start(index, 1);
     return HM_OK;
 }
 
 void dedup_txn_begin(struct dedup_index *index)
 {
     index->undo_count = 0;
+    /*
+     * The tables together stay within the bound: when the one in memory
+     * fills the room that the frozen one leaves before its spill ends, the
+     * writer waits for the spill.
+     */
+    int wait = index->frozen != NULL && index->spill_wait == 0 &&
+               table_bytes(index->hot) + table_bytes(index->frozen) >= index->memory_max;
+    spill_collect(index, wait);
+    spill_maybe_start(index, 0);
 }
 
 void dedup_txn_commit(struct dedup_index *index)
@@ -489,9 +994,10 @@ void dedup_txn_commit(struct dedup_index *index)
 int dedup_txn_abort(struct dedup_index *index)
 {
     int damaged = 0;
+    struct dedup_table *table = index->hot;
     while (index->undo_count > 0) {
         const struct dedup_undo *undo = &index->undo[--index->undo_count];
-        struct dedup_segment *segment = segment_of(index, undo->tag);
+        struct dedup_segment *segment = segment_of(table, undo->tag);
         uint32_t at = home_of(undo->tag);
         /*
          * Splits since the insert may have moved the slot, but it stays in
@@ -507,7 +1013,7 @@ int dedup_txn_abort(struct dedup_index *index)
         }
         segment->tags[at] = TAG_REMOVED;
         segment->live--;
-        index->count--;
+        table->count--;
     }
     return damaged;
 }

@@ -26,8 +26,14 @@
  *      it drops them: by a split, or by putting its live slots back in place
  *      when at most half of its split point is live.
  *
+ * With a bound on its memory (dedup_spill_to), the table in memory is
+ * written out as a sorted run once it is full, and lookups search the runs
+ * after the tables. Invariant 1 then holds for the tables and runs together.
+ *
  * Threads: the ledger's single writer, and a helper thread that faults in
- * the memory of the next arena ahead of need.
+ * the memory of the next arena ahead of need. A spill thread reads the
+ * frozen table and the runs, which nothing changes while it runs. It
+ * writes new runs, which the writer takes at the start of a transaction.
  */
 #ifndef HM_DEDUP_H
 #define HM_DEDUP_H
@@ -50,25 +56,16 @@
  */
 #define DEDUP_SPAN UINT64_C(0xffffffff)
 
-struct dedup_segment;
+struct dedup_table;
+struct dedup_run;
 
-/* Mapped memory that segments are carved from, kept until the index is emptied. */
-struct dedup_arena {
-    struct dedup_arena *next;
-    uint8_t *base;
-    size_t used; /* segments carved */
-};
+struct dedup_undo;
 
 struct dedup_index {
-    struct dedup_segment **directory; /* 1 << depth entries */
-    unsigned depth;                   /* bits of the fingerprint that index the directory */
-    size_t count;                     /* ids in the index */
-    size_t segments;
-    struct dedup_arena *arenas;
-    /* The next arena, mapped and faulted in by a helper thread; see spare_state. */
-    uint8_t *spare;
-    pthread_t spare_thread;
-    _Atomic int spare_state; /* SPARE_NONE, SPARE_MAKING, SPARE_READY or SPARE_FAILED */
+    struct dedup_table *hot;    /* takes the inserts */
+    struct dedup_table *frozen; /* full, written to a run by the spill thread; or NULL */
+    struct dedup_run **runs;    /* sorted runs of ids on disk, oldest first */
+    size_t run_count;
     struct dedup_segment *scratch; /* a split's copy of the segment it divides */
     uint64_t seed[2];
     uint64_t generation; /* the ledger's append generation that the slots reflect */
@@ -76,18 +73,35 @@ struct dedup_index {
     struct dedup_undo *undo;
     size_t undo_count;
     size_t undo_capacity;
+    /* Spilling; see dedup_spill_to. */
+    int spill_dir;     /* directory of the run files, or -1 */
+    size_t memory_max; /* bytes of memory for the tables */
+    pthread_t spill_thread;
+    _Atomic int spill_state;   /* SPILL_NONE, SPILL_RUNNING or SPILL_DONE */
+    struct dedup_run **spill_runs; /* the spill thread's result */
+    size_t spill_run_count;
+    int spill_status;      /* HM_OK, or why the last spill failed */
+    int spill_errno;       /* the system's reason for a failed spill, or 0 */
+    unsigned spill_wait;   /* transactions before a failed spill is tried again */
+    uint64_t spills;       /* runs written */
+    uint64_t spill_failures;
+    int spill_reported; /* the last failure was returned by dedup_spill_failure */
 };
 
 /*
  * One lookup: dedup_probe_start, then dedup_probe_next until it returns 0.
- * Afterwards `slot` is the empty slot of `segment` where the id belongs,
- * for dedup_insert.
+ * It looks in the table in memory, the frozen one, then each run.
+ * Afterwards `slot` is the empty slot of `segment` in the table in memory
+ * where the id belongs, for dedup_insert.
  */
 struct dedup_probe {
     uint64_t tag; /* the fingerprint as the slots keep it */
-    uint32_t at;
+    uint32_t at;  /* the next slot to read in `looking` */
     uint32_t slot;
     struct dedup_segment *segment;
+    const struct dedup_segment *looking;
+    unsigned tier;  /* 0: the table in memory, 1: the frozen one, 2 + k: run k */
+    size_t run_at;  /* the next entry to read in the run, or SIZE_MAX before its search */
 };
 
 /* Creates an empty index with random hash seeds. HM_ERR_NOMEM, HM_ERR_IO (no randomness). */
@@ -113,8 +127,36 @@ int dedup_load(struct dedup_index *index, const uint64_t *fingerprints, const ui
 /* Returns the number of ids in the index. */
 size_t dedup_count(const struct dedup_index *index);
 
-/* Returns the bytes of the index's segments and directory. */
+/* Returns the bytes of memory that the tables' segments and directories take. */
 size_t dedup_bytes(const struct dedup_index *index);
+
+/* Returns the bytes of the runs on disk, and their number. */
+size_t dedup_disk_bytes(const struct dedup_index *index);
+size_t dedup_run_count(const struct dedup_index *index);
+
+/*
+ * Bounds the memory of the index. Once the table in memory takes half of
+ * `memory_max` bytes, it is frozen at the start of the next transaction,
+ * and a new table takes the inserts. A spill thread writes the frozen
+ * ids, sorted, to a run. A run is a file in `dir` with no name (O_TMPFILE),
+ * so it is gone with the process. When the new table fills the rest of
+ * the bound before the spill ends, the next transaction waits for it. Runs are merged two by two, so that there
+ * are about log2 of the spills of them. A lookup that finds no slot in
+ * memory searches each run; the run's pages are the kernel's page cache,
+ * which it can drop and read again.
+ *
+ * A spill that fails (a full disk) keeps the frozen table in memory, and
+ * is tried again after a number of transactions; no id is lost.
+ * HM_ERR_IO when `dir` cannot be opened. memory_max 0 turns spilling off.
+ */
+int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max);
+
+/*
+ * Returns HM_OK, or the status of a spill that failed since the last call
+ * (with the system's errno in *errno_out, 0 if none), once, for the caller
+ * to report.
+ */
+int dedup_spill_failure(struct dedup_index *index, int *errno_out);
 
 /* Returns the nonzero fingerprint of an event id within its tenant. */
 uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant_id[UUID_SIZE],

@@ -177,6 +177,8 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
         free(ledger);
         return HM_ERR_NOMEM;
     }
+    ledger->index_memory = options && options->index_memory ? options->index_memory
+                                                             : LEDGER_INDEX_MEMORY_DEFAULT;
 
     /*
      * An existing ledger keeps the map size recorded in it unless the caller
@@ -463,6 +465,10 @@ static int writer_alloc(struct ledger *ledger)
         return rc;
     }
     ledger->dedup->generation = DEDUP_STALE;
+    if (dedup_spill_to(ledger->dedup, ledger_path(ledger), ledger->index_memory) != HM_OK)
+        log_warn("ledger", "cannot open the data directory %s to write runs of the event id "
+                 "index (%s); the index stays in memory and grows with the events",
+                 ledger_path(ledger), strerror(errno));
     return HM_OK;
 }
 
@@ -511,13 +517,34 @@ static int writer_prepare(struct ledger_txn *txn)
             return rc;
         }
         ledger->dedup->generation = state.generation;
-        log_info("ledger", "event id index built events=%zu bytes=%zu ms=%llu",
-                 dedup_count(ledger->dedup), dedup_bytes(ledger->dedup),
+        log_info("ledger", "event id index built events=%zu bytes=%zu runs=%zu disk_bytes=%zu "
+                 "ms=%llu", dedup_count(ledger->dedup), dedup_bytes(ledger->dedup),
+                 dedup_run_count(ledger->dedup), dedup_disk_bytes(ledger->dedup),
                  (unsigned long long)(elapsed_us(&started) / 1000));
     }
     dedup_txn_begin(ledger->dedup);
+    int spill_errno = 0;
+    rc = dedup_spill_failure(ledger->dedup, &spill_errno);
+    if (rc != HM_OK)
+        log_warn("ledger", "cannot write a run of the event id index to %s: %s; its ids stay in "
+                 "memory, and the write is tried again later. Free space there",
+                 ledger_path(ledger),
+                 spill_errno != 0 ? strerror(spill_errno) : hm_status_str(rc));
     txn->appending = 1;
     return HM_OK;
+}
+
+void ledger_index_stats(const struct ledger *ledger, struct ledger_index_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    const struct dedup_index *index = ledger->dedup;
+    if (index == NULL)
+        return;
+    out->ids = dedup_count(index);
+    out->memory_bytes = dedup_bytes(index);
+    out->disk_bytes = dedup_disk_bytes(index);
+    out->runs = dedup_run_count(index);
+    out->spill_failures = index->spill_failures;
 }
 
 int ledger_writer_prepare(struct ledger *ledger)

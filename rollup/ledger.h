@@ -29,7 +29,15 @@ struct ledger_txn;
 struct ledger_options {
     size_t map_size;  /* bytes; 0 keeps an existing ledger's size, or LEDGER_MAP_SIZE_DEFAULT */
     int read_only;
+    /*
+     * Bytes of memory for the writer's index of event ids; 0 is
+     * LEDGER_INDEX_MEMORY_DEFAULT. Past it, ids go to sorted runs in files
+     * of the data directory that have no name (see rollup/dedup.h).
+     */
+    size_t index_memory;
 };
+
+#define LEDGER_INDEX_MEMORY_DEFAULT ((size_t)128 << 20)
 
 /* 16 GiB of address space; LMDB only uses the disk that the data needs. */
 #define LEDGER_MAP_SIZE_DEFAULT ((size_t)16 << 30)
@@ -54,6 +62,17 @@ void ledger_close(struct ledger *ledger);
 
 /* Returns the directory the ledger was opened in, owned by the ledger. */
 const char *ledger_path(const struct ledger *ledger);
+
+/* The writer's index of event ids (rollup/dedup.h), all 0 before the process's first append. */
+struct ledger_index_stats {
+    uint64_t ids;
+    uint64_t memory_bytes;
+    uint64_t disk_bytes; /* sorted runs of ids, in files of the data directory with no name */
+    uint64_t runs;
+    uint64_t spill_failures;
+};
+
+void ledger_index_stats(const struct ledger *ledger, struct ledger_index_stats *out);
 
 /* ---- Write transactions ---- */
 

@@ -72,6 +72,7 @@ struct ledger {
     MDB_txn *lookup_txn; /* reused read transaction of ledger_read_begin */
     /* Writer state, made by the first append of the process and reused by every transaction. */
     struct dedup_index *dedup;
+    size_t index_memory;           /* see ledger_options */
     uint8_t *block;                /* the pending block: header and records */
     struct rollup_deltas *deltas;  /* rollup changes of ledger_append, written at commit */
     int64_t period_day_start_us;   /* the UTC day whose period append saw last; see period_of */

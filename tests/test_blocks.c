@@ -211,12 +211,16 @@ Test(blocks, failed_commit_forgets_ids)
 }
 
 /* Stores events 10..19 of tenant_a in one transaction. */
+/* The first event and the tokens of store_ten_more, set before the child starts. */
+static uint32_t other_first = 10;
+static uint64_t other_tokens = 1;
+
 static int store_ten_more(struct ledger *other)
 {
     struct ledger_txn *txn = NULL;
     int rc = ledger_begin(other, &txn);
-    for (uint32_t i = 10; rc == HM_OK && i < 20; i++) {
-        struct event event = numbered(tenant_a, i, 1);
+    for (uint32_t i = other_first; rc == HM_OK && i < other_first + 10; i++) {
+        struct event event = numbered(tenant_a, i, other_tokens);
         uint8_t record[RECORD_SIZE_MAX];
         int size = record_encode(&event, record);
         rc = ledger_append(txn, &event, record, (size_t)size) == APPEND_STORED ? HM_OK : 1;
@@ -241,6 +245,58 @@ Test(blocks, append_by_another_process_is_seen)
     uint64_t total = 0;
     cr_assert_eq(ledger_events_total(ledger, &total), HM_OK);
     cr_expect_eq(total, 25);
+}
+
+/*
+ * With little memory for the index, most ids are in sorted runs on disk:
+ * duplicates and conflicts of those events are still found, by this
+ * process, after a reopen, and after another process appended.
+ */
+Test(blocks, duplicates_found_in_spilled_runs)
+{
+    enum { EVENTS = 120000, PER_TXN = 1000 };
+    ledger_close(ledger);
+    struct ledger_options options = { .index_memory = (size_t)4 << 20 };
+    cr_assert_eq(ledger_open(&ledger, dir, &options), HM_OK);
+    for (uint32_t i = 0; i < EVENTS; i += PER_TXN) {
+        cr_assert_eq(commit_range(tenant_a, i, PER_TXN, 2).stored, PER_TXN);
+        cr_assert_eq(commit_range(tenant_b, i, PER_TXN, 2).stored, PER_TXN);
+    }
+    struct ledger_index_stats index;
+    ledger_index_stats(ledger, &index);
+    cr_assert_gt(index.runs, 0, "no run was written");
+    cr_assert_eq(index.ids, 2 * EVENTS);
+    cr_assert_leq(index.memory_bytes, options.index_memory + ((size_t)1 << 20));
+
+    uint32_t duplicates = 0, conflicts = 0;
+    for (uint32_t i = 0; i < EVENTS; i += PER_TXN)
+        duplicates += commit_range(tenant_b, i, PER_TXN, 2).duplicates;
+    conflicts = commit_range(tenant_a, 0, 3000, 5).conflicts;
+    cr_expect_eq(duplicates, EVENTS);
+    cr_expect_eq(conflicts, 3000);
+
+    /* A reopen rebuilds the index from the ledger, writing runs as it loads. */
+    ledger_close(ledger);
+    cr_assert_eq(ledger_open(&ledger, dir, &options), HM_OK);
+    duplicates = 0;
+    for (uint32_t i = 0; i < EVENTS; i += PER_TXN)
+        duplicates += commit_range(tenant_a, i, PER_TXN, 2).duplicates;
+    cr_expect_eq(duplicates, EVENTS);
+    ledger_index_stats(ledger, &index);
+    cr_assert_gt(index.runs, 0, "the rebuild wrote no run");
+
+    other_first = EVENTS;
+    other_tokens = 2;
+    in_other_process(store_ten_more);
+    struct outcomes again = commit_range(tenant_a, EVENTS - 10, 25, 2);
+    cr_expect_eq(again.duplicates, 20, "ten of this process and ten of the other");
+    cr_expect_eq(again.stored, 5);
+    cr_expect_eq(event_count(tenant_a), EVENTS + 15);
+    cr_expect_eq(event_count(tenant_b), EVENTS);
+    uint64_t events = 0;
+    cr_expect(input_tokens(tenant_b, &events) == 2 * EVENTS);
+    cr_expect_eq(events, EVENTS);
+    cr_expect_eq(ledger_verify(ledger, tenant_a, 202406), HM_OK);
 }
 
 static void claim_four(uint8_t *copy, size_t *size)

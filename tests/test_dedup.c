@@ -4,10 +4,21 @@
  * Locators past 32 bits come back as their kept value. Ids that share their
  * leading bits fill the deepest segment and then get HM_ERR_FULL, with no
  * id lost. An index sized ahead ends about as dense as one that grew.
+ *
+ * With a bound on its memory (suite spill), the full table's ids go to
+ * sorted runs on disk, and every id stays found with its locator while the
+ * memory stays near the bound. Aborts after a spill remove only their own
+ * ids; a rebuild spills as it loads; a spill that cannot write keeps its
+ * ids in memory, is reported once and is tried again.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "common/status.h"
 #include "rollup/dedup.h"
@@ -248,3 +259,234 @@ Test(dedup, sized_load_dense)
     cr_assert_eq(add(index, spread(7), 3, 0), HM_OK);
     dedup_free(index);
 }
+
+/* ---- With a bound on the memory ---- */
+
+/* A segment of 8,192 slots takes 96 KiB and a little more. */
+#define MEMORY_MAX ((size_t)4 << 20)
+#define SEGMENT_BYTES ((size_t)100 << 10)
+
+static char spill_dir[256];
+
+static void dir_make(void)
+{
+    snprintf(spill_dir, sizeof spill_dir, "/tmp/hm-test-spill-XXXXXX");
+    cr_assert_not_null(mkdtemp(spill_dir));
+}
+
+static void dir_remove(void)
+{
+    char command[512];
+    snprintf(command, sizeof command, "rm -rf %s", spill_dir);
+    cr_assert_eq(system(command), 0);
+}
+
+TestSuite(spill, .init = dir_make, .fini = dir_remove);
+
+static struct dedup_index *spilling_index(size_t memory_max)
+{
+    struct dedup_index *index = NULL;
+    cr_assert_eq(dedup_create(&index), HM_OK);
+    cr_assert_eq(dedup_spill_to(index, spill_dir, memory_max), HM_OK);
+    return index;
+}
+
+/*
+ * Adds ids first..first+count-1 in committed transactions of `per_txn`,
+ * checking after each that the tables stay near the bound. Returns the
+ * largest memory seen.
+ */
+static size_t add_committed(struct dedup_index *index, uint64_t first, uint64_t count,
+                            uint64_t per_txn, size_t memory_max)
+{
+    size_t peak = 0;
+    for (uint64_t i = first; i < first + count; i += per_txn) {
+        dedup_txn_begin(index);
+        for (uint64_t k = i; k < i + per_txn && k < first + count; k++)
+            cr_assert_eq(add(index, spread(k), k + 1, 1), HM_OK, "id %llu", (unsigned long long)k);
+        dedup_txn_commit(index);
+        size_t bytes = dedup_bytes(index);
+        if (bytes > peak)
+            peak = bytes;
+        if (memory_max > 0)
+            cr_assert_leq(bytes, memory_max + 8 * SEGMENT_BYTES, "%zu bytes in memory at id %llu",
+                          bytes, (unsigned long long)i);
+    }
+    return peak;
+}
+
+static void expect_all_found(struct dedup_index *index, uint64_t count)
+{
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t found = 0;
+        cr_assert_eq(lookup(index, spread(i), &found, NULL), 1, "id %llu", (unsigned long long)i);
+        cr_assert_eq(found, i + 1, "id %llu", (unsigned long long)i);
+    }
+    int matches = 0;
+    for (uint64_t i = count; i < count + 100000; i++) {
+        uint64_t found;
+        matches += lookup(index, spread(i), &found, NULL);
+    }
+    cr_assert_eq(matches, 0, "ids never added were found");
+}
+
+/* Lets a running spill end, with empty transactions, so that its runs are taken. */
+static void spills_settle(struct dedup_index *index)
+{
+    for (int i = 0; i < 20000 && atomic_load(&index->spill_state) != 0; i++) {
+        usleep(1000);
+        dedup_txn_begin(index);
+        dedup_txn_commit(index);
+    }
+    cr_assert_eq(atomic_load(&index->spill_state), 0, "a spill did not end in 20 s");
+}
+
+Test(spill, ids_found_in_runs_memory_bounded)
+{
+    enum { IDS = 600000 };
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, IDS, 1000, MEMORY_MAX);
+    spills_settle(index);
+    cr_assert_eq(dedup_count(index), IDS);
+    cr_assert_geq(index->spills, 4, "%llu spills", (unsigned long long)index->spills);
+    /* Merged two by two, the runs stay about log2 of the spills. */
+    cr_assert_leq(dedup_run_count(index), 6, "%zu runs after %llu spills",
+                  dedup_run_count(index), (unsigned long long)index->spills);
+    /* 12 bytes an id on disk, as in memory's slots; most of the ids are there. */
+    size_t on_disk = dedup_disk_bytes(index);
+    cr_assert_eq(on_disk % 12, 0);
+    cr_assert_geq(on_disk / 12, IDS / 2, "%zu ids on disk", on_disk / 12);
+    cr_assert_leq(on_disk / 12, IDS);
+    expect_all_found(index, IDS);
+    cr_assert_eq(dedup_spill_failure(index, &(int){ 0 }), HM_OK);
+    dedup_free(index);
+}
+
+Test(spill, same_fingerprint_in_memory_and_run)
+{
+    /* Two ids may share a fingerprint; the ledger confirms each entry, so both must come back. */
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, 200000, 1000, MEMORY_MAX);
+    spills_settle(index);
+    cr_assert_gt(dedup_run_count(index), 0);
+    uint64_t found = 0;
+    cr_assert_eq(lookup(index, spread(5), &found, NULL), 1);
+    struct dedup_probe probe;
+    dedup_txn_begin(index);
+    dedup_probe_start(index, spread(5), &probe);
+    uint64_t locators[4];
+    int matches = 0;
+    while (matches < 4 && dedup_probe_next(index, &probe, &locators[matches]))
+        matches++;
+    cr_assert_eq(matches, 1);
+    cr_assert_eq(dedup_insert(index, &probe, 777777, 1), HM_OK);
+    dedup_txn_commit(index);
+    dedup_probe_start(index, spread(5), &probe);
+    matches = 0;
+    while (matches < 4 && dedup_probe_next(index, &probe, &locators[matches]))
+        matches++;
+    cr_assert_eq(matches, 2);
+    cr_assert_eq(locators[0], 777777, "the table in memory comes first");
+    cr_assert_eq(locators[1], 6);
+    dedup_free(index);
+}
+
+Test(spill, abort_after_spills_removes_own_ids)
+{
+    enum { KEPT = 300000, ABORTED = 50000 };
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, KEPT, 1000, MEMORY_MAX);
+    cr_assert_gt(index->spills, 0);
+    dedup_txn_begin(index);
+    for (uint64_t i = KEPT; i < KEPT + ABORTED; i++)
+        cr_assert_eq(add(index, spread(i), i + 1, 1), HM_OK);
+    cr_assert_eq(dedup_txn_abort(index), 0);
+    cr_assert_eq(dedup_count(index), KEPT);
+    expect_all_found(index, KEPT);
+    /* Stored again after the abort, each once. */
+    add_committed(index, KEPT, ABORTED, 1000, MEMORY_MAX);
+    spills_settle(index);
+    expect_all_found(index, KEPT + ABORTED);
+    dedup_free(index);
+}
+
+Test(spill, rebuild_spills_while_loading)
+{
+    enum { IDS = 400000, BATCH = 64 };
+    static uint64_t fingerprints[IDS], locators[IDS];
+    for (uint64_t i = 0; i < IDS; i++) {
+        fingerprints[i] = spread(i);
+        locators[i] = i + 1;
+    }
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    cr_assert_eq(dedup_clear(index, IDS), HM_OK);
+    size_t peak = 0;
+    for (size_t i = 0; i < IDS; i += BATCH) {
+        cr_assert_eq(dedup_load(index, fingerprints + i, locators + i, BATCH), HM_OK);
+        if (dedup_bytes(index) > peak)
+            peak = dedup_bytes(index);
+    }
+    /* A rebuild spills on its own thread and waits, so only one table is in memory. */
+    cr_assert_leq(peak, MEMORY_MAX / 2 + 4 * SEGMENT_BYTES, "%zu bytes", peak);
+    cr_assert_eq(dedup_count(index), IDS);
+    cr_assert_gt(dedup_run_count(index), 0);
+    expect_all_found(index, IDS);
+    /* Emptied, the runs are gone too. */
+    cr_assert_eq(dedup_clear(index, 0), HM_OK);
+    cr_assert_eq(dedup_count(index), 0);
+    cr_assert_eq(dedup_run_count(index), 0);
+    cr_assert_eq(dedup_disk_bytes(index), 0);
+    uint64_t found;
+    cr_assert_eq(lookup(index, spread(3), &found, NULL), 0);
+    dedup_free(index);
+}
+
+/* Runs past a file size limit fail to be written, as on a full disk. */
+Test(spill, failed_spill_keeps_ids_in_memory)
+{
+    enum { IDS = 300000 };
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit = { 64 << 10, 64 << 10 };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    size_t peak = add_committed(index, 0, IDS, 1000, 0);
+    spills_settle(index);
+    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_eq(dedup_run_count(index), 0);
+    cr_assert_gt(peak, MEMORY_MAX, "the ids stayed in memory past the bound");
+    int sys = 0;
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_IO);
+    cr_assert_eq(sys, EFBIG, "errno %d", sys);
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_OK, "the failure is reported once");
+    cr_assert_eq(dedup_count(index), IDS);
+    expect_all_found(index, IDS);
+    dedup_free(index);
+}
+
+Test(spill, failed_spill_tried_again)
+{
+    enum { IDS = 200000 };
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit = { 64 << 10, RLIM_INFINITY };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, IDS, 1000, 0);
+    spills_settle(index);
+    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_eq(dedup_run_count(index), 0);
+    /* Space again: a later transaction writes the frozen table out. */
+    limit.rlim_cur = RLIM_INFINITY;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    for (int i = 0; i < 3000 && dedup_run_count(index) == 0; i++) {
+        dedup_txn_begin(index);
+        dedup_txn_commit(index);
+        if (atomic_load(&index->spill_state) != 0)
+            usleep(1000);
+    }
+    spills_settle(index);
+    cr_assert_gt(dedup_run_count(index), 0, "the spill was not tried again");
+    cr_assert_null(index->frozen);
+    expect_all_found(index, IDS);
+    dedup_free(index);
+}
+
