@@ -90,6 +90,9 @@ struct meterd_counters {
     uint64_t commit_us_total;
     uint64_t write_us_total;  /* the part of commit_us_total spent writing and syncing */
     uint64_t commits_le_10ms; /* commits that took at most 10 ms */
+    uint64_t index_runs;      /* runs of the id index on disk */
+    uint64_t spill_waits;     /* commits that waited for a run to be written */
+    uint64_t spill_wait_us;
 };
 
 static uint64_t counter_after(const char *text, const char *key)
@@ -103,7 +106,7 @@ static int meterd_stop(struct meterd_instance *instance, struct meterd_counters 
 {
     int status = child_stop(instance->pid, 30000);
     instance->pid = 0;
-    char path[BENCH_PATH_MAX + 32], text[4096];
+    char path[BENCH_PATH_MAX + 32], text[8192];
     snprintf(path, sizeof path, "%s/meterd-stats.json", instance->dir);
     FILE *file = fopen(path, "r");
     size_t size = file ? fread(text, 1, sizeof text - 1, file) : 0;
@@ -119,6 +122,12 @@ static int meterd_stop(struct meterd_instance *instance, struct meterd_counters 
         /* In the cumulative histogram "commit_ms_le": {"1": .., "2": .., "5": .., "10": ..}. */
         const char *histogram = strstr(text, "\"commit_ms_le\": ");
         counters->commits_le_10ms = histogram ? counter_after(histogram, "\"10\": ") : 0;
+        const char *index = strstr(text, "\"index\": ");
+        if (index != NULL) {
+            counters->index_runs = counter_after(index, "\"runs\": ");
+            counters->spill_waits = counter_after(index, "\"spill_waits\": ");
+            counters->spill_wait_us = counter_after(index, "\"spill_wait_us\": ");
+        }
     }
     return status == 0 ? HM_OK : HM_ERR_IO;
 }
@@ -239,9 +248,11 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
         }
         fprintf(stderr, "meterbench:   %s open loop %.0f%%: %lld commits, %lld over 10 ms, the "
                 "slowest %.2f ms; a commit took %.2f ms on average, %.2f ms of it writing and "
-                "syncing\n", result->name, open->load_fraction * 100, open->commits,
+                "syncing; %llu runs of ids on disk, %llu commits waited %.2f ms for one\n",
+                result->name, open->load_fraction * 100, open->commits,
                 open->commits_over_10ms, open->commit_max_ms, open->commit_mean_ms,
-                open->write_mean_ms);
+                open->write_mean_ms, (unsigned long long)counters.index_runs,
+                (unsigned long long)counters.spill_waits, (double)counters.spill_wait_us / 1000);
         phase_free(&phase);
     }
     return HM_OK;

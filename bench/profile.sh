@@ -43,7 +43,7 @@ grep "closed loop: $events events" "$work/bench.log" | sed 's/^meterbench: *//'
 echo "== CPU share by thread (all CPUs; swapper is idle time)"
 perf report -i "$work/perf.data" --no-children --sort comm --stdio 2>/dev/null |
   grep -E '^ +[0-9]' | sed -n 1,8p
-for thread in meterd meterd-commit; do
+for thread in meterd meterd-commit ledger-spill; do
   echo "== top functions of thread $thread (share of all samples)"
   perf report -i "$work/perf.data" --comm "$thread" --no-children --sort symbol --stdio \
     -g none 2>/dev/null | grep -E '^ +[0-9]' | sed -n 1,15p

@@ -1498,10 +1498,13 @@ static int stats_print(FILE *file, const struct server_stats *stats)
     fprintf(file, ", \"write_ms_le\": ");
     histogram_print(file, stats->write_ms_counts);
     fprintf(file, ", \"index\": {\"ids\": %llu, \"memory_bytes\": %llu, \"disk_bytes\": %llu, "
-            "\"runs\": %llu, \"spill_failures\": %llu}}\n",
+            "\"runs\": %llu, \"spill_failures\": %llu, \"spill_waits\": %llu, "
+            "\"spill_wait_us\": %llu}}\n",
             (unsigned long long)stats->index.ids, (unsigned long long)stats->index.memory_bytes,
             (unsigned long long)stats->index.disk_bytes, (unsigned long long)stats->index.runs,
-            (unsigned long long)stats->index.spill_failures);
+            (unsigned long long)stats->index.spill_failures,
+            (unsigned long long)stats->index.spill_waits,
+            (unsigned long long)stats->index.spill_wait_us);
     return fflush(file) == 0 && !ferror(file) ? 0 : -1;
 }
 

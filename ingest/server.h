@@ -60,6 +60,8 @@ struct ingest_batch {
         uint64_t disk_bytes; /* sorted runs of ids on disk */
         uint64_t runs;
         uint64_t spill_failures;
+        uint64_t spill_waits; /* commits that waited for the store to write a run */
+        uint64_t spill_wait_us;
     } index;
 };
 

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SEGMENT_BITS 13
@@ -76,19 +77,6 @@ struct dedup_table {
     pthread_t spare_thread;
     _Atomic int spare_state;
     uint64_t split_seed;
-};
-
-/*
- * Ids on disk: the tags in ascending order, then the locators in the same
- * order, in a file with no name. Nothing changes a run once it is written.
- */
-struct dedup_run {
-    int fd;
-    uint8_t *map;
-    size_t map_bytes;
-    size_t count;
-    const uint64_t *tags;
-    const uint32_t *locators;
 };
 
 struct dedup_undo {
@@ -339,6 +327,32 @@ static int table_new(const struct dedup_index *index, size_t expected,
 
 /* ---- Runs ---- */
 
+/*
+ * Ids on disk, in a file with no name that nothing changes once it is
+ * written: an array of tags, then the locators at the same places. Each tag
+ * has a home slot in proportion to its value, and the tags lie in
+ * ascending order, each at its home or after the tag before it (ordered
+ * linear probing). Homes cover 4/3 of the ids, so a tag lies a slot or
+ * two past its home on average, and a lookup reads one cache line at its
+ * home, a place that the tag alone gives, so it can be prefetched. Empty
+ * slots hold TAG_EMPTY.
+ */
+struct dedup_run {
+    int fd;
+    uint8_t *map;
+    size_t map_bytes;
+    size_t count; /* ids */
+    size_t homes; /* slots that homes fall in */
+    size_t slots; /* homes and room past the last one */
+    const uint64_t *tags;
+    const uint32_t *locators;
+};
+
+static inline size_t run_home(const struct dedup_run *run, uint64_t tag)
+{
+    return (size_t)((unsigned __int128)tag * run->homes >> 64);
+}
+
 static void run_free(struct dedup_run *run)
 {
     if (run == NULL)
@@ -350,9 +364,10 @@ static void run_free(struct dedup_run *run)
 }
 
 /*
- * Makes a run of `count` entries in a new file with no name in the spill
- * directory, mapped for writing. The file's blocks are allocated first: a
- * full disk then fails here, not as a fault on a write to the mapping.
+ * Makes an empty run for `count` ids in a new file with no name in the
+ * spill directory, mapped for writing. The file's blocks are allocated
+ * first: a full disk then fails here, not as a fault on a write to the
+ * mapping.
  */
 static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_out)
 {
@@ -360,7 +375,14 @@ static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_
     if (run == NULL)
         return HM_ERR_NOMEM;
     run->count = count;
-    run->map_bytes = count * (sizeof *run->tags + sizeof *run->locators);
+    run->homes = count / 3 * 4 + 4;
+    /*
+     * Tags past the last home need room. With uniform tags the pile-up at
+     * the end is a few slots; this much room makes running out of it
+     * (HM_ERR_FULL) a sign of tags that are not uniform.
+     */
+    run->slots = run->homes + count / 64 + 4096;
+    run->map_bytes = run->slots * (sizeof *run->tags + sizeof *run->locators);
     run->fd = openat(dir, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (run->fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
         /* A file system without O_TMPFILE: a named file, removed at once. */
@@ -388,52 +410,98 @@ static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_
         return rc == ENOSPC || rc == EDQUOT ? HM_ERR_FULL : HM_ERR_IO;
     }
     run->tags = (const uint64_t *)run->map;
-    run->locators = (const uint32_t *)(run->map + count * sizeof *run->tags);
+    run->locators = (const uint32_t *)(run->map + run->slots * sizeof *run->tags);
     *out = run;
     return HM_OK;
 }
 
-/* Returns the first entry of the run whose tag is not below `tag`, or the run's count. */
+/* Places ids, given in ascending order of their tags, into a new run. */
+struct run_writer {
+    struct dedup_run *run;
+    size_t next; /* the first slot after the last tag placed */
+    size_t placed;
+};
+
+static int run_put(struct run_writer *writer, uint64_t tag, uint32_t locator)
+{
+    struct dedup_run *run = writer->run;
+    size_t at = run_home(run, tag);
+    if (at < writer->next)
+        at = writer->next;
+    if (at >= run->slots || writer->placed == run->count)
+        return HM_ERR_FULL;
+    ((uint64_t *)run->tags)[at] = tag;
+    ((uint32_t *)run->locators)[at] = locator;
+    writer->next = at + 1;
+    writer->placed++;
+    return HM_OK;
+}
+
+/* Returns the slot of the first tag not below `tag` from its home, or an empty slot. */
 static size_t run_seek(const struct dedup_run *run, uint64_t tag)
 {
-    const uint64_t *tags = run->tags;
-    size_t lo = 0, hi = run->count; /* the entry is in [lo, hi] */
-    uint64_t low = 0, high = UINT64_MAX; /* tags[lo - 1] < tag <= tags[hi] */
-    /*
-     * Tags are uniform, so the entry's place is about where `tag` falls
-     * between the bounds; a few such guesses, then halving, bound the reads.
-     */
-    for (unsigned step = 0; hi - lo > 8; step++) {
-        size_t at;
-        if (step < 6) {
-            unsigned __int128 span = (unsigned __int128)(high - low) + 1;
-            at = lo + (size_t)((unsigned __int128)(tag - low) * (hi - lo) / span);
-        } else {
-            at = lo + (hi - lo) / 2;
-        }
-        if (tags[at] < tag) {
-            lo = at + 1;
-            low = tags[at];
-        } else {
-            hi = at;
-            high = tags[at];
-        }
-    }
-    while (lo < hi && tags[lo] < tag)
-        lo++;
-    return lo;
+    size_t at = run_home(run, tag);
+    while (at < run->slots && run->tags[at] != TAG_EMPTY && run->tags[at] < tag)
+        at++;
+    return at;
 }
 
 static void run_prefetch(const struct dedup_run *run, uint64_t tag)
 {
-    size_t at = (size_t)((unsigned __int128)tag * run->count >> 64);
-    __builtin_prefetch(&run->tags[at], 0);
+    __builtin_prefetch(&run->tags[run_home(run, tag)], 0);
 }
 
-static int entry_order(const void *a, const void *b)
+/* Returns the next slot from `at` that holds a tag, or the run's slots. */
+static size_t run_next(const struct dedup_run *run, size_t at)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
+    while (at < run->slots && run->tags[at] == TAG_EMPTY)
+        at++;
+    return at;
+}
+
+/* An id of a frozen table on its way to a run. */
+struct run_entry {
+    uint64_t tag;
+    uint32_t locator;
+};
+
+/* Buckets of a segment's bucket sort: about one id each in a segment at its split point. */
+#define SORT_BITS 12
+
+/*
+ * Sorts the live ids of a segment into `sorted` by tag and returns their
+ * number. The ids share their leading `depth` bits, and the next
+ * SORT_BITS pick a bucket; the few ids of a bucket are then sorted by
+ * insertion.
+ */
+static size_t segment_sort(const struct dedup_segment *segment, struct run_entry *sorted,
+                           uint32_t starts[(1 << SORT_BITS) + 1])
+{
+    unsigned shift = 64 - SORT_BITS;
+    memset(starts, 0, ((1 << SORT_BITS) + 1) * sizeof *starts);
+    for (uint32_t at = 0; at < SEGMENT_SLOTS; at++) {
+        uint64_t tag = segment->tags[at];
+        if (tag > TAG_REMOVED)
+            starts[(tag << segment->depth >> shift) + 1]++;
+    }
+    for (uint32_t bucket = 0; bucket < 1 << SORT_BITS; bucket++)
+        starts[bucket + 1] += starts[bucket];
+    size_t count = starts[1 << SORT_BITS];
+    for (uint32_t at = 0; at < SEGMENT_SLOTS; at++) {
+        uint64_t tag = segment->tags[at];
+        if (tag > TAG_REMOVED)
+            sorted[starts[tag << segment->depth >> shift]++] =
+                (struct run_entry){ tag, segment->locators[at] };
+    }
+    /* Each start has moved to the end of its bucket, which is the start of the next. */
+    for (size_t i = 1; i < count; i++) {
+        struct run_entry entry = sorted[i];
+        size_t k = i;
+        for (; k > 0 && sorted[k - 1].tag > entry.tag; k--)
+            sorted[k] = sorted[k - 1];
+        sorted[k] = entry;
+    }
+    return count;
 }
 
 /*
@@ -448,36 +516,31 @@ static int run_from_table(int dir, const struct dedup_table *table, struct dedup
     int rc = run_create(dir, table->count, &run, errno_out);
     if (rc != HM_OK)
         return rc;
-    struct entry {
-        uint64_t tag;
-        uint64_t locator;
-    } *sorted = malloc(SEGMENT_SLOTS * sizeof *sorted);
-    if (sorted == NULL) {
+    struct run_entry *sorted = malloc(SEGMENT_SLOTS * sizeof *sorted);
+    uint32_t *starts = malloc(((1 << SORT_BITS) + 1) * sizeof *starts);
+    if (sorted == NULL || starts == NULL) {
+        free(sorted);
+        free(starts);
         run_free(run);
         return HM_ERR_NOMEM;
     }
-    uint64_t *tags = (uint64_t *)run->tags;
-    uint32_t *locators = (uint32_t *)run->locators;
-    size_t written = 0, size = (size_t)1 << table->depth;
-    for (size_t i = 0; i < size;) {
+    struct run_writer writer = { run, 0, 0 };
+    size_t size = (size_t)1 << table->depth;
+    for (size_t i = 0; i < size && rc == HM_OK;) {
         const struct dedup_segment *segment = table->directory[i];
-        size_t n = 0;
-        for (uint32_t at = 0; at < SEGMENT_SLOTS; at++) {
-            if (segment->tags[at] > TAG_REMOVED)
-                sorted[n++] = (struct entry){ segment->tags[at], segment->locators[at] };
-        }
-        qsort(sorted, n, sizeof *sorted, entry_order);
-        for (size_t k = 0; k < n && written < run->count; k++, written++) {
-            tags[written] = sorted[k].tag;
-            locators[written] = (uint32_t)sorted[k].locator;
-        }
+        size_t n = segment_sort(segment, sorted, starts);
+        for (size_t k = 0; k < n && rc == HM_OK; k++)
+            rc = run_put(&writer, sorted[k].tag, sorted[k].locator);
         i += (size_t)1 << (table->depth - segment->depth);
     }
     free(sorted);
-    if (written != run->count) {
-        /* The table's count disagrees with its slots: it is damaged. */
+    free(starts);
+    /* A count that disagrees with the slots means a damaged table. */
+    if (rc == HM_OK && writer.placed != run->count)
+        rc = HM_ERR_STATE;
+    if (rc != HM_OK) {
         run_free(run);
-        return HM_ERR_STATE;
+        return rc;
     }
     *out = run;
     return HM_OK;
@@ -491,25 +554,22 @@ static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run 
     int rc = run_create(dir, a->count + b->count, &run, errno_out);
     if (rc != HM_OK)
         return rc;
-    uint64_t *tags = (uint64_t *)run->tags;
-    uint32_t *locators = (uint32_t *)run->locators;
-    size_t i = 0, j = 0, k = 0;
-    while (i < a->count && j < b->count) {
-        if (a->tags[i] <= b->tags[j]) {
-            tags[k] = a->tags[i];
-            locators[k++] = a->locators[i++];
+    struct run_writer writer = { run, 0, 0 };
+    size_t i = run_next(a, 0), j = run_next(b, 0);
+    while (rc == HM_OK && (i < a->slots || j < b->slots)) {
+        if (j >= b->slots || (i < a->slots && a->tags[i] <= b->tags[j])) {
+            rc = run_put(&writer, a->tags[i], a->locators[i]);
+            i = run_next(a, i + 1);
         } else {
-            tags[k] = b->tags[j];
-            locators[k++] = b->locators[j++];
+            rc = run_put(&writer, b->tags[j], b->locators[j]);
+            j = run_next(b, j + 1);
         }
     }
-    for (; i < a->count; i++, k++) {
-        tags[k] = a->tags[i];
-        locators[k] = a->locators[i];
-    }
-    for (; j < b->count; j++, k++) {
-        tags[k] = b->tags[j];
-        locators[k] = b->locators[j];
+    if (rc == HM_OK && writer.placed != run->count)
+        rc = HM_ERR_STATE;
+    if (rc != HM_OK) {
+        run_free(run);
+        return rc;
     }
     *out = run;
     return HM_OK;
@@ -839,7 +899,7 @@ int dedup_probe_next(const struct dedup_index *index, struct dedup_probe *probe,
         const struct dedup_run *run = index->runs[k];
         if (probe->run_at == SIZE_MAX)
             probe->run_at = run_seek(run, probe->tag);
-        if (probe->run_at < run->count && run->tags[probe->run_at] == probe->tag) {
+        if (probe->run_at < run->slots && run->tags[probe->run_at] == probe->tag) {
             kept = run->locators[probe->run_at++];
             break;
         }
@@ -981,8 +1041,18 @@ void dedup_txn_begin(struct dedup_index *index)
      * writer waits for the spill.
      */
     int wait = index->frozen != NULL && index->spill_wait == 0 &&
+               atomic_load(&index->spill_state) == SPILL_RUNNING &&
                table_bytes(index->hot) + table_bytes(index->frozen) >= index->memory_max;
-    spill_collect(index, wait);
+    if (wait) {
+        struct timespec start, end;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        spill_collect(index, 1);
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        index->spill_waits++;
+        index->spill_wait_us += (uint64_t)((end.tv_sec - start.tv_sec) * 1000000 +
+                                           (end.tv_nsec - start.tv_nsec) / 1000);
+    }
+    spill_collect(index, 0);
     spill_maybe_start(index, 0);
 }
 

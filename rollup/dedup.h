@@ -84,6 +84,8 @@ struct dedup_index {
     int spill_errno;       /* the system's reason for a failed spill, or 0 */
     unsigned spill_wait;   /* transactions before a failed spill is tried again */
     uint64_t spills;       /* runs written */
+    uint64_t spill_waits;  /* transactions that waited for a spill to end */
+    uint64_t spill_wait_us;
     uint64_t spill_failures;
     int spill_reported; /* the last failure was returned by dedup_spill_failure */
 };

@@ -545,6 +545,8 @@ void ledger_index_stats(const struct ledger *ledger, struct ledger_index_stats *
     out->disk_bytes = dedup_disk_bytes(index);
     out->runs = dedup_run_count(index);
     out->spill_failures = index->spill_failures;
+    out->spill_waits = index->spill_waits;
+    out->spill_wait_us = index->spill_wait_us;
 }
 
 int ledger_writer_prepare(struct ledger *ledger)

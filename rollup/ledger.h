@@ -70,6 +70,8 @@ struct ledger_index_stats {
     uint64_t disk_bytes; /* sorted runs of ids, in files of the data directory with no name */
     uint64_t runs;
     uint64_t spill_failures;
+    uint64_t spill_waits; /* transactions that waited for a run to be written */
+    uint64_t spill_wait_us;
 };
 
 void ledger_index_stats(const struct ledger *ledger, struct ledger_index_stats *out);

@@ -174,8 +174,10 @@ static int commit(void *context, struct ingest_batch *batch)
     batch->write_us = ledger_commit_write_us(store->ledger);
     struct ledger_index_stats index;
     ledger_index_stats(store->ledger, &index);
-    batch->index = (struct batch_index){ index.ids, index.memory_bytes, index.disk_bytes,
-                                         index.runs, index.spill_failures };
+    batch->index = (struct batch_index){ index.ids,        index.memory_bytes,
+                                         index.disk_bytes, index.runs,
+                                         index.spill_failures, index.spill_waits,
+                                         index.spill_wait_us };
     return rc;
 }
 
