@@ -638,8 +638,93 @@ static void *spill_thread_run(void *context)
     /* Below the loop and the commit thread: a spill has no deadline, their acks do. */
     setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
     spill_work(index);
+    /* The thread is detached and touches the index no more after this store. */
     atomic_store(&index->spill_state, SPILL_DONE);
     return NULL;
+}
+
+/* Runs and a table that the writer no longer reads, for a reaper thread to free. */
+struct reap {
+    struct dedup_run **runs;
+    size_t run_count;
+    struct dedup_table *table;
+};
+
+/* Reapers still at work, for dedup_free to wait for. */
+static _Atomic int reapers;
+
+static void reap_work(struct reap *reap)
+{
+    for (size_t i = 0; i < reap->run_count; i++)
+        run_free(reap->runs[i]);
+    free(reap->runs);
+    table_free(reap->table);
+    free(reap);
+}
+
+static void *reap_thread_run(void *context)
+{
+    pthread_setname_np(pthread_self(), "ledger-reap");
+    setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
+    reap_work(context);
+    atomic_fetch_sub(&reapers, 1);
+    return NULL;
+}
+
+/*
+ * Starts `run` on a detached thread with every signal blocked. It may be
+ * created before meterd blocks SIGTERM and SIGINT to read them from a
+ * signalfd, and a signal delivered to it would end the process.
+ */
+static int thread_start_detached(void *(*run)(void *), void *context)
+{
+    pthread_attr_t attributes;
+    if (pthread_attr_init(&attributes) != 0)
+        return -1;
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pthread_t thread;
+    int rc = pthread_create(&thread, &attributes, run, context);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    pthread_attr_destroy(&attributes);
+    return rc;
+}
+
+/*
+ * Frees runs and a table off the writer's thread: unmapping a run's pages
+ * and dropping the file's cache took the writer up to 9 ms.
+ */
+static void reap(struct dedup_run **runs, size_t run_count, struct dedup_table *table)
+{
+    struct reap *reap = malloc(sizeof *reap);
+    if (reap == NULL) {
+        for (size_t i = 0; i < run_count; i++)
+            run_free(runs[i]);
+        free(runs);
+        table_free(table);
+        return;
+    }
+    *reap = (struct reap){ runs, run_count, table };
+    atomic_fetch_add(&reapers, 1);
+    if (thread_start_detached(reap_thread_run, reap) != 0) {
+        atomic_fetch_sub(&reapers, 1);
+        reap_work(reap);
+    }
+}
+
+static void state_wait_zero(_Atomic int *value)
+{
+    while (atomic_load(value) != 0)
+        nanosleep(&(struct timespec){ 0, 100000 }, NULL);
+}
+
+/* Waits, polling, for an atomic state to leave `state`. */
+static void state_wait(_Atomic int *value, int state)
+{
+    while (atomic_load(value) == state)
+        nanosleep(&(struct timespec){ 0, 100000 }, NULL);
 }
 
 /*
@@ -655,16 +740,23 @@ static void spill_finish(struct dedup_index *index)
         index->spill_wait = SPILL_RETRY_WAIT;
         return;
     }
+    struct dedup_run **dropped = malloc((index->run_count + 1) * sizeof *dropped);
+    size_t dropped_count = 0;
     for (size_t i = 0; i < index->run_count; i++) {
-        if (!run_listed(index->spill_runs, index->spill_run_count, index->runs[i]))
+        if (run_listed(index->spill_runs, index->spill_run_count, index->runs[i])) {
+            continue;
+        } else if (dropped != NULL) {
+            dropped[dropped_count++] = index->runs[i];
+        } else {
             run_free(index->runs[i]);
+        }
     }
     free(index->runs);
     index->runs = index->spill_runs;
     index->run_count = index->spill_run_count;
     index->spill_runs = NULL;
     index->spill_run_count = 0;
-    table_free(index->frozen);
+    reap(dropped, dropped_count, index->frozen);
     index->frozen = NULL;
     index->spills++;
 }
@@ -675,7 +767,7 @@ static void spill_collect(struct dedup_index *index, int wait)
     int state = atomic_load(&index->spill_state);
     if (state == SPILL_NONE || (state == SPILL_RUNNING && !wait))
         return;
-    pthread_join(index->spill_thread, NULL);
+    state_wait(&index->spill_state, SPILL_RUNNING);
     spill_finish(index);
 }
 
@@ -702,7 +794,7 @@ static void spill_maybe_start(struct dedup_index *index, int inline_work)
         return;
     }
     atomic_store(&index->spill_state, SPILL_RUNNING);
-    if (inline_work || thread_start(&index->spill_thread, spill_thread_run, index) != 0) {
+    if (inline_work || thread_start_detached(spill_thread_run, index) != 0) {
         spill_work(index);
         spill_finish(index);
     }
@@ -760,6 +852,8 @@ void dedup_free(struct dedup_index *index)
     runs_free(index);
     if (index->spill_dir >= 0)
         close(index->spill_dir);
+    /* Reapers of any index: their files are gone once they end. */
+    state_wait_zero(&reapers);
     free(index->scratch);
     free(index->undo);
     free(index);

@@ -76,7 +76,6 @@ struct dedup_index {
     /* Spilling; see dedup_spill_to. */
     int spill_dir;     /* directory of the run files, or -1 */
     size_t memory_max; /* bytes of memory for the tables */
-    pthread_t spill_thread;
     _Atomic int spill_state;   /* SPILL_NONE, SPILL_RUNNING or SPILL_DONE */
     struct dedup_run **spill_runs; /* the spill thread's result */
     size_t spill_run_count;
