@@ -20,6 +20,7 @@
 #define HM_BENCH_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -188,6 +189,20 @@ double proc_cpu_seconds(pid_t pid);
 double proc_tree_cpu_seconds(pid_t pid);
 /* A KiB field of /proc/PID/status (VmHWM, RssAnon, RssFile, ...); -1 when unreadable. */
 long proc_status_kib(pid_t pid, const char *field);
+
+/* Reads a field of /proc/PID/status every 20 ms on a thread of its own, keeping the most. */
+struct status_sampler {
+    pid_t pid;
+    const char *field;
+    _Atomic int stop;
+    _Atomic long peak_kib;
+    pthread_t thread;
+    int running;
+};
+
+void status_sampler_start(struct status_sampler *sampler, pid_t pid, const char *field);
+/* Stops the sampler and returns the most it saw, or -1 when it could not run. */
+long status_sampler_stop(struct status_sampler *sampler);
 /* Largest VmHWM over a process and its live direct children. */
 long proc_tree_hwm_kib(pid_t pid);
 /* Resets this process's VmHWM to its current RSS (clear_refs 5); returns HM_OK or HM_ERR_IO. */
@@ -306,6 +321,8 @@ struct peer_result {
     long rss_kib;   /* peak resident memory */
     /* meterd: RssAnon (heap) and RssFile (mapped ledger) at the end of its closed loop; else -1 */
     long rss_anon_kib, rss_file_kib;
+    /* meterd: the most RssAnon that samples every 20 ms saw in the closed loop; else -1 */
+    long rss_anon_peak_kib;
     int count_ok;   /* stored exactly the events sent */
     int rollups_checked;
     size_t rollup_differences;
@@ -335,6 +352,7 @@ struct bench {
     uint32_t window;       /* frames in flight per connection in the closed loop */
     uint32_t pg_connections;
     uint32_t redis_connections;
+    uint32_t index_memory_mib; /* passed to meterd as --index-memory; 0: meterd's default */
     uint64_t seed;
     int smoke;
 };

@@ -181,6 +181,39 @@ long proc_status_kib(pid_t pid, const char *field)
     return value;
 }
 
+static void *status_sampler_run(void *context)
+{
+    struct status_sampler *sampler = context;
+    while (!atomic_load(&sampler->stop)) {
+        long kib = proc_status_kib(sampler->pid, sampler->field);
+        if (kib > atomic_load(&sampler->peak_kib))
+            atomic_store(&sampler->peak_kib, kib);
+        usleep(20000);
+    }
+    return NULL;
+}
+
+void status_sampler_start(struct status_sampler *sampler, pid_t pid, const char *field)
+{
+    sampler->pid = pid;
+    sampler->field = field;
+    atomic_store(&sampler->stop, 0);
+    atomic_store(&sampler->peak_kib, proc_status_kib(pid, field));
+    sampler->running = pthread_create(&sampler->thread, NULL, status_sampler_run, sampler) == 0;
+}
+
+long status_sampler_stop(struct status_sampler *sampler)
+{
+    if (!sampler->running)
+        return -1;
+    atomic_store(&sampler->stop, 1);
+    pthread_join(sampler->thread, NULL);
+    sampler->running = 0;
+    long last = proc_status_kib(sampler->pid, sampler->field);
+    long peak = atomic_load(&sampler->peak_kib);
+    return last > peak ? last : peak;
+}
+
 static void max_child_hwm(pid_t child, void *context)
 {
     long hwm = proc_status_kib(child, "VmHWM");

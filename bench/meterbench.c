@@ -62,6 +62,8 @@ static const char usage_text[] =
     "                        (default 512)\n"
     "  --pg-connections N    PostgreSQL sessions, 1 to 32 (default 4)\n"
     "  --redis-connections N Redis connections, 1 to 32 (default 2)\n"
+    "  --index-memory MIB    meterd's --index-memory, the bound of its id index\n"
+    "                        (default: meterd's own, 128)\n"
     "  --traces DIR          the bundled traces (default SOURCE/data/traces)\n"
     "  --out DIR             where RESULTS.md and throughput.png go (default\n"
     "                        ./meterbench-results; SOURCE/bench holds the published report)\n"
@@ -87,6 +89,7 @@ struct options {
     uint64_t close_events;
     uint32_t close_tenants;
     uint32_t events_per_frame, tenants, connections, window, pg_connections, redis_connections;
+    uint32_t index_memory_mib; /* meterd --index-memory; 0 leaves meterd's default */
     uint32_t months; /* that synthetic timestamps spread over */
     const char *traces;
     const char *out;
@@ -350,6 +353,9 @@ static int parse_options(int argc, char **argv, struct options *options)
         } else if (strcmp(option, "--pg-connections") == 0) {
             rc = parse_unsigned(option, value, 1, 32, &number);
             options->pg_connections = (uint32_t)number;
+        } else if (strcmp(option, "--index-memory") == 0) {
+            rc = parse_unsigned(option, value, 1, 1 << 20, &number);
+            options->index_memory_mib = (uint32_t)number;
         } else if (strcmp(option, "--redis-connections") == 0) {
             rc = parse_unsigned(option, value, 1, 32, &number);
             options->redis_connections = (uint32_t)number;
@@ -418,13 +424,14 @@ static int write_results(const char *path, const struct bench *bench,
             "\"trace_events\": %zu, \"events_per_frame\": %u, \"tenants\": %u, \"months\": %u, "
             "\"duration_s\": %.3f, \"connections\": %u, \"window\": %u, "
             "\"pg_connections\": %u, \"redis_connections\": %u, \"group_events\": %u, "
-            "\"pool_events_max\": %zu, \"open_max_eps\": %.0f, \"peers\": [", options->mode,
+            "\"pool_events_max\": %zu, \"open_max_eps\": %.0f, \"index_memory_mib\": %u, "
+            "\"peers\": [", options->mode,
             pool_events_in(&bench->pool, bench->closed_frames), bench->pool.event_count,
             bench->pool.trace_event_count, options->events_per_frame, options->tenants,
             options->months,
             options->duration_s, options->connections, options->window, options->pg_connections,
             options->redis_connections, bench->group_events, BENCH_POOL_EVENTS_MAX,
-            options->open_max_eps);
+            options->open_max_eps, options->index_memory_mib);
     int first = 1;
     for (int i = 0; i < PEER_COUNT; i++) {
         const struct peer_result *r = &results[i];
@@ -439,11 +446,12 @@ static int write_results(const char *path, const struct bench *bench,
         json_string(file, r->note);
         fprintf(file, ", \"closed_events\": %zu, \"closed_seconds\": %.6f, \"closed_eps\": %.1f, "
                 "\"cpu_s\": %.3f, \"rss_kib\": %ld, \"rss_anon_kib\": %ld, \"rss_file_kib\": %ld, "
+                "\"rss_anon_peak_kib\": %ld, "
                 "\"count_ok\": %d, \"stored\": %" PRIu64
                 ", \"sent\": %" PRIu64 ", \"rollups_checked\": %d, \"rollup_differences\": %zu, "
                 "\"rollup_query_s\": %.3f, \"events_per_commit\": %.1f, \"open\": [",
                 r->closed_events, r->closed_seconds, r->closed_eps, r->cpu_s, r->rss_kib,
-                r->rss_anon_kib, r->rss_file_kib, r->count_ok, r->stored, r->sent, r->rollups_checked, r->rollup_differences,
+                r->rss_anon_kib, r->rss_file_kib, r->rss_anon_peak_kib, r->count_ok, r->stored, r->sent, r->rollups_checked, r->rollup_differences,
                 r->rollup_query_s, r->events_per_commit);
         for (size_t j = 0; j < r->open_count; j++) {
             const struct open_result *o = &r->open[j];
@@ -519,6 +527,7 @@ static int prepare(struct bench *bench, const struct options *options)
     bench->connections = options->connections;
     bench->window = options->window;
     bench->pg_connections = options->pg_connections;
+    bench->index_memory_mib = options->index_memory_mib;
     bench->redis_connections = options->redis_connections;
     bench->duration_s = options->duration_s;
     bench->open_max_eps = options->open_max_eps;
@@ -620,7 +629,7 @@ int main(int argc, char **argv)
             continue;
         fprintf(stderr, "meterbench: == %s\n", peer_names[i]);
         struct peer_result *result = &results[i];
-        result->rss_anon_kib = result->rss_file_kib = -1;
+        result->rss_anon_kib = result->rss_file_kib = result->rss_anon_peak_kib = -1;
         int peer_rc = peer_functions[i](&bench, result);
         if (strcmp(peer_names[i], "meterd-tcp") == 0 && result->events_per_commit >= 1)
             bench.group_events = (uint32_t)(result->events_per_commit + 0.5);

@@ -61,8 +61,11 @@ static int meterd_start(struct bench *bench, const char *name, struct meterd_ins
     char meterd[BENCH_PATH_MAX + 16], port_file[BENCH_PATH_MAX + 16];
     snprintf(meterd, sizeof meterd, "%s/meterd", bench->program_dir);
     snprintf(port_file, sizeof port_file, "%s/ports", instance->dir);
+    char index_memory[32];
+    snprintf(index_memory, sizeof index_memory, "--index-memory=%u", bench->index_memory_mib);
     char *argv[] = { meterd, "--data", instance->dir, "--host", "127.0.0.1", "--tcp-port", "0",
-                     "--udp-port", "0", "--port-file", port_file, "--log-level", "warn", NULL };
+                     "--udp-port", "0", "--port-file", port_file, "--log-level", "warn",
+                     bench->index_memory_mib > 0 ? index_memory : NULL, NULL };
     instance->pid = child_start(argv, instance->log, NULL);
     for (int waited = 0; instance->pid > 0 && waited < 10000; waited += 10) {
         FILE *file = fopen(port_file, "r");
@@ -206,8 +209,11 @@ int peer_meterd_tcp(struct bench *bench, struct peer_result *result)
     struct phase phase;
     bench_closed_phase(bench, result->name, &phase);
     double cpu_before = proc_cpu_seconds(instance.pid);
+    struct status_sampler anon;
+    status_sampler_start(&anon, instance.pid, "RssAnon");
     int rc = drive_stream(&bench->pool, &phase, &options);
     result->cpu_s = proc_cpu_seconds(instance.pid) - cpu_before;
+    result->rss_anon_peak_kib = status_sampler_stop(&anon);
     result->rss_kib = proc_status_kib(instance.pid, "VmHWM");
     result->rss_anon_kib = proc_status_kib(instance.pid, "RssAnon");
     result->rss_file_kib = proc_status_kib(instance.pid, "RssFile");

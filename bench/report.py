@@ -111,12 +111,12 @@ def main_table(results, peers):
     engine = next((p for p in peers if p["name"] == "meterd-tcp" and p["ran"]), None)
     lines = ["| peer | what an ack means | events/s (closed loop) | meterd-tcp ÷ peer | "
              "p50 ms at 50 % | p99 ms at 50 % | p99.9 ms at 50 % | CPU s per M events | "
-             "peak RSS MiB | RssAnon MiB | RssFile MiB | check |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "peak RSS MiB | RssAnon MiB | peak RssAnon MiB | RssFile MiB | check |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for peer in peers:
         if not peer["ran"]:
             lines.append(f"| {peer['name']} | {peer['durability']} | skipped: {peer['note']} "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         ratio = "n/a"
         if engine and peer["closed_eps"] > 0:
@@ -128,6 +128,7 @@ def main_table(results, peers):
         lines.append(f"| {peer['name']} | {peer['durability']} | {number(peer['closed_eps'])} | "
                      f"{ratio} | {p50} | {p99} | {p999} | {cpu:.2f} | "
                      f"{peer['rss_kib'] / 1024:.1f} | {kib_cell(peer, 'rss_anon_kib')} | "
+                     f"{kib_cell(peer, 'rss_anon_peak_kib')} | "
                      f"{kib_cell(peer, 'rss_file_kib')} | {check_cell(peer)} |")
     return lines
 
