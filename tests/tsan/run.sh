@@ -4,12 +4,15 @@
 #   tests/tsan/run.sh TSAN_BUILD_DIR [BUILD_DIR]
 #
 # meterd has three threads: the ingest loop, the commit thread and a helper
-# that faults in the next arena of the id index. The Criterion test programs do not run
-# under ThreadSanitizer, so this script drives the sanitized meterd from the
+# that faults in the next arena of the id index. With a bound on the index's
+# memory, spill threads write the index's runs and reaper threads free the
+# replaced ones. The Criterion test programs do not run under
+# ThreadSanitizer, so this script drives the sanitized meterd from the
 # normal build's meterctl: three tenants, every bundled trace replayed over
 # TCP twice (the second time every event is a duplicate) and once over UDP,
-# enough events for the id index to grow several times, then a SIGTERM stop.
-# Exits 1 when meterd printed a ThreadSanitizer report or a replay failed.
+# with `--index-memory 1` so that the index spills several times, then a
+# SIGTERM stop. Exits 1 when meterd printed a ThreadSanitizer report, a
+# replay failed, or the index wrote no run.
 set -euo pipefail
 source_dir=$(cd "$(dirname "$0")/../.." && pwd)
 tsan_build=${1:?usage: tests/tsan/run.sh TSAN_BUILD_DIR [BUILD_DIR]}
@@ -25,7 +28,7 @@ done
 "$build/meterctl" pricebook load "$source_dir/data/pricebooks/default.json" >/dev/null
 
 TSAN_OPTIONS="halt_on_error=0 exitcode=66" "$tsan_build/meterd" --tcp-port 0 --udp-port 0 \
-  --port-file "$work/ports" 2>"$work/meterd.err" &
+  --port-file "$work/ports" --index-memory 1 2>"$work/meterd.err" &
 pid=$!
 for _ in $(seq 300); do [ -s "$work/ports" ] && break; sleep 0.05; done
 [ -s "$work/ports" ] || { cat "$work/meterd.err" >&2; echo "tsan: meterd did not listen" >&2; exit 1; }
@@ -52,4 +55,11 @@ if [ "$reports" != 0 ] || [ "$status" != 0 ]; then
   echo "tsan: FAIL: $reports ThreadSanitizer reports, meterd exit status $status" >&2
   exit 1
 fi
-echo "tsan: meterd ran its three threads under load without a ThreadSanitizer report"
+runs=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["index"]["runs"])' \
+  "$METER_DATA/meterd-stats.json")
+if [ "$runs" = 0 ]; then
+  echo "tsan: FAIL: the id index wrote no run, so its spill threads were not checked" >&2
+  exit 1
+fi
+echo "tsan: meterd ran its threads under load without a ThreadSanitizer report" \
+  "($runs runs of the id index at the stop)"
