@@ -21,13 +21,19 @@ int __wrap_mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
 static uint8_t get_failure_key[64];
 static size_t get_failure_key_size;
 static int get_failure_armed;
+/* Matching reads that pass before the one that fails. */
+static int get_failure_skip;
 
 int __wrap_mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data)
 {
     if (get_failure_armed && key->mv_size == get_failure_key_size &&
         memcmp(key->mv_data, get_failure_key, get_failure_key_size) == 0) {
-        get_failure_armed = 0;
-        return MDB_CORRUPTED;
+        if (get_failure_skip > 0) {
+            get_failure_skip--;
+        } else {
+            get_failure_armed = 0;
+            return MDB_CORRUPTED;
+        }
     }
     return __real_mdb_get(txn, dbi, key, data);
 }
@@ -38,6 +44,7 @@ static inline void get_failure_arm(const void *key, size_t key_size)
     cr_assert_leq(key_size, sizeof get_failure_key);
     memcpy(get_failure_key, key, key_size);
     get_failure_key_size = key_size;
+    get_failure_skip = 0;
     get_failure_armed = 1;
 }
 

@@ -1,6 +1,7 @@
 /*
  * A close whose reads of the ledger fail or find damage: whether a tenant's
- * period is closed, and the void invoice that a reopened period replaces.
+ * period is closed, a tenant's data for rating, and the void invoice that a
+ * reopened period replaces.
  * The close must stop with an error that names the tenant, the period and
  * the invoice, and store nothing, instead of treating the failed read as
  * "closed" or "no earlier revision".
@@ -184,6 +185,30 @@ Test(close_read_failures, void_invoice_read_error_stops_close)
     char replaces[DOCUMENT_NUMBER_MAX];
     invoice_text(tenant_a, "replaces", replaces, sizeof replaces);
     cr_expect_str_eq(replaces, voided);
+}
+
+Test(close_read_failures, rating_read_error_stops_close)
+{
+    /*
+     * Alpha is rated first. Beta's record is read once as the tenants are
+     * listed; the next read keyed by its id, of its settings, fails.
+     */
+    char log[4096];
+    get_failure_arm(tenant_b, UUID_SIZE);
+    get_failure_skip = 1;
+    int rc = close_logged(log, sizeof log);
+    cr_expect_eq(get_failure_armed, 0, "the close did not read beta's settings");
+    cr_expect_eq(rc, HM_ERR_STORAGE, "the close returned %d; stderr: %s", rc, log);
+    cr_expect(strstr(log, "tenant beta") != NULL, "stderr does not name the tenant: %s", log);
+    cr_expect(strstr(log, "not closed") != NULL, "stderr does not say June is not closed: %s",
+              log);
+    cr_expect_eq(meterctl_errors(log), 1, "the failure is reported more than once: %s", log);
+    cr_expect_eq(ledger_period_closed(ledger, tenant_a, JUNE), 0, "alpha's June was closed");
+    cr_expect_eq(ledger_period_closed(ledger, tenant_b, JUNE), 0, "beta's June was closed");
+
+    cr_assert_eq(close_logged(log, sizeof log), HM_OK, "%s", log);
+    cr_expect_eq(ledger_period_closed(ledger, tenant_a, JUNE), 1);
+    cr_expect_eq(ledger_period_closed(ledger, tenant_b, JUNE), 1);
 }
 
 /*

@@ -767,10 +767,11 @@ static int close_rate_one(struct ledger *ledger, uint32_t period, struct book_sh
 }
 
 /*
- * Rates every tenant whose period is open. A tenant that cannot be rated is
- * reported on stderr, counted in *failures_out and left out, so that it
- * stays open while the others close. A failed read of the tenants or of a
- * tenant's period is reported on stderr and returned, and the close stops.
+ * Rates every tenant whose period is open. A tenant that cannot be rated
+ * (its price book or usage is invalid) is reported on stderr, counted in
+ * *failures_out and left out, so that it stays open while the others close.
+ * A failed read of the ledger (HM_ERR_STORAGE, HM_ERR_IO, HM_ERR_NOMEM) is
+ * reported on stderr and returned, and the close stops.
  */
 static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_shelf *shelf,
                           struct closing **out, size_t *count_out, int *failures_out,
@@ -814,6 +815,15 @@ static int close_rate_all(struct ledger *ledger, uint32_t period, struct book_sh
         rc = close_rate_one(ledger, period, shelf, closing, error, sizeof error);
         if (rc == 1)
             continue;
+        if (rc == HM_ERR_STORAGE || rc == HM_ERR_IO || rc == HM_ERR_NOMEM) {
+            /* The ledger, not the tenant's data, failed: no tenant closes on a partial read. */
+            fprintf(stderr, "meterctl: period %04u-%02u not closed: cannot read the usage of "
+                    "tenant %s: %s\n", period / 100, period % 100, tenants[i].name,
+                    error[0] ? error : hm_status_str(rc));
+            free(tenants);
+            closings_free(closings, count, shelf);
+            return rc;
+        }
         if (rc != HM_OK) {
             fprintf(stderr, "meterctl: cannot rate tenant %s for %04u-%02u: %s\n",
                     tenants[i].name, period / 100, period % 100,
