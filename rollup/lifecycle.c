@@ -10,6 +10,8 @@
 #include "ledger.h"
 #include "ledger_private.h"
 
+#include "rollup/json_build.h"
+
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -62,8 +64,13 @@ static int record_put_versioned(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, json_t 
 {
     if (json == NULL)
         return HM_ERR_NOMEM;
-    json_object_set_new(json, "version", json_integer(version));
-    char *text = json_dumps(json, JSON_COMPACT | JSON_SORT_KEYS);
+    int failed = 0;
+    json_add(json, "version", json_integer(version), &failed);
+    if (failed) {
+        json_decref(json);
+        return HM_ERR_NOMEM;
+    }
+    char *text = json_dumps_whole(json, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(json);
     if (text == NULL)
         return HM_ERR_NOMEM;
@@ -169,11 +176,12 @@ static int settings_write(struct ledger *ledger, MDB_txn *txn, const uint8_t ten
     json_t *json = json_pack("{s:s, s:s, s:I}", "support_tier", settings->support_tier, "issuer",
                              settings->issuer, "service_end_s", (json_int_t)settings->service_end_s);
     /* Written only when set, so that settings without it read the same in older versions. */
+    int failed = 0;
     if (json != NULL && settings->stripe_customer[0] != '\0')
-        json_object_set_new(json, "stripe_customer", json_string(settings->stripe_customer));
+        json_add(json, "stripe_customer", json_string(settings->stripe_customer), &failed);
     MDB_val key = { UUID_SIZE, (void *)tenant_id };
-    return record_put(txn, ledger->tables[TABLE_TENANT_SETTINGS], &key, json, 0,
-                      "store tenant settings");
+    return record_put(txn, ledger->tables[TABLE_TENANT_SETTINGS], &key, json_built(json, failed),
+                      0, "store tenant settings");
 }
 
 int ledger_tenant_create_with(struct ledger *ledger, const struct tenant *tenant,
@@ -715,11 +723,12 @@ static int text_is_utf8(const char *text)
 static json_t *credit_to_json(const struct credit_grant *grant)
 {
     json_t *uses = json_array();
+    int failed = 0;
     for (size_t i = 0; uses != NULL && i < grant->use_count; i++)
-        json_array_append_new(uses, json_pack("{s:s, s:I, s:I}", "number", grant->uses[i].number,
-                                              "change_minor",
-                                              (json_int_t)grant->uses[i].change_minor, "at_s",
-                                              (json_int_t)grant->uses[i].at_s));
+        json_add(uses, NULL, json_pack("{s:s, s:I, s:I}", "number", grant->uses[i].number,
+                                       "change_minor", (json_int_t)grant->uses[i].change_minor,
+                                       "at_s", (json_int_t)grant->uses[i].at_s),
+                 &failed);
     json_t *json = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s, s:o}", "currency", grant->currency,
                              "amount_minor", (json_int_t)grant->amount_minor, "balance_minor",
                              (json_int_t)grant->balance_minor, "granted_s",
@@ -727,11 +736,12 @@ static json_t *credit_to_json(const struct credit_grant *grant)
                              (json_int_t)grant->expires_s, "note", grant->note, "uses", uses);
     /* Written only when revoked; older versions read such a grant as one with balance 0. */
     if (json != NULL && grant->revoked_s != 0)
-        json_object_set_new(json, "revoked",
-                            json_pack("{s:I, s:I, s:s}", "at_s", (json_int_t)grant->revoked_s,
-                                      "balance_minor", (json_int_t)grant->revoked_balance_minor,
-                                      "reason", grant->revoke_reason));
-    return json;
+        json_add(json, "revoked",
+                 json_pack("{s:I, s:I, s:s}", "at_s", (json_int_t)grant->revoked_s,
+                           "balance_minor", (json_int_t)grant->revoked_balance_minor, "reason",
+                           grant->revoke_reason),
+                 &failed);
+    return json_built(json, failed);
 }
 
 static int credit_from_json(json_t *json, struct credit_grant *out)
@@ -1104,12 +1114,14 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
                       const struct billed_period *billed)
 {
     json_t *changes = json_array();
+    int failed = 0;
     for (size_t i = 0; changes != NULL && i < billed->change_count; i++) {
         const struct billed_change *change = &billed->changes[i];
-        json_array_append_new(changes, json_pack("{s:s, s:I, s:I, s:b}", "number", change->number,
-                                                 "amount_minor", (json_int_t)change->amount_minor,
-                                                 "events_after", (json_int_t)change->events_after,
-                                                 "late_usage", change->late_usage));
+        json_add(changes, NULL,
+                 json_pack("{s:s, s:I, s:I, s:b}", "number", change->number, "amount_minor",
+                           (json_int_t)change->amount_minor, "events_after",
+                           (json_int_t)change->events_after, "late_usage", change->late_usage),
+                 &failed);
     }
     json_t *json = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:b, s:o}", "number",
                              billed->number, "issuer", billed->issuer, "currency",
@@ -1119,25 +1131,27 @@ int ledger_billed_put(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE]
                              (json_int_t)billed->total_minor, "recheck", billed->recheck,
                              "changes", changes);
     if (json != NULL && billed->has_billed_with)
-        json_object_set_new(json, "billed_with",
-                            json_pack("{s:s, s:I, s:I}", "support_tier", billed->support_tier,
-                                      "service_start_s", (json_int_t)billed->service_start_s,
-                                      "service_end_s", (json_int_t)billed->service_end_s));
+        json_add(json, "billed_with",
+                 json_pack("{s:s, s:I, s:I}", "support_tier", billed->support_tier,
+                           "service_start_s", (json_int_t)billed->service_start_s,
+                           "service_end_s", (json_int_t)billed->service_end_s),
+                 &failed);
     /* Written only when known; older versions ignore it. */
     if (json != NULL && billed->has_meter_events) {
         json_t *meter_events = json_array();
         for (size_t i = 0; meter_events != NULL && i <= ROLLUP_EVENTS; i++)
-            json_array_append_new(meter_events,
-                                  json_integer((json_int_t)billed->meter_events[i]));
-        json_object_set_new(json, "meter_events", meter_events);
+            json_add(meter_events, NULL, json_integer((json_int_t)billed->meter_events[i]),
+                     &failed);
+        json_add(json, "meter_events", meter_events, &failed);
     }
     if (json != NULL && billed->usage_sha256[0] != '\0')
-        json_object_set_new(json, "usage_sha256", json_string(billed->usage_sha256));
+        json_add(json, "usage_sha256", json_string(billed->usage_sha256), &failed);
     uint8_t key_bytes[UUID_SIZE + 4];
     period_key(key_bytes, tenant_id, billed->period);
     MDB_val key = { sizeof key_bytes, key_bytes };
-    return record_put_versioned(txn->txn, txn->ledger->tables[TABLE_BILLED], &key, json,
-                                BILLED_RECORD_VERSION, 0, "store billed period");
+    return record_put_versioned(txn->txn, txn->ledger->tables[TABLE_BILLED], &key,
+                                json_built(json, failed), BILLED_RECORD_VERSION, 0,
+                                "store billed period");
 }
 
 int ledger_billed_delete(struct ledger_txn *txn, const uint8_t tenant_id[UUID_SIZE],

@@ -1,6 +1,7 @@
 #include "billing.h"
 #include "usage_input.h"
 
+#include "rollup/json_build.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -636,7 +637,7 @@ int billing_document_seal(json_t *document)
 {
     /* The seal covers the canonical form: sorted keys, no whitespace, without the seal itself. */
     json_object_del(document, "sha256");
-    char *canonical = json_dumps(document, JSON_SORT_KEYS | JSON_COMPACT);
+    char *canonical = json_dumps_whole(document, JSON_SORT_KEYS | JSON_COMPACT);
     if (canonical == NULL)
         return HM_ERR_NOMEM;
     uint8_t digest[EVP_MAX_MD_SIZE];
@@ -647,8 +648,9 @@ int billing_document_seal(json_t *document)
         return HM_ERR_NOMEM;
     char hex[2 * 32 + 1];
     hex_encode(digest, 32, hex);
-    json_object_set_new(document, "sha256", json_string(hex));
-    return HM_OK;
+    int failed = 0;
+    json_add(document, "sha256", json_string(hex), &failed);
+    return failed ? HM_ERR_NOMEM : HM_OK;
 }
 
 /* Adds the number, issuer, revision, status, close time and seal to a closing's invoice JSON. */
@@ -663,22 +665,23 @@ static int invoice_seal(struct closing *closing, int revision, const char *repla
     char net_text[MONEY_TEXT_SIZE];
     money_amount_format((struct money_amount){ net }, invoice->currency, net_text,
                         sizeof net_text);
-    json_object_set_new(json, "document_type", json_string("invoice"));
-    json_object_set_new(json, "number", json_string(closing->number));
+    int failed = 0;
+    json_add(json, "document_type", json_string("invoice"), &failed);
+    json_add(json, "number", json_string(closing->number), &failed);
     /* Older readers and exports look for the number here. */
-    json_object_set_new(json, "invoice_number", json_string(closing->number));
-    json_object_set_new(json, "issuer", json_string(closing->input.settings.issuer));
-    json_object_set_new(json, "revision", json_integer(revision));
+    json_add(json, "invoice_number", json_string(closing->number), &failed);
+    json_add(json, "issuer", json_string(closing->input.settings.issuer), &failed);
+    json_add(json, "revision", json_integer(revision), &failed);
     if (replaces != NULL)
-        json_object_set_new(json, "replaces", json_string(replaces));
-    json_object_set_new(json, "status", json_string("finalized"));
-    json_object_set_new(json, "closed_at", json_string(closed));
-    json_object_set_new(json, "price_book_sha256", json_string(closing->input.book_sha256));
-    json_object_set_new(json, "event_count", json_integer((json_int_t)closing->input.events));
-    json_object_set_new(json, "billed_net",
-                        json_pack("{s:s, s:I}", "amount", net_text, "amount_minor",
-                                  (json_int_t)net));
-    return billing_document_seal(json);
+        json_add(json, "replaces", json_string(replaces), &failed);
+    json_add(json, "status", json_string("finalized"), &failed);
+    json_add(json, "closed_at", json_string(closed), &failed);
+    json_add(json, "price_book_sha256", json_string(closing->input.book_sha256), &failed);
+    json_add(json, "event_count", json_integer((json_int_t)closing->input.events), &failed);
+    json_add(json, "billed_net",
+             json_pack("{s:s, s:I}", "amount", net_text, "amount_minor", (json_int_t)net),
+             &failed);
+    return failed ? HM_ERR_NOMEM : billing_document_seal(json);
 }
 
 /* Reports invoice files that a command could not write after its commit. */
@@ -897,16 +900,17 @@ static int credit_note_issue(struct ledger_txn *txn, json_t *invoice, struct bil
                              "revision", 1, "issued_at", issued);
     if (note == NULL)
         return HM_ERR_NOMEM;
-    json_object_set(note, "credited_invoice", json_object_get(invoice, "number")
-                                                   ? json_object_get(invoice, "number")
-                                                   : json_object_get(invoice, "invoice_number"));
+    int failed = json_object_set(note, "credited_invoice",
+                                 json_object_get(invoice, "number")
+                                     ? json_object_get(invoice, "number")
+                                     : json_object_get(invoice, "invoice_number")) != 0;
     json_t *book = json_object_get(invoice, "price_book_sha256");
-    if (book != NULL)
-        json_object_set(note, "price_book_sha256", book);
+    if (book != NULL && json_object_set(note, "price_book_sha256", book) != 0)
+        failed = 1;
     if (late_usage)
-        json_object_set_new(note, "events", json_integer((json_int_t)events));
-    rc = billing_document_seal(note);
-    char *text = rc == HM_OK ? json_dumps(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+        json_add(note, "events", json_integer((json_int_t)events), &failed);
+    rc = failed ? HM_ERR_NOMEM : billing_document_seal(note);
+    char *text = rc == HM_OK ? json_dumps_whole(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(note);
     if (text == NULL)
         return HM_ERR_NOMEM;
@@ -1129,7 +1133,8 @@ static int close_store(struct ledger_txn *txn, uint32_t period, struct closing *
     if (rc != HM_OK)
         return rc;
     rc = invoice_seal(closing, revision, previous[0] ? previous : NULL, now_s);
-    char *text = rc == HM_OK ? json_dumps(closing->json, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    char *text =
+        rc == HM_OK ? json_dumps_whole(closing->json, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (rc == HM_OK && text == NULL)
         rc = HM_ERR_NOMEM;
     if (rc == HM_OK)
@@ -1785,12 +1790,13 @@ static int credit_note_void(struct ledger_txn *txn, const char *note_number,
     free(text);
     if (note == NULL)
         return HM_ERR_STORAGE;
-    json_object_set_new(note, "status", json_string("void"));
-    json_object_set_new(note, "voided_at", json_string(voided));
-    json_object_set_new(note, "void_reason", json_string(reason));
-    json_object_set_new(note, "voided_with", json_string(invoice_number));
-    rc = billing_document_seal(note);
-    text = rc == HM_OK ? json_dumps(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    int failed = 0;
+    json_add(note, "status", json_string("void"), &failed);
+    json_add(note, "voided_at", json_string(voided), &failed);
+    json_add(note, "void_reason", json_string(reason), &failed);
+    json_add(note, "voided_with", json_string(invoice_number), &failed);
+    rc = failed ? HM_ERR_NOMEM : billing_document_seal(note);
+    text = rc == HM_OK ? json_dumps_whole(note, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(note);
     if (text == NULL)
         return HM_ERR_NOMEM;
@@ -1851,11 +1857,12 @@ static int void_store(struct ledger *ledger, struct ledger_txn *txn, json_t *inv
         return rc;
     }
 
-    json_object_set_new(invoice, "status", json_string("void"));
-    json_object_set_new(invoice, "voided_at", json_string(voided));
-    json_object_set_new(invoice, "void_reason", json_string(request->reason));
-    rc = billing_document_seal(invoice);
-    char *text = rc == HM_OK ? json_dumps(invoice, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    int failed = 0;
+    json_add(invoice, "status", json_string("void"), &failed);
+    json_add(invoice, "voided_at", json_string(voided), &failed);
+    json_add(invoice, "void_reason", json_string(request->reason), &failed);
+    rc = failed ? HM_ERR_NOMEM : billing_document_seal(invoice);
+    char *text = rc == HM_OK ? json_dumps_whole(invoice, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (text == NULL)
         return HM_ERR_NOMEM;
     rc = ledger_document_replace(txn, number, text);

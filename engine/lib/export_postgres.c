@@ -3,6 +3,7 @@
 #include "common/status.h"
 #include "common/uuid.h"
 #include "engine/lib/postgres.h"
+#include "rollup/json_build.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -474,7 +475,7 @@ static int invoice_export(struct exporter *exporter, const char *number, json_t 
     if (params[13] == NULL)
         params[13] = "0";
 
-    char *document = json_dumps(invoice, JSON_COMPACT | JSON_SORT_KEYS);
+    char *document = json_dumps_whole(invoice, JSON_COMPACT | JSON_SORT_KEYS);
     if (document == NULL)
         return fail(exporter, HM_ERR_NOMEM, "out of memory");
     params[22] = document;
@@ -537,7 +538,7 @@ static int credit_note_export(struct exporter *exporter, const char *number, jso
         if (required[i] != NULL && params[i] == NULL)
             return document_invalid(exporter, number, required[i]);
     }
-    char *document = json_dumps(note, JSON_COMPACT | JSON_SORT_KEYS);
+    char *document = json_dumps_whole(note, JSON_COMPACT | JSON_SORT_KEYS);
     if (document == NULL)
         return fail(exporter, HM_ERR_NOMEM, "out of memory");
     params[16] = document;

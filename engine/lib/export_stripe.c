@@ -4,6 +4,7 @@
 #include "common/status.h"
 #include "common/uuid.h"
 #include "pricing/money.h"
+#include "rollup/json_build.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -360,7 +361,7 @@ static int state_save(struct ledger *ledger, const char *number, json_t *state)
 {
     char key[DOCUMENT_NUMBER_MAX + 16];
     state_key(number, key, sizeof key);
-    char *text = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
+    char *text = json_dumps_whole(state, JSON_COMPACT | JSON_SORT_KEYS);
     if (text == NULL)
         return HM_ERR_NOMEM;
     int rc = ledger_export_put(ledger, key, text);
