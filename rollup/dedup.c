@@ -736,10 +736,12 @@ static void spill_finish(struct dedup_index *index)
     atomic_store(&index->spill_state, SPILL_NONE);
     if (index->spill_status != HM_OK) {
         index->spill_failures++;
-        index->spill_reported = 0;
+        index->spill_failing = 1;
         index->spill_wait = SPILL_RETRY_WAIT;
         return;
     }
+    index->spill_failing = 0;
+    index->spill_reported = 0;
     struct dedup_run **dropped = malloc((index->run_count + 1) * sizeof *dropped);
     size_t dropped_count = 0;
     for (size_t i = 0; i < index->run_count; i++) {
@@ -875,7 +877,7 @@ int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max
 
 int dedup_spill_failure(struct dedup_index *index, int *errno_out)
 {
-    if (index->spill_failures == 0 || index->spill_reported)
+    if (!index->spill_failing || index->spill_reported)
         return HM_OK;
     index->spill_reported = 1;
     *errno_out = index->spill_errno;

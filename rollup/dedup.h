@@ -86,7 +86,8 @@ struct dedup_index {
     uint64_t spill_waits;  /* transactions that waited for a spill to end */
     uint64_t spill_wait_us;
     uint64_t spill_failures;
-    int spill_reported; /* the last failure was returned by dedup_spill_failure */
+    int spill_failing;  /* the last spill failed */
+    int spill_reported; /* dedup_spill_failure returned this run of failures */
 };
 
 /*
@@ -153,9 +154,10 @@ size_t dedup_run_count(const struct dedup_index *index);
 int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max);
 
 /*
- * Returns HM_OK, or the status of a spill that failed since the last call
- * (with the system's errno in *errno_out, 0 if none), once, for the caller
- * to report.
+ * Returns HM_OK, or the status of a failed spill (with the system's errno
+ * in *errno_out, 0 if none) for the caller to report: once for a run of
+ * failures that no successful spill ends, so that a retry that fails again
+ * reports nothing new.
  */
 int dedup_spill_failure(struct dedup_index *index, int *errno_out);
 

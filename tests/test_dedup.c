@@ -474,6 +474,19 @@ Test(spill, failed_spill_tried_again)
     spills_settle(index);
     cr_assert_gt(index->spill_failures, 0);
     cr_assert_eq(dedup_run_count(index), 0);
+    int sys = 0;
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_IO);
+
+    /* A retry that fails again is counted and not reported again. */
+    uint64_t failures = index->spill_failures;
+    for (int i = 0; i < 3000 && index->spill_failures == failures; i++) {
+        dedup_txn_begin(index);
+        dedup_txn_commit(index);
+        spills_settle(index);
+    }
+    cr_assert_gt(index->spill_failures, failures, "the spill was not tried again");
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_OK);
+
     /* Space again: a later transaction writes the frozen table out. */
     limit.rlim_cur = RLIM_INFINITY;
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
