@@ -30,8 +30,9 @@ static void usage(FILE *out)
             "  --stats-file FILE     write the counters here as JSON every 2 s and at the stop\n"
             "                        (default DIR/meterd-stats.json of --data)\n"
             "  --map-size MIB        ledger map size in MiB (default 16384)\n"
-            "  --index-memory MIB    memory for the index of stored event ids (default 128);\n"
-            "                        past it, older ids go to sorted runs on disk\n"
+            "  --index-memory MIB    memory for the index of stored event ids, 1 to 1048576\n"
+            "                        (default 128); once the ids in memory take half of it,\n"
+            "                        they move to a run on disk, a file with no name in DIR\n"
             "  --max-connections N   open TCP connections (default 256); at the limit a new\n"
             "                        connection takes the slot of the oldest one without an\n"
             "                        accepted frame, or else of the one idle the longest\n"
@@ -275,6 +276,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    struct ledger_index_stats index;
+    ledger_index_stats(store.ledger, &index);
+    options.index = (struct batch_index){ index.ids,        index.memory_bytes,
+                                          index.disk_bytes, index.runs,
+                                          index.spill_failures, index.spill_waits,
+                                          index.spill_wait_us };
     struct server_hooks hooks = { 0 };
     store_hooks(&store, &hooks);
     rc = server_run(&options, &hooks, NULL);

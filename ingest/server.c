@@ -1944,6 +1944,7 @@ int server_run(const struct server_options *options, const struct server_hooks *
     }
 
     /* The stats file starts at zero, so it never shows a previous run's counters. */
+    server.stats.index = options->index;
     stats_write(&server);
     arm_accept(&server);
     for (uint32_t i = 0; i < UDP_BUFFERS; i++)

@@ -173,6 +173,24 @@ print(" ".join(f"{k}={v}" for k, v in sorted(frames.items()) if k != "accepted" 
 ' "$data/meterd-stats.json")
 [ -z "$bad_frames" ] || fail "meterd rejected frames: $bad_frames"
 
+echo "== restart: the stats file describes the index built from the ledger before any frame"
+rm -f "$data/ports" "$data/meterd-stats.json"
+"$meterd" --data "$data" --host 127.0.0.1 --tcp-port 0 --udp-port 0 \
+  --port-file "$data/ports" --log-level warn 2>"$work/meterd-restart.log" &
+meterd_pid=$!
+for _ in $(seq 100); do
+  [ -s "$data/ports" ] && [ -s "$data/meterd-stats.json" ] && break
+  kill -0 "$meterd_pid" 2>/dev/null || fail "meterd exited at restart: $(cat "$work/meterd-restart.log")"
+  sleep 0.05
+done
+index_ids=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["index"]["ids"])' \
+  "$data/meterd-stats.json")
+kill -TERM "$meterd_pid"
+wait "$meterd_pid" || fail "meterd exited with an error after its restart: $(cat "$work/meterd-restart.log")"
+meterd_pid=
+[ "$index_ids" = "$expected_events" ] ||
+  fail "after the restart the stats file listed $index_ids ids in the index; the ledger holds $expected_events events"
+
 echo "== verify the rollups against the ledger"
 for name in "${tenants[@]}"; do
   "$meterctl" verify "$name" --period "$period" || fail "meterctl verify $name --period $period failed"
