@@ -29,7 +29,7 @@ trap 'rm -rf "$work"' EXIT
 
 extra=(--keep-temp)
 [ -z "$index_memory" ] || extra+=(--index-memory "$index_memory")
-printf '%12s %14s %16s %12s %12s\n' events events/s "peak RssAnon MiB" "RssAnon MiB" "RssFile MiB"
+printf '%12s %14s %16s %20s %12s\n' events events/s "peak RssAnon MiB" "RssAnon at end MiB" "RssFile MiB"
 for events in "${counts[@]}"; do
   "$build/meterbench" --peers meterd-tcp --events "$events" --loads 0.5 --duration 1 \
     "${extra[@]}" --out "$work/$events" >"$work/$events.log" 2>&1 ||
@@ -41,7 +41,7 @@ results = json.load(open(sys.argv[1]))
 peer = next(p for p in results["peers"] if p["name"] == "meterd-tcp")
 mib = lambda kib: f"{kib / 1024:.1f}" if kib >= 0 else "n/a"
 print(f"{int(sys.argv[2]):12,d} {peer['closed_eps']:14,.0f} {mib(peer['rss_anon_peak_kib']):>16} "
-      f"{mib(peer['rss_anon_kib']):>12} {mib(peer['rss_file_kib']):>12}")
+      f"{mib(peer['rss_anon_kib']):>20} {mib(peer['rss_file_kib']):>12}")
 EOF
   rm -rf "$kept"
 done
