@@ -588,7 +588,8 @@ static int run_listed(struct dedup_run *const *runs, size_t count, const struct 
  * The spill: writes the frozen table to a run, then merges the newest two
  * runs while the older is at most twice the newer, which keeps about
  * log2 of the spills of them. Builds a new list of runs; runs of the old
- * list are only read. Sets spill_runs or spill_status.
+ * list are only read. Sets spill_runs or spill_status, and
+ * spill_merge_status.
  */
 static void spill_work(struct dedup_index *index)
 {
@@ -597,6 +598,8 @@ static void spill_work(struct dedup_index *index)
     int rc = runs == NULL ? HM_ERR_NOMEM : HM_OK;
     int sys = 0;
     size_t count = old_count;
+    index->spill_merge_status = HM_OK;
+    index->spill_merge_errno = 0;
     if (rc == HM_OK) {
         if (old_count > 0)
             memcpy(runs, index->runs, old_count * sizeof *runs);
@@ -606,9 +609,20 @@ static void spill_work(struct dedup_index *index)
     }
     while (rc == HM_OK && count >= 2 && runs[count - 2]->count <= 2 * runs[count - 1]->count) {
         struct dedup_run *merged;
-        rc = run_merge(index->spill_dir, runs[count - 2], runs[count - 1], &merged, &sys);
-        if (rc != HM_OK)
+        int merge_errno = 0;
+        int merge_rc =
+            run_merge(index->spill_dir, runs[count - 2], runs[count - 1], &merged, &merge_errno);
+        if (merge_rc != HM_OK) {
+            /*
+             * A merge needs room for both of its runs and the merged one.
+             * The runs written so far hold every id, so they are kept
+             * unmerged: failing the spill would keep the frozen table in
+             * memory although its run is on disk.
+             */
+            index->spill_merge_status = merge_rc;
+            index->spill_merge_errno = merge_errno;
             break;
+        }
         /* Runs this spill wrote are its own to free; the old ones the writer frees. */
         for (size_t k = count - 2; k < count; k++) {
             if (!run_listed(index->runs, old_count, runs[k]))
@@ -742,6 +756,15 @@ static void spill_finish(struct dedup_index *index)
     }
     index->spill_failing = 0;
     index->spill_reported = 0;
+    if (index->spill_merge_status != HM_OK) {
+        index->merge_failures++;
+        index->merge_failing = 1;
+        index->merge_status = index->spill_merge_status;
+        index->merge_errno = index->spill_merge_errno;
+    } else {
+        index->merge_failing = 0;
+        index->merge_reported = 0;
+    }
     struct dedup_run **dropped = malloc((index->run_count + 1) * sizeof *dropped);
     size_t dropped_count = 0;
     for (size_t i = 0; i < index->run_count; i++) {
@@ -882,6 +905,15 @@ int dedup_spill_failure(struct dedup_index *index, int *errno_out)
     index->spill_reported = 1;
     *errno_out = index->spill_errno;
     return index->spill_status;
+}
+
+int dedup_merge_failure(struct dedup_index *index, int *errno_out)
+{
+    if (!index->merge_failing || index->merge_reported)
+        return HM_OK;
+    index->merge_reported = 1;
+    *errno_out = index->merge_errno;
+    return index->merge_status;
 }
 
 size_t dedup_count(const struct dedup_index *index)
@@ -1132,13 +1164,14 @@ void dedup_txn_begin(struct dedup_index *index)
 {
     index->undo_count = 0;
     /*
-     * The tables together stay within the bound: when the one in memory
-     * fills the room that the frozen one leaves before its spill ends, the
-     * writer waits for the spill.
+     * The tables together stay within the bound: when the one in memory is
+     * full (half the bound) before the frozen one's spill ends, the writer
+     * waits for the spill. A frozen table that alone passes the bound, as
+     * after failed spills, is no reason to wait while the new table has room.
      */
     int wait = index->frozen != NULL && index->spill_wait == 0 &&
                atomic_load(&index->spill_state) == SPILL_RUNNING &&
-               table_bytes(index->hot) + table_bytes(index->frozen) >= index->memory_max;
+               table_bytes(index->hot) >= index->memory_max / 2;
     if (wait) {
         struct timespec start, end;
         clock_gettime(CLOCK_MONOTONIC, &start);

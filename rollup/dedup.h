@@ -88,6 +88,14 @@ struct dedup_index {
     uint64_t spill_failures;
     int spill_failing;  /* the last spill failed */
     int spill_reported; /* dedup_spill_failure returned this run of failures */
+    int spill_merge_status; /* HM_OK, or why the spill thread's last merge failed */
+    int spill_merge_errno;
+    /* Merges of runs that failed; their runs stay on disk unmerged. */
+    int merge_status; /* the writer's copy of spill_merge_status, for dedup_merge_failure */
+    int merge_errno;  /* the system's reason for a failed merge, or 0 */
+    uint64_t merge_failures;
+    int merge_failing;  /* the last spill left runs unmerged */
+    int merge_reported; /* dedup_merge_failure returned this run of failed merges */
 };
 
 /*
@@ -148,7 +156,9 @@ size_t dedup_run_count(const struct dedup_index *index);
  * which it can drop and read again.
  *
  * A spill that fails (a full disk) keeps the frozen table in memory, and
- * is tried again after a number of transactions; no id is lost.
+ * is tried again after a number of transactions; no id is lost. A merge
+ * that fails after the new run is written keeps the runs unmerged, and the
+ * next spill tries to merge them again.
  * HM_ERR_IO when `dir` cannot be opened. memory_max 0 turns spilling off.
  */
 int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max);
@@ -160,6 +170,14 @@ int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max
  * reports nothing new.
  */
 int dedup_spill_failure(struct dedup_index *index, int *errno_out);
+
+/*
+ * Returns HM_OK, or the status of a merge of runs that failed (with the
+ * system's errno in *errno_out, 0 if none), once until a spill merges all
+ * of its runs again. A failed merge keeps its runs: no id is lost, but a
+ * lookup reads more runs.
+ */
+int dedup_merge_failure(struct dedup_index *index, int *errno_out);
 
 /* Returns the nonzero fingerprint of an event id within its tenant. */
 uint64_t dedup_fingerprint(const struct dedup_index *index, const uint8_t tenant_id[UUID_SIZE],

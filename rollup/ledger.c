@@ -527,9 +527,18 @@ static int writer_prepare(struct ledger_txn *txn)
     rc = dedup_spill_failure(ledger->dedup, &spill_errno);
     if (rc != HM_OK)
         log_warn("ledger", "cannot write a run of the event id index to %s: %s; its ids stay in "
-                 "memory, and the write is tried again later. Free space there",
+                 "memory, and the write is tried again later. Free space there, or make it "
+                 "writable",
                  ledger_path(ledger),
                  spill_errno != 0 ? strerror(spill_errno) : hm_status_str(rc));
+    int merge_errno = 0;
+    rc = dedup_merge_failure(ledger->dedup, &merge_errno);
+    if (rc != HM_OK)
+        log_warn("ledger", "cannot merge runs of the event id index in %s: %s; the runs stay "
+                 "unmerged, so each lookup of a new id reads more of them. Free space there, "
+                 "or make it writable",
+                 ledger_path(ledger),
+                 merge_errno != 0 ? strerror(merge_errno) : hm_status_str(rc));
     txn->appending = 1;
     return HM_OK;
 }

@@ -503,3 +503,75 @@ Test(spill, failed_spill_tried_again)
     dedup_free(index);
 }
 
+/*
+ * A merge needs room for a file as large as its two runs together. When
+ * there is room for a new run but not for the merge, the new run is kept
+ * unmerged: the table in memory is freed, and the memory stays near the
+ * bound. A file size limit of 2 MiB lets each run of a 2 MiB table be
+ * written and fails every merge.
+ */
+Test(spill, failed_merge_keeps_new_run)
+{
+    enum { IDS = 600000 };
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit = { 2 << 20, RLIM_INFINITY };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, IDS, 1000, MEMORY_MAX);
+    spills_settle(index);
+    cr_assert_eq(index->spill_failures, 0, "%llu spills failed",
+                 (unsigned long long)index->spill_failures);
+    cr_assert_geq(dedup_run_count(index), 4, "%zu runs", dedup_run_count(index));
+    cr_assert_gt(index->merge_failures, 0);
+    int sys = 0;
+    cr_assert_eq(dedup_merge_failure(index, &sys), HM_ERR_IO);
+    cr_assert_eq(sys, EFBIG, "errno %d", sys);
+    cr_assert_eq(dedup_merge_failure(index, &sys), HM_OK, "the failure is reported once");
+    cr_assert_eq(dedup_count(index), IDS);
+    expect_all_found(index, IDS);
+    dedup_free(index);
+}
+
+/*
+ * After failed spills the table in memory grows past the bound. Once a
+ * spill succeeds it is frozen in turn, and the new table starts empty:
+ * commits go on while the large frozen table is written, instead of
+ * waiting for all of it.
+ */
+Test(spill, no_wait_for_large_frozen_table)
+{
+    enum { IDS = 300000 };
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit = { 64 << 10, RLIM_INFINITY };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, IDS, 1000, 0);
+    spills_settle(index);
+    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_gt(dedup_bytes(index), 2 * MEMORY_MAX);
+    limit.rlim_cur = RLIM_INFINITY;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    /*
+     * Transactions until the retried spill ends. The transaction that takes
+     * its run also freezes the large table and starts its spill.
+     */
+    for (int i = 0; i < 1200 && dedup_run_count(index) == 0; i++) {
+        dedup_txn_begin(index);
+        dedup_txn_commit(index);
+        if (atomic_load(&index->spill_state) != 0)
+            usleep(1000);
+    }
+    cr_assert_gt(dedup_run_count(index), 0, "the spill was not tried again");
+    cr_assert_not_null(index->frozen);
+    cr_assert_gt(dedup_bytes(index), MEMORY_MAX, "the large table was not frozen");
+    cr_assert_neq(atomic_load(&index->spill_state), 0, "the large table's spill already ended");
+    uint64_t waits = index->spill_waits;
+    dedup_txn_begin(index);
+    cr_assert_eq(add(index, spread(IDS), IDS + 1, 1), HM_OK);
+    dedup_txn_commit(index);
+    cr_assert_eq(index->spill_waits, waits, "a commit waited for the spill of the large table");
+    spills_settle(index);
+    cr_assert_null(index->frozen);
+    expect_all_found(index, IDS + 1);
+    dedup_free(index);
+}
