@@ -463,17 +463,30 @@ Test(spill, failed_spill_keeps_ids_in_memory)
     dedup_free(index);
 }
 
-Test(spill, failed_spill_tried_again)
+/* Sets a file size limit of `bytes` (SIGXFSZ ignored), which writes of larger runs pass. */
+static void file_size_limit(rlim_t bytes)
 {
-    enum { IDS = 200000 };
     signal(SIGXFSZ, SIG_IGN);
-    struct rlimit limit = { 64 << 10, RLIM_INFINITY };
+    struct rlimit limit = { bytes, RLIM_INFINITY };
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+}
+
+/* Returns an index whose spills of `ids` ids all failed at a file size limit of 64 KiB. */
+static struct dedup_index *index_after_failed_spills(uint64_t ids)
+{
+    file_size_limit(64 << 10);
     struct dedup_index *index = spilling_index(MEMORY_MAX);
-    add_committed(index, 0, IDS, 1000, 0);
+    add_committed(index, 0, ids, 1000, 0);
     spills_settle(index);
     cr_assert_gt(index->spill_failures, 0);
     cr_assert_eq(dedup_run_count(index), 0);
+    return index;
+}
+
+Test(spill, failed_spill_tried_again)
+{
+    enum { IDS = 200000 };
+    struct dedup_index *index = index_after_failed_spills(IDS);
     int sys = 0;
     cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_IO);
 
@@ -488,8 +501,7 @@ Test(spill, failed_spill_tried_again)
     cr_assert_eq(dedup_spill_failure(index, &sys), HM_OK);
 
     /* Space again: a later transaction writes the frozen table out. */
-    limit.rlim_cur = RLIM_INFINITY;
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    file_size_limit(RLIM_INFINITY);
     for (int i = 0; i < 3000 && dedup_run_count(index) == 0; i++) {
         dedup_txn_begin(index);
         dedup_txn_commit(index);
@@ -513,9 +525,7 @@ Test(spill, failed_spill_tried_again)
 Test(spill, failed_merge_keeps_new_run)
 {
     enum { IDS = 600000 };
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit limit = { 2 << 20, RLIM_INFINITY };
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    file_size_limit(2 << 20);
     struct dedup_index *index = spilling_index(MEMORY_MAX);
     add_committed(index, 0, IDS, 1000, MEMORY_MAX);
     spills_settle(index);
@@ -541,16 +551,9 @@ Test(spill, failed_merge_keeps_new_run)
 Test(spill, no_wait_for_large_frozen_table)
 {
     enum { IDS = 300000 };
-    signal(SIGXFSZ, SIG_IGN);
-    struct rlimit limit = { 64 << 10, RLIM_INFINITY };
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
-    struct dedup_index *index = spilling_index(MEMORY_MAX);
-    add_committed(index, 0, IDS, 1000, 0);
-    spills_settle(index);
-    cr_assert_gt(index->spill_failures, 0);
+    struct dedup_index *index = index_after_failed_spills(IDS);
     cr_assert_gt(dedup_bytes(index), 2 * MEMORY_MAX);
-    limit.rlim_cur = RLIM_INFINITY;
-    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    file_size_limit(RLIM_INFINITY);
     /*
      * Transactions until the retried spill ends. The transaction that takes
      * its run also freezes the large table and starts its spill.
