@@ -365,9 +365,8 @@ static void run_free(struct dedup_run *run)
 
 /*
  * Makes an empty run for `count` ids in a new file with no name in the
- * spill directory, mapped for writing. The file's blocks are allocated
- * first: a full disk then fails here, not as a fault on a write to the
- * mapping.
+ * spill directory, mapped for reading; run_writer writes it. The file's
+ * blocks are allocated first, so a full disk fails here and not part way.
  */
 static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_out)
 {
@@ -395,7 +394,7 @@ static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_
     }
     int rc = run->fd < 0 ? errno : posix_fallocate(run->fd, 0, (off_t)run->map_bytes);
     if (rc == 0) {
-        run->map = mmap(NULL, run->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
+        run->map = mmap(NULL, run->map_bytes, PROT_READ, MAP_SHARED, run->fd, 0);
         if (run->map == MAP_FAILED) {
             rc = errno;
             run->map = NULL;
@@ -415,12 +414,75 @@ static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_
     return HM_OK;
 }
 
-/* Places ids, given in ascending order of their tags, into a new run. */
+/*
+ * Places ids, given in ascending order of their tags, into a new run. The
+ * slots go to the file through a buffer with pwrite, in order: written
+ * through the mapping, each new page of the file was a fault and a page
+ * that the kernel zeroed first. Slots past the last one written stay
+ * empty, as the file's allocated blocks read as zeros.
+ */
+#define WRITER_SLOTS 32768
+
 struct run_writer {
     struct dedup_run *run;
-    size_t next; /* the first slot after the last tag placed */
+    size_t next;    /* the first slot after the last tag placed */
     size_t placed;
+    size_t flushed; /* slots written to the file; the buffer holds the next ones */
+    uint64_t *tags;
+    uint32_t *locators;
+    int errno_value; /* of a failed write */
 };
+
+static int run_writer_start(struct run_writer *writer, struct dedup_run *run)
+{
+    *writer = (struct run_writer){ .run = run };
+    writer->tags = calloc(WRITER_SLOTS, sizeof *writer->tags);
+    writer->locators = calloc(WRITER_SLOTS, sizeof *writer->locators);
+    if (writer->tags == NULL || writer->locators == NULL) {
+        free(writer->tags);
+        free(writer->locators);
+        writer->tags = NULL;
+        writer->locators = NULL;
+        return HM_ERR_NOMEM;
+    }
+    return HM_OK;
+}
+
+static int write_all(int fd, const void *bytes, size_t size, off_t offset)
+{
+    const uint8_t *at = bytes;
+    while (size > 0) {
+        ssize_t written = pwrite(fd, at, size, offset);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written <= 0)
+            return written < 0 ? errno : EIO;
+        at += written;
+        size -= (size_t)written;
+        offset += written;
+    }
+    return 0;
+}
+
+/* Writes the buffer's first `count` slots to the file and empties it. */
+static int run_writer_flush(struct run_writer *writer, size_t count)
+{
+    struct dedup_run *run = writer->run;
+    int rc = write_all(run->fd, writer->tags, count * sizeof *writer->tags,
+                       (off_t)(writer->flushed * sizeof *run->tags));
+    if (rc == 0)
+        rc = write_all(run->fd, writer->locators, count * sizeof *writer->locators,
+                       (off_t)(run->slots * sizeof *run->tags +
+                               writer->flushed * sizeof *run->locators));
+    if (rc != 0) {
+        writer->errno_value = rc;
+        return rc == ENOSPC || rc == EDQUOT ? HM_ERR_FULL : HM_ERR_IO;
+    }
+    memset(writer->tags, 0, count * sizeof *writer->tags);
+    memset(writer->locators, 0, count * sizeof *writer->locators);
+    writer->flushed += count;
+    return HM_OK;
+}
 
 static int run_put(struct run_writer *writer, uint64_t tag, uint32_t locator)
 {
@@ -430,11 +492,34 @@ static int run_put(struct run_writer *writer, uint64_t tag, uint32_t locator)
         at = writer->next;
     if (at >= run->slots || writer->placed == run->count)
         return HM_ERR_FULL;
-    ((uint64_t *)run->tags)[at] = tag;
-    ((uint32_t *)run->locators)[at] = locator;
+    while (at >= writer->flushed + WRITER_SLOTS) {
+        int rc = run_writer_flush(writer, WRITER_SLOTS);
+        if (rc != HM_OK)
+            return rc;
+    }
+    writer->tags[at - writer->flushed] = tag;
+    writer->locators[at - writer->flushed] = locator;
     writer->next = at + 1;
     writer->placed++;
     return HM_OK;
+}
+
+/*
+ * Writes what the buffer holds and frees it. Returns `rc` when it is an
+ * error, else the result of the last write; a count of ids that disagrees
+ * with the run's is HM_ERR_STATE.
+ */
+static int run_writer_end(struct run_writer *writer, int rc, int *errno_out)
+{
+    if (rc == HM_OK && writer->next > writer->flushed)
+        rc = run_writer_flush(writer, writer->next - writer->flushed);
+    if (rc == HM_OK && writer->placed != writer->run->count)
+        rc = HM_ERR_STATE;
+    if (writer->errno_value != 0)
+        *errno_out = writer->errno_value;
+    free(writer->tags);
+    free(writer->locators);
+    return rc;
 }
 
 /* Returns the slot of the first tag not below `tag` from its home, or an empty slot. */
@@ -516,15 +601,15 @@ static int run_from_table(int dir, const struct dedup_table *table, struct dedup
     int rc = run_create(dir, table->count, &run, errno_out);
     if (rc != HM_OK)
         return rc;
+    struct run_writer writer;
+    if ((rc = run_writer_start(&writer, run)) != HM_OK) {
+        run_free(run);
+        return rc;
+    }
     struct run_entry *sorted = malloc(SEGMENT_SLOTS * sizeof *sorted);
     uint32_t *starts = malloc(((1 << SORT_BITS) + 1) * sizeof *starts);
-    if (sorted == NULL || starts == NULL) {
-        free(sorted);
-        free(starts);
-        run_free(run);
-        return HM_ERR_NOMEM;
-    }
-    struct run_writer writer = { run, 0, 0 };
+    if (sorted == NULL || starts == NULL)
+        rc = HM_ERR_NOMEM;
     size_t size = (size_t)1 << table->depth;
     for (size_t i = 0; i < size && rc == HM_OK;) {
         const struct dedup_segment *segment = table->directory[i];
@@ -535,9 +620,8 @@ static int run_from_table(int dir, const struct dedup_table *table, struct dedup
     }
     free(sorted);
     free(starts);
-    /* A count that disagrees with the slots means a damaged table. */
-    if (rc == HM_OK && writer.placed != run->count)
-        rc = HM_ERR_STATE;
+    /* A count that disagrees with the slots means a damaged table (HM_ERR_STATE). */
+    rc = run_writer_end(&writer, rc, errno_out);
     if (rc != HM_OK) {
         run_free(run);
         return rc;
@@ -554,7 +638,11 @@ static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run 
     int rc = run_create(dir, a->count + b->count, &run, errno_out);
     if (rc != HM_OK)
         return rc;
-    struct run_writer writer = { run, 0, 0 };
+    struct run_writer writer;
+    if ((rc = run_writer_start(&writer, run)) != HM_OK) {
+        run_free(run);
+        return rc;
+    }
     size_t i = run_next(a, 0), j = run_next(b, 0);
     while (rc == HM_OK && (i < a->slots || j < b->slots)) {
         if (j >= b->slots || (i < a->slots && a->tags[i] <= b->tags[j])) {
@@ -565,8 +653,7 @@ static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run 
             j = run_next(b, j + 1);
         }
     }
-    if (rc == HM_OK && writer.placed != run->count)
-        rc = HM_ERR_STATE;
+    rc = run_writer_end(&writer, rc, errno_out);
     if (rc != HM_OK) {
         run_free(run);
         return rc;
