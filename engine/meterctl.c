@@ -8,6 +8,7 @@
 #include "engine/lib/postgres_cli.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
+#include "rollup/json_build.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -1085,7 +1086,7 @@ static int usage_command(struct ledger *ledger, int argc, char **argv)
     }
     json_t *json = NULL;
     char *text = NULL;
-    if (invoice_to_json(&invoice, &json) == HM_OK && (text = json_dumps(json, 0)) != NULL) {
+    if (invoice_to_json(&invoice, &json) == HM_OK && (text = json_dumps_whole(json, 0)) != NULL) {
         printf("\nDraft invoice (the period is open):\n\n");
         billing_invoice_print(text, stdout);
     }

@@ -9,7 +9,8 @@
  * sorted runs on disk, and every id stays found with its locator while the
  * memory stays near the bound. Aborts after a spill remove only their own
  * ids; a rebuild spills as it loads; a spill that cannot write keeps its
- * ids in memory, is reported once and is tried again.
+ * ids in memory, is reported once and is tried again. Writes of runs go
+ * through __wrap_pwrite, which can fail them or shorten them.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -17,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/status.h"
@@ -31,6 +34,48 @@ static uint64_t spread(uint64_t x)
     x = (x ^ x >> 27) * UINT64_C(0x94d049bb133111eb);
     x ^= x >> 31;
     return x != 0 ? x : 1;
+}
+
+/*
+ * Runs are written through __wrap_pwrite, because the binary is linked with
+ * -Wl,--wrap=pwrite (tests/CMakeLists.txt). While pwrite_errno is not 0, a write to a file
+ * larger than pwrite_fail_above bytes fails with it. While pwrite_max_bytes
+ * is not 0, each write stores at most that many bytes, as a short write.
+ * The spill thread writes, so these are atomic.
+ */
+static _Atomic int pwrite_errno;
+static _Atomic long long pwrite_fail_above;
+static _Atomic size_t pwrite_max_bytes;
+static _Atomic unsigned long pwrite_calls;
+
+ssize_t __real_pwrite(int fd, const void *buffer, size_t size, off_t offset);
+ssize_t __wrap_pwrite(int fd, const void *buffer, size_t size, off_t offset);
+
+ssize_t __wrap_pwrite(int fd, const void *buffer, size_t size, off_t offset)
+{
+    atomic_fetch_add(&pwrite_calls, 1);
+    int error = atomic_load(&pwrite_errno);
+    struct stat status;
+    if (error != 0 && fstat(fd, &status) == 0 && status.st_size > atomic_load(&pwrite_fail_above)) {
+        errno = error;
+        return -1;
+    }
+    size_t max_bytes = atomic_load(&pwrite_max_bytes);
+    if (max_bytes != 0 && size > max_bytes)
+        size = max_bytes;
+    return __real_pwrite(fd, buffer, size, offset);
+}
+
+/* Returns the number of open file descriptors of this process. */
+static int open_fd_count(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    cr_assert_not_null(dir);
+    int count = 0;
+    while (readdir(dir) != NULL)
+        count++;
+    closedir(dir);
+    return count;
 }
 
 /* Looks a fingerprint up: returns the matching slots and sets *found to the last locator. */
@@ -516,6 +561,26 @@ Test(spill, failed_spill_tried_again)
 }
 
 /*
+ * Returns an index of `ids` ids whose spills all wrote their runs and
+ * whose merges all failed with `expected_errno`, reported once; the caller
+ * sets up the failure first.
+ */
+static struct dedup_index *index_after_failed_merges(uint64_t ids, int expected_errno)
+{
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, ids, 1000, MEMORY_MAX);
+    spills_settle(index);
+    cr_assert_eq(index->spill_failures, 0, "%llu spills failed",
+                 (unsigned long long)index->spill_failures);
+    cr_assert_geq(dedup_run_count(index), 4, "%zu runs", dedup_run_count(index));
+    cr_assert_gt(index->merge_failures, 0);
+    int sys = 0;
+    cr_assert_eq(dedup_merge_failure(index, &sys), HM_ERR_IO);
+    cr_assert_eq(sys, expected_errno, "errno %d", sys);
+    return index;
+}
+
+/*
  * A merge needs room for a file as large as its two runs together. When
  * there is room for a new run but not for the merge, the new run is kept
  * unmerged: the table in memory is freed, and the memory stays near the
@@ -526,16 +591,8 @@ Test(spill, failed_merge_keeps_new_run)
 {
     enum { IDS = 600000 };
     file_size_limit(2 << 20);
-    struct dedup_index *index = spilling_index(MEMORY_MAX);
-    add_committed(index, 0, IDS, 1000, MEMORY_MAX);
-    spills_settle(index);
-    cr_assert_eq(index->spill_failures, 0, "%llu spills failed",
-                 (unsigned long long)index->spill_failures);
-    cr_assert_geq(dedup_run_count(index), 4, "%zu runs", dedup_run_count(index));
-    cr_assert_gt(index->merge_failures, 0);
+    struct dedup_index *index = index_after_failed_merges(IDS, EFBIG);
     int sys = 0;
-    cr_assert_eq(dedup_merge_failure(index, &sys), HM_ERR_IO);
-    cr_assert_eq(sys, EFBIG, "errno %d", sys);
     cr_assert_eq(dedup_merge_failure(index, &sys), HM_OK, "the failure is reported once");
     cr_assert_eq(dedup_count(index), IDS);
     expect_all_found(index, IDS);
@@ -576,5 +633,137 @@ Test(spill, no_wait_for_large_frozen_table)
     spills_settle(index);
     cr_assert_null(index->frozen);
     expect_all_found(index, IDS + 1);
+    dedup_free(index);
+}
+
+/* Returns an index whose spills of `ids` ids all failed because pwrite failed with `error`. */
+static struct dedup_index *index_after_failed_writes(uint64_t ids, int error)
+{
+    atomic_store(&pwrite_fail_above, 0);
+    atomic_store(&pwrite_errno, error);
+    struct dedup_index *index = spilling_index(MEMORY_MAX);
+    add_committed(index, 0, ids, 1000, 0);
+    spills_settle(index);
+    cr_assert_gt(atomic_load(&pwrite_calls), 0, "the runs were not written through pwrite");
+    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_eq(dedup_run_count(index), 0);
+    return index;
+}
+
+/*
+ * The run's blocks are allocated before it is written, so a failed write
+ * comes from pwrite: its errno is reported, the ids stay in memory, and
+ * the run's file is closed.
+ */
+Test(spill, failed_write_keeps_ids_in_memory)
+{
+    enum { IDS = 200000 };
+    int fds_before = open_fd_count();
+    struct dedup_index *index = index_after_failed_writes(IDS, EIO);
+    int sys = 0;
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_IO);
+    cr_assert_eq(sys, EIO, "errno %d", sys);
+    cr_assert_eq(dedup_count(index), IDS);
+    expect_all_found(index, IDS);
+
+    /* Writes pass again: a later transaction writes the frozen table out. */
+    atomic_store(&pwrite_errno, 0);
+    for (int i = 0; i < 3000 && dedup_run_count(index) == 0; i++) {
+        dedup_txn_begin(index);
+        dedup_txn_commit(index);
+        if (atomic_load(&index->spill_state) != 0)
+            usleep(1000);
+    }
+    spills_settle(index);
+    cr_assert_gt(dedup_run_count(index), 0, "the spill was not tried again");
+    expect_all_found(index, IDS);
+    dedup_free(index);
+    cr_assert_eq(open_fd_count(), fds_before, "a run's file was left open");
+}
+
+Test(spill, write_without_space_reported_full)
+{
+    enum { IDS = 200000 };
+    struct dedup_index *index = index_after_failed_writes(IDS, ENOSPC);
+    int sys = 0;
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_FULL);
+    cr_assert_eq(sys, ENOSPC, "errno %d", sys);
+    expect_all_found(index, IDS);
+    dedup_free(index);
+}
+
+/*
+ * Writes fail only in files larger than 2 MiB, which each run of a 2 MiB
+ * table is not: every merge fails part way, and the runs stay unmerged.
+ */
+Test(spill, failed_merge_write_keeps_runs)
+{
+    enum { IDS = 600000 };
+    int fds_before = open_fd_count();
+    atomic_store(&pwrite_fail_above, 2 << 20);
+    atomic_store(&pwrite_errno, EIO);
+    struct dedup_index *index = index_after_failed_merges(IDS, EIO);
+    expect_all_found(index, IDS);
+    dedup_free(index);
+    cr_assert_eq(open_fd_count(), fds_before, "a run's file was left open");
+}
+
+/*
+ * Ids whose fingerprints do not start with the bits 011: an eighth of the
+ * tags is empty, so a run of more than about 200,000 of them has a gap of
+ * empty slots longer than the writer's buffer of 32,768 slots. The other
+ * tags are 8/7 as dense as uniform ones, which the room past a run's last
+ * home still takes. Fills `fingerprints` and returns the number of ids of
+ * spread() that it went through.
+ */
+static uint64_t gapped_fingerprints(uint64_t *fingerprints, size_t count)
+{
+    uint64_t i = 0;
+    for (size_t filled = 0; filled < count; i++) {
+        if (spread(i) >> 61 != 3)
+            fingerprints[filled++] = spread(i);
+    }
+    return i;
+}
+
+/* Runs with a long gap, written 1,000 bytes at a time, which splits slots across writes. */
+Test(spill, runs_with_gaps_short_writes)
+{
+    enum { IDS = 900000 };
+    static uint64_t fingerprints[IDS];
+    uint64_t spread_end = gapped_fingerprints(fingerprints, IDS);
+    atomic_store(&pwrite_max_bytes, 1000);
+    struct dedup_index *index = spilling_index(4 * MEMORY_MAX);
+    for (uint64_t i = 0; i < IDS; i += 1000) {
+        dedup_txn_begin(index);
+        for (uint64_t k = i; k < i + 1000; k++)
+            cr_assert_eq(add(index, fingerprints[k], k + 1, 1), HM_OK, "id %llu",
+                         (unsigned long long)k);
+        dedup_txn_commit(index);
+    }
+    spills_settle(index);
+    cr_assert_gt(atomic_load(&pwrite_calls), 0, "the runs were not written through pwrite");
+    int sys = 0;
+    cr_assert_eq(dedup_spill_failure(index, &sys), HM_OK, "errno %d", sys);
+    cr_assert_eq(dedup_merge_failure(index, &sys), HM_OK, "errno %d", sys);
+    cr_assert_geq(index->spills, 2, "%llu spills", (unsigned long long)index->spills);
+    /* Each spill writes more than 200,000 ids, so every run has a gap longer than the buffer. */
+    size_t slots = dedup_disk_bytes(index) / 12;
+    cr_assert_gt(slots / dedup_run_count(index), 8 * 32768, "%zu slots in %zu runs", slots,
+                 dedup_run_count(index));
+    cr_assert_eq(dedup_count(index), IDS);
+    for (uint64_t i = 0; i < IDS; i++) {
+        uint64_t found = 0;
+        cr_assert_eq(lookup(index, fingerprints[i], &found, NULL), 1, "id %llu",
+                     (unsigned long long)i);
+        cr_assert_eq(found, i + 1, "id %llu", (unsigned long long)i);
+    }
+    /* Ids never added: an eighth of them have their homes in the gap. */
+    int matches = 0;
+    for (uint64_t i = spread_end; i < spread_end + 200000; i++) {
+        uint64_t found;
+        matches += lookup(index, spread(i), &found, NULL);
+    }
+    cr_assert_eq(matches, 0, "ids never added were found");
     dedup_free(index);
 }

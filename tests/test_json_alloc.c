@@ -167,3 +167,18 @@ Test(json_alloc, document_sealed_or_error)
     cr_assert(done, "the seal never succeeded");
     cr_assert_gt(failures, 0);
 }
+
+/*
+ * The other tests replace jansson's allocator, so they pass without the one
+ * that rollup/json_build.c installs before main. Without it, json_dumps_whole
+ * would miss the failures of the real malloc.
+ */
+Test(json_alloc, tracked_allocator_installed)
+{
+    json_malloc_t malloc_function = NULL;
+    json_free_t free_function = NULL;
+    json_get_alloc_funcs(&malloc_function, &free_function);
+    cr_assert_not_null(malloc_function);
+    cr_assert(malloc_function != malloc, "jansson allocates with malloc, untracked");
+    cr_assert(free_function == free);
+}

@@ -5,6 +5,7 @@
 
 #include "common/status.h"
 #include "pricing/invoice.h"
+#include "rollup/json_build.h"
 #include "rollup/range.h"
 
 #include <errno.h>
@@ -1054,7 +1055,7 @@ static int invoice_text_get(struct ledger *ledger, const struct tenant *tenant, 
     invoice_free(&invoice);
     if (rc != HM_OK)
         return rc;
-    *json_out = json_dumps(json, JSON_COMPACT);
+    *json_out = json_dumps_whole(json, JSON_COMPACT);
     json_decref(json);
     return *json_out ? HM_OK : HM_ERR_NOMEM;
 }

@@ -357,8 +357,15 @@ static json_t *state_load(struct ledger *ledger, const char *number, int *rc_out
     return state;
 }
 
-static int state_save(struct ledger *ledger, const char *number, json_t *state)
+/*
+ * Stores the state unless `failed` is set. A state after a failed json_add
+ * lacks a member, and storing it would make a later export repeat or skip
+ * a step.
+ */
+static int state_save(struct ledger *ledger, const char *number, json_t *state, int failed)
 {
+    if (failed)
+        return HM_ERR_NOMEM;
     char key[DOCUMENT_NUMBER_MAX + 16];
     state_key(number, key, sizeof key);
     char *text = json_dumps_whole(state, JSON_COMPACT | JSON_SORT_KEYS);
@@ -441,8 +448,9 @@ static int create_invoice(struct exporter *exporter, const struct invoice_plan *
               error_size);
     stripe_form_free(&form);
     if (rc == HM_OK) {
-        json_object_set(state, "invoice", json_object_get(response.body, "id"));
-        rc = state_save(exporter->ledger, plan->number, state);
+        int failed = 0;
+        json_add(state, "invoice", json_incref(json_object_get(response.body, "id")), &failed);
+        rc = state_save(exporter->ledger, plan->number, state, failed);
     }
     stripe_response_free(&response);
     return rc;
@@ -514,8 +522,9 @@ static int create_items(struct exporter *exporter, const struct invoice_plan *pl
             rc = HM_ERR_CONFLICT;
         }
         if (rc == HM_OK) {
-            json_array_append(items, json_object_get(response.body, "id"));
-            rc = state_save(exporter->ledger, plan->number, state);
+            int failed = 0;
+            json_add(items, NULL, json_incref(json_object_get(response.body, "id")), &failed);
+            rc = state_save(exporter->ledger, plan->number, state, failed);
         }
         stripe_response_free(&response);
         if (rc != HM_OK)
@@ -544,11 +553,14 @@ static int invoice_action(struct exporter *exporter, const struct invoice_plan *
     stripe_form_free(&form);
     if (rc == HM_OK) {
         json_int_t total = json_integer_value(json_object_get(response.body, "total"));
-        json_object_set_new(state, strcmp(step, "void") == 0 ? "voided" : "finalized",
-                            json_true());
-        json_object_set(state, "stripe_status", json_object_get(response.body, "status"));
-        json_object_set_new(state, "stripe_total", json_integer(total));
-        rc = state_save(exporter->ledger, plan->number, state);
+        int failed = 0;
+        json_add(state, strcmp(step, "void") == 0 ? "voided" : "finalized", json_true(),
+                 &failed);
+        json_t *status = json_object_get(response.body, "status");
+        if (status != NULL)
+            json_add(state, "stripe_status", json_incref(status), &failed);
+        json_add(state, "stripe_total", json_integer(total), &failed);
+        rc = state_save(exporter->ledger, plan->number, state, failed);
         if (rc == HM_OK && total != plan->total_minor)
             log_warn("stripe", "invoice %s: Stripe total %lld differs from %" PRId64
                      "; run meterctl export stripe --check", plan->number, (long long)total,
@@ -665,9 +677,10 @@ static int draft_delete(struct exporter *exporter, const struct invoice_plan *pl
         return HM_ERR_IO;
     }
     if (deleted || missing) {
-        json_object_set_new(state, "deleted", json_true());
-        json_object_set_new(state, "stripe_status", json_string("deleted"));
-        return state_save(exporter->ledger, plan->number, state);
+        int failed = 0;
+        json_add(state, "deleted", json_true(), &failed);
+        json_add(state, "stripe_status", json_string("deleted"), &failed);
+        return state_save(exporter->ledger, plan->number, state, failed);
     }
     if (!not_draft)
         return rc;
@@ -683,7 +696,10 @@ static int draft_delete(struct exporter *exporter, const struct invoice_plan *pl
                  plan->number, string_of(state, "invoice"), status[0] ? status : "none");
         return HM_ERR_CONFLICT;
     }
-    json_object_set_new(state, "finalized", json_true());
+    int failed = 0;
+    json_add(state, "finalized", json_true(), &failed);
+    if (failed)
+        return HM_ERR_NOMEM;
     return invoice_action(exporter, plan, "void", state, error, error_size);
 }
 
@@ -708,9 +724,10 @@ static int export_steps(struct exporter *exporter, const struct invoice_plan *pl
         rc = tenant_customer(exporter, plan, customer, sizeof customer, error, error_size);
         if (rc != HM_OK)
             return rc;
-        json_object_set_new(state, "customer", json_string(customer));
-        json_object_set_new(state, "started_at", json_integer((json_int_t)time(NULL)));
-        rc = state_save(exporter->ledger, plan->number, state);
+        int failed = 0;
+        json_add(state, "customer", json_string(customer), &failed);
+        json_add(state, "started_at", json_integer((json_int_t)time(NULL)), &failed);
+        rc = state_save(exporter->ledger, plan->number, state, failed);
     }
     snprintf(customer, sizeof customer, "%s", string_of(state, "customer"));
     if (rc == HM_OK && json_object_get(state, "invoice") == NULL)
@@ -729,8 +746,9 @@ static int export_steps(struct exporter *exporter, const struct invoice_plan *pl
         return rc;
     /* Stripe marks an invoice of 0 paid when it is finalized, and a paid invoice cannot be voided. */
     if (strcmp(string_of(state, "stripe_status"), "paid") == 0 && plan->total_minor == 0) {
-        json_object_set_new(state, "voided", json_string("paid_zero_total"));
-        return state_save(exporter->ledger, plan->number, state);
+        int failed = 0;
+        json_add(state, "voided", json_string("paid_zero_total"), &failed);
+        return state_save(exporter->ledger, plan->number, state, failed);
     }
     return invoice_action(exporter, plan, "void", state, error, error_size);
 }
