@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Shows that meterd's own memory does not grow with the events it stores:
-# runs meterbench's closed loop over TCP for each event count and prints
-# meterd's peak RssAnon (sampled every 20 ms), its RssAnon and RssFile at
-# the end of the loop, and the events per second.
+# Shows that meterd's own memory does not grow with the events it stores.
+# For each event count it runs meterbench's closed loop over TCP, then
+# prints the events per second, meterd's peak RssAnon (sampled every 20 ms),
+# and its RssAnon and RssFile at the end of the loop.
 #
 #   bench/memory.sh [--index-memory MIB] [BUILD_DIR] [EVENTS ...]
 #

@@ -276,12 +276,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    struct ledger_index_stats index;
-    ledger_index_stats(store.ledger, &index);
-    options.index = (struct batch_index){ index.ids,        index.memory_bytes,
-                                          index.disk_bytes, index.runs,
-                                          index.spill_failures, index.spill_waits,
-                                          index.spill_wait_us };
+    store_index_read(&store, &options.index);
     struct server_hooks hooks = { 0 };
     store_hooks(&store, &hooks);
     rc = server_run(&options, &hooks, NULL);

@@ -109,7 +109,7 @@ struct server_options {
     int64_t max_event_age_s;   /* events older than this are rejected; 0: no limit */
     /* events ahead of the server's clock by more than this are rejected; 0: default, < 0: no limit */
     int64_t max_event_skew_s;
-    /* The store's index of event ids as it stands at start, until the first commit reports it. */
+    /* The store's index of event ids at start, shown until the first commit reports it. */
     struct batch_index index;
 };
 

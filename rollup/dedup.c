@@ -333,9 +333,9 @@ static int table_new(const struct dedup_index *index, size_t expected,
  * has a home slot in proportion to its value, and the tags lie in
  * ascending order, each at its home or after the tag before it (ordered
  * linear probing). Homes cover 4/3 of the ids, so a tag lies a slot or
- * two past its home on average, and a lookup reads one cache line at its
- * home, a place that the tag alone gives, so it can be prefetched. Empty
- * slots hold TAG_EMPTY.
+ * two past its home on average. A lookup reads one cache line at the home,
+ * which the tag alone gives, so it can be prefetched. Empty slots are
+ * TAG_EMPTY.
  */
 struct dedup_run {
     int fd;
@@ -377,8 +377,8 @@ static int run_create(int dir, size_t count, struct dedup_run **out, int *errno_
     run->homes = count / 3 * 4 + 4;
     /*
      * Tags past the last home need room. With uniform tags the pile-up at
-     * the end is a few slots; this much room makes running out of it
-     * (HM_ERR_FULL) a sign of tags that are not uniform.
+     * the end is a few slots, so running out of this much room
+     * (HM_ERR_FULL) means tags that are not uniform.
      */
     run->slots = run->homes + count / 64 + 4096;
     run->map_bytes = run->slots * (sizeof *run->tags + sizeof *run->locators);
@@ -427,22 +427,26 @@ struct run_writer {
     struct dedup_run *run;
     size_t next;    /* the first slot after the last tag placed */
     size_t placed;
-    size_t flushed; /* slots written to the file; the buffer holds the next ones */
+    size_t flushed; /* slots written to the file; the buffer starts at this slot */
     uint64_t *tags;
     uint32_t *locators;
     int errno_value; /* of a failed write */
 };
 
-static int run_writer_start(struct run_writer *writer, struct dedup_run *run)
+/* Creates a run for `count` ids (run_create) and a writer for it. */
+static int run_writer_start(struct run_writer *writer, int dir, size_t count, int *errno_out)
 {
+    struct dedup_run *run;
+    int rc = run_create(dir, count, &run, errno_out);
+    if (rc != HM_OK)
+        return rc;
     *writer = (struct run_writer){ .run = run };
     writer->tags = calloc(WRITER_SLOTS, sizeof *writer->tags);
     writer->locators = calloc(WRITER_SLOTS, sizeof *writer->locators);
     if (writer->tags == NULL || writer->locators == NULL) {
         free(writer->tags);
         free(writer->locators);
-        writer->tags = NULL;
-        writer->locators = NULL;
+        run_free(run);
         return HM_ERR_NOMEM;
     }
     return HM_OK;
@@ -505,11 +509,12 @@ static int run_put(struct run_writer *writer, uint64_t tag, uint32_t locator)
 }
 
 /*
- * Writes what the buffer holds and frees it. Returns `rc` when it is an
- * error, else the result of the last write; a count of ids that disagrees
- * with the run's is HM_ERR_STATE.
+ * Writes the rest of the buffer and frees the writer. Sets *out to the run
+ * when `rc` and the write succeeded and every id was placed, else frees
+ * the run. A count of ids that differs from the run's is HM_ERR_STATE.
  */
-static int run_writer_end(struct run_writer *writer, int rc, int *errno_out)
+static int run_writer_end(struct run_writer *writer, int rc, struct dedup_run **out,
+                          int *errno_out)
 {
     if (rc == HM_OK && writer->next > writer->flushed)
         rc = run_writer_flush(writer, writer->next - writer->flushed);
@@ -519,6 +524,10 @@ static int run_writer_end(struct run_writer *writer, int rc, int *errno_out)
         *errno_out = writer->errno_value;
     free(writer->tags);
     free(writer->locators);
+    if (rc == HM_OK)
+        *out = writer->run;
+    else
+        run_free(writer->run);
     return rc;
 }
 
@@ -536,7 +545,7 @@ static void run_prefetch(const struct dedup_run *run, uint64_t tag)
     __builtin_prefetch(&run->tags[run_home(run, tag)], 0);
 }
 
-/* Returns the next slot from `at` that holds a tag, or the run's slots. */
+/* Returns the next slot from `at` that is not empty, or the run's slots. */
 static size_t run_next(const struct dedup_run *run, size_t at)
 {
     while (at < run->slots && run->tags[at] == TAG_EMPTY)
@@ -597,15 +606,10 @@ static size_t segment_sort(const struct dedup_segment *segment, struct run_entry
 static int run_from_table(int dir, const struct dedup_table *table, struct dedup_run **out,
                           int *errno_out)
 {
-    struct dedup_run *run;
-    int rc = run_create(dir, table->count, &run, errno_out);
+    struct run_writer writer;
+    int rc = run_writer_start(&writer, dir, table->count, errno_out);
     if (rc != HM_OK)
         return rc;
-    struct run_writer writer;
-    if ((rc = run_writer_start(&writer, run)) != HM_OK) {
-        run_free(run);
-        return rc;
-    }
     struct run_entry *sorted = malloc(SEGMENT_SLOTS * sizeof *sorted);
     uint32_t *starts = malloc(((1 << SORT_BITS) + 1) * sizeof *starts);
     if (sorted == NULL || starts == NULL)
@@ -620,29 +624,18 @@ static int run_from_table(int dir, const struct dedup_table *table, struct dedup
     }
     free(sorted);
     free(starts);
-    /* A count that disagrees with the slots means a damaged table (HM_ERR_STATE). */
-    rc = run_writer_end(&writer, rc, errno_out);
-    if (rc != HM_OK) {
-        run_free(run);
-        return rc;
-    }
-    *out = run;
-    return HM_OK;
+    /* A count that differs from the table's slots means a damaged table (HM_ERR_STATE). */
+    return run_writer_end(&writer, rc, out, errno_out);
 }
 
 /* Merges two runs into a new one. */
 static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run *b,
                      struct dedup_run **out, int *errno_out)
 {
-    struct dedup_run *run;
-    int rc = run_create(dir, a->count + b->count, &run, errno_out);
+    struct run_writer writer;
+    int rc = run_writer_start(&writer, dir, a->count + b->count, errno_out);
     if (rc != HM_OK)
         return rc;
-    struct run_writer writer;
-    if ((rc = run_writer_start(&writer, run)) != HM_OK) {
-        run_free(run);
-        return rc;
-    }
     size_t i = run_next(a, 0), j = run_next(b, 0);
     while (rc == HM_OK && (i < a->slots || j < b->slots)) {
         if (j >= b->slots || (i < a->slots && a->tags[i] <= b->tags[j])) {
@@ -653,13 +646,7 @@ static int run_merge(int dir, const struct dedup_run *a, const struct dedup_run 
             j = run_next(b, j + 1);
         }
     }
-    rc = run_writer_end(&writer, rc, errno_out);
-    if (rc != HM_OK) {
-        run_free(run);
-        return rc;
-    }
-    *out = run;
-    return HM_OK;
+    return run_writer_end(&writer, rc, out, errno_out);
 }
 
 static int run_listed(struct dedup_run *const *runs, size_t count, const struct dedup_run *run)
@@ -829,29 +816,46 @@ static void state_wait(_Atomic int *value, int state)
 }
 
 /*
- * Takes the result of a spill: the new list of runs, and the end of the
- * frozen table; or, after a failure, a wait before the next try.
+ * Counts a failed try (status other than HM_OK), or ends a run of failures
+ * after a try that succeeded, so that the next failure is reported again.
+ */
+static void failure_record(struct dedup_failure *failure, int status, int errno_value)
+{
+    if (status == HM_OK) {
+        failure->failing = 0;
+        failure->reported = 0;
+        return;
+    }
+    failure->count++;
+    failure->failing = 1;
+    failure->status = status;
+    failure->errno_value = errno_value;
+}
+
+/* Returns the status of a run of failures once, with its errno, else HM_OK. */
+static int failure_take(struct dedup_failure *failure, int *errno_out)
+{
+    if (!failure->failing || failure->reported)
+        return HM_OK;
+    failure->reported = 1;
+    *errno_out = failure->errno_value;
+    return failure->status;
+}
+
+/*
+ * Takes the result of a spill: the new list of runs and the end of the
+ * frozen table. After a failure, the next try waits SPILL_RETRY_WAIT
+ * transactions.
  */
 static void spill_finish(struct dedup_index *index)
 {
     atomic_store(&index->spill_state, SPILL_NONE);
+    failure_record(&index->spill_failure, index->spill_status, index->spill_errno);
     if (index->spill_status != HM_OK) {
-        index->spill_failures++;
-        index->spill_failing = 1;
         index->spill_wait = SPILL_RETRY_WAIT;
         return;
     }
-    index->spill_failing = 0;
-    index->spill_reported = 0;
-    if (index->spill_merge_status != HM_OK) {
-        index->merge_failures++;
-        index->merge_failing = 1;
-        index->merge_status = index->spill_merge_status;
-        index->merge_errno = index->spill_merge_errno;
-    } else {
-        index->merge_failing = 0;
-        index->merge_reported = 0;
-    }
+    failure_record(&index->merge_failure, index->spill_merge_status, index->spill_merge_errno);
     struct dedup_run **dropped = malloc((index->run_count + 1) * sizeof *dropped);
     size_t dropped_count = 0;
     for (size_t i = 0; i < index->run_count; i++) {
@@ -987,20 +991,12 @@ int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max
 
 int dedup_spill_failure(struct dedup_index *index, int *errno_out)
 {
-    if (!index->spill_failing || index->spill_reported)
-        return HM_OK;
-    index->spill_reported = 1;
-    *errno_out = index->spill_errno;
-    return index->spill_status;
+    return failure_take(&index->spill_failure, errno_out);
 }
 
 int dedup_merge_failure(struct dedup_index *index, int *errno_out)
 {
-    if (!index->merge_failing || index->merge_reported)
-        return HM_OK;
-    index->merge_reported = 1;
-    *errno_out = index->merge_errno;
-    return index->merge_status;
+    return failure_take(&index->merge_failure, errno_out);
 }
 
 size_t dedup_count(const struct dedup_index *index)

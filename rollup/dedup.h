@@ -61,6 +61,15 @@ struct dedup_run;
 
 struct dedup_undo;
 
+/* Failures of one kind of write of the spill thread, as the writer took them in. */
+struct dedup_failure {
+    uint64_t count;
+    int status;      /* of the last failure */
+    int errno_value; /* the system's reason for it, or 0 */
+    int failing;     /* the last try failed */
+    int reported;    /* this run of failures was returned to the caller */
+};
+
 struct dedup_index {
     struct dedup_table *hot;    /* takes the inserts */
     struct dedup_table *frozen; /* full, written to a run by the spill thread; or NULL */
@@ -85,17 +94,10 @@ struct dedup_index {
     uint64_t spills;       /* runs written */
     uint64_t spill_waits;  /* transactions that waited for a spill to end */
     uint64_t spill_wait_us;
-    uint64_t spill_failures;
-    int spill_failing;  /* the last spill failed */
-    int spill_reported; /* dedup_spill_failure returned this run of failures */
     int spill_merge_status; /* HM_OK, or why the spill thread's last merge failed */
     int spill_merge_errno;
-    /* Merges of runs that failed; their runs stay on disk unmerged. */
-    int merge_status; /* the writer's copy of spill_merge_status, for dedup_merge_failure */
-    int merge_errno;  /* the system's reason for a failed merge, or 0 */
-    uint64_t merge_failures;
-    int merge_failing;  /* the last spill left runs unmerged */
-    int merge_reported; /* dedup_merge_failure returned this run of failed merges */
+    struct dedup_failure spill_failure; /* spills that failed; their ids stay in memory */
+    struct dedup_failure merge_failure; /* merges that failed; their runs stay unmerged */
 };
 
 /*
@@ -149,11 +151,11 @@ size_t dedup_run_count(const struct dedup_index *index);
  * `memory_max` bytes, it is frozen at the start of the next transaction,
  * and a new table takes the inserts. A spill thread writes the frozen
  * ids, sorted, to a run. A run is a file in `dir` with no name (O_TMPFILE),
- * so it is gone with the process. When the new table fills the rest of
- * the bound before the spill ends, the next transaction waits for it. Runs are merged two by two, so that there
- * are about log2 of the spills of them. A lookup that finds no slot in
- * memory searches each run; the run's pages are the kernel's page cache,
- * which it can drop and read again.
+ * so it is gone with the process. When the new table also takes half the
+ * bound before the spill ends, the next transaction waits for it. Runs are
+ * merged two by two, so there are about log2 of the spills of them. A
+ * lookup that finds no slot in memory searches each run. The runs' pages
+ * are in the kernel's page cache, which can drop them and read them again.
  *
  * A spill that fails (a full disk) keeps the frozen table in memory, and
  * is tried again after a number of transactions; no id is lost. A merge
@@ -165,9 +167,9 @@ int dedup_spill_to(struct dedup_index *index, const char *dir, size_t memory_max
 
 /*
  * Returns HM_OK, or the status of a failed spill (with the system's errno
- * in *errno_out, 0 if none) for the caller to report: once for a run of
- * failures that no successful spill ends, so that a retry that fails again
- * reports nothing new.
+ * in *errno_out, 0 if none) for the caller to report. A run of failures is
+ * returned once, so a retry that fails again reports nothing new until a
+ * spill succeeds.
  */
 int dedup_spill_failure(struct dedup_index *index, int *errno_out);
 

@@ -472,6 +472,18 @@ static int writer_alloc(struct ledger *ledger)
     return HM_OK;
 }
 
+/* Logs a failure of the id index's spill thread that `take` returns, once per run of them. */
+static void index_failure_log(struct ledger *ledger,
+                              int (*take)(struct dedup_index *index, int *errno_out),
+                              const char *failed, const char *consequence)
+{
+    int sys = 0;
+    int rc = take(ledger->dedup, &sys);
+    if (rc != HM_OK)
+        log_warn("ledger", "%s in %s: %s; %s. Free space there, or make it writable", failed,
+                 ledger_path(ledger), sys != 0 ? strerror(sys) : hm_status_str(rc), consequence);
+}
+
 /*
  * Readies the writer state for the first append of a transaction: rebuilds
  * the id index when it does not reflect the stored events.
@@ -523,22 +535,10 @@ static int writer_prepare(struct ledger_txn *txn)
                  (unsigned long long)(elapsed_us(&started) / 1000));
     }
     dedup_txn_begin(ledger->dedup);
-    int spill_errno = 0;
-    rc = dedup_spill_failure(ledger->dedup, &spill_errno);
-    if (rc != HM_OK)
-        log_warn("ledger", "cannot write a run of the event id index to %s: %s; its ids stay in "
-                 "memory, and the write is tried again later. Free space there, or make it "
-                 "writable",
-                 ledger_path(ledger),
-                 spill_errno != 0 ? strerror(spill_errno) : hm_status_str(rc));
-    int merge_errno = 0;
-    rc = dedup_merge_failure(ledger->dedup, &merge_errno);
-    if (rc != HM_OK)
-        log_warn("ledger", "cannot merge runs of the event id index in %s: %s; the runs stay "
-                 "unmerged, so each lookup of a new id reads more of them. Free space there, "
-                 "or make it writable",
-                 ledger_path(ledger),
-                 merge_errno != 0 ? strerror(merge_errno) : hm_status_str(rc));
+    index_failure_log(ledger, dedup_spill_failure, "cannot write a run of the event id index",
+                      "its ids stay in memory, and the write is tried again later");
+    index_failure_log(ledger, dedup_merge_failure, "cannot merge runs of the event id index",
+                      "the runs stay unmerged, so each lookup of a new id reads more of them");
     txn->appending = 1;
     return HM_OK;
 }
@@ -553,7 +553,7 @@ void ledger_index_stats(const struct ledger *ledger, struct ledger_index_stats *
     out->memory_bytes = dedup_bytes(index);
     out->disk_bytes = dedup_disk_bytes(index);
     out->runs = dedup_run_count(index);
-    out->spill_failures = index->spill_failures;
+    out->spill_failures = index->spill_failure.count;
     out->spill_waits = index->spill_waits;
     out->spill_wait_us = index->spill_wait_us;
 }

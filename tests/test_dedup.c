@@ -8,8 +8,8 @@
  * With a bound on its memory (suite spill), the full table's ids go to
  * sorted runs on disk, and every id stays found with its locator while the
  * memory stays near the bound. Aborts after a spill remove only their own
- * ids; a rebuild spills as it loads; a spill that cannot write keeps its
- * ids in memory, is reported once and is tried again. Writes of runs go
+ * ids, and a rebuild spills as it loads. A spill that cannot write keeps
+ * its ids in memory, is reported once and is tried again. Writes of runs go
  * through __wrap_pwrite, which can fail them or shorten them.
  */
 #include <criterion/criterion.h>
@@ -360,19 +360,32 @@ static size_t add_committed(struct dedup_index *index, uint64_t first, uint64_t 
     return peak;
 }
 
-static void expect_all_found(struct dedup_index *index, uint64_t count)
+/*
+ * Checks that ids 0 to count - 1 (fingerprints[i], or spread(i) when
+ * `fingerprints` is NULL) are found with locator i + 1, and that ids
+ * spread(absent_first) onwards, never added, are not.
+ */
+static void expect_found(struct dedup_index *index, const uint64_t *fingerprints, uint64_t count,
+                         uint64_t absent_first, uint64_t absent_count)
 {
     for (uint64_t i = 0; i < count; i++) {
         uint64_t found = 0;
-        cr_assert_eq(lookup(index, spread(i), &found, NULL), 1, "id %llu", (unsigned long long)i);
+        uint64_t fingerprint = fingerprints != NULL ? fingerprints[i] : spread(i);
+        cr_assert_eq(lookup(index, fingerprint, &found, NULL), 1, "id %llu",
+                     (unsigned long long)i);
         cr_assert_eq(found, i + 1, "id %llu", (unsigned long long)i);
     }
     int matches = 0;
-    for (uint64_t i = count; i < count + 100000; i++) {
+    for (uint64_t i = absent_first; i < absent_first + absent_count; i++) {
         uint64_t found;
         matches += lookup(index, spread(i), &found, NULL);
     }
     cr_assert_eq(matches, 0, "ids never added were found");
+}
+
+static void expect_all_found(struct dedup_index *index, uint64_t count)
+{
+    expect_found(index, NULL, count, count, 100000);
 }
 
 /* Lets a running spill end, with empty transactions, so that its runs are taken. */
@@ -496,7 +509,7 @@ Test(spill, failed_spill_keeps_ids_in_memory)
     struct dedup_index *index = spilling_index(MEMORY_MAX);
     size_t peak = add_committed(index, 0, IDS, 1000, 0);
     spills_settle(index);
-    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_gt(index->spill_failure.count, 0);
     cr_assert_eq(dedup_run_count(index), 0);
     cr_assert_gt(peak, MEMORY_MAX, "the ids stayed in memory past the bound");
     int sys = 0;
@@ -523,7 +536,7 @@ static struct dedup_index *index_after_failed_spills(uint64_t ids)
     struct dedup_index *index = spilling_index(MEMORY_MAX);
     add_committed(index, 0, ids, 1000, 0);
     spills_settle(index);
-    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_gt(index->spill_failure.count, 0);
     cr_assert_eq(dedup_run_count(index), 0);
     return index;
 }
@@ -536,13 +549,13 @@ Test(spill, failed_spill_tried_again)
     cr_assert_eq(dedup_spill_failure(index, &sys), HM_ERR_IO);
 
     /* A retry that fails again is counted and not reported again. */
-    uint64_t failures = index->spill_failures;
-    for (int i = 0; i < 3000 && index->spill_failures == failures; i++) {
+    uint64_t failures = index->spill_failure.count;
+    for (int i = 0; i < 3000 && index->spill_failure.count == failures; i++) {
         dedup_txn_begin(index);
         dedup_txn_commit(index);
         spills_settle(index);
     }
-    cr_assert_gt(index->spill_failures, failures, "the spill was not tried again");
+    cr_assert_gt(index->spill_failure.count, failures, "the spill was not tried again");
     cr_assert_eq(dedup_spill_failure(index, &sys), HM_OK);
 
     /* Space again: a later transaction writes the frozen table out. */
@@ -562,7 +575,7 @@ Test(spill, failed_spill_tried_again)
 
 /*
  * Returns an index of `ids` ids whose spills all wrote their runs and
- * whose merges all failed with `expected_errno`, reported once; the caller
+ * whose merges all failed with `expected_errno`, reported once. The caller
  * sets up the failure first.
  */
 static struct dedup_index *index_after_failed_merges(uint64_t ids, int expected_errno)
@@ -570,10 +583,10 @@ static struct dedup_index *index_after_failed_merges(uint64_t ids, int expected_
     struct dedup_index *index = spilling_index(MEMORY_MAX);
     add_committed(index, 0, ids, 1000, MEMORY_MAX);
     spills_settle(index);
-    cr_assert_eq(index->spill_failures, 0, "%llu spills failed",
-                 (unsigned long long)index->spill_failures);
+    cr_assert_eq(index->spill_failure.count, 0, "%llu spills failed",
+                 (unsigned long long)index->spill_failure.count);
     cr_assert_geq(dedup_run_count(index), 4, "%zu runs", dedup_run_count(index));
-    cr_assert_gt(index->merge_failures, 0);
+    cr_assert_gt(index->merge_failure.count, 0);
     int sys = 0;
     cr_assert_eq(dedup_merge_failure(index, &sys), HM_ERR_IO);
     cr_assert_eq(sys, expected_errno, "errno %d", sys);
@@ -645,7 +658,7 @@ static struct dedup_index *index_after_failed_writes(uint64_t ids, int error)
     add_committed(index, 0, ids, 1000, 0);
     spills_settle(index);
     cr_assert_gt(atomic_load(&pwrite_calls), 0, "the runs were not written through pwrite");
-    cr_assert_gt(index->spill_failures, 0);
+    cr_assert_gt(index->spill_failure.count, 0);
     cr_assert_eq(dedup_run_count(index), 0);
     return index;
 }
@@ -709,9 +722,9 @@ Test(spill, failed_merge_write_keeps_runs)
 }
 
 /*
- * Ids whose fingerprints do not start with the bits 011: an eighth of the
- * tags is empty, so a run of more than about 200,000 of them has a gap of
- * empty slots longer than the writer's buffer of 32,768 slots. The other
+ * Ids whose fingerprints do not start with the bits 011. An eighth of the
+ * tags is missing, so a run of more than about 200,000 of them has a gap
+ * of empty slots longer than the writer's buffer of 32,768 slots. The other
  * tags are 8/7 as dense as uniform ones, which the room past a run's last
  * home still takes. Fills `fingerprints` and returns the number of ids of
  * spread() that it went through.
@@ -752,18 +765,7 @@ Test(spill, runs_with_gaps_short_writes)
     cr_assert_gt(slots / dedup_run_count(index), 8 * 32768, "%zu slots in %zu runs", slots,
                  dedup_run_count(index));
     cr_assert_eq(dedup_count(index), IDS);
-    for (uint64_t i = 0; i < IDS; i++) {
-        uint64_t found = 0;
-        cr_assert_eq(lookup(index, fingerprints[i], &found, NULL), 1, "id %llu",
-                     (unsigned long long)i);
-        cr_assert_eq(found, i + 1, "id %llu", (unsigned long long)i);
-    }
-    /* Ids never added: an eighth of them have their homes in the gap. */
-    int matches = 0;
-    for (uint64_t i = spread_end; i < spread_end + 200000; i++) {
-        uint64_t found;
-        matches += lookup(index, spread(i), &found, NULL);
-    }
-    cr_assert_eq(matches, 0, "ids never added were found");
+    /* Of the ids never added, an eighth have their homes in the gap. */
+    expect_found(index, fingerprints, IDS, spread_end, 200000);
     dedup_free(index);
 }

@@ -172,13 +172,17 @@ static int commit(void *context, struct ingest_batch *batch)
     }
     rc = ledger_commit(txn);
     batch->write_us = ledger_commit_write_us(store->ledger);
+    store_index_read(store, &batch->index);
+    return rc;
+}
+
+void store_index_read(const struct store *store, struct batch_index *out)
+{
     struct ledger_index_stats index;
     ledger_index_stats(store->ledger, &index);
-    batch->index = (struct batch_index){ index.ids,        index.memory_bytes,
-                                         index.disk_bytes, index.runs,
-                                         index.spill_failures, index.spill_waits,
-                                         index.spill_wait_us };
-    return rc;
+    *out = (struct batch_index){ index.ids,        index.memory_bytes, index.disk_bytes,
+                                 index.runs,       index.spill_failures, index.spill_waits,
+                                 index.spill_wait_us };
 }
 
 void store_release(struct store *store)

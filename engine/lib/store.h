@@ -33,4 +33,7 @@ void store_hooks(struct store *store, struct server_hooks *hooks);
 /* Frees what the hooks allocated. */
 void store_release(struct store *store);
 
+/* Reads the ledger's index of event ids into the server's form, for its stats file. */
+void store_index_read(const struct store *store, struct batch_index *out);
+
 #endif
