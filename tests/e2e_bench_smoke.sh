@@ -88,6 +88,7 @@ expect_error 'invalid --events-per-frame "5000": expected an integer from 1 to 4
 expect_error 'invalid --tenants "0": expected an integer from 1 to 64' --tenants 0
 expect_error 'invalid --months "7": expected an integer from 1 to 6' --months 7
 expect_error 'invalid --open-max "12": expected an integer from 1000 to 100000000' --open-max 12
+expect_error 'invalid --index-memory "0": expected an integer from 1 to 1048576' --index-memory 0
 expect_error 'invalid --close-events "12": expected an integer from 1000 to 1000000000' \
   --close-events 12
 expect_error 'invalid --close-tenants "0": expected an integer from 1 to 100000' --close-tenants 0

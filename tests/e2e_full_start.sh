@@ -41,6 +41,15 @@ status=$?
 set -e
 [ "$status" -eq 2 ] || fail "meterd accepted a directory as --stats-file (exit $status)"
 grep -q "it is a directory" "$work/err" || fail "unclear --stats-file error: $(cat "$work/err")"
+for bad in 0 abc 1048577; do
+  set +e
+  "$build/meterd" --data "$work/unused" --index-memory "$bad" 2>"$work/err"
+  status=$?
+  set -e
+  [ "$status" -eq 2 ] || fail "meterd accepted --index-memory $bad (exit $status)"
+  grep -qF "invalid --index-memory \"$bad\": expected an integer from 1 to 1048576" "$work/err" ||
+    fail "unclear --index-memory error: $(cat "$work/err")"
+done
 [ ! -e "$work/unused" ] || fail "meterd created the data directory before rejecting an option"
 
 if [ "$(id -u)" -ne 0 ]; then
