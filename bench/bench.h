@@ -241,6 +241,13 @@ struct phase {
     double seconds;
     uint64_t *latency_ns; /* per frame, open loop */
     size_t latency_count;
+    /*
+     * TCP streams, open loop: per frame, how long after its arrival time the
+     * sender finished writing it. The part of the latency that the sender's
+     * own wait for a CPU adds, counted in the latency all the same.
+     */
+    uint64_t *send_lag_ns;
+    size_t send_lag_count;
     uint64_t stored, duplicates, conflicts, rejected;
     int failed; /* a transport or store error: the phase is not valid */
     int stopped_by_cap;
@@ -299,6 +306,7 @@ struct open_result {
     size_t events;
     double seconds;
     struct latency_summary latency;
+    struct latency_summary send_lag; /* samples 0 when the driver does not measure it */
     int stopped_by_cap;
     int failed;
     /* meterd: its commits in the phase, those that took over 10 ms, and the slowest; else -1 */

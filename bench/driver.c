@@ -328,8 +328,10 @@ void phase_free(struct phase *phase)
 {
     free(phase->schedule_ns);
     free(phase->latency_ns);
+    free(phase->send_lag_ns);
     phase->schedule_ns = NULL;
     phase->latency_ns = NULL;
+    phase->send_lag_ns = NULL;
 }
 
 void progress_tick(const struct phase *phase, size_t frames_done, size_t events_done,
@@ -437,6 +439,9 @@ static void *stream_writer(void *argument)
         }
         if (connection->failed)
             break;
+        if (phase->open_loop)
+            phase->send_lag_ns[f] = (uint64_t)(bench_now_ns() - connection->started_ns -
+                                               phase->schedule_ns[f]);
         connection->sent++;
     }
     connection->writer_done = 1;
@@ -503,15 +508,20 @@ static void *stream_reader(void *argument)
     return NULL;
 }
 
-/* Collects the latencies of acknowledged frames into the front of the array. */
+/* Collects the latencies (and send lags) of acknowledged frames into the front of the arrays. */
 static void compact_latencies(struct phase *phase, const uint8_t *answered)
 {
     size_t count = 0;
     for (size_t f = 0; f < phase->frame_count; f++) {
-        if (answered[f])
-            phase->latency_ns[count++] = phase->latency_ns[f];
+        if (!answered[f])
+            continue;
+        phase->latency_ns[count] = phase->latency_ns[f];
+        if (phase->send_lag_ns != NULL)
+            phase->send_lag_ns[count] = phase->send_lag_ns[f];
+        count++;
     }
     phase->latency_count = count;
+    phase->send_lag_count = phase->send_lag_ns != NULL ? count : 0;
 }
 
 int drive_stream(struct pool *pool, struct phase *phase, const struct stream_options *options)
@@ -519,7 +529,11 @@ int drive_stream(struct pool *pool, struct phase *phase, const struct stream_opt
     uint32_t count = options->connections ? options->connections : 1;
     struct connection *connections = calloc(count, sizeof *connections);
     uint8_t *answered = calloc(phase->frame_count + 1, 1);
-    if (connections == NULL || answered == NULL || phase_latency_alloc(phase) != HM_OK) {
+    if (phase->open_loop && phase->send_lag_ns == NULL)
+        phase->send_lag_ns = calloc(phase->frame_count ? phase->frame_count : 1,
+                                    sizeof *phase->send_lag_ns);
+    if (connections == NULL || answered == NULL || phase_latency_alloc(phase) != HM_OK ||
+        (phase->open_loop && phase->send_lag_ns == NULL)) {
         free(connections);
         free(answered);
         return HM_ERR_NOMEM;

@@ -167,11 +167,17 @@ void bench_record_open(struct peer_result *result, struct phase *phase)
     open->commit_max_ms = open->commit_mean_ms = open->write_mean_ms = -1;
     open->failed = phase->failed || phase->frames_done < phase->frame_count;
     latency_summarize(phase->latency_ns, phase->latency_count, &open->latency);
+    latency_summarize(phase->send_lag_ns, phase->send_lag_count, &open->send_lag);
     fprintf(stderr, "meterbench:   %s open loop %.0f%%: %zu events, %.0f events/s, p50 %.2f ms "
             "p99 %.2f ms p99.9 %.2f ms (%zu frames)%s\n", result->name,
             phase->load_fraction * 100, open->events, open->achieved_eps, open->latency.p50_ms,
             open->latency.p99_ms, open->latency.p999_ms, open->latency.samples,
             open->failed ? " INCOMPLETE" : "");
+    if (open->send_lag.samples > 0)
+        fprintf(stderr, "meterbench:   %s open loop %.0f%%: the sender wrote frames late by "
+                "p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms (included in the latency)\n",
+                result->name, phase->load_fraction * 100, open->send_lag.p50_ms,
+                open->send_lag.p99_ms, open->send_lag.p999_ms);
 }
 
 void bench_check_rollups(struct bench *bench, struct peer_result *result,
@@ -459,12 +465,13 @@ static int write_results(const char *path, const struct bench *bench,
                     "\"events\": %zu, \"seconds\": %.3f, \"samples\": %zu, \"p50_ms\": %.3f, "
                     "\"p99_ms\": %.3f, \"p999_ms\": %.3f, \"max_ms\": %.3f, \"incomplete\": %d, "
                     "\"commits\": %lld, \"commits_over_10ms\": %lld, \"commit_max_ms\": %.3f, "
-                    "\"commit_mean_ms\": %.3f, \"write_mean_ms\": %.3f}",
+                    "\"commit_mean_ms\": %.3f, \"write_mean_ms\": %.3f, "
+                    "\"send_lag_p99_ms\": %.3f}",
                     j ? ", " : "", o->load_fraction, o->offered_eps, o->achieved_eps, o->events,
                     o->seconds, o->latency.samples, o->latency.p50_ms, o->latency.p99_ms,
                     o->latency.p999_ms, o->latency.max_ms, o->failed || o->stopped_by_cap,
                     o->commits, o->commits_over_10ms, o->commit_max_ms, o->commit_mean_ms,
-                    o->write_mean_ms);
+                    o->write_mean_ms, o->send_lag.samples > 0 ? o->send_lag.p99_ms : -1.0);
         }
         fprintf(file, "]}");
     }

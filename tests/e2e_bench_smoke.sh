@@ -63,6 +63,14 @@ fi
   fail "no meterbench-results/RESULTS.md in the working directory; output: $(cat "$work/err")"
 grep -q "socket-ceiling" "$work/meterbench-results/RESULTS.md" ||
   fail "meterbench-results/RESULTS.md has no socket-ceiling row"
+# The open-loop row of a TCP stream: p99 in field 9, how late the sender was at p99 in field 12.
+# Each frame's latency includes its own lateness, so the p99 of one bounds that of the other.
+row=$(grep -E '^\| socket-ceiling \| 0\.50' "$work/meterbench-results/RESULTS.md" || true)
+[ -n "$row" ] || fail "no open-loop row of socket-ceiling at 0.50 in RESULTS.md"
+echo "$row" | awk -F'|' '{
+    gsub(/[ ,]/, "", $9); gsub(/[ ,]/, "", $12)
+    exit !($12 ~ /^[0-9]+\.[0-9][0-9]$/ && $12 + 0 <= $9 + 0) }' ||
+  fail "the sender's lateness at p99 is missing or above the latency's p99: $row"
 now=$(sha256sum "$source_dir/bench/RESULTS.md" "$source_dir/bench/throughput.png")
 [ "$now" = "$published" ] ||
   fail "a run without --out changed bench/RESULTS.md or bench/throughput.png"
