@@ -5,6 +5,7 @@
 #include "engine/lib/date.h"
 #include "engine/lib/explain.h"
 #include "engine/lib/export_stripe.h"
+#include "engine/lib/master_setup.h"
 #include "engine/lib/postgres_cli.h"
 #include "engine/lib/replay.h"
 #include "ingest/apikey.h"
@@ -22,7 +23,7 @@
 #include <unistd.h>
 
 static const char usage_text[] =
-    "usage: meterctl [--data DIR] COMMAND ...\n"
+    "usage: meterctl [--data DIR] [--master-key FILE] COMMAND ...\n"
     "\n"
     "  tenant create NAME [--id UUID] [--service-start YYYY-MM-DD] [TENANT OPTIONS]\n"
     "                               create a tenant (prints \"ID NAME\"); the base fee is\n"
@@ -55,6 +56,13 @@ static const char usage_text[] =
     "                               frames signed with it are rejected from that midnight UTC\n"
     "  key revoke KEY_ID            revoke a key (16 hex digits)\n"
     "  key list TENANT              list a tenant's keys (ids and status, never secrets)\n"
+    "  key rewrap --old-master-key FILE\n"
+    "                               rewrap the signing keys wrapped with the master key in\n"
+    "                               FILE, and wrap those stored as they are, with the master\n"
+    "                               key of --master-key (stop meterd first, then start it\n"
+    "                               with the new file)\n"
+    "  master-key create FILE       write a new master key to FILE (mode 0600); it must not\n"
+    "                               exist\n"
     "  pricebook check FILE         validate a price book and print every error\n"
     "  pricebook load FILE [--tenant TENANT]\n"
     "                               store the default price book, or a tenant's own\n"
@@ -108,6 +116,9 @@ static const char usage_text[] =
     "  replay ...                   send trace events to meterd (meterctl replay --help)\n"
     "\n"
     "TENANT is a tenant name or id. DATA is ./meter-data, or $METER_DATA, or --data.\n"
+    "The master key that wraps the keys' signing keys is read from --master-key FILE, or\n"
+    "$METER_MASTER_KEY, or DATA/master.key; `key create` writes that file when it is\n"
+    "missing and no key of the ledger is wrapped yet.\n"
     "TEXT (--reason, --note) is at most 500 bytes of UTF-8 without control characters.\n";
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -486,6 +497,26 @@ static int keys_file_append(int fd, const char *path, const struct tenant *tenan
     return 0;
 }
 
+/* The master key file: --master-key, else $METER_MASTER_KEY, else DATA/master.key. */
+static const char *master_key_path;
+
+/* Gives the ledger its master key (see master_setup) and reports what changed on stderr. */
+static int master_key_load(struct ledger *ledger)
+{
+    char error[512];
+    struct master_setup_result result;
+    if (master_setup(ledger, master_key_path, 1, &result, error, sizeof error) != HM_OK)
+        return fail("%s", error);
+    if (result.created)
+        fprintf(stderr, "meterctl: created the master key file %s; keep a copy apart from the "
+                "ledger's backups: without it the keys of this ledger cannot sign frames\n",
+                master_key_path);
+    if (result.wrapped > 0)
+        fprintf(stderr, "meterctl: wrapped %zu signing keys that were stored as they were\n",
+                result.wrapped);
+    return 0;
+}
+
 static int key_create(struct ledger *ledger, int argc, char **argv)
 {
     static const char *const with_value[] = { "--keys-file", "--expires", NULL };
@@ -503,6 +534,8 @@ static int key_create(struct ledger *ledger, int argc, char **argv)
                     expires);
     if (expires != NULL && expires_s <= now_s)
         return fail("invalid --expires \"%s\": the date has passed; give a later date", expires);
+    if (master_key_load(ledger))
+        return 1;
     const char *keys_file = option_value(argc, argv, "--keys-file");
     int keys_fd = keys_file ? keys_file_open(keys_file) : -1;
     if (keys_file && keys_fd < 0)
@@ -560,6 +593,46 @@ static int key_revoke(struct ledger *ledger, int argc, char **argv)
     if (rc != HM_OK)
         return fail("cannot revoke key %s: %s", argv[2], hm_status_str(rc));
     printf("key %s revoked\n", argv[2]);
+    return 0;
+}
+
+static int key_rewrap(struct ledger *ledger, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--old-master-key", NULL };
+    const char *old_path = option_value(argc, argv, "--old-master-key");
+    if (check_options(argc, argv, 2, with_value, NULL))
+        return 1;
+    if (old_path == NULL)
+        return fail("usage: meterctl [--master-key FILE] key rewrap --old-master-key FILE");
+    char error[512];
+    struct master_key master, old;
+    if (master_key_read(master_key_path, &master, error, sizeof error) != HM_OK)
+        return fail("%s", error);
+    if (master_key_read(old_path, &old, error, sizeof error) != HM_OK) {
+        master_key_clear(&master);
+        return fail("%s", error);
+    }
+    ledger_master_key_set(ledger, &master);
+    char new_id[MASTER_KEY_ID_TEXT_SIZE], old_id[MASTER_KEY_ID_TEXT_SIZE];
+    master_key_id_text(master.id, new_id);
+    master_key_id_text(old.id, old_id);
+    master_key_clear(&master);
+    struct ledger_key_wrap_counts counts;
+    int rc = ledger_keys_wrap(ledger, &old, &counts);
+    master_key_clear(&old);
+    if (rc == HM_ERR_STORAGE)
+        return fail("a key wrapped with master key %s does not unwrap with %s: its record is "
+                    "damaged; nothing was rewrapped", old_id, old_path);
+    if (rc != HM_OK)
+        return fail("cannot rewrap the keys: %s", hm_status_str(rc));
+    printf("rewrapped %zu keys with master key %s of %s (from %s); %zu were wrapped with it "
+           "already\n", counts.wrapped, new_id, master_key_path, old_id, counts.current);
+    if (counts.foreign > 0) {
+        char foreign[MASTER_KEY_ID_TEXT_SIZE];
+        master_key_id_text(counts.foreign_id, foreign);
+        return fail("%zu keys are wrapped with master key %s, neither of the two; rewrap them "
+                    "with --old-master-key and that key's file", counts.foreign, foreign);
+    }
     return 0;
 }
 
@@ -1387,6 +1460,8 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return key_revoke(ledger, argc, argv);
     if (strcmp(command, "key") == 0 && strcmp(sub, "list") == 0)
         return key_list(ledger, argc, argv);
+    if (strcmp(command, "key") == 0 && strcmp(sub, "rewrap") == 0)
+        return key_rewrap(ledger, argc, argv);
     if (strcmp(command, "pricebook") == 0)
         return pricebook_command(ledger, argc, argv);
     if (strcmp(command, "usage") == 0)
@@ -1413,8 +1488,24 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
         return fail("unknown tenant command \"%s\": use tenant create, tenant set or tenant "
                     "list", sub);
     if (strcmp(command, "key") == 0)
-        return fail("unknown key command \"%s\": use key create, key revoke or key list", sub);
+        return fail("unknown key command \"%s\": use key create, key revoke, key list or key "
+                    "rewrap", sub);
     return fail("unknown command \"%s\"; see meterctl --help", command);
+}
+
+/* master-key create FILE: a new key in a new file; prints its id, never the key. */
+static int master_key_command(int argc, char **argv)
+{
+    if (argc != 3 || strcmp(argv[1], "create") != 0)
+        return fail("usage: meterctl master-key create FILE");
+    char error[512], id[MASTER_KEY_ID_TEXT_SIZE];
+    struct master_key master;
+    if (master_key_create(argv[2], &master, error, sizeof error) != HM_OK)
+        return fail("%s", error);
+    master_key_id_text(master.id, id);
+    master_key_clear(&master);
+    printf("master key %s written to %s (mode 0600)\n", id, argv[2]);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -1429,6 +1520,9 @@ int main(int argc, char **argv)
         if (strcmp(argv[first], "--data") == 0 && first + 1 < argc) {
             data_dir = argv[first + 1];
             first += 2;
+        } else if (strcmp(argv[first], "--master-key") == 0 && first + 1 < argc) {
+            master_key_path = argv[first + 1];
+            first += 2;
         } else {
             return fail("unknown option \"%s\"; see meterctl --help", argv[first]);
         }
@@ -1437,6 +1531,16 @@ int main(int argc, char **argv)
         fputs(usage_text, stderr);
         return 2;
     }
+    static char default_master_key[4096];
+    if (master_key_path == NULL)
+        master_key_path = getenv("METER_MASTER_KEY");
+    if (master_key_path == NULL) {
+        snprintf(default_master_key, sizeof default_master_key, "%s/" MASTER_KEY_FILE_NAME,
+                 data_dir);
+        master_key_path = default_master_key;
+    }
+    if (strcmp(argv[first], "master-key") == 0)
+        return master_key_command(argc - first, argv + first);
     /* The replay is a client of meterd and does not open the ledger. */
     if (strcmp(argv[first], "replay") == 0)
         return replay_command(argc - first, argv + first);

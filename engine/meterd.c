@@ -1,6 +1,7 @@
 /* meterd: the metering daemon. Receives usage frames and stores them in the ledger. */
 #include "common/log.h"
 #include "common/status.h"
+#include "engine/lib/master_setup.h"
 #include "engine/lib/store.h"
 
 #include <errno.h>
@@ -29,6 +30,9 @@ static void usage(FILE *out)
             "  --port-file FILE      write \"tcp=PORT udp=PORT\" here once listening\n"
             "  --stats-file FILE     write the counters here as JSON every 2 s and at the stop\n"
             "                        (default DIR/meterd-stats.json of --data)\n"
+            "  --master-key FILE     the master key that wraps the keys' signing keys\n"
+            "                        (default $METER_MASTER_KEY, else DIR/master.key; created\n"
+            "                        there when missing and no key is wrapped yet)\n"
             "  --map-size MIB        ledger map size in MiB (default 16384)\n"
             "  --index-memory MIB    memory for the index of stored event ids, 1 to 1048576\n"
             "                        (default 128); once the ids in memory take half of it,\n"
@@ -154,6 +158,7 @@ static int lock_data_dir(const char *data_dir)
 int main(int argc, char **argv)
 {
     const char *data_dir = getenv("METER_DATA") ? getenv("METER_DATA") : "meter-data";
+    const char *master_key_path = getenv("METER_MASTER_KEY");
     struct server_options options = { .host = "127.0.0.1", .tcp_port = 7600, .udp_port = 7601 };
     struct ledger_options ledger_options = { 0 };
     static const struct option long_options[] = {
@@ -163,6 +168,7 @@ int main(int argc, char **argv)
         { "udp-port", required_argument, NULL, 'u' },
         { "port-file", required_argument, NULL, 'p' },
         { "stats-file", required_argument, NULL, 'S' },
+        { "master-key", required_argument, NULL, 'K' },
         { "map-size", required_argument, NULL, 'm' },
         { "index-memory", required_argument, NULL, 'x' },
         { "max-connections", required_argument, NULL, 'c' },
@@ -191,6 +197,7 @@ int main(int argc, char **argv)
             options.udp_port = (uint16_t)value;
             break;
         case 'p': options.port_file = optarg; break;
+        case 'K': master_key_path = optarg; break;
         case 'S':
             if (stats_file_check(optarg) != 0)
                 return 2;
@@ -268,6 +275,26 @@ int main(int argc, char **argv)
         options.stats_file = stats_path;
     }
     log_info("meterd", "starting data=%s", data_dir);
+    char master_path[PATH_MAX], error[512];
+    if (master_key_path == NULL) {
+        snprintf(master_path, sizeof master_path, "%s/" MASTER_KEY_FILE_NAME, data_dir);
+        master_key_path = master_path;
+    }
+    struct master_setup_result master;
+    if (master_setup(store.ledger, master_key_path, 0, &master, error, sizeof error) != HM_OK) {
+        fprintf(stderr, "meterd: %s\n", error);
+        ledger_close(store.ledger);
+        return 1;
+    }
+    if (master.created)
+        log_warn("meterd", "created the master key file %s; keep a copy apart from the "
+                 "ledger's backups: without it the keys of this ledger cannot sign frames",
+                 master_key_path);
+    if (master.warning[0] != '\0')
+        log_warn("meterd", "%s", master.warning);
+    if (master.wrapped > 0)
+        log_info("meterd", "wrapped %zu signing keys that were stored as they were",
+                 master.wrapped);
     /* The id index is built before listening, so that the first frame does not wait for it. */
     if ((rc = ledger_writer_prepare(store.ledger)) != HM_OK) {
         fprintf(stderr, "meterd: cannot read the stored events to index their ids: %s\n",

@@ -179,6 +179,7 @@ int ledger_open(struct ledger **out, const char *dir, const struct ledger_option
     }
     ledger->index_memory = options && options->index_memory ? options->index_memory
                                                              : LEDGER_INDEX_MEMORY_DEFAULT;
+    ledger->key_log = (struct log_limit)LOG_LIMIT_INIT(10, 60);
 
     /*
      * An existing ledger keeps the map size recorded in it unless the caller
@@ -287,6 +288,7 @@ void ledger_close(struct ledger *ledger)
     rollup_deltas_free(ledger->deltas);
     rollup_log_writer_free(ledger);
     rollup_log_summary_free(ledger);
+    master_key_clear(&ledger->master);
     free(ledger);
 }
 

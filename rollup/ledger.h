@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ingest/masterkey.h"
 #include "ingest/event.h"
 
 struct ledger;
@@ -343,8 +344,8 @@ struct key_record {
     uint64_t key_id;
     uint8_t tenant_id[UUID_SIZE];
     /*
-     * HMAC key for frames, derived from the secret. NOTE: stored as is, not
-     * wrapped with a master key, so anyone who can read the ledger can sign frames.
+     * HMAC key for frames, derived from the secret. Stored wrapped with the
+     * ledger's master key when it has one (ledger_master_key_set).
      */
     uint8_t signing_key[32];
     uint8_t secret_hash[32]; /* SHA-256 of the secret */
@@ -359,6 +360,35 @@ struct key_record {
      */
     int64_t expires_s;
 };
+
+/*
+ * Gives the ledger the master key that wraps the signing keys of key
+ * records (NULL takes it away). With one, ledger_key_put and
+ * ledger_key_revoke store the signing key wrapped, and lookups unwrap it.
+ * Without one, new keys are stored as they are, and a wrapped key's lookup
+ * fails with HM_ERR_STATE. The ledger keeps a copy and clears it on close.
+ */
+void ledger_master_key_set(struct ledger *ledger, const struct master_key *master);
+
+struct ledger_key_wrap_counts {
+    size_t wrapped; /* keys written wrapped with the ledger's master key by this call */
+    size_t current; /* keys that were wrapped with it already */
+    size_t foreign; /* keys wrapped with another master key than these two, left as they are */
+    uint8_t foreign_id[MASTER_KEY_ID_SIZE]; /* the master key of the first of those */
+};
+
+/*
+ * Wraps with the ledger's master key every signing key stored as is, and
+ * rewraps those wrapped with `old` (NULL for none), in one transaction.
+ * HM_ERR_STATE without a master key; HM_ERR_STORAGE when a key does not
+ * unwrap with `old`, and then nothing is written.
+ */
+int ledger_keys_wrap(struct ledger *ledger, const struct master_key *old,
+                     struct ledger_key_wrap_counts *counts);
+
+/* Counts the keys stored wrapped, and gives the master key id of the first one. */
+int ledger_keys_wrapped(struct ledger *ledger, size_t *count_out,
+                        uint8_t first_id[MASTER_KEY_ID_SIZE]);
 
 int ledger_key_put(struct ledger *ledger, const struct key_record *key);
 int ledger_key_get(struct ledger *ledger, uint64_t key_id, struct key_record *out);

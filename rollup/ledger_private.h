@@ -3,6 +3,7 @@
 #define HM_LEDGER_PRIVATE_H
 
 #include "ledger.h"
+#include "ingest/masterkey.h"
 
 #include "common/log.h"
 #include "common/status.h"
@@ -70,6 +71,10 @@ struct ledger {
      */
     uint8_t table_missing[TABLE_COUNT];
     MDB_txn *lookup_txn; /* reused read transaction of ledger_read_begin */
+    /* The key that wraps the signing keys of key records; see ledger_master_key_set. */
+    struct master_key master;
+    int has_master;
+    struct log_limit key_log; /* keys that cannot be unwrapped */
     /* Writer state, made by the first append of the process and reused by every transaction. */
     struct dedup_index *dedup;
     size_t index_memory;           /* see ledger_options */

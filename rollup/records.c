@@ -2,11 +2,12 @@
  * Tenants, API keys, price books, closed periods and invoices in the ledger.
  * NOTE: tenants and keys are stored as the raw bytes of their C structs, with
  * no format version, so a change to either struct needs a migration. Key
- * records are distinguished by size, because the expiry was appended to the end.
+ * records are distinguished by size (see "API keys" below).
  */
 #include "ledger.h"
 #include "ledger_private.h"
 
+#include <openssl/crypto.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,31 +164,145 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
 
 /* ---- API keys ---- */
 
-/* Size of a key record without expires_s: the only layout that older ledgers hold. */
+/*
+ * Key records come in three layouts, distinguished by size. The first ends at
+ * revoked_s. The second adds expires_s; a key without expiry is still
+ * stored in the first, so that older builds read it. Both hold the signing
+ * key as it is. The third, written whenever the ledger has a master key,
+ * has the whole struct with the signing key zeroed, then the id of the
+ * master key and the signing key wrapped under it.
+ */
 #define KEY_RECORD_V1_SIZE offsetof(struct key_record, expires_s)
 _Static_assert(KEY_RECORD_V1_SIZE == 112, "the older key layout must keep its size");
+#define KEY_RECORD_WRAPPED_SIZE \
+    (sizeof(struct key_record) + MASTER_KEY_ID_SIZE + MASTER_KEY_WRAP_SIZE)
 
-/* Returns the short layout's size for a key without expiry, so that older builds can read it. */
-static size_t key_value_size(const struct key_record *key)
+/* A key record as stored: the record and, in the wrapped layout, its wrapped signing key. */
+struct key_value {
+    struct key_record record; /* signing_key is zero while wrapped */
+    int wrapped;
+    uint8_t master_id[MASTER_KEY_ID_SIZE];
+    uint8_t wrap[MASTER_KEY_WRAP_SIZE];
+};
+
+static void key_binding(const struct key_record *key, uint8_t out[MASTER_KEY_BINDING_SIZE])
 {
-    return key->expires_s != 0 ? sizeof *key : KEY_RECORD_V1_SIZE;
+    store_be64(out, key->key_id);
+    memcpy(out + 8, key->tenant_id, UUID_SIZE);
 }
 
-/* Reads a key record of either layout; the older one has no expiry. */
-static int key_decode(const MDB_val *value, struct key_record *out)
+void ledger_master_key_set(struct ledger *ledger, const struct master_key *master)
 {
-    if (value->mv_size != sizeof *out && value->mv_size != KEY_RECORD_V1_SIZE) {
-        log_error("ledger", "key record has size %zu, expected %zu or %zu", value->mv_size,
-                  (size_t)KEY_RECORD_V1_SIZE, sizeof *out);
+    master_key_clear(&ledger->master);
+    ledger->has_master = master != NULL;
+    if (master != NULL)
+        ledger->master = *master;
+}
+
+/* Reads a key record of any layout, without unwrapping. */
+static int key_decode(const MDB_val *value, struct key_value *out)
+{
+    size_t size = value->mv_size;
+    if (size != sizeof out->record && size != KEY_RECORD_V1_SIZE &&
+        size != KEY_RECORD_WRAPPED_SIZE) {
+        log_error("ledger", "key record has size %zu, expected %zu, %zu or %zu", size,
+                  (size_t)KEY_RECORD_V1_SIZE, sizeof out->record, (size_t)KEY_RECORD_WRAPPED_SIZE);
         return HM_ERR_STORAGE;
     }
     memset(out, 0, sizeof *out);
-    memcpy(out, value->mv_data, value->mv_size);
+    const uint8_t *bytes = value->mv_data;
+    memcpy(&out->record, bytes, size < sizeof out->record ? size : sizeof out->record);
+    if (size == KEY_RECORD_WRAPPED_SIZE) {
+        out->wrapped = 1;
+        memcpy(out->master_id, bytes + sizeof out->record, MASTER_KEY_ID_SIZE);
+        memcpy(out->wrap, bytes + sizeof out->record + MASTER_KEY_ID_SIZE, MASTER_KEY_WRAP_SIZE);
+        memset(out->record.signing_key, 0, sizeof out->record.signing_key);
+    }
     return HM_OK;
 }
 
-static int key_read(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
-                    struct key_record *out)
+/*
+ * Fills the signing key of a wrapped record. Returns HM_ERR_STATE when this
+ * process has no master key or another one, and HM_ERR_STORAGE when the
+ * wrapped bytes do not unwrap. Each failure is logged with the key and the fix.
+ */
+static int key_unwrap(struct ledger *ledger, struct key_value *value)
+{
+    if (!value->wrapped)
+        return HM_OK;
+    char wanted[MASTER_KEY_ID_TEXT_SIZE], have[MASTER_KEY_ID_TEXT_SIZE] = "none";
+    master_key_id_text(value->master_id, wanted);
+    if (ledger->has_master)
+        master_key_id_text(ledger->master.id, have);
+    int rc = HM_ERR_STATE;
+    if (ledger->has_master && memcmp(ledger->master.id, value->master_id, MASTER_KEY_ID_SIZE) == 0) {
+        uint8_t binding[MASTER_KEY_BINDING_SIZE];
+        key_binding(&value->record, binding);
+        rc = master_key_unwrap(&ledger->master, binding, value->wrap, value->record.signing_key);
+        if (rc == HM_OK)
+            return HM_OK;
+    }
+    uint64_t suppressed = 0;
+    if (!log_limit_pass(&ledger->key_log, &suppressed))
+        return rc;
+    if (rc == HM_ERR_STATE)
+        log_error("ledger", "the signing key of key %016llx is wrapped with master key %s, and "
+                  "this process has master key %s: give it the master key file that wrapped the "
+                  "key (--master-key)%s", (unsigned long long)value->record.key_id, wanted, have,
+                  suppressed ? " (earlier lines suppressed)" : "");
+    else
+        log_error("ledger", "the signing key of key %016llx does not unwrap with master key %s: "
+                  "the record is damaged; revoke the key and create a new one%s",
+                  (unsigned long long)value->record.key_id, have,
+                  suppressed ? " (earlier lines suppressed)" : "");
+    return rc;
+}
+
+/*
+ * Writes a key record: a wrapped one keeps its wrapped key, and one stored
+ * as is gets wrapped when the ledger has a master key.
+ */
+static int key_write(struct ledger *ledger, MDB_txn *txn, const struct key_value *value,
+                     unsigned flags)
+{
+    uint8_t bytes[KEY_RECORD_WRAPPED_SIZE];
+    struct key_value out = *value;
+    size_t size;
+    if (!out.wrapped && ledger->has_master) {
+        uint8_t binding[MASTER_KEY_BINDING_SIZE];
+        key_binding(&out.record, binding);
+        int rc = master_key_wrap(&ledger->master, binding, out.record.signing_key, out.wrap);
+        if (rc != HM_OK) {
+            OPENSSL_cleanse(&out, sizeof out);
+            return rc;
+        }
+        memcpy(out.master_id, ledger->master.id, MASTER_KEY_ID_SIZE);
+        out.wrapped = 1;
+    }
+    if (out.wrapped) {
+        memset(out.record.signing_key, 0, sizeof out.record.signing_key);
+        memcpy(bytes, &out.record, sizeof out.record);
+        memcpy(bytes + sizeof out.record, out.master_id, MASTER_KEY_ID_SIZE);
+        memcpy(bytes + sizeof out.record + MASTER_KEY_ID_SIZE, out.wrap, MASTER_KEY_WRAP_SIZE);
+        size = KEY_RECORD_WRAPPED_SIZE;
+    } else {
+        /* The short layout for a key without expiry, so that older builds can read it. */
+        size = out.record.expires_s != 0 ? sizeof out.record : KEY_RECORD_V1_SIZE;
+        memcpy(bytes, &out.record, size);
+    }
+    OPENSSL_cleanse(&out, sizeof out);
+    uint8_t id[8];
+    store_be64(id, value->record.key_id);
+    MDB_val key = { sizeof id, id }, data = { size, bytes };
+    int rc = mdb_put(txn, ledger->tables[TABLE_KEYS], &key, &data, flags);
+    OPENSSL_cleanse(bytes, sizeof bytes);
+    if (rc == MDB_KEYEXIST)
+        return HM_ERR_EXISTS;
+    return rc == 0 ? HM_OK : status_of(rc, "store key");
+}
+
+static int key_read_value(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
+                          struct key_value *out)
 {
     uint8_t id[8];
     store_be64(id, key_id);
@@ -200,19 +315,32 @@ static int key_read(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
     return key_decode(&value, out);
 }
 
+/* Reads a key record with its signing key. */
+static int key_read(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
+                    struct key_record *out)
+{
+    struct key_value value;
+    int rc = key_read_value(ledger, txn, key_id, &value);
+    if (rc == HM_OK)
+        rc = key_unwrap(ledger, &value);
+    if (rc == HM_OK)
+        *out = value.record;
+    OPENSSL_cleanse(&value, sizeof value);
+    return rc;
+}
+
 int ledger_key_put(struct ledger *ledger, const struct key_record *key)
 {
     MDB_txn *txn;
     int rc = write_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    uint8_t id[8];
-    store_be64(id, key->key_id);
-    MDB_val key_val = { sizeof id, id }, value = { key_value_size(key), (void *)key };
-    rc = mdb_put(txn, ledger->tables[TABLE_KEYS], &key_val, &value, MDB_NOOVERWRITE);
-    if (rc != 0) {
+    struct key_value value = { .record = *key };
+    rc = key_write(ledger, txn, &value, MDB_NOOVERWRITE);
+    OPENSSL_cleanse(&value, sizeof value);
+    if (rc != HM_OK) {
         mdb_txn_abort(txn);
-        return rc == MDB_KEYEXIST ? HM_ERR_EXISTS : status_of(rc, "store key");
+        return rc;
     }
     return write_commit(txn);
 }
@@ -234,25 +362,182 @@ int ledger_key_revoke(struct ledger *ledger, uint64_t key_id, int64_t now_s)
     int rc = write_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    uint8_t id[8];
-    store_be64(id, key_id);
-    MDB_val key = { sizeof id, id };
-    struct key_record record;
-    rc = key_read(ledger, txn, key_id, &record);
-    if (rc == HM_OK && record.status == KEY_REVOKED)
+    struct key_value value;
+    rc = key_read_value(ledger, txn, key_id, &value);
+    if (rc == HM_OK && value.record.status == KEY_REVOKED)
         rc = HM_ERR_STATE;
     if (rc == HM_OK) {
-        record.status = KEY_REVOKED;
-        record.revoked_s = now_s;
-        MDB_val value = { key_value_size(&record), &record };
-        int mdb_rc = mdb_put(txn, ledger->tables[TABLE_KEYS], &key, &value, 0);
-        rc = mdb_rc == 0 ? HM_OK : status_of(mdb_rc, "revoke key");
+        value.record.status = KEY_REVOKED;
+        value.record.revoked_s = now_s;
+        rc = key_write(ledger, txn, &value, 0);
     }
+    OPENSSL_cleanse(&value, sizeof value);
     if (rc != HM_OK) {
         mdb_txn_abort(txn);
         return rc;
     }
     return write_commit(txn);
+}
+
+/*
+ * Calls `visit` with each key record of `txn` in key id order, decoded and
+ * not unwrapped, and clears each copy after the call. Stops at the first
+ * status other than HM_OK and returns it.
+ */
+static int keys_each(struct ledger *ledger, MDB_txn *txn,
+                     int (*visit)(void *context, struct key_value *value), void *context)
+{
+    MDB_cursor *cursor;
+    int rc = table_cursor_open(txn, ledger, TABLE_KEYS, &cursor);
+    if (rc != 0)
+        return status_of(rc, "open key cursor");
+    int status = HM_OK;
+    MDB_val key, data;
+    MDB_cursor_op op = MDB_FIRST;
+    while (status == HM_OK && (rc = cursor_get(cursor, &key, &data, op)) == 0) {
+        op = MDB_NEXT;
+        struct key_value value;
+        status = key_decode(&data, &value);
+        if (status == HM_OK)
+            status = visit(context, &value);
+        OPENSSL_cleanse(&value, sizeof value);
+    }
+    cursor_close(cursor);
+    /* A failed read is an error, not the end of the keys. */
+    if (status == HM_OK && rc != MDB_NOTFOUND)
+        status = status_of(rc, "read keys");
+    return status;
+}
+
+struct wrapped_count {
+    size_t count;
+    uint8_t *first_id;
+};
+
+static int wrapped_count_visit(void *context, struct key_value *value)
+{
+    struct wrapped_count *wrapped = context;
+    if (value->wrapped && wrapped->count++ == 0)
+        memcpy(wrapped->first_id, value->master_id, MASTER_KEY_ID_SIZE);
+    return HM_OK;
+}
+
+int ledger_keys_wrapped(struct ledger *ledger, size_t *count_out,
+                        uint8_t first_id[MASTER_KEY_ID_SIZE])
+{
+    MDB_txn *txn;
+    int rc = read_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct wrapped_count wrapped = { 0, first_id };
+    rc = keys_each(ledger, txn, wrapped_count_visit, &wrapped);
+    mdb_txn_abort(txn);
+    *count_out = rc == HM_OK ? wrapped.count : 0;
+    return rc;
+}
+
+/* The keys that ledger_keys_wrap writes, gathered first so that no put moves the cursor. */
+struct wrap_walk {
+    struct ledger *ledger;
+    const struct master_key *old;
+    struct ledger_key_wrap_counts *counts;
+    struct key_value *pending;
+    size_t capacity;
+};
+
+static int wrap_visit(void *context, struct key_value *value)
+{
+    struct wrap_walk *walk = context;
+    struct ledger_key_wrap_counts *counts = walk->counts;
+    int current = value->wrapped &&
+                  memcmp(value->master_id, walk->ledger->master.id, MASTER_KEY_ID_SIZE) == 0;
+    int from_old = value->wrapped && walk->old != NULL &&
+                   memcmp(value->master_id, walk->old->id, MASTER_KEY_ID_SIZE) == 0;
+    if (current) {
+        counts->current++;
+        return HM_OK;
+    }
+    if (value->wrapped && !from_old) {
+        if (counts->foreign++ == 0)
+            memcpy(counts->foreign_id, value->master_id, MASTER_KEY_ID_SIZE);
+        return HM_OK;
+    }
+    if (from_old) {
+        uint8_t binding[MASTER_KEY_BINDING_SIZE];
+        key_binding(&value->record, binding);
+        int rc = master_key_unwrap(walk->old, binding, value->wrap, value->record.signing_key);
+        if (rc != HM_OK)
+            return rc;
+        value->wrapped = 0;
+    }
+    if (counts->wrapped == walk->capacity) {
+        size_t capacity = walk->capacity ? 2 * walk->capacity : 16;
+        struct key_value *grown = malloc(capacity * sizeof *grown);
+        if (grown == NULL)
+            return HM_ERR_NOMEM;
+        /* A copy, not realloc, so that no signing key is left behind in freed memory. */
+        if (walk->pending != NULL) {
+            memcpy(grown, walk->pending, walk->capacity * sizeof *grown);
+            OPENSSL_cleanse(walk->pending, walk->capacity * sizeof *grown);
+            free(walk->pending);
+        }
+        walk->pending = grown;
+        walk->capacity = capacity;
+    }
+    walk->pending[counts->wrapped++] = *value;
+    return HM_OK;
+}
+
+int ledger_keys_wrap(struct ledger *ledger, const struct master_key *old,
+                     struct ledger_key_wrap_counts *counts)
+{
+    memset(counts, 0, sizeof *counts);
+    if (!ledger->has_master)
+        return HM_ERR_STATE;
+    MDB_txn *txn;
+    int rc = write_begin(ledger, &txn);
+    if (rc != HM_OK)
+        return rc;
+    struct wrap_walk walk = { ledger, old, counts, NULL, 0 };
+    int status = keys_each(ledger, txn, wrap_visit, &walk);
+    for (size_t i = 0; status == HM_OK && i < counts->wrapped; i++)
+        status = key_write(ledger, txn, &walk.pending[i], 0);
+    if (walk.pending != NULL)
+        OPENSSL_cleanse(walk.pending, walk.capacity * sizeof *walk.pending);
+    free(walk.pending);
+    if (status != HM_OK || counts->wrapped == 0) {
+        mdb_txn_abort(txn);
+        if (status != HM_OK)
+            counts->wrapped = 0;
+        return status;
+    }
+    return write_commit(txn);
+}
+
+struct key_list_walk {
+    const uint8_t *tenant_id;
+    struct key_record *keys;
+    size_t count, capacity;
+};
+
+static int key_list_visit(void *context, struct key_value *value)
+{
+    struct key_list_walk *walk = context;
+    if (memcmp(value->record.tenant_id, walk->tenant_id, UUID_SIZE) != 0)
+        return HM_OK;
+    if (walk->count == walk->capacity) {
+        size_t capacity = walk->capacity ? 2 * walk->capacity : 8;
+        struct key_record *grown = realloc(walk->keys, capacity * sizeof *grown);
+        if (grown == NULL)
+            return HM_ERR_NOMEM;
+        walk->keys = grown;
+        walk->capacity = capacity;
+    }
+    /* A list is for reading about keys: no signing key leaves it. */
+    walk->keys[walk->count] = value->record;
+    memset(walk->keys[walk->count].signing_key, 0, sizeof walk->keys[walk->count].signing_key);
+    walk->count++;
+    return HM_OK;
 }
 
 int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
@@ -262,44 +547,15 @@ int ledger_key_list(struct ledger *ledger, const uint8_t tenant_id[UUID_SIZE],
     int rc = read_begin(ledger, &txn);
     if (rc != HM_OK)
         return rc;
-    MDB_cursor *cursor;
-    rc = table_cursor_open(txn, ledger, TABLE_KEYS, &cursor);
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        return status_of(rc, "open key cursor");
-    }
-    struct key_record *keys = NULL;
-    size_t count = 0, capacity = 0;
-    int status = HM_OK;
-    MDB_val key, value;
-    MDB_cursor_op op = MDB_FIRST;
-    while ((rc = cursor_get(cursor, &key, &value, op)) == 0) {
-        op = MDB_NEXT;
-        struct key_record record;
-        if (key_decode(&value, &record) != HM_OK ||
-            memcmp(record.tenant_id, tenant_id, UUID_SIZE) != 0)
-            continue;
-        if (count == capacity) {
-            capacity = capacity ? 2 * capacity : 8;
-            struct key_record *grown = realloc(keys, capacity * sizeof *grown);
-            if (grown == NULL) {
-                status = HM_ERR_NOMEM;
-                break;
-            }
-            keys = grown;
-        }
-        keys[count++] = record;
-    }
-    cursor_close(cursor);
-    if (status == HM_OK && rc != MDB_NOTFOUND)
-        status = status_of(rc, "read keys");
+    struct key_list_walk walk = { tenant_id, NULL, 0, 0 };
+    rc = keys_each(ledger, txn, key_list_visit, &walk);
     mdb_txn_abort(txn);
-    if (status != HM_OK) {
-        free(keys);
-        return status;
+    if (rc != HM_OK) {
+        free(walk.keys);
+        return rc;
     }
-    *keys_out = keys;
-    *count_out = count;
+    *keys_out = walk.keys;
+    *count_out = walk.count;
     return HM_OK;
 }
 
