@@ -3,17 +3,20 @@
 
 It serves, on 127.0.0.1 only, over HTTP or TLS:
   POST /v1/invoices, POST /v1/invoiceitems, POST /v1/invoices/{id}/finalize,
-  POST /v1/invoices/{id}/void, GET /v1/invoices/{id}, DELETE /v1/invoices/{id} (drafts only)
+  POST /v1/invoices/{id}/void, GET /v1/invoices/{id}, DELETE /v1/invoices/{id} (drafts only),
+  POST /v1/credit_notes, GET /v1/credit_notes/{id}, POST /v1/credit_notes/{id}/void
 with Stripe's conventions for API version 2026-07-29.dahlia: bearer (or basic) auth with a 401
 JSON error for a bad key, form bodies with bracketed keys (metadata[invoice_number]=...),
 idempotency keys (the same key and parameters replay the stored reply with the same id, the same
 key with other parameters is a 400 idempotency_error), error objects {"error": {"type", "code",
-"param", "message"}}, and ids with Stripe's prefixes (in_, ii_, il_, req_).
+"param", "message"}}, and ids with Stripe's prefixes (in_, ii_, il_, cn_, cnli_, req_).
 
 Tests drive it through /_test/ endpoints, which need no key:
   POST /_test/faults  {"faults": [FAULT, ...]}   replace the fault list
   POST /_test/delay   {"ms": N}                   delay every reply by N ms
   POST /_test/tamper  {"invoice": ID, "total": N} change an invoice's total (a difference)
+  POST /_test/tamper  {"credit_note": ID, "amount": N}  change a credit note's amount
+  POST /_test/pay     {"invoice": ID}             mark an open invoice paid, as a payment would
   POST /_test/reset                               forget every object, key and fault
   GET  /_test/state                               invoices, items and the request log as JSON
 A FAULT matches requests by "method" and "path_prefix", skips the first "skip" matches, then
@@ -70,6 +73,11 @@ FINALIZE_PARAMS = {"auto_advance", "expand"}
 # Stripe's three-decimal currencies: payment amounts must end in 0 (a multiple of 10 minor units).
 THREE_DECIMAL_CURRENCIES = {"bhd", "jod", "kwd", "omr", "tnd"}
 VOID_PARAMS = {"expand"}
+CREDIT_NOTE_PARAMS = {
+    "amount", "credit_amount", "effective_at", "email_type", "expand", "invoice", "lines", "memo",
+    "metadata", "out_of_band_amount", "reason", "refund_amount", "refunds", "shipping_cost",
+}
+CREDIT_NOTE_REASONS = ("duplicate", "fraudulent", "order_change", "product_unsatisfactory")
 
 
 class StripeError(Exception):
@@ -201,6 +209,7 @@ class Store:
     def reset(self):
         self.invoices = {}
         self.items = {}
+        self.credit_notes = {}
         self.idempotent = {}
         self.faults = []
         self.delay_ms = 0
@@ -450,6 +459,14 @@ class Store:
             raise StripeError(400, "invalid_request_error",
                               "You can only pass in open or uncollectible invoices.",
                               "invoice_not_editable")
+        # NOTE: the stand-in rejects the void of an invoice with issued credit notes. Stripe's
+        # documentation, as far as it was read, does not say what the real API does here.
+        issued = [note["id"] for note in self.credit_notes.values()
+                  if note["invoice"] == invoice_id and note["status"] == "issued"]
+        if issued:
+            raise StripeError(400, "invalid_request_error",
+                              "This invoice has issued credit notes (%s); void them before "
+                              "voiding the invoice." % ", ".join(issued), "invoice_not_editable")
         invoice["status"] = "void"
         invoice["amount_remaining"] = 0
         invoice["status_transitions"]["voided_at"] = int(time.time())
@@ -467,11 +484,132 @@ class Store:
         del self.invoices[invoice_id]
         return {"id": invoice_id, "object": "invoice", "deleted": True}
 
+    # ---- credit notes ----
+
+    def get_credit_note(self, note_id):
+        note = self.credit_notes.get(note_id)
+        if note is None:
+            raise StripeError(404, "invalid_request_error",
+                              "No such credit note: '%s'" % note_id, "resource_missing", "id")
+        return note
+
+    def create_credit_note(self, params):
+        """Issues a credit note of `amount` against an open or paid invoice.
+
+        As Stripe documents for API versions since 2025-11-17.clover, the amount first reduces
+        the invoice's amount_remaining (and amount_due), not below zero: that part is the
+        pre_payment_amount. The rest, the post_payment_amount, must equal the sum of
+        refund_amount, credit_amount and out_of_band_amount.
+        """
+        check_unknown(params, CREDIT_NOTE_PARAMS)
+        invoice_id = params.get("invoice")
+        if invoice_id is None:
+            raise StripeError(400, "invalid_request_error", "Missing required param: invoice.",
+                              "parameter_missing", "invoice")
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            raise StripeError(400, "invalid_request_error",
+                              "No such invoice: '%s'" % invoice_id, "resource_missing", "invoice")
+        if "lines" in params or "refunds" in params or "shipping_cost" in params:
+            raise StripeError(400, "invalid_request_error",
+                              "This stand-in issues credit notes by amount only", None,
+                              "lines")
+        amount = parse_int(params, "amount", minimum=1)
+        if amount is None:
+            raise StripeError(400, "invalid_request_error",
+                              "You must pass either amount or lines.", "parameter_missing",
+                              "amount")
+        extra = {name: parse_int(params, name, minimum=0) or 0
+                 for name in ("credit_amount", "out_of_band_amount", "refund_amount")}
+        reason = params.get("reason")
+        if reason is not None and reason not in CREDIT_NOTE_REASONS:
+            raise StripeError(400, "invalid_request_error",
+                              "Invalid reason: must be one of duplicate, fraudulent, "
+                              "order_change, or product_unsatisfactory",
+                              "parameter_invalid_string", "reason")
+        metadata = check_metadata(params)
+        if invoice["status"] not in ("open", "paid"):
+            raise StripeError(400, "invalid_request_error",
+                              "Credit notes can only be issued for open or paid invoices; "
+                              "invoice %s is %s." % (invoice_id, invoice["status"]),
+                              "invoice_not_editable", "invoice")
+        credited = sum(note["amount"] for note in self.credit_notes.values()
+                       if note["invoice"] == invoice_id and note["status"] == "issued")
+        if credited + amount > invoice["total"]:
+            raise StripeError(400, "invalid_request_error",
+                              "The credit note amount (%d) exceeds the invoice's total (%d) "
+                              "less its issued credit notes (%d)." % (
+                                  amount, invoice["total"], credited),
+                              "credit_note_amount_too_large", "amount")
+        pre = min(amount, invoice["amount_remaining"])
+        post = amount - pre
+        if sum(extra.values()) != post:
+            raise StripeError(400, "invalid_request_error",
+                              "The sum of refund_amount, credit_amount and out_of_band_amount "
+                              "(%d) must equal the credit note's post_payment_amount (%d): "
+                              "the amount less the invoice's amount_remaining." % (
+                                  sum(extra.values()), post), None, "amount")
+        now = int(time.time())
+        invoice["amount_due"] -= pre
+        invoice["amount_remaining"] -= pre
+        invoice["pre_payment_credit_notes_amount"] += pre
+        invoice["post_payment_credit_notes_amount"] += post
+        if invoice["status"] == "open" and invoice["amount_remaining"] == 0:
+            invoice["status"] = "paid"
+            invoice["status_transitions"]["paid_at"] = now
+        count = sum(1 for note in self.credit_notes.values() if note["invoice"] == invoice_id)
+        note_id = new_id("cn_")
+        note = {
+            "id": note_id, "object": "credit_note", "amount": amount, "amount_shipping": 0,
+            "created": now, "currency": invoice["currency"], "customer": invoice["customer"],
+            "customer_balance_transaction": None, "discount_amount": 0, "discount_amounts": [],
+            "effective_at": now, "invoice": invoice_id,
+            "lines": {"object": "list", "has_more": False,
+                      "url": "/v1/credit_notes/%s/lines" % note_id,
+                      "data": [{"id": new_id("cnli_"), "object": "credit_note_line_item",
+                                "amount": amount, "description": params.get("memo"),
+                                "discount_amount": 0, "discount_amounts": [],
+                                "livemode": False, "quantity": 1, "type": "custom_line_item",
+                                "unit_amount": amount, "unit_amount_decimal": str(amount)}]},
+            "livemode": False, "memo": params.get("memo"), "metadata": metadata,
+            "number": "%s-CN-%02d" % (invoice["number"], count + 1),
+            "out_of_band_amount": extra["out_of_band_amount"] or None,
+            "pdf": None, "post_payment_amount": post, "pre_payment_amount": pre,
+            "reason": reason, "refunds": [], "status": "issued", "subtotal": amount,
+            "subtotal_excluding_tax": amount, "total": amount, "total_excluding_tax": amount,
+            "total_taxes": [],
+            "type": "mixed" if pre and post else "post_payment" if post else "pre_payment",
+            "voided_at": None,
+        }
+        self.credit_notes[note_id] = note
+        return dict(note)
+
+    def void_credit_note(self, note_id, params):
+        check_unknown(params, VOID_PARAMS)
+        note = self.get_credit_note(note_id)
+        if note["status"] == "void":
+            raise StripeError(400, "invalid_request_error",
+                              "The credit note %s has already been voided." % note_id)
+        invoice = self.invoices[note["invoice"]]
+        if invoice["status"] != "open":
+            raise StripeError(400, "invalid_request_error",
+                              "A credit note can only be voided while its invoice is open; "
+                              "invoice %s is %s." % (invoice["id"], invoice["status"]),
+                              "invoice_not_editable")
+        invoice["amount_due"] += note["pre_payment_amount"]
+        invoice["amount_remaining"] += note["pre_payment_amount"]
+        invoice["pre_payment_credit_notes_amount"] -= note["pre_payment_amount"]
+        invoice["post_payment_credit_notes_amount"] -= note["post_payment_amount"]
+        note["status"] = "void"
+        note["voided_at"] = int(time.time())
+        return dict(note)
+
     def state(self):
         return {
             "invoices": [self.invoice_view(invoice) for invoice in self.invoices.values()],
             "invoiceitems": [{k: v for k, v in item.items() if not k.startswith("_")}
                              for item in self.items.values()],
+            "credit_notes": list(self.credit_notes.values()),
             "requests": list(self.requests),
             "faults": self.faults,
         }
@@ -483,6 +621,13 @@ def route(store, method, path, params):
         return store.create_invoice(params)
     if method == "POST" and path == "/v1/invoiceitems":
         return store.create_item(params)
+    if method == "POST" and path == "/v1/credit_notes":
+        return store.create_credit_note(params)
+    note = re.fullmatch(r"/v1/credit_notes/([^/]+)(/void)?", path)
+    if note and method == "POST" and note.group(2) == "/void":
+        return store.void_credit_note(note.group(1), params)
+    if note and method == "GET" and note.group(2) is None:
+        return dict(store.get_credit_note(note.group(1)))
     match = re.fullmatch(r"/v1/invoices/([^/]+)(/finalize|/void)?", path)
     if match and method == "POST" and match.group(2) == "/finalize":
         return store.finalize(match.group(1), params)
@@ -565,6 +710,16 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/_test/delay":
                 store.delay_ms = int(data.get("ms", 0))
                 result = {"ms": store.delay_ms}
+            elif path == "/_test/pay":
+                invoice = store.get_invoice(data["invoice"])
+                invoice["amount_paid"] += invoice["amount_remaining"]
+                invoice["amount_remaining"] = 0
+                invoice["status"] = "paid"
+                result = store.invoice_view(invoice)
+            elif path == "/_test/tamper" and "credit_note" in data:
+                note = store.get_credit_note(data["credit_note"])
+                note["amount"] = int(data["amount"])
+                result = dict(note)
             elif path == "/_test/tamper":
                 invoice = store.get_invoice(data["invoice"])
                 invoice["total"] = int(data["total"])
@@ -771,6 +926,58 @@ def self_test():
     status, body, _ = call("GET", "/v1/invoices/in_missing")
     expect("unknown invoice is a 404 resource_missing",
            status == 404 and body["error"].get("code") == "resource_missing")
+    # Credit notes against the open invoice of 375 JPY.
+    note_form = {"invoice": invoice["id"], "amount": "100", "memo": "m",
+                 "metadata[credit_note_number]": "HM-CN-1"}
+    status, note, _ = call("POST", "/v1/credit_notes", note_form, idem="k-note")
+    expect("credit note created with a cn_ id, issued, all pre-payment",
+           status == 200 and note["id"].startswith("cn_") and note["status"] == "issued" and
+           note["pre_payment_amount"] == 100 and note["post_payment_amount"] == 0)
+    status, again, headers = call("POST", "/v1/credit_notes", note_form, idem="k-note")
+    expect("credit note replayed for the same key",
+           status == 200 and again["id"] == note["id"] and
+           headers.get("Idempotent-Replayed") == "true")
+    status, fetched, _ = call("GET", "/v1/invoices/" + invoice["id"])
+    expect("credit note lowers amount_due and adds to pre_payment_credit_notes_amount",
+           fetched["amount_due"] == 275 and fetched["pre_payment_credit_notes_amount"] == 100
+           and fetched["total"] == 375)
+    status, body, _ = call("POST", "/v1/credit_notes", dict(note_form, amount="300"))
+    expect("credit note above the invoice's amount_remaining without credit_amount is a 400",
+           status == 400 and body["error"].get("param") == "amount")
+    status, body, _ = call("POST", "/v1/credit_notes", dict(note_form, amount="276",
+                                                            credit_amount="1"))
+    expect("credit note above the total less earlier credit notes is a 400",
+           status == 400 and body["error"].get("code") == "credit_note_amount_too_large")
+    status, body, _ = call("POST", "/v1/credit_notes", dict(note_form, reason="goodwill"))
+    expect("unknown reason is a 400 on param reason",
+           status == 400 and body["error"].get("param") == "reason")
+    status, body, _ = call("POST", "/v1/credit_notes", {"invoice": draft["id"], "amount": "1"})
+    expect("credit note for a missing invoice is resource_missing on param invoice",
+           status == 400 and body["error"].get("code") == "resource_missing" and
+           body["error"].get("param") == "invoice")
+    status, draft2, _ = call("POST", "/v1/invoices", {"customer": "cus_selftest1"})
+    status, body, _ = call("POST", "/v1/credit_notes", {"invoice": draft2["id"], "amount": "1"})
+    expect("credit note for a draft invoice is a 400 on param invoice",
+           status == 400 and body["error"].get("param") == "invoice")
+    status, body, _ = call("POST", "/v1/invoices/%s/void" % invoice["id"], {})
+    expect("an invoice with an issued credit note is not voided",
+           status == 400 and "credit notes" in body["error"]["message"])
+    status, voided, _ = call("POST", "/v1/credit_notes/%s/void" % note["id"], {}, idem="k-nv")
+    expect("credit note voided", status == 200 and voided["status"] == "void")
+    status, fetched, _ = call("GET", "/v1/invoices/" + invoice["id"])
+    expect("voided credit note gives back amount_due",
+           fetched["amount_due"] == 375 and fetched["pre_payment_credit_notes_amount"] == 0)
+    status, body, _ = call("POST", "/v1/credit_notes/%s/void" % note["id"], {})
+    expect("a void credit note cannot be voided again",
+           status == 400 and "already been voided" in body["error"]["message"])
+    status, body, _ = call("GET", "/v1/credit_notes/cn_missing")
+    expect("unknown credit note is a 404 resource_missing",
+           status == 404 and body["error"].get("code") == "resource_missing")
+    status, paid, _ = call("POST", "/v1/credit_notes", dict(note_form, amount="375"))
+    expect("credit note of the whole amount_remaining marks the invoice paid",
+           status == 200 and call("GET", "/v1/invoices/" + invoice["id"])[1]["status"] == "paid")
+    status, body, _ = call("POST", "/v1/credit_notes/%s/void" % paid["id"], {})
+    expect("credit note of a paid invoice cannot be voided", status == 400)
     server.shutdown()
     return 1 if failures else 0
 

@@ -1,4 +1,5 @@
 #include "engine/lib/export_stripe.h"
+#include "engine/lib/export_stripe_internal.h"
 
 #include "common/log.h"
 #include "common/status.h"
@@ -21,45 +22,6 @@
 #include <unistd.h>
 
 #define STATE_VERSION 1
-#define DESCRIPTION_MAX 200
-
-/* One Stripe invoice item planned from an invoice line, or from the credits applied. */
-struct item_plan {
-    char kind[32];
-    char description[DESCRIPTION_MAX];
-    int64_t amount_minor;
-    /* Set when quantity x unit price is exactly the amount, so Stripe computes no rounding. */
-    int has_decimal;
-    char quantity[MONEY_TEXT_SIZE];
-    char unit_amount[MONEY_TEXT_SIZE]; /* minor units per unit of quantity */
-};
-
-/* A finalized or void invoice with what exporting it takes. */
-struct invoice_plan {
-    char number[DOCUMENT_NUMBER_MAX];
-    json_int_t revision;
-    int is_void;
-    char tenant_id[UUID_TEXT_SIZE];
-    char tenant_name[TENANT_NAME_MAX + 1];
-    char period[16];
-    char currency_lower[4];
-    const struct money_currency *currency;
-    int64_t total_minor;
-    int64_t period_start_s;
-    int64_t period_end_s;
-    size_t item_count;
-    struct item_plan *items;
-};
-
-struct exporter {
-    struct ledger *ledger;
-    struct stripe_client *client;
-    FILE *out;
-    const char *tenant_id; /* text; NULL for every tenant */
-    size_t invoices, exported, unchanged, voided, failed, notes_skipped, different, matching;
-    size_t void_not_exported; /* --check: void before export, so Stripe has no invoice */
-    unsigned requests, retries;
-};
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -173,13 +135,13 @@ static void kill_point(void)
 
 /* ---- Planning: invoice JSON to invoice items ---- */
 
-static const char *string_of(json_t *object, const char *key)
+const char *string_of(json_t *object, const char *key)
 {
     const char *text = json_string_value(json_object_get(object, key));
     return text ? text : "";
 }
 
-static int64_t minor_of(json_t *object, const char *key)
+int64_t minor_of(json_t *object, const char *key)
 {
     return (int64_t)json_integer_value(json_object_get(json_object_get(object, key),
                                                        "amount_minor"));
@@ -254,12 +216,9 @@ static void plan_free(struct invoice_plan *plan)
     plan->items = NULL;
 }
 
-/*
- * Builds the plan of an invoice document. Checks that the items add up to
- * the total, so that a Stripe invoice of these items has the invoice's total.
- */
-static int plan_build(const char *number, json_t *document, struct invoice_plan *plan,
-                      char *error, size_t error_size)
+/* Fills what invoices and credit notes have in common: number, status, tenant and currency. */
+int plan_head(const char *number, json_t *document, struct invoice_plan *plan,
+                     char *error, size_t error_size)
 {
     memset(plan, 0, sizeof *plan);
     snprintf(plan->number, sizeof plan->number, "%s", number);
@@ -272,11 +231,25 @@ static int plan_build(const char *number, json_t *document, struct invoice_plan 
     snprintf(plan->period, sizeof plan->period, "%s", string_of(document, "period"));
     const char *code = string_of(document, "currency");
     if (money_currency_find(code, &plan->currency) != HM_OK) {
-        snprintf(error, error_size, "invoice %s has the unknown currency \"%s\"", number, code);
+        snprintf(error, error_size, "document %s has the unknown currency \"%s\"", number,
+                 code);
         return HM_ERR_INVALID;
     }
     for (int i = 0; i < 3; i++)
         plan->currency_lower[i] = (char)(code[i] | 0x20);
+    return HM_OK;
+}
+
+/*
+ * Builds the plan of an invoice document. Checks that the items add up to
+ * the total, so that a Stripe invoice of these items has the invoice's total.
+ */
+static int plan_build(const char *number, json_t *document, struct invoice_plan *plan,
+                      char *error, size_t error_size)
+{
+    int rc = plan_head(number, document, plan, error, error_size);
+    if (rc != HM_OK)
+        return rc;
     plan->total_minor = minor_of(document, "total");
     plan->period_start_s = timestamp_parse(string_of(document, "period_start"));
     plan->period_end_s = timestamp_parse(string_of(document, "period_end"));
@@ -331,7 +304,7 @@ static void state_key(const char *number, char *key, size_t size)
 }
 
 /* Reads the export state of an invoice, or a new empty state; NULL on a storage error. */
-static json_t *state_load(struct ledger *ledger, const char *number, int *rc_out)
+json_t *state_load(struct ledger *ledger, const char *number, int *rc_out)
 {
     char key[DOCUMENT_NUMBER_MAX + 16];
     state_key(number, key, sizeof key);
@@ -362,7 +335,7 @@ static json_t *state_load(struct ledger *ledger, const char *number, int *rc_out
  * lacks a member, and storing it would make a later export repeat or skip
  * a step.
  */
-static int state_save(struct ledger *ledger, const char *number, json_t *state, int failed)
+int state_save(struct ledger *ledger, const char *number, json_t *state, int failed)
 {
     if (failed)
         return HM_ERR_NOMEM;
@@ -385,7 +358,7 @@ static void idempotency_key(const struct invoice_plan *plan, const char *step, c
 }
 
 /* Sends one request and counts it; the reply's object id must start with id_prefix. */
-static int send_request(struct exporter *exporter, const char *method, const char *path,
+int send_request(struct exporter *exporter, const char *method, const char *path,
                 const struct stripe_form *form, const char *key, const char *id_prefix,
                 struct stripe_response *response, char *error, size_t error_size)
 {
@@ -403,6 +376,24 @@ static int send_request(struct exporter *exporter, const char *method, const cha
     }
     kill_point();
     return HM_OK;
+}
+
+/*
+ * Sends a POST of `form` unless building it failed (form_rc), and frees the
+ * form either way.
+ */
+int post_form(struct exporter *exporter, const char *path, struct stripe_form *form,
+                     int form_rc, const char *key, const char *id_prefix,
+                     struct stripe_response *response, char *error, size_t error_size)
+{
+    int rc = form_rc;
+    if (rc == HM_OK)
+        rc = send_request(exporter, "POST", path, form, key, id_prefix, response, error,
+                          error_size);
+    else
+        memset(response, 0, sizeof *response);
+    stripe_form_free(form);
+    return rc;
 }
 
 static int form_metadata(struct stripe_form *form, const struct invoice_plan *plan)
@@ -543,14 +534,9 @@ static int invoice_action(struct exporter *exporter, const struct invoice_plan *
     /* Once finalized, Stripe may collect the invoice under the customer's payment settings. */
     int rc = strcmp(step, "finalize") == 0 ? stripe_form_add(&form, "auto_advance", "true")
                                            : HM_OK;
-    if (rc != HM_OK) {
-        stripe_form_free(&form);
-        return rc;
-    }
     idempotency_key(plan, step, key, sizeof key);
     struct stripe_response response;
-    rc = send_request(exporter, "POST", path, &form, key, "in_", &response, error, error_size);
-    stripe_form_free(&form);
+    rc = post_form(exporter, path, &form, rc, key, "in_", &response, error, error_size);
     if (rc == HM_OK) {
         json_int_t total = json_integer_value(json_object_get(response.body, "total"));
         int failed = 0;
@@ -593,7 +579,7 @@ static int tenant_customer(struct exporter *exporter, const struct invoice_plan 
     return HM_OK;
 }
 
-static void amount_text(const struct invoice_plan *plan, int64_t minor, char *out, size_t size)
+void amount_text(const struct invoice_plan *plan, int64_t minor, char *out, size_t size)
 {
     money_amount_format((struct money_amount){ minor }, plan->currency, out, size);
 }
@@ -753,6 +739,17 @@ static int export_steps(struct exporter *exporter, const struct invoice_plan *pl
     return invoice_action(exporter, plan, "void", state, error, error_size);
 }
 
+/* Counts and reports a document whose export failed; other documents go on. */
+void export_failed(struct exporter *exporter, const char *type, const char *number,
+                          int rc, const char *error)
+{
+    exporter->failed++;
+    fprintf(stderr, "meterctl: %s\n", error[0] ? error : hm_status_str(rc));
+    /* The error text is redacted and names the fix, so the log keeps it too. */
+    log_error("stripe", "export failed %s=%s status=%s error=\"%s\"", type, number,
+              hm_status_str(rc), error[0] ? error : hm_status_str(rc));
+}
+
 static void export_invoice(struct exporter *exporter, const char *number, json_t *document)
 {
     struct invoice_plan plan;
@@ -797,26 +794,12 @@ static void export_invoice(struct exporter *exporter, const char *number, json_t
                     number, plan.tenant_name, plan.period, total, plan.currency->code,
                     voided ? "voided" : "exported as", string_of(state, "invoice"),
                     plan.item_count, string_of(state, "stripe_status"));
-        } else {
-            exporter->failed++;
-            fprintf(stderr, "meterctl: %s\n", error[0] ? error : hm_status_str(rc));
-            /* The error text is redacted and names the fix, so the log keeps it too. */
-            log_error("stripe", "export failed invoice=%s status=%s error=\"%s\"", number,
-                      hm_status_str(rc), error[0] ? error : hm_status_str(rc));
-        }
+        } else
+            export_failed(exporter, "invoice", number, rc, error);
     }
     json_decref(state);
     plan_free(&plan);
 }
-
-/* Copies the number of a document for the walk; only invoices and credit notes count. */
-struct document_list {
-    const char *tenant_id;
-    size_t count;
-    size_t capacity;
-    char (*numbers)[DOCUMENT_NUMBER_MAX];
-    json_t **documents;
-};
 
 static int document_collect(void *context, const char *number, const char *text)
 {
@@ -864,39 +847,50 @@ static void document_list_free(struct document_list *list)
     free(list->numbers);
 }
 
-static int is_credit_note(json_t *document)
+int is_credit_note(json_t *document)
 {
     return strcmp(string_of(document, "document_type"), "credit_note") == 0;
 }
 
+static int is_void(json_t *document)
+{
+    return strcmp(string_of(document, "status"), "void") == 0;
+}
+
+/*
+ * Exports in the order that Stripe accepts. Void credit notes go first,
+ * while their invoices are still open in Stripe. Invoices and their voids
+ * follow, and then the other credit notes, after their invoices.
+ */
 static void export_all(struct exporter *exporter, struct document_list *list)
 {
     for (size_t i = 0; i < list->count; i++) {
+        if (is_credit_note(list->documents[i]) && is_void(list->documents[i]))
+            export_credit_note(exporter, list->numbers[i], list->documents[i]);
+    }
+    for (size_t i = 0; i < list->count; i++) {
         json_t *document = list->documents[i];
-        if (is_credit_note(document)) {
-            exporter->notes_skipped++;
-            fprintf(exporter->out, "%s %s %s %s %s: credit note of %s not exported; the Stripe "
-                    "API subset used here has no credit notes, so issue it in Stripe by hand\n",
-                    list->numbers[i], string_of(document, "tenant_name"),
-                    string_of(document, "period"),
-                    string_of(json_object_get(document, "amount"), "amount"),
-                    string_of(document, "currency"), string_of(document, "credited_invoice"));
+        if (is_credit_note(document) ||
+            (is_void(document) && invoice_void_blocked(exporter, list, list->numbers[i])))
             continue;
-        }
         export_invoice(exporter, list->numbers[i], document);
     }
+    for (size_t i = 0; i < list->count; i++) {
+        if (is_credit_note(list->documents[i]) && !is_void(list->documents[i]))
+            export_credit_note(exporter, list->numbers[i], list->documents[i]);
+    }
     fprintf(exporter->out, "stripe export: invoices=%zu exported=%zu voided=%zu unchanged=%zu "
-            "failed=%zu credit_notes_not_exported=%zu requests=%u retries=%u\n",
+            "failed=%zu credit_notes=%zu credit_notes_exported=%zu credit_notes_voided=%zu "
+            "credit_notes_unchanged=%zu credit_notes_waiting=%zu requests=%u retries=%u\n",
             exporter->invoices, exporter->exported, exporter->voided, exporter->unchanged,
-            exporter->failed, exporter->notes_skipped, exporter->requests, exporter->retries);
+            exporter->failed, exporter->notes, exporter->notes_exported, exporter->notes_voided,
+            exporter->notes_unchanged, exporter->notes_waiting, exporter->requests,
+            exporter->retries);
 }
 
 /* ---- Check ---- */
 
-static void difference(struct exporter *exporter, const char *number, const char *invoice_id,
-                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static void difference(struct exporter *exporter, const char *number, const char *invoice_id,
+void difference(struct exporter *exporter, const char *number, const char *invoice_id,
                        const char *fmt, ...)
 {
     va_list args;
@@ -946,6 +940,21 @@ static size_t check_compare(struct exporter *exporter, const struct invoice_plan
     return exporter->different - before;
 }
 
+/* Reads one object for --check; a failure is reported and counted. */
+int check_fetch(struct exporter *exporter, const char *type, const char *number,
+                       const char *path, struct stripe_response *response)
+{
+    char error[1024] = "";
+    int rc = stripe_request(exporter->client, "GET", path, NULL, NULL, response, error,
+                            sizeof error);
+    exporter->requests += response->attempts;
+    if (rc != HM_OK) {
+        fprintf(stderr, "meterctl: %s %s: %s\n", type, number, error);
+        exporter->failed++;
+    }
+    return rc;
+}
+
 static void check_invoice(struct exporter *exporter, const char *number, json_t *document)
 {
     struct invoice_plan plan;
@@ -977,13 +986,8 @@ static void check_invoice(struct exporter *exporter, const char *number, json_t 
     char path[256];
     snprintf(path, sizeof path, "/v1/invoices/%s", id);
     struct stripe_response response;
-    rc = stripe_request(exporter->client, "GET", path, NULL, NULL, &response, error,
-                        sizeof error);
-    exporter->requests += response.attempts;
-    if (rc != HM_OK) {
-        fprintf(stderr, "meterctl: invoice %s: %s\n", number, error);
-        exporter->failed++;
-    } else if (check_compare(exporter, &plan, state, response.body) == 0) {
+    rc = check_fetch(exporter, "invoice", number, path, &response);
+    if (rc == HM_OK && check_compare(exporter, &plan, state, response.body) == 0) {
         char total[MONEY_TEXT_SIZE];
         amount_text(&plan, plan.total_minor, total, sizeof total);
         exporter->matching++;
@@ -998,12 +1002,15 @@ static void check_invoice(struct exporter *exporter, const char *number, json_t 
 static void check_all(struct exporter *exporter, struct document_list *list)
 {
     for (size_t i = 0; i < list->count; i++) {
-        if (!is_credit_note(list->documents[i]))
+        if (is_credit_note(list->documents[i]))
+            check_credit_note(exporter, list->numbers[i], list->documents[i]);
+        else
             check_invoice(exporter, list->numbers[i], list->documents[i]);
     }
     fprintf(exporter->out, "stripe check: invoices=%zu matching=%zu different=%zu "
-            "not_exported_void=%zu failed=%zu\n", exporter->invoices, exporter->matching,
-            exporter->different, exporter->void_not_exported, exporter->failed);
+            "not_exported_void=%zu failed=%zu credit_notes=%zu\n", exporter->invoices,
+            exporter->matching, exporter->different, exporter->void_not_exported,
+            exporter->failed, exporter->notes);
 }
 
 /* ---- One export at a time ---- */

@@ -12,10 +12,11 @@
  * stored step ended and a repeated request returns the object Stripe
  * created the first time.
  *
- * Credit notes are not exported. NOTE: the API subset this exporter
- * follows (Stripe API 2026-07-29.dahlia: invoice items, invoices, finalize)
- * has no credit note operation, so they are listed in the output as not
- * exported.
+ * Each credit note of an exported invoice becomes one Stripe credit note of
+ * that invoice (POST /v1/credit_notes, key "hm-<number>-credit-note"), sent
+ * after the invoice is finalized in Stripe. A void credit note is voided in
+ * Stripe (key "hm-<number>-void") before its invoice is. The credit note
+ * steps are in export_stripe_notes.c.
  */
 #ifndef HM_ENGINE_EXPORT_STRIPE_H
 #define HM_ENGINE_EXPORT_STRIPE_H
@@ -34,10 +35,11 @@
  * [--timeout SECONDS] [--max-retries N] [--debug]`; argv[0] is "export"
  * and argv[1] "stripe". The API key comes from --api-key-file (a file of
  * mode 0600 or stricter) or $STRIPE_API_KEY, never from the command line.
- * Without --check, exports every finalized invoice not yet exported and
- * voids in Stripe every exported invoice voided since. With --check, reads
- * every exported invoice back from Stripe and prints each difference in
- * customer, currency, total, status or invoice number.
+ * Without --check, exports every finalized invoice and credit note not yet
+ * exported and voids in Stripe every exported one voided since. With
+ * --check, reads every exported invoice and credit note back from Stripe and
+ * prints each difference in customer, currency, total or amount, status or
+ * number.
  * Prints one line per document and a summary to `out`, errors to stderr.
  * Returns the exit status: 0, or 1 after any error or difference.
  */
