@@ -108,7 +108,9 @@ static int dir_space_low(const char *dir)
  * Layout of the stored events. 1: one record per event in the events
  * table. 2: blocks per tenant (blocks table), read beside the records of
  * layout 1. 3: rollup changes in the rollup log until they are folded into
- * the rollup rows (rollup_log.c).
+ * the rollup rows (rollup_log.c). 4: key records whose signing key is
+ * wrapped with the master key (records.c); an older build cannot check
+ * frames signed with such a key, and would store new keys unwrapped.
  *
  * The meta record "layout" contains the newest layout of any build that
  * wrote to this ledger. An older build rejects the ledger: it would store
@@ -116,7 +118,7 @@ static int dir_space_low(const char *dir)
  * or read the rollup rows without the log. Builds from before the record
  * existed cannot check it.
  */
-#define LEDGER_LAYOUT 3
+#define LEDGER_LAYOUT 4
 static const char layout_name[] = "layout";
 
 /*

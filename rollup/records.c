@@ -176,6 +176,7 @@ int ledger_tenant_list(struct ledger *ledger, struct tenant **tenants_out, size_
 _Static_assert(KEY_RECORD_V1_SIZE == 112, "the older key layout must keep its size");
 #define KEY_RECORD_WRAPPED_SIZE \
     (sizeof(struct key_record) + MASTER_KEY_ID_SIZE + MASTER_KEY_WRAP_SIZE)
+_Static_assert(KEY_RECORD_WRAPPED_SIZE == 188, "the wrapped key layout must keep its size");
 
 /* A key record as stored: the record and, in the wrapped layout, its wrapped signing key. */
 struct key_value {

@@ -340,10 +340,10 @@ Test(ledger, newer_layout_refused_at_open)
     ledger_close(ledger);
     ledger = NULL;
 
-    cr_assert_eq(layout_write(4), 3);
+    cr_assert_eq(layout_write(5), 4);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_ERR_STORAGE);
     cr_assert_null(ledger);
-    cr_assert(strstr(ledger_open_error(), "layout 4") != NULL, "%s", ledger_open_error());
+    cr_assert(strstr(ledger_open_error(), "layout 5") != NULL, "%s", ledger_open_error());
     cr_assert(strstr(ledger_open_error(), "run the newer meterd") != NULL, "%s",
               ledger_open_error());
     struct ledger_options read_only = { .read_only = 1 };
@@ -351,7 +351,7 @@ Test(ledger, newer_layout_refused_at_open)
     cr_assert_null(ledger);
 
     /* Back at this build's layout, the ledger opens with its event. */
-    cr_assert_eq(layout_write(3), 4);
+    cr_assert_eq(layout_write(4), 5);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
     cr_assert_eq(append_one(&event), APPEND_DUPLICATE);
 }
@@ -360,8 +360,8 @@ Test(ledger, damaged_layout_record_refused_at_open)
 {
     ledger_close(ledger);
     ledger = NULL;
-    const uint8_t two_bytes[2] = { 3, 0 };
-    cr_assert_eq(layout_bytes_write(two_bytes, sizeof two_bytes), 3);
+    const uint8_t two_bytes[2] = { 4, 0 };
+    cr_assert_eq(layout_bytes_write(two_bytes, sizeof two_bytes), 4);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_ERR_STORAGE);
     cr_assert_null(ledger);
     cr_assert(strstr(ledger_open_error(), "has 2 bytes, expected 4") != NULL, "%s",
