@@ -2,6 +2,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "engine/lib/billing.h"
+#include "engine/lib/data_lock.h"
 #include "engine/lib/date.h"
 #include "engine/lib/explain.h"
 #include "engine/lib/export_stripe.h"
@@ -510,7 +511,8 @@ static int master_key_load(struct ledger *ledger)
         return fail("%s", error);
     if (result.created)
         fprintf(stderr, "meterctl: created the master key file %s; keep a copy apart from the "
-                "ledger's backups: without it the keys of this ledger cannot sign frames\n",
+                "ledger's backups: without it meterd cannot check the frames of this "
+                "ledger's keys\n",
                 master_key_path);
     if (result.wrapped > 0)
         fprintf(stderr, "meterctl: wrapped %zu signing keys that were stored as they were\n",
@@ -597,14 +599,26 @@ static int key_revoke(struct ledger *ledger, int argc, char **argv)
     return 0;
 }
 
-static int key_rewrap(struct ledger *ledger, int argc, char **argv)
+/*
+ * Takes meterd's lock of the data directory, so that no meterd starts
+ * while the keys change under it. Returns the descriptor, or -1 after
+ * printing that meterd is running.
+ */
+static int meterd_lock_take(const char *data_dir)
 {
-    static const char *const with_value[] = { "--old-master-key", NULL };
-    const char *old_path = option_value(argc, argv, "--old-master-key");
-    if (check_options(argc, argv, 2, with_value, NULL))
-        return 1;
-    if (old_path == NULL)
-        return fail("usage: meterctl [--master-key FILE] key rewrap --old-master-key FILE");
+    char holder[32];
+    int fd = data_dir_lock(data_dir, holder, sizeof holder);
+    if (fd < 0 && errno == EWOULDBLOCK)
+        fail("meterd (pid %s) is serving %s, and it keeps the master key it started with: "
+             "stop it, run this command, then start meterd with the new --master-key",
+             holder[0] ? holder : "unknown", data_dir);
+    else if (fd < 0)
+        fail("cannot open the lock file %s/meterd.lock: %s", data_dir, strerror(errno));
+    return fd;
+}
+
+static int key_rewrap_locked(struct ledger *ledger, const char *old_path)
+{
     char error[512];
     struct master_key master, old;
     if (master_key_read(master_key_path, &master, error, sizeof error) != HM_OK)
@@ -635,6 +649,22 @@ static int key_rewrap(struct ledger *ledger, int argc, char **argv)
                     "with --old-master-key and that key's file", counts.foreign, foreign);
     }
     return 0;
+}
+
+static int key_rewrap(struct ledger *ledger, const char *data_dir, int argc, char **argv)
+{
+    static const char *const with_value[] = { "--old-master-key", NULL };
+    const char *old_path = option_value(argc, argv, "--old-master-key");
+    if (check_options(argc, argv, 2, with_value, NULL))
+        return 1;
+    if (old_path == NULL)
+        return fail("usage: meterctl [--master-key FILE] key rewrap --old-master-key FILE");
+    int lock_fd = meterd_lock_take(data_dir);
+    if (lock_fd < 0)
+        return 1;
+    int status = key_rewrap_locked(ledger, old_path);
+    close(lock_fd);
+    return status;
 }
 
 static int key_list(struct ledger *ledger, int argc, char **argv)
@@ -1462,7 +1492,7 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
     if (strcmp(command, "key") == 0 && strcmp(sub, "list") == 0)
         return key_list(ledger, argc, argv);
     if (strcmp(command, "key") == 0 && strcmp(sub, "rewrap") == 0)
-        return key_rewrap(ledger, argc, argv);
+        return key_rewrap(ledger, data_dir, argc, argv);
     if (strcmp(command, "pricebook") == 0)
         return pricebook_command(ledger, argc, argv);
     if (strcmp(command, "usage") == 0)

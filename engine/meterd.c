@@ -1,6 +1,7 @@
 /* meterd: the metering daemon. Receives usage frames and stores them in the ledger. */
 #include "common/log.h"
 #include "common/status.h"
+#include "engine/lib/data_lock.h"
 #include "engine/lib/master_setup.h"
 #include "engine/lib/store.h"
 
@@ -11,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -130,21 +130,16 @@ static int lock_data_dir(const char *data_dir)
                 strerror(errno));
         return -1;
     }
-    char path[PATH_MAX];
+    char path[PATH_MAX], holder[32];
     snprintf(path, sizeof path, "%s/meterd.lock", data_dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "meterd: cannot open lock file %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        char holder[32] = "";
-        ssize_t size = pread(fd, holder, sizeof holder - 1, 0);
-        holder[size > 0 ? size : 0] = '\0';
-        holder[strcspn(holder, "\n")] = '\0';
+    int fd = data_dir_lock(data_dir, holder, sizeof holder);
+    if (fd < 0 && errno == EWOULDBLOCK) {
         fprintf(stderr, "meterd: another meterd (pid %s) is serving %s; stop it or give another "
                 "--data directory\n", holder[0] ? holder : "unknown", data_dir);
-        close(fd);
+        return -1;
+    }
+    if (fd < 0) {
+        fprintf(stderr, "meterd: cannot open lock file %s: %s\n", path, strerror(errno));
         return -1;
     }
     char pid[32];
@@ -288,7 +283,8 @@ int main(int argc, char **argv)
     }
     if (master.created)
         log_warn("meterd", "created the master key file %s; keep a copy apart from the "
-                 "ledger's backups: without it the keys of this ledger cannot sign frames",
+                 "ledger's backups: without it meterd cannot check the frames of this "
+                 "ledger's keys",
                  master_key_path);
     if (master.warning[0] != '\0')
         log_warn("meterd", "%s", master.warning);

@@ -35,8 +35,7 @@ static int key_id_derive(struct master_key *master)
 }
 
 /* Derives the id of a key just read from or written to `path`; clears the key on failure. */
-static int key_id_set(struct master_key *master, const char *path, char *error,
-                      size_t error_size)
+static int key_id_set(struct master_key *master, const char *path, char *error, size_t error_size)
 {
     if (key_id_derive(master) == HM_OK)
         return HM_OK;
@@ -53,11 +52,11 @@ void master_key_id_text(const uint8_t id[MASTER_KEY_ID_SIZE], char out[MASTER_KE
 
 int master_key_read(const char *path, struct master_key *out, char *error, size_t error_size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK, so that a FIFO at the path is rejected below instead of blocking the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int err = errno;
-        snprintf(error, error_size, "cannot open the master key file %s: %s", path,
-                 strerror(err));
+        snprintf(error, error_size, "cannot open the master key file %s: %s", path, strerror(err));
         return err == ENOENT ? HM_ERR_NOT_FOUND : HM_ERR_IO;
     }
     struct stat info;
@@ -68,7 +67,8 @@ int master_key_read(const char *path, struct master_key *out, char *error, size_
     }
     if ((info.st_mode & 077) != 0) {
         snprintf(error, error_size,
-                 "the master key file %s can be read by others (mode %04o); run `chmod 600 %s`",
+                 "the master key file %s can be read by its group or others (mode %04o); run "
+                 "`chmod 600 %s`",
                  path, (unsigned)(info.st_mode & 07777), path);
         close(fd);
         return HM_ERR_INVALID;
@@ -85,8 +85,8 @@ int master_key_read(const char *path, struct master_key *out, char *error, size_
     size_t length = (size_t)got;
     if (length == 2 * MASTER_KEY_SIZE + 1 && text[length - 1] == '\n')
         length--;
-    int shape_ok = length == 2 * MASTER_KEY_SIZE &&
-                   hex_decode(text, out->key, MASTER_KEY_SIZE) == HM_OK;
+    int shape_ok =
+        length == 2 * MASTER_KEY_SIZE && hex_decode(text, out->key, MASTER_KEY_SIZE) == HM_OK;
     uint8_t any = 0;
     for (size_t i = 0; shape_ok && i < MASTER_KEY_SIZE; i++)
         any |= out->key[i];
@@ -116,23 +116,20 @@ static int directory_sync(const char *path)
     return rc;
 }
 
-int master_key_create(const char *path, struct master_key *out, char *error, size_t error_size)
+/*
+ * Writes the key as text to a new temporary file beside `path` and syncs it.
+ * Returns 0 or an errno value, and stores the temporary file's name in `temporary`.
+ */
+static int key_file_write(const char *path, const struct master_key *master, char *temporary,
+                          size_t temporary_size)
 {
-    if (getrandom(out->key, MASTER_KEY_SIZE, 0) != MASTER_KEY_SIZE) {
-        snprintf(error, error_size, "cannot create a master key: the random source failed: %s",
-                 strerror(errno));
-        return HM_ERR_IO;
-    }
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd < 0) {
-        int err = errno;
-        master_key_clear(out);
-        snprintf(error, error_size, "cannot create the master key file %s: %s", path,
-                 strerror(err));
-        return err == EEXIST ? HM_ERR_EXISTS : HM_ERR_IO;
-    }
+    if (snprintf(temporary, temporary_size, "%s.tmp.XXXXXX", path) >= (int)temporary_size)
+        return ENAMETOOLONG;
+    int fd = mkostemp(temporary, O_CLOEXEC); /* mode 0600 */
+    if (fd < 0)
+        return errno;
     char text[2 * MASTER_KEY_SIZE + 1];
-    hex_encode(out->key, MASTER_KEY_SIZE, text);
+    hex_encode(master->key, MASTER_KEY_SIZE, text);
     text[2 * MASTER_KEY_SIZE] = '\n';
     ssize_t written = write(fd, text, sizeof text);
     int err = 0;
@@ -145,14 +142,50 @@ int master_key_create(const char *path, struct master_key *out, char *error, siz
         err = errno;
     if (close(fd) != 0 && err == 0)
         err = errno;
+    if (err != 0)
+        unlink(temporary);
+    return err;
+}
+
+/*
+ * The key is written to a temporary file and then linked to `path`, so that
+ * another process never reads a file that is still being written, and a
+ * crash leaves no short key file at `path`. link() fails with EEXIST when
+ * `path` exists, as O_EXCL would.
+ * NOTE: a file system without hard links (EPERM from link) cannot hold a new
+ * master key file; create it elsewhere and pass it with --master-key.
+ */
+int master_key_create(const char *path, struct master_key *out, char *error, size_t error_size)
+{
+    if (getrandom(out->key, MASTER_KEY_SIZE, 0) != MASTER_KEY_SIZE) {
+        snprintf(error, error_size, "cannot create a master key: the random source failed: %s",
+                 strerror(errno));
+        return HM_ERR_IO;
+    }
+    char temporary[PATH_MAX];
+    int err = key_file_write(path, out, temporary, sizeof temporary);
+    int linked = 0;
+    if (err == 0) {
+        linked = link(temporary, path) == 0;
+        if (!linked)
+            err = errno;
+        unlink(temporary);
+    }
     if (err == 0)
         err = directory_sync(path);
     if (err != 0) {
-        /* A file that may be short must not be read as a key later. */
-        unlink(path);
+        /*
+         * A linked file stays even when the directory did not sync: another
+         * process may have read it already and wrapped keys with it.
+         */
+        (void)linked;
         master_key_clear(out);
-        snprintf(error, error_size, "cannot write the master key file %s: %s", path,
-                 strerror(err));
+        if (err == EEXIST) {
+            snprintf(error, error_size, "cannot create the master key file %s: %s", path,
+                     strerror(err));
+            return HM_ERR_EXISTS;
+        }
+        snprintf(error, error_size, "cannot write the master key file %s: %s", path, strerror(err));
         return HM_ERR_IO;
     }
     return key_id_set(out, path, error, error_size);

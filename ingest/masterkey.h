@@ -47,7 +47,8 @@ void master_key_id_text(const uint8_t id[MASTER_KEY_ID_SIZE], char out[MASTER_KE
 int master_key_wrap(const struct master_key *master, const uint8_t binding[MASTER_KEY_BINDING_SIZE],
                     const uint8_t signing_key[32], uint8_t out[MASTER_KEY_WRAP_SIZE]);
 
-/* Unwraps a signing key; HM_ERR_STORAGE when the tag does not match (other key, binding or bytes). */
+/* Unwraps a signing key; HM_ERR_STORAGE when the tag does not match (other key, binding or bytes).
+ */
 int master_key_unwrap(const struct master_key *master,
                       const uint8_t binding[MASTER_KEY_BINDING_SIZE],
                       const uint8_t wrapped[MASTER_KEY_WRAP_SIZE], uint8_t signing_key[32]);

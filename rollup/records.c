@@ -236,7 +236,9 @@ static int key_unwrap(struct ledger *ledger, struct key_value *value)
     if (ledger->has_master)
         master_key_id_text(ledger->master.id, have);
     int rc = HM_ERR_STATE;
-    if (ledger->has_master && memcmp(ledger->master.id, value->master_id, MASTER_KEY_ID_SIZE) == 0) {
+    int same_master = ledger->has_master &&
+                      memcmp(ledger->master.id, value->master_id, MASTER_KEY_ID_SIZE) == 0;
+    if (same_master) {
         uint8_t binding[MASTER_KEY_BINDING_SIZE];
         key_binding(&value->record, binding);
         rc = master_key_unwrap(&ledger->master, binding, value->wrap, value->record.signing_key);
@@ -313,7 +315,16 @@ static int key_read_value(struct ledger *ledger, MDB_txn *txn, uint64_t key_id,
         return HM_ERR_NOT_FOUND;
     if (rc != 0)
         return status_of(rc, "read key");
-    return key_decode(&value, out);
+    rc = key_decode(&value, out);
+    /* The wrap is bound to the id inside the record: a record under another id is damage. */
+    if (rc == HM_OK && out->record.key_id != key_id) {
+        log_error("ledger", "the record of key %016llx contains key %016llx: the record is "
+                  "damaged; revoke the key and create a new one", (unsigned long long)key_id,
+                  (unsigned long long)out->record.key_id);
+        OPENSSL_cleanse(out, sizeof *out);
+        return HM_ERR_STORAGE;
+    }
+    return rc;
 }
 
 /* Reads a key record with its signing key. */

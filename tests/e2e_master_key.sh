@@ -2,8 +2,8 @@
 # The master key that wraps the signing keys, end to end. meterctl creates
 # DATA/master.key with its first key, and meterd verifies frames with the
 # wrapped key. meterd does not start when the file is missing, is another
-# master key or is readable by others; its message names the file and the
-# fix. A rotation with `meterctl key rewrap` moves the keys to a new master
+# master key or is readable by others, and its message names the file and
+# the fix. A rotation with `meterctl key rewrap` moves the keys to a new master
 # key, after which only the new file starts meterd.
 #
 # Usage: bash tests/e2e_master_key.sh BUILD_DIR SOURCE_DIR
@@ -102,6 +102,13 @@ echo "== meterd verifies frames with the wrapped key"
 meterd_start
 stored=$(replay_count stored)
 [ "${stored:-0}" -gt 0 ] || fail "meterd stored no events with the wrapped key"
+"$meterctl" master-key create "$work/early.key" >/dev/null
+if METER_MASTER_KEY=$work/early.key "$meterctl" key rewrap --old-master-key "$data/master.key" \
+  2>"$work/busy.err"; then
+  fail "key rewrap ran while meterd was serving the directory"
+fi
+grep -qF "is serving $data, and it keeps the master key it started with: stop it" "$work/busy.err" ||
+  fail "unclear key rewrap error beside meterd: $(cat "$work/busy.err")"
 meterd_stop
 
 echo "== meterd refuses a missing, foreign or readable master key file"
@@ -112,7 +119,7 @@ meterd_refuses "the master key file $data/master.key is missing, and 2 keys of t
 meterd_refuses "2 keys of the ledger are wrapped with master key" --master-key "$work/other.key"
 cp -p "$work/master.key" "$work/open.key"
 chmod 644 "$work/open.key"
-meterd_refuses "can be read by others (mode 0644); run \`chmod 600 $work/open.key\`" \
+meterd_refuses "can be read by its group or others (mode 0644); run \`chmod 600 $work/open.key\`" \
   --master-key "$work/open.key"
 if "$meterctl" master-key create "$work/other.key" 2>"$work/exists.err"; then
   fail "master-key create replaced an existing file"

@@ -10,10 +10,14 @@
 #include "engine/lib/master_setup.h"
 #include "ingest/masterkey.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 
-static void setup(void) { ledger_fixture_open("master-key"); }
+static void setup(void)
+{
+    ledger_fixture_open("master-key");
+}
 
 TestSuite(master_key, .init = setup, .fini = ledger_fixture_remove);
 
@@ -43,7 +47,7 @@ static struct master_key key_made(const char *name)
 static struct key_record signing_record(uint64_t key_id, const uint8_t tenant[UUID_SIZE],
                                         uint8_t fill)
 {
-    struct key_record key = { .key_id = key_id, .status = KEY_ACTIVE, .created_s = 1700000000 };
+    struct key_record key = {.key_id = key_id, .status = KEY_ACTIVE, .created_s = 1700000000};
     memcpy(key.tenant_id, tenant, UUID_SIZE);
     memset(key.signing_key, fill, sizeof key.signing_key);
     return key;
@@ -58,8 +62,8 @@ static uint8_t *stored_value(size_t *size_out)
     MDB_txn *txn;
     MDB_dbi dbi;
     raw_begin("keys", &env, &txn, &dbi);
-    uint8_t id[8] = { 0, 0, 0, 0, 0, 0, 0, 1 };
-    MDB_val key = { sizeof id, id }, value;
+    uint8_t id[8] = {0, 0, 0, 0, 0, 0, 0, 1};
+    MDB_val key = {sizeof id, id}, value;
     cr_assert_eq(mdb_get(txn, dbi, &key, &value), 0);
     uint8_t *copy = malloc(value.mv_size);
     cr_assert_not_null(copy);
@@ -68,6 +72,14 @@ static uint8_t *stored_value(size_t *size_out)
     mdb_txn_abort(txn);
     mdb_env_close(env);
     cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    return copy;
+}
+
+static uint8_t *stored_copy_of(const uint8_t *value, size_t size)
+{
+    uint8_t *copy = malloc(size);
+    cr_assert_not_null(copy);
+    memcpy(copy, value, size);
     return copy;
 }
 
@@ -104,6 +116,36 @@ Test(master_key, file_created_private_and_read_back)
     cr_assert_eq(master_key_create(path, &read, error, sizeof error), HM_ERR_EXISTS);
 }
 
+Test(master_key, fifo_rejected_without_blocking, .timeout = 5)
+{
+    char path[512], error[512];
+    path_in_dir("fifo.key", path, sizeof path);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    struct master_key master;
+    /* No writer ever opens the FIFO, so a blocking open would hang here. */
+    cr_assert_eq(master_key_read(path, &master, error, sizeof error), HM_ERR_INVALID);
+    cr_assert_not_null(strstr(error, "is not a regular file"), "%s", error);
+}
+
+Test(master_key, create_leaves_no_temporary_file)
+{
+    char path[512], error[512];
+    path_in_dir("made.key", path, sizeof path);
+    struct master_key first = key_made("made.key"), second;
+    cr_assert_eq(master_key_create(path, &second, error, sizeof error), HM_ERR_EXISTS);
+    char directory[512];
+    path_in_dir("", directory, sizeof directory);
+    DIR *listing = opendir(directory);
+    cr_assert_not_null(listing);
+    struct dirent *entry;
+    while ((entry = readdir(listing)) != NULL)
+        cr_assert_null(strstr(entry->d_name, ".tmp."), "left behind: %s", entry->d_name);
+    closedir(listing);
+    struct master_key read;
+    cr_assert_eq(master_key_read(path, &read, error, sizeof error), HM_OK, "%s", error);
+    cr_assert_eq(memcmp(first.key, read.key, MASTER_KEY_SIZE), 0);
+}
+
 Test(master_key, bad_files_rejected_with_fix)
 {
     char path[512], error[512];
@@ -115,14 +157,13 @@ Test(master_key, bad_files_rejected_with_fix)
         mode_t mode;
         const char *message;
     } cases[] = {
-        { hex, 0644, "can be read by others (mode 0644); run `chmod 600" },
-        { "0011", 0600, "must hold 64 hex digits" },
-        { "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", 0600,
-          "must hold 64 hex digits" },
-        { "0000000000000000000000000000000000000000000000000000000000000000", 0600,
-          "not all zero" },
-        { "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\n", 0600,
-          "must hold 64 hex digits" },
+        {hex, 0644, "can be read by its group or others (mode 0644); run `chmod 600"},
+        {"0011", 0600, "must hold 64 hex digits"},
+        {"zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", 0600,
+         "must hold 64 hex digits"},
+        {"0000000000000000000000000000000000000000000000000000000000000000", 0600, "not all zero"},
+        {"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\n", 0600,
+         "must hold 64 hex digits"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         file_write(path, cases[i].text, cases[i].mode);
@@ -140,7 +181,7 @@ Test(master_key, bad_files_rejected_with_fix)
 Test(master_key, wrap_bound_to_key_and_record)
 {
     struct master_key one = key_made("one.key"), two = key_made("two.key");
-    uint8_t binding[MASTER_KEY_BINDING_SIZE] = { 1, 2, 3 }, other[MASTER_KEY_BINDING_SIZE] = { 1 };
+    uint8_t binding[MASTER_KEY_BINDING_SIZE] = {1, 2, 3}, other[MASTER_KEY_BINDING_SIZE] = {1};
     uint8_t signing[32], wrapped[MASTER_KEY_WRAP_SIZE], out[32];
     memset(signing, 0x5a, sizeof signing);
     cr_assert_eq(master_key_wrap(&one, binding, signing, wrapped), HM_OK);
@@ -151,7 +192,7 @@ Test(master_key, wrap_bound_to_key_and_record)
     cr_assert_eq(master_key_unwrap(&one, other, wrapped, out), HM_ERR_STORAGE);
     wrapped[20] ^= 1;
     cr_assert_eq(master_key_unwrap(&one, binding, wrapped, out), HM_ERR_STORAGE);
-    uint8_t zero[32] = { 0 };
+    uint8_t zero[32] = {0};
     cr_assert_eq(memcmp(out, zero, sizeof out), 0, "a failed unwrap left key bytes behind");
 }
 
@@ -208,14 +249,17 @@ Test(master_key, record_moved_to_other_key_fails)
     cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
     size_t size = 0;
     uint8_t *copy = stored_value(&size);
-    /* The same bytes under key id 2, and under key id 1 with tenant B: the wrap is bound to both. */
+    /* The record as it is, for key id 3: the id inside it stays 1. */
+    uint8_t *whole = stored_copy_of(copy, size);
+    /* The bytes under key id 2 with id 2 inside, and with tenant B: the wrap is bound to both. */
     struct key_record moved;
     memcpy(&moved, copy, sizeof moved);
     moved.key_id = 2;
     memcpy(copy, &moved, sizeof moved);
     ledger_close(ledger);
     ledger = NULL;
-    uint8_t id1[8] = { 0, 0, 0, 0, 0, 0, 0, 1 }, id2[8] = { 0, 0, 0, 0, 0, 0, 0, 2 };
+    uint8_t id1[8] = {0, 0, 0, 0, 0, 0, 0, 1}, id2[8] = {0, 0, 0, 0, 0, 0, 0, 2},
+            id3[8] = {0, 0, 0, 0, 0, 0, 0, 3};
     raw_put("keys", id2, sizeof id2, copy, size);
     memcpy(moved.tenant_id, tenant_b, UUID_SIZE);
     moved.key_id = 1;
@@ -226,6 +270,13 @@ Test(master_key, record_moved_to_other_key_fails)
     ledger_master_key_set(ledger, &master);
     cr_assert_eq(lookup(2, &read), HM_ERR_STORAGE);
     cr_assert_eq(lookup(1, &read), HM_ERR_STORAGE);
+    ledger_close(ledger);
+    ledger = NULL;
+    raw_put("keys", id3, sizeof id3, whole, size);
+    free(whole);
+    cr_assert_eq(ledger_open(&ledger, dir, NULL), HM_OK);
+    ledger_master_key_set(ledger, &master);
+    cr_assert_eq(lookup(3, &read), HM_ERR_STORAGE);
 }
 
 Test(master_key, older_keys_wrapped_then_rewrapped)

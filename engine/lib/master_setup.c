@@ -19,9 +19,11 @@ static int master_create(struct ledger *ledger, const char *path, struct master_
     if (count > 0) {
         char id[MASTER_KEY_ID_TEXT_SIZE];
         master_key_id_text(first, id);
-        snprintf(error, error_size, "the master key file %s is missing, and %zu keys of the "
+        snprintf(error, error_size,
+                 "the master key file %s is missing, and %zu keys of the "
                  "ledger are wrapped with master key %s: restore that file, or give its path "
-                 "with --master-key", path, count, id);
+                 "with --master-key",
+                 path, count, id);
         return HM_ERR_NOT_FOUND;
     }
     rc = master_key_create(path, master, error, error_size);
@@ -41,8 +43,10 @@ int master_setup(struct ledger *ledger, const char *path, int required,
     if (rc == HM_ERR_NOT_FOUND) {
         rc = master_create(ledger, path, &master, result, error, error_size);
         if ((rc == HM_ERR_IO || rc == HM_ERR_FULL) && !required) {
-            snprintf(result->warning, sizeof result->warning, "%s; the keys stay as they are "
-                     "until a start that can write it", error);
+            snprintf(result->warning, sizeof result->warning,
+                     "%s; the keys stay as they are "
+                     "until a start that can write it",
+                     error);
             return HM_OK;
         }
     }
@@ -60,8 +64,10 @@ int master_setup(struct ledger *ledger, const char *path, int required,
                  hm_status_str(rc));
         if (required)
             return rc;
-        snprintf(result->warning, sizeof result->warning, "%s; they stay as they are until a "
-                 "start that can write them", error);
+        snprintf(result->warning, sizeof result->warning,
+                 "%s; they stay as they are until a "
+                 "start that can write them",
+                 error);
         return HM_OK;
     }
     result->wrapped = counts.wrapped;
@@ -69,7 +75,8 @@ int master_setup(struct ledger *ledger, const char *path, int required,
         char theirs[MASTER_KEY_ID_TEXT_SIZE], ours[MASTER_KEY_ID_TEXT_SIZE];
         master_key_id_text(counts.foreign_id, theirs);
         master_key_id_text(master_id, ours);
-        snprintf(error, error_size, "%zu keys of the ledger are wrapped with master key %s, not "
+        snprintf(error, error_size,
+                 "%zu keys of the ledger are wrapped with master key %s, not "
                  "with %s of %s: give the master key file that wrapped them with --master-key, "
                  "or rewrap them with `meterctl key rewrap --old-master-key FILE`",
                  counts.foreign, theirs, ours, path);
