@@ -304,6 +304,65 @@ grep -qF "invoice HM-000002 is not voided in Stripe: its credit note HM-CN-00000
   failed "invoice void not blocked: $(tail -5 "$work/commands.out")"
 expect_status "Stripe invoice of HM-000002 stays paid" HM-000002 paid
 
+# A credit note whose create failed is voided in the ledger once its invoice was paid in Stripe.
+# The create sent again is rejected, because the stored split no longer fits a paid invoice. So
+# Stripe never made it, and the exporter records that nothing is left to void instead of
+# failing on every run.
+$meterctl invoice credit-note HM-000006 --amount 1.00 --reason "goodwill" >/dev/null
+standin_faults '[{"method": "POST", "path_prefix": "/v1/credit_notes", "kind": "500",
+                  "should_retry": "false"}]'
+$meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --tenant acme \
+  >"$work/stuck.out" 2>&1 || true
+grep -q "export failed credit_note=HM-CN-000005" "$work/stuck.out" &&
+  pass "credit note create failed once" || failed "create of HM-CN-000005: $(cat "$work/stuck.out")"
+standin_post /_test/pay "{\"invoice\": \"$acme_invoice\"}" >/dev/null
+$meterctl invoice void HM-000006 --reason "wrong customer" --with-credit-notes >/dev/null
+$meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --tenant acme \
+  >"$work/stuck.out" 2>&1 || true
+grep -qF "HM-CN-000005 acme 2024-05 1.00 USD: void before it reached Stripe, which rejected its create" \
+  "$work/stuck.out" && pass "void credit note never created is settled" ||
+  failed "void credit note never created: $(cat "$work/stuck.out")"
+$meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --tenant acme \
+  >"$work/stuck.out" 2>&1 || true
+grep -qF "HM-CN-000005 acme 2024-05 1.00 USD: void before export, nothing sent to Stripe" \
+  "$work/stuck.out" && pass "a rerun sends nothing for it" ||
+  failed "rerun for the void credit note: $(cat "$work/stuck.out")"
+expect_count "no Stripe credit note for HM-CN-000005" "$(standin_query "
+  sum(1 for n in s['credit_notes'] if n['metadata'].get('credit_note_number') == 'HM-CN-000005')")" 0
+
+# ---- A credit note that Stripe has and the ledger does not ----
+
+# A credit note made in Stripe beside the exported one (by hand, or by a rerun after Stripe
+# forgot the idempotency key) changes no total, only the invoice's credit note amounts. The yen
+# invoice is paid by now, so the extra 100 JPY goes to the customer's credit balance.
+# stripe_api PATH [FORM...]: POST to the stand-in's Stripe API; prints the object's id.
+stripe_api() {
+  python3 - "$base$1" "$api_key" "$work/tls.crt" "${@:2}" <<'PYTHON'
+import base64, json, ssl, sys, urllib.parse, urllib.request
+url, key, cafile, form = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+body = urllib.parse.urlencode([tuple(field.split("=", 1)) for field in form]).encode()
+auth = base64.b64encode((key + ":").encode()).decode()
+request = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Authorization": "Basic " + auth})
+context = ssl.create_default_context(cafile=cafile)
+try:
+    print(json.load(urllib.request.urlopen(request, context=context))["id"])
+except urllib.error.HTTPError as error:
+    sys.exit("POST %s: %d %s" % (url, error.code, error.read().decode()))
+PYTHON
+}
+yen_invoice=$(standin_invoice_id HM-000003)
+extra_note=$(stripe_api /v1/credit_notes "invoice=$yen_invoice" amount=100 credit_amount=100)
+status=0
+output=$($meterctl export stripe --api-base "$base" --ca-file "$work/tls.crt" --check \
+  --tenant yen 2>&1) ||
+  status=$?
+expect_count "credit note made beside the export: check exits 1" "$status" 1
+grep -qF "HM-000003 $yen_invoice: DIFFERENT credit notes: ours 18 JPY exported, Stripe counts 118 JPY" \
+  <<<"$output" && pass "check names the credit notes Stripe counts" ||
+  failed "check of a credit note made beside the export: $output"
+[ -n "$extra_note" ] || failed "the stand-in made no credit note"
+
 # ---- The key never reaches any output ----
 
 if grep -rqF "$api_key" "$work"/*.out "$work"/*.err "$work/standin.log" "$work/standin.err"; then

@@ -93,6 +93,13 @@ expect_error "KWD amount not a multiple of 10" \
 grep -qF 'is 1.234 KWD' "$work/commands.out" && pass "the error names the amount" || failed "the error does not name 1.234 KWD"
 expect_count "nothing sent for the KWD invoice" \
   "$(standin_query "sum(1 for i in s['invoices'] if i['customer'] == 'cus_dinar004')")" 0
+# A credit note of 0.005 KWD on the exported 1.230 KWD invoice: the same rule, nothing sent.
+fils_number=$($meterctl invoice list | awk '$2 == "invoice" && $3 == "fils" { print $1 }')
+$meterctl invoice credit-note "$fils_number" --amount 0.005 --reason "rounding" >/dev/null
+expect_error "KWD credit note not a multiple of 10" \
+  "is not exported: Stripe requires KWD amounts (a three-decimal currency) to be multiples of 10 minor units, with a last digit of 0, and it is 0.005 KWD" \
+  $meterctl export stripe --api-base "$base" --tenant fils
+expect_count "nothing sent for the KWD credit note" "$(standin_count credit_notes)" 0
 
 # ---- Voided while its export was half done: the draft is deleted, never finalized ----
 

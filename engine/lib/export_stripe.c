@@ -589,13 +589,19 @@ void amount_text(const struct invoice_plan *plan, int64_t minor, char *out, size
  * amount whose last digit is 0. Rounding would make the Stripe invoice differ
  * from the sealed one, so such an invoice is refused, with the rule named.
  */
-static int three_decimal_check(const struct invoice_plan *plan, char *error, size_t error_size)
+int currency_three_decimal(const struct money_currency *currency)
 {
     static const char *const codes[] = { "BHD", "JOD", "KWD", "OMR", "TND" };
-    int three_decimal = 0;
-    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
-        three_decimal |= strcmp(plan->currency->code, codes[i]) == 0;
-    if (!three_decimal)
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++) {
+        if (strcmp(currency->code, codes[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int three_decimal_check(const struct invoice_plan *plan, char *error, size_t error_size)
+{
+    if (!currency_three_decimal(plan->currency))
         return HM_OK;
     for (size_t i = 0; i < plan->item_count; i++) {
         if (plan->items[i].amount_minor % 10 == 0)
@@ -955,7 +961,52 @@ int check_fetch(struct exporter *exporter, const char *type, const char *number,
     return rc;
 }
 
-static void check_invoice(struct exporter *exporter, const char *number, json_t *document)
+/*
+ * Sums the credit notes of invoice `number` that Stripe should count: those
+ * exported and not voided there. Sets *rc when an export state cannot be read.
+ */
+static int64_t credited_in_stripe(struct exporter *exporter, const struct document_list *list,
+                                  const char *number, int *rc)
+{
+    int64_t sum = 0;
+    for (size_t i = 0; i < list->count && *rc == HM_OK; i++) {
+        json_t *note = list->documents[i];
+        if (!is_credit_note(note) || strcmp(string_of(note, "credited_invoice"), number) != 0)
+            continue;
+        json_t *state = state_load(exporter->ledger, list->numbers[i], rc);
+        if (state != NULL && json_object_get(state, "credit_note") != NULL &&
+            json_object_get(state, "voided") == NULL)
+            sum += minor_of(note, "amount");
+        json_decref(state);
+    }
+    return sum;
+}
+
+/*
+ * Compares the credit notes that Stripe counts on an invoice with the
+ * exported ones: a credit note made twice (a rerun after Stripe forgot the
+ * idempotency key) or by hand shows here.
+ */
+static void check_credited(struct exporter *exporter, const struct invoice_plan *plan,
+                           const char *id, json_t *stripe, int64_t ours)
+{
+    json_t *before = json_object_get(stripe, "pre_payment_credit_notes_amount");
+    json_t *after = json_object_get(stripe, "post_payment_credit_notes_amount");
+    if (!json_is_integer(before) && !json_is_integer(after))
+        return; /* an invoice object without the fields gives no credit note amounts */
+    int64_t theirs = (int64_t)(json_integer_value(before) + json_integer_value(after));
+    if (theirs == ours)
+        return;
+    char ours_text[MONEY_TEXT_SIZE], theirs_text[MONEY_TEXT_SIZE];
+    amount_text(plan, ours, ours_text, sizeof ours_text);
+    amount_text(plan, theirs, theirs_text, sizeof theirs_text);
+    difference(exporter, plan->number, id, "credit notes: ours %s %s exported, Stripe counts %s "
+               "%s; compare the invoice's credit notes in the Stripe Dashboard", ours_text,
+               plan->currency->code, theirs_text, plan->currency->code);
+}
+
+static void check_invoice(struct exporter *exporter, const struct document_list *list,
+                          const char *number, json_t *document)
 {
     struct invoice_plan plan;
     char error[1024] = "";
@@ -987,7 +1038,17 @@ static void check_invoice(struct exporter *exporter, const char *number, json_t 
     snprintf(path, sizeof path, "/v1/invoices/%s", id);
     struct stripe_response response;
     rc = check_fetch(exporter, "invoice", number, path, &response);
-    if (rc == HM_OK && check_compare(exporter, &plan, state, response.body) == 0) {
+    size_t differences = rc == HM_OK ? check_compare(exporter, &plan, state, response.body) : 0;
+    if (rc == HM_OK) {
+        size_t before = exporter->different;
+        int64_t ours = credited_in_stripe(exporter, list, number, &rc);
+        if (rc == HM_OK)
+            check_credited(exporter, &plan, id, response.body, ours);
+        else
+            exporter->failed++;
+        differences += exporter->different - before;
+    }
+    if (rc == HM_OK && differences == 0) {
         char total[MONEY_TEXT_SIZE];
         amount_text(&plan, plan.total_minor, total, sizeof total);
         exporter->matching++;
@@ -1005,7 +1066,7 @@ static void check_all(struct exporter *exporter, struct document_list *list)
         if (is_credit_note(list->documents[i]))
             check_credit_note(exporter, list->numbers[i], list->documents[i]);
         else
-            check_invoice(exporter, list->numbers[i], list->documents[i]);
+            check_invoice(exporter, list, list->numbers[i], list->documents[i]);
     }
     fprintf(exporter->out, "stripe check: invoices=%zu matching=%zu different=%zu "
             "not_exported_void=%zu failed=%zu credit_notes=%zu\n", exporter->invoices,

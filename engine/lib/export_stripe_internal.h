@@ -56,7 +56,6 @@ struct exporter {
     unsigned requests, retries;
 };
 
-
 /* Copies the number of a document for the walk; only invoices and credit notes count. */
 struct document_list {
     const char *tenant_id;
@@ -85,9 +84,15 @@ int send_request(struct exporter *exporter, const char *method, const char *path
                  const struct stripe_form *form, const char *key, const char *id_prefix,
                  struct stripe_response *response, char *error, size_t error_size);
 /* Sends a POST of `form` unless building it failed (form_rc), and frees the form. */
-int post_form(struct exporter *exporter, const char *path, struct stripe_form *form,
-              int form_rc, const char *key, const char *id_prefix,
-              struct stripe_response *response, char *error, size_t error_size);
+int post_form(struct exporter *exporter, const char *path, struct stripe_form *form, int form_rc,
+              const char *key, const char *id_prefix, struct stripe_response *response, char *error,
+              size_t error_size);
+
+/*
+ * Returns 1 for the currencies in which Stripe takes only amounts that are
+ * multiples of 10 minor units (BHD, JOD, KWD, OMR, TND).
+ */
+int currency_three_decimal(const struct money_currency *currency);
 
 /* Counts and reports a document whose export failed; `type` is "invoice" or "credit_note". */
 void export_failed(struct exporter *exporter, const char *type, const char *number, int rc,
@@ -97,8 +102,8 @@ void export_failed(struct exporter *exporter, const char *type, const char *numb
 void difference(struct exporter *exporter, const char *number, const char *invoice_id,
                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* --check: reads one object; a failure is reported and counted. */
-int check_fetch(struct exporter *exporter, const char *type, const char *number,
-                const char *path, struct stripe_response *response);
+int check_fetch(struct exporter *exporter, const char *type, const char *number, const char *path,
+                struct stripe_response *response);
 
 /* The credit note steps, in export_stripe_notes.c. */
 void export_credit_note(struct exporter *exporter, const char *number, json_t *note);

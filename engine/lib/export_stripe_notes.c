@@ -21,12 +21,12 @@
 struct note_plan {
     struct invoice_plan document;
     char invoice_number[DOCUMENT_NUMBER_MAX];
-    char kind[16];     /* "manual" or "late_usage" */
-    char reason[512];  /* the ledger's text, at most 500 bytes */
+    char kind[16];    /* "manual" or "late_usage" */
+    char reason[512]; /* the ledger's text, at most 500 bytes */
 };
 
-static int note_plan_build(const char *number, json_t *note, struct note_plan *plan,
-                           char *error, size_t error_size)
+static int note_plan_build(const char *number, json_t *note, struct note_plan *plan, char *error,
+                           size_t error_size)
 {
     memset(plan, 0, sizeof *plan);
     int rc = plan_head(number, note, &plan->document, error, error_size);
@@ -38,10 +38,12 @@ static int note_plan_build(const char *number, json_t *note, struct note_plan *p
     snprintf(plan->kind, sizeof plan->kind, "%s", string_of(note, "kind"));
     snprintf(plan->reason, sizeof plan->reason, "%s", string_of(note, "reason"));
     if (plan->document.total_minor <= 0 || plan->invoice_number[0] == '\0') {
-        snprintf(error, error_size, "credit note %s has %s; it is not exported, check it with "
-                 "`meterctl invoice show %s --json`", number,
-                 plan->invoice_number[0] ? "an amount that is not positive"
-                                         : "no credited invoice", number);
+        snprintf(error, error_size,
+                 "credit note %s has %s; it is not exported, check it with "
+                 "`meterctl invoice show %s --json`",
+                 number,
+                 plan->invoice_number[0] ? "an amount that is not positive" : "no credited invoice",
+                 number);
         return HM_ERR_INVALID;
     }
     return HM_OK;
@@ -55,8 +57,8 @@ static int note_plan_build(const char *number, json_t *note, struct note_plan *p
  */
 static const char *note_stripe_reason(const struct note_plan *plan)
 {
-    static const char *const reasons[] = { "duplicate", "fraudulent", "order_change",
-                                           "product_unsatisfactory" };
+    static const char *const reasons[] = {"duplicate", "fraudulent", "order_change",
+                                          "product_unsatisfactory"};
     if (strcmp(plan->kind, "late_usage") == 0)
         return "order_change";
     for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++) {
@@ -98,25 +100,39 @@ static int note_start(struct exporter *exporter, const struct note_plan *plan, j
         return HM_ERR_NOT_FOUND;
     }
     if (json_object_get(invoice_state, "voided") != NULL) {
-        snprintf(error, error_size, "credit note %s is not exported: its invoice %s is void in "
+        snprintf(error, error_size,
+                 "credit note %s is not exported: its invoice %s is void in "
                  "Stripe (%s), and Stripe issues credit notes for open or paid invoices only; "
-                 "issue it by hand if it is still owed", plan->document.number,
-                 plan->invoice_number, invoice_id);
+                 "issue it by hand if it is still owed",
+                 plan->document.number, plan->invoice_number, invoice_id);
         json_decref(invoice_state);
         return HM_ERR_CONFLICT;
+    }
+    if (currency_three_decimal(plan->document.currency) && plan->document.total_minor % 10 != 0) {
+        char amount[MONEY_TEXT_SIZE];
+        amount_text(&plan->document, plan->document.total_minor, amount, sizeof amount);
+        snprintf(error, error_size,
+                 "credit note %s is not exported: Stripe requires %s amounts "
+                 "(a three-decimal currency) to be multiples of 10 minor units, with a last "
+                 "digit of 0, and it is %s %s; issue it by hand in Stripe",
+                 plan->document.number, plan->document.currency->code, amount,
+                 plan->document.currency->code);
+        json_decref(invoice_state);
+        return HM_ERR_INVALID;
     }
     char path[256];
     snprintf(path, sizeof path, "/v1/invoices/%s", invoice_id);
     struct stripe_response response;
     rc = send_request(exporter, "GET", path, NULL, NULL, "in_", &response, error, error_size);
     const char *status = rc == HM_OK ? string_of(response.body, "status") : "";
-    json_int_t remaining = json_integer_value(json_object_get(response.body,
-                                                              "amount_remaining"));
+    json_int_t remaining = json_integer_value(json_object_get(response.body, "amount_remaining"));
     if (rc == HM_OK && strcmp(status, "open") != 0 && strcmp(status, "paid") != 0) {
-        snprintf(error, error_size, "credit note %s is not exported: its Stripe invoice %s (%s) "
+        snprintf(error, error_size,
+                 "credit note %s is not exported: its Stripe invoice %s (%s) "
                  "is %s, and Stripe issues credit notes for open or paid invoices only; check "
-                 "the invoice in the Stripe Dashboard", plan->document.number, invoice_id,
-                 plan->invoice_number, status[0] ? status : "of no status");
+                 "the invoice in the Stripe Dashboard",
+                 plan->document.number, invoice_id, plan->invoice_number,
+                 status[0] ? status : "of no status");
         rc = HM_ERR_CONFLICT;
     }
     if (rc == HM_OK) {
@@ -167,8 +183,8 @@ static int note_form(struct stripe_form *form, const struct note_plan *plan, jso
  * POST /v1/credit_notes/{id}/void (step "void"), then stores the id and
  * Stripe's status in the credit note's state.
  */
-static int note_action(struct exporter *exporter, const struct note_plan *plan,
-                       const char *step, json_t *state, char *error, size_t error_size)
+static int note_action(struct exporter *exporter, const struct note_plan *plan, const char *step,
+                       json_t *state, char *error, size_t error_size)
 {
     int create = strcmp(step, "credit-note") == 0;
     char path[256], key[128];
@@ -176,17 +192,18 @@ static int note_action(struct exporter *exporter, const struct note_plan *plan,
         snprintf(path, sizeof path, "/v1/credit_notes");
     else
         snprintf(path, sizeof path, "/v1/credit_notes/%s/void", string_of(state, "credit_note"));
-    struct stripe_form form = { 0 };
+    struct stripe_form form = {0};
     int rc = create ? note_form(&form, plan, state) : HM_OK;
     note_key(plan, step, key, sizeof key);
     struct stripe_response response;
     rc = post_form(exporter, path, &form, rc, key, "cn_", &response, error, error_size);
     json_int_t amount = json_integer_value(json_object_get(response.body, "amount"));
     if (rc == HM_OK && amount != plan->document.total_minor) {
-        snprintf(error, error_size, "credit note %s: Stripe's credit note %s has %lld minor "
+        snprintf(error, error_size,
+                 "credit note %s: Stripe's credit note %s has %lld minor "
                  "units, the ledger's %" PRId64 "; run meterctl export stripe --check and "
-                 "correct it in the Stripe Dashboard", plan->document.number,
-                 string_of(response.body, "id"), (long long)amount,
+                 "correct it in the Stripe Dashboard",
+                 plan->document.number, string_of(response.body, "id"), (long long)amount,
                  plan->document.total_minor);
         rc = HM_ERR_CONFLICT;
     }
@@ -255,15 +272,40 @@ void export_credit_note(struct exporter *exporter, const char *number, json_t *n
         fprintf(exporter->out, "%s: unchanged, Stripe credit note %s of %s (%s)\n", head,
                 string_of(state, "credit_note"), string_of(state, "invoice"),
                 string_of(state, "stripe_status"));
-    } else if (plan.document.is_void && json_object_get(state, "invoice") == NULL) {
+    } else if (plan.document.is_void && (json_object_get(state, "invoice") == NULL ||
+                                         json_object_get(state, "not_created") != NULL)) {
         exporter->notes_unchanged++;
         fprintf(exporter->out, "%s: void before export, nothing sent to Stripe\n", head);
     } else {
+        int creating = json_object_get(state, "invoice") != NULL;
         rc = note_steps(exporter, &plan, state, error, sizeof error);
+        /*
+         * A 4xx reply to the create of a credit note that is void here means
+         * that Stripe evaluated the request, so no earlier attempt with the
+         * same key created it: Stripe would return that result instead.
+         * Nothing is left to void, and a resend would fail the same way.
+         */
+        if (rc == HM_ERR_INVALID && creating && plan.document.is_void &&
+            json_object_get(state, "credit_note") == NULL) {
+            int failed = 0;
+            json_add(state, "not_created", json_true(), &failed);
+            rc = state_save(exporter->ledger, number, state, failed);
+            if (rc == HM_OK) {
+                exporter->notes_voided++;
+                fprintf(exporter->out,
+                        "%s: void before it reached Stripe, which rejected its "
+                        "create (%s); nothing to void\n",
+                        head, error);
+                json_decref(state);
+                return;
+            }
+        }
         if (rc == HM_ERR_NOT_FOUND && error[0] == '\0') {
             exporter->notes_waiting++;
-            fprintf(exporter->out, "%s: waits for invoice %s, which is not finalized in Stripe "
-                    "yet; a later run sends it after the invoice\n", head, plan.invoice_number);
+            fprintf(exporter->out,
+                    "%s: waits for invoice %s, which is not finalized in Stripe "
+                    "yet; a later run sends it after the invoice\n",
+                    head, plan.invoice_number);
         } else if (rc == HM_OK) {
             int voided = plan.document.is_void;
             exporter->notes_exported += !voided;
@@ -299,7 +341,7 @@ void export_credit_note(struct exporter *exporter, const char *number, json_t *n
  * Returns 1, after reporting the failure, when one of them is not voided yet.
  */
 int invoice_void_blocked(struct exporter *exporter, const struct document_list *list,
-                                const char *number)
+                         const char *number)
 {
     for (size_t i = 0; i < list->count; i++) {
         json_t *note = list->documents[i];
@@ -310,10 +352,12 @@ int invoice_void_blocked(struct exporter *exporter, const struct document_list *
         int blocking = state != NULL && json_object_get(state, "credit_note") != NULL &&
                        json_object_get(state, "voided") == NULL;
         char error[512];
-        snprintf(error, sizeof error, "invoice %s is not voided in Stripe: its credit note %s "
+        snprintf(error, sizeof error,
+                 "invoice %s is not voided in Stripe: its credit note %s "
                  "(Stripe %s) is not voided there yet, and Stripe voids a credit note only "
                  "while its invoice is open; correct the credit note's error and run the "
-                 "export again", number, list->numbers[i], string_of(state, "credit_note"));
+                 "export again",
+                 number, list->numbers[i], string_of(state, "credit_note"));
         json_decref(state);
         if (rc != HM_OK || blocking) {
             exporter->invoices++;
@@ -323,7 +367,6 @@ int invoice_void_blocked(struct exporter *exporter, const struct document_list *
     }
     return 0;
 }
-
 
 /* Compares one exported credit note with Stripe's copy; returns the number of differences. */
 static size_t check_note_compare(struct exporter *exporter, const struct note_plan *plan,
@@ -343,14 +386,13 @@ static size_t check_note_compare(struct exporter *exporter, const struct note_pl
     }
     if (strcmp(string_of(stripe, "invoice"), string_of(state, "invoice")) != 0)
         difference(exporter, number, id, "invoice: ours %s (%s), Stripe %s",
-                   string_of(state, "invoice"), plan->invoice_number,
-                   string_of(stripe, "invoice"));
+                   string_of(state, "invoice"), plan->invoice_number, string_of(stripe, "invoice"));
     const char *status = string_of(stripe, "status");
     if (strcmp(status, plan->document.is_void ? "void" : "issued") != 0)
         difference(exporter, number, id, "status: ours %s, Stripe %s",
                    plan->document.is_void ? "void" : "finalized", status[0] ? status : "(none)");
-    const char *stripe_number = string_of(json_object_get(stripe, "metadata"),
-                                          "credit_note_number");
+    const char *stripe_number =
+        string_of(json_object_get(stripe, "metadata"), "credit_note_number");
     if (strcmp(stripe_number, number) != 0)
         difference(exporter, number, id, "metadata credit_note_number: Stripe \"%s\"",
                    stripe_number);
@@ -370,12 +412,16 @@ void check_credit_note(struct exporter *exporter, const char *number, json_t *no
     }
     const char *id = string_of(state, "credit_note");
     if (id[0] == '\0') {
-        if (plan.document.is_void && json_object_get(state, "invoice") == NULL) {
+        if (plan.document.is_void && (json_object_get(state, "invoice") == NULL ||
+                                      json_object_get(state, "not_created") != NULL)) {
             exporter->void_not_exported++;
-            fprintf(exporter->out, "%s -: not exported: void before export, so Stripe has no "
-                    "credit note for it\n", number);
+            fprintf(exporter->out,
+                    "%s -: not exported: void before export, so Stripe has no "
+                    "credit note for it\n",
+                    number);
         } else
-            difference(exporter, number, "-", "not exported to Stripe yet; run meterctl export "
+            difference(exporter, number, "-",
+                       "not exported to Stripe yet; run meterctl export "
                        "stripe");
         json_decref(state);
         return;
@@ -388,8 +434,8 @@ void check_credit_note(struct exporter *exporter, const char *number, json_t *no
         char amount[MONEY_TEXT_SIZE];
         amount_text(&plan.document, plan.document.total_minor, amount, sizeof amount);
         exporter->matching++;
-        fprintf(exporter->out, "%s %s: matches (amount %s %s of %s, Stripe status %s)\n",
-                number, id, amount, plan.document.currency->code, plan.invoice_number,
+        fprintf(exporter->out, "%s %s: matches (amount %s %s of %s, Stripe status %s)\n", number,
+                id, amount, plan.document.currency->code, plan.invoice_number,
                 string_of(response.body, "status"));
     }
     stripe_response_free(&response);
