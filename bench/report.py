@@ -327,7 +327,10 @@ def write_markdown(results, path, source_dir):
     text += [""] + close_section(results.get("close"))
     text += ["## Latency at each offered load", "",
              "A load marked saturated achieved less than 90 % of what was offered: the peer, "
-             "or the single sender thread, could not keep up, and the latency is mostly queueing.",
+             "or the single sender thread, could not keep up, and the latency is mostly queueing. "
+             "\"sender late p99 ms\" is the p99 of how long after its scheduled arrival the "
+             "sender finished writing a frame (meterd-tcp and socket-ceiling only): that wait "
+             "for a CPU or a full socket is part of the latency columns.",
              ""]
     text += load_table(peers)
     text += ["", "![throughput and p99 latency against offered load](throughput.png)", ""]
