@@ -621,7 +621,11 @@ static int key_rewrap_locked(struct ledger *ledger, const char *old_path)
 {
     char error[512];
     struct master_key master, old;
-    if (master_key_read(master_key_path, &master, error, sizeof error) != HM_OK)
+    int rc = master_key_read(master_key_path, &master, error, sizeof error);
+    if (rc == HM_ERR_NOT_FOUND)
+        return fail("%s; give the new master key with --master-key FILE (`meterctl master-key "
+                    "create FILE` makes one)", error);
+    if (rc != HM_OK)
         return fail("%s", error);
     if (master_key_read(old_path, &old, error, sizeof error) != HM_OK) {
         master_key_clear(&master);
@@ -633,7 +637,7 @@ static int key_rewrap_locked(struct ledger *ledger, const char *old_path)
     master_key_id_text(old.id, old_id);
     master_key_clear(&master);
     struct ledger_key_wrap_counts counts;
-    int rc = ledger_keys_wrap(ledger, &old, &counts);
+    rc = ledger_keys_wrap(ledger, &old, &counts);
     master_key_clear(&old);
     if (rc == HM_ERR_STORAGE)
         return fail("a key wrapped with master key %s does not unwrap with %s: its record is "

@@ -181,8 +181,8 @@ int master_key_create(const char *path, struct master_key *out, char *error, siz
         (void)linked;
         master_key_clear(out);
         if (err == EEXIST) {
-            snprintf(error, error_size, "cannot create the master key file %s: %s", path,
-                     strerror(err));
+            snprintf(error, error_size, "cannot create the master key file %s: it exists, and "
+                     "keys may be wrapped with it; give another path", path);
             return HM_ERR_EXISTS;
         }
         snprintf(error, error_size, "cannot write the master key file %s: %s", path, strerror(err));

@@ -124,10 +124,16 @@ meterd_refuses "can be read by its group or others (mode 0644); run \`chmod 600 
 if "$meterctl" master-key create "$work/other.key" 2>"$work/exists.err"; then
   fail "master-key create replaced an existing file"
 fi
-grep -qF "cannot create the master key file $work/other.key: File exists" "$work/exists.err" ||
+grep -qF "cannot create the master key file $work/other.key: it exists, and keys may be wrapped with it; give another path" "$work/exists.err" ||
   fail "unclear master-key create error: $(cat "$work/exists.err")"
 
 echo "== a rotation moves the keys to a new master key"
+if METER_MASTER_KEY=$work/none.key "$meterctl" key rewrap --old-master-key "$work/master.key" \
+  2>"$work/none.err"; then
+  fail "key rewrap ran without a new master key file"
+fi
+grep -qF "give the new master key with --master-key FILE" "$work/none.err" ||
+  fail "unclear key rewrap error without a new master key: $(cat "$work/none.err")"
 "$meterctl" master-key create "$work/new.key" >/dev/null
 METER_MASTER_KEY=$work/new.key "$meterctl" key rewrap --old-master-key "$work/master.key" \
   >"$work/rewrap.out" || fail "key rewrap failed"
