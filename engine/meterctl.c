@@ -64,6 +64,7 @@ static const char usage_text[] =
     "                               with the new file)\n"
     "  master-key create FILE       write a new master key to FILE (mode 0600); it must not\n"
     "                               exist\n"
+    "  master-key id FILE           print the id by which messages name the key in FILE\n"
     "  pricebook check FILE         validate a price book and print every error\n"
     "  pricebook load FILE [--tenant TENANT]\n"
     "                               store the default price book, or a tenant's own\n"
@@ -1528,18 +1529,27 @@ static int dispatch(struct ledger *ledger, const char *data_dir, int argc, char 
     return fail("unknown command \"%s\"; see meterctl --help", command);
 }
 
-/* master-key create FILE: a new key in a new file; prints its id, never the key. */
+/*
+ * master-key create FILE: a new key in a new file. master-key id FILE: the
+ * id that messages give for the key in FILE. Each prints the id, never the key.
+ */
 static int master_key_command(int argc, char **argv)
 {
-    if (argc != 3 || strcmp(argv[1], "create") != 0)
-        return fail("usage: meterctl master-key create FILE");
+    int create = argc == 3 && strcmp(argv[1], "create") == 0;
+    if (!create && !(argc == 3 && strcmp(argv[1], "id") == 0))
+        return fail("usage: meterctl master-key create FILE, or meterctl master-key id FILE");
     char error[512], id[MASTER_KEY_ID_TEXT_SIZE];
     struct master_key master;
-    if (master_key_create(argv[2], &master, error, sizeof error) != HM_OK)
+    int rc = create ? master_key_create(argv[2], &master, error, sizeof error)
+                    : master_key_read(argv[2], &master, error, sizeof error);
+    if (rc != HM_OK)
         return fail("%s", error);
     master_key_id_text(master.id, id);
     master_key_clear(&master);
-    printf("master key %s written to %s (mode 0600)\n", id, argv[2]);
+    if (create)
+        printf("master key %s written to %s (mode 0600)\n", id, argv[2]);
+    else
+        printf("master key %s in %s\n", id, argv[2]);
     return 0;
 }
 

@@ -117,6 +117,11 @@ meterd_refuses "the master key file $data/master.key is missing, and 2 keys of t
 [ ! -e "$data/master.key" ] || fail "meterd made a new master key while keys are wrapped"
 "$meterctl" master-key create "$work/other.key" >/dev/null
 meterd_refuses "2 keys of the ledger are wrapped with master key" --master-key "$work/other.key"
+# The id in meterd's message is the one that master-key id prints for the file that wrapped them.
+ours=$("$meterctl" master-key id "$work/master.key" | sed -n 's/^master key \([0-9a-f]\{16\}\) in .*/\1/p')
+[ -n "$ours" ] || fail "master-key id printed no id"
+grep -qF "wrapped with master key $ours, not with" "$work/refused.log" ||
+  fail "meterd's message does not name master key $ours: $(cat "$work/refused.log")"
 cp -p "$work/master.key" "$work/open.key"
 chmod 644 "$work/open.key"
 meterd_refuses "can be read by its group or others (mode 0644); run \`chmod 600 $work/open.key\`" \
