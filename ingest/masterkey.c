@@ -94,7 +94,7 @@ int master_key_read(const char *path, struct master_key *out, char *error, size_
     if (!shape_ok || any == 0) {
         master_key_clear(out);
         snprintf(error, error_size,
-                 "the master key file %s must hold 64 hex digits (32 bytes, not all zero) and "
+                 "the master key file %s must contain 64 hex digits (32 bytes, not all zero) and "
                  "an optional newline; create one with `meterctl master-key create FILE`",
                  path);
         return HM_ERR_INVALID;
@@ -164,21 +164,18 @@ int master_key_create(const char *path, struct master_key *out, char *error, siz
     }
     char temporary[PATH_MAX];
     int err = key_file_write(path, out, temporary, sizeof temporary);
-    int linked = 0;
     if (err == 0) {
-        linked = link(temporary, path) == 0;
-        if (!linked)
+        if (link(temporary, path) != 0)
             err = errno;
         unlink(temporary);
     }
+    /*
+     * A linked file stays even when the directory does not sync, because
+     * another process may have read it already and wrapped keys with it.
+     */
     if (err == 0)
         err = directory_sync(path);
     if (err != 0) {
-        /*
-         * A linked file stays even when the directory did not sync: another
-         * process may have read it already and wrapped keys with it.
-         */
-        (void)linked;
         master_key_clear(out);
         if (err == EEXIST) {
             snprintf(error, error_size, "cannot create the master key file %s: it exists, and "

@@ -30,7 +30,8 @@ struct master_key {
 /*
  * Reads a master key file. Returns HM_ERR_NOT_FOUND when it does not exist,
  * HM_ERR_INVALID for a file of another shape or one that others can read,
- * HM_ERR_IO when it cannot be read; `error` then describes the cause and the fix.
+ * and HM_ERR_IO when it cannot be read. On failure, `error` describes the
+ * cause and the fix.
  */
 int master_key_read(const char *path, struct master_key *out, char *error, size_t error_size);
 

@@ -109,8 +109,8 @@ static int dir_space_low(const char *dir)
  * table. 2: blocks per tenant (blocks table), read beside the records of
  * layout 1. 3: rollup changes in the rollup log until they are folded into
  * the rollup rows (rollup_log.c). 4: key records whose signing key is
- * wrapped with the master key (records.c); an older build cannot check
- * frames signed with such a key, and would store new keys unwrapped.
+ * wrapped with the master key (records.c). An older build cannot check
+ * frames signed with such a key, and it would store new keys unwrapped.
  *
  * The meta record "layout" contains the newest layout of any build that
  * wrote to this ledger. An older build rejects the ledger: it would store

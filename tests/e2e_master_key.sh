@@ -59,7 +59,7 @@ meterd_stop() {
 }
 
 # Runs meterd, which must exit 1 at start with a message that contains $1.
-meterd_refuses() {
+meterd_start_rejected() {
   local expected=$1
   shift
   set +e
@@ -113,10 +113,10 @@ meterd_stop
 
 echo "== meterd refuses a missing, foreign or readable master key file"
 mv "$data/master.key" "$work/master.key"
-meterd_refuses "the master key file $data/master.key is missing, and 2 keys of the ledger are wrapped"
+meterd_start_rejected "the master key file $data/master.key is missing, and 2 keys of the ledger are wrapped"
 [ ! -e "$data/master.key" ] || fail "meterd made a new master key while keys are wrapped"
 "$meterctl" master-key create "$work/other.key" >/dev/null
-meterd_refuses "2 keys of the ledger are wrapped with master key" --master-key "$work/other.key"
+meterd_start_rejected "2 keys of the ledger are wrapped with master key" --master-key "$work/other.key"
 # The id in meterd's message is the one that master-key id prints for the file that wrapped them.
 ours=$("$meterctl" master-key id "$work/master.key" | sed -n 's/^master key \([0-9a-f]\{16\}\) in .*/\1/p')
 [ -n "$ours" ] || fail "master-key id printed no id"
@@ -124,7 +124,7 @@ grep -qF "wrapped with master key $ours, not with" "$work/refused.log" ||
   fail "meterd's message does not name master key $ours: $(cat "$work/refused.log")"
 cp -p "$work/master.key" "$work/open.key"
 chmod 644 "$work/open.key"
-meterd_refuses "can be read by its group or others (mode 0644); run \`chmod 600 $work/open.key\`" \
+meterd_start_rejected "can be read by its group or others (mode 0644); run \`chmod 600 $work/open.key\`" \
   --master-key "$work/open.key"
 if "$meterctl" master-key create "$work/other.key" 2>"$work/exists.err"; then
   fail "master-key create replaced an existing file"
@@ -144,7 +144,7 @@ METER_MASTER_KEY=$work/new.key "$meterctl" key rewrap --old-master-key "$work/ma
   >"$work/rewrap.out" || fail "key rewrap failed"
 grep -q "^rewrapped 2 keys with master key" "$work/rewrap.out" ||
   fail "unexpected rewrap output: $(cat "$work/rewrap.out")"
-meterd_refuses "wrapped with master key" --master-key "$work/master.key"
+meterd_start_rejected "wrapped with master key" --master-key "$work/master.key"
 meterd_start --master-key "$work/new.key"
 # The same frames again: each is verified with the rewrapped key, and each event is a duplicate.
 duplicates=$(replay_count duplicates)

@@ -559,6 +559,12 @@ class Store:
             invoice["status_transitions"]["paid_at"] = now
         count = sum(1 for note in self.credit_notes.values() if note["invoice"] == invoice_id)
         note_id = new_id("cn_")
+        if pre and post:
+            note_type = "mixed"
+        elif post:
+            note_type = "post_payment"
+        else:
+            note_type = "pre_payment"
         note = {
             "id": note_id, "object": "credit_note", "amount": amount, "amount_shipping": 0,
             "created": now, "currency": invoice["currency"], "customer": invoice["customer"],
@@ -578,7 +584,7 @@ class Store:
             "reason": reason, "refunds": [], "status": "issued", "subtotal": amount,
             "subtotal_excluding_tax": amount, "total": amount, "total_excluding_tax": amount,
             "total_taxes": [],
-            "type": "mixed" if pre and post else "post_payment" if post else "pre_payment",
+            "type": note_type,
             "voided_at": None,
         }
         self.credit_notes[note_id] = note

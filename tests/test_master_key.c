@@ -93,6 +93,16 @@ static int stored_value_holds(uint8_t fill, size_t *size_out)
     return found;
 }
 
+/* Stores key 1 of tenant A, its signing key all `fill`, wrapped with a new master.key. */
+static struct key_record key_stored_wrapped(uint8_t fill, struct master_key *master)
+{
+    *master = key_made("master.key");
+    ledger_master_key_set(ledger, master);
+    struct key_record key = signing_record(1, tenant_a, fill);
+    cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
+    return key;
+}
+
 static int lookup(uint64_t key_id, struct key_record *out)
 {
     cr_assert_eq(ledger_read_begin(ledger), HM_OK);
@@ -158,12 +168,12 @@ Test(master_key, bad_files_rejected_with_fix)
         const char *message;
     } cases[] = {
         {hex, 0644, "can be read by its group or others (mode 0644); run `chmod 600"},
-        {"0011", 0600, "must hold 64 hex digits"},
+        {"0011", 0600, "must contain 64 hex digits"},
         {"zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", 0600,
-         "must hold 64 hex digits"},
+         "must contain 64 hex digits"},
         {"0000000000000000000000000000000000000000000000000000000000000000", 0600, "not all zero"},
         {"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\n", 0600,
-         "must hold 64 hex digits"},
+         "must contain 64 hex digits"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         file_write(path, cases[i].text, cases[i].mode);
@@ -198,10 +208,8 @@ Test(master_key, wrap_bound_to_key_and_record)
 
 Test(master_key, stored_wrapped_and_looked_up)
 {
-    struct master_key master = key_made("master.key");
-    ledger_master_key_set(ledger, &master);
-    struct key_record key = signing_record(1, tenant_a, 0xc3), read;
-    cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
+    struct master_key master;
+    struct key_record key = key_stored_wrapped(0xc3, &master), read;
     size_t size = 0;
     cr_assert_eq(stored_value_holds(0xc3, &size), 0, "the signing key is stored as it is");
     cr_assert_gt(size, sizeof key);
@@ -226,10 +234,8 @@ Test(master_key, stored_wrapped_and_looked_up)
 
 Test(master_key, revoke_keeps_key_wrapped)
 {
-    struct master_key master = key_made("master.key");
-    ledger_master_key_set(ledger, &master);
-    struct key_record key = signing_record(1, tenant_a, 0x7e), read;
-    cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
+    struct master_key master;
+    struct key_record key = key_stored_wrapped(0x7e, &master), read;
     ledger_master_key_set(ledger, NULL);
     cr_assert_eq(ledger_key_revoke(ledger, 1, 1234), HM_OK);
     size_t size = 0;
@@ -243,10 +249,9 @@ Test(master_key, revoke_keeps_key_wrapped)
 
 Test(master_key, record_moved_to_other_key_fails)
 {
-    struct master_key master = key_made("master.key");
-    ledger_master_key_set(ledger, &master);
-    struct key_record key = signing_record(1, tenant_a, 0x11), read;
-    cr_assert_eq(ledger_key_put(ledger, &key), HM_OK);
+    struct master_key master;
+    struct key_record read;
+    key_stored_wrapped(0x11, &master);
     size_t size = 0;
     uint8_t *copy = stored_value(&size);
     /* The record as it is, for key id 3: the id inside it stays 1. */
