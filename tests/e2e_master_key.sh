@@ -132,6 +132,24 @@ fi
 grep -qF "cannot create the master key file $work/other.key: it exists, and keys may be wrapped with it; give another path" "$work/exists.err" ||
   fail "unclear master-key create error: $(cat "$work/exists.err")"
 
+echo "== command-line errors name the value and the fix"
+# meterctl_fails EXPECTED ARGS...: meterctl exits 1 with EXPECTED in its message.
+meterctl_fails() {
+  local expected=$1
+  shift
+  if "$meterctl" "$@" 2>"$work/usage.err"; then
+    fail "meterctl $* succeeded"
+  fi
+  grep -qF -- "$expected" "$work/usage.err" ||
+    fail "meterctl $* printed no \"$expected\": $(cat "$work/usage.err")"
+}
+meterctl_fails "usage: meterctl master-key create FILE, or meterctl master-key id FILE" master-key
+meterctl_fails "usage: meterctl master-key create FILE" master-key drop "$work/x.key"
+meterctl_fails "cannot open the master key file $work/missing.key: No such file or directory" \
+  master-key id "$work/missing.key"
+meterctl_fails "usage: meterctl [--master-key FILE] key rewrap --old-master-key FILE" key rewrap
+meterctl_fails "unexpected argument \"--old\"" key rewrap --old "$work/master.key"
+
 echo "== a rotation moves the keys to a new master key"
 if METER_MASTER_KEY=$work/none.key "$meterctl" key rewrap --old-master-key "$work/master.key" \
   2>"$work/none.err"; then
